@@ -1,0 +1,122 @@
+"""Kill a real ``tfgrpo learn`` process mid fan-out and check the restart pays for no finished call."""
+
+from __future__ import annotations
+
+import json
+import signal
+import subprocess
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import PYTHON, cli_env
+from tfgrpo.testing.fake_openai import FakeOpenAIServer, request_key
+
+pytestmark = pytest.mark.integration
+
+
+def is_rollout(body: dict) -> bool:
+    system = " ".join(str(m.get("content")) for m in body["messages"] if m["role"] == "system")
+    return not body.get("tools") and "SUMMARIZE" not in system
+
+
+def learn_cmd(server: FakeOpenAIServer, run_dir: Path) -> list[str]:
+    return [
+        PYTHON, "-m", "tfgrpo.cli", "learn",
+        "--dataset", "rg:basic_arithmetic:size=6:seed=1",
+        "--model", "openai:fake", "--base-url", server.base_url,
+        "--run-dir", str(run_dir),
+        "--epochs", "2", "--batch-size", "3", "--group-size", "4",
+        "--max-concurrency", "4", "--no-progress",
+    ]  # fmt: skip
+
+
+def hold_after(server: FakeOpenAIServer, n_rollouts: int) -> None:
+    """Let the first ``n_rollouts`` rollout requests through, then freeze every later rollout."""
+    seen = 0
+    lock = threading.Lock()
+
+    def predicate(body: dict) -> bool:
+        nonlocal seen
+        if not is_rollout(body):
+            return False
+        with lock:
+            seen += 1
+            return seen > n_rollouts
+
+    server.hold(predicate)
+
+
+def wait_until(cond, timeout: float = 60.0) -> None:
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        if cond():
+            return
+        time.sleep(0.05)
+    raise AssertionError("timed out waiting")
+
+
+def test_sigkill_mid_rollout_repeats_no_finished_call(fake_server: FakeOpenAIServer, tmp_path: Path) -> None:
+    run_dir = tmp_path / "run"
+    # step 0 has 12 rollouts; the 2nd step's rollouts start after 12 + its learner calls. Freeze inside
+    # step 1's fan-out so that both a finished step and finished branches must survive the kill.
+    hold_after(fake_server, 12 + 5)
+    proc = subprocess.Popen(learn_cmd(fake_server, run_dir), env=cli_env(), stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True)  # fmt: skip
+    try:
+        wait_until(lambda: fake_server.held_count() >= 1)
+        time.sleep(1.0)  # let the finished branches reach the checkpoint
+        finished = {request_key(b) for b in fake_server.completed}
+        proc.send_signal(signal.SIGKILL)
+        proc.wait(timeout=10)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    fake_server.hold(None)
+    fake_server.release()
+    assert (run_dir / "libraries" / "step-0000.json").exists(), "step 0 should have finished before the kill"
+    rollouts_done = sum(1 for b in fake_server.completed if is_rollout(b))
+    assert rollouts_done >= 12 + 5
+
+    fake_server.reset_stats()
+    out = subprocess.run(learn_cmd(fake_server, run_dir), env=cli_env(), capture_output=True, text=True,
+                         timeout=180)  # fmt: skip
+    assert out.returncode == 0, out.stdout + out.stderr
+    assert "resuming" in out.stdout
+    repeated = [b for b in fake_server.requests if request_key(b) in finished]
+    assert repeated == [], f"{len(repeated)} finished LLM calls were made again"
+
+    report = json.loads((run_dir / "report.json").read_text())
+    assert [s["step"] for s in report["steps"]] == [0, 1, 2, 3]
+    assert all(s["rollouts"] == 12 for s in report["steps"])
+    library = json.loads((run_dir / "library.json").read_text())
+    ids = [item["id"] for item in library["items"]]
+    assert len(ids) == len(set(ids)) and library["next_id"] > max(int(i[1:]) for i in ids)
+
+
+def test_ctrl_c_drains_and_resumes(fake_server: FakeOpenAIServer, tmp_path: Path) -> None:
+    run_dir = tmp_path / "run"
+    hold_after(fake_server, 6)
+    proc = subprocess.Popen(learn_cmd(fake_server, run_dir), env=cli_env(), stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)  # fmt: skip
+    try:
+        wait_until(lambda: fake_server.held_count() >= 1)
+        proc.send_signal(signal.SIGINT)
+        time.sleep(0.5)
+        fake_server.hold(None)
+        fake_server.release()
+        _, err = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 130, err
+    assert "resume with the same command" in err
+    assert "Traceback" not in err
+
+    out = subprocess.run(learn_cmd(fake_server, run_dir), env=cli_env(), capture_output=True, text=True,
+                         timeout=180)  # fmt: skip
+    assert out.returncode == 0, out.stdout + out.stderr
+    report = json.loads((run_dir / "report.json").read_text())
+    assert [s["step"] for s in report["steps"]] == [0, 1, 2, 3]

@@ -1,0 +1,166 @@
+"""``tfgrpo`` command line: learn (resumable), demo, and library show/diff."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import signal
+import sys
+from dataclasses import asdict
+from pathlib import Path
+from types import FrameType
+from typing import Any
+
+from tfgrpo.context import Context
+from tfgrpo.errors import TfgrpoError
+
+DEMO_NOTE = (
+    "demo: no model given, so this run talks over real HTTP (langchain-openai) to tfgrpo's scripted\n"
+    "fake OpenAI-compatible server on 127.0.0.1. It exercises every step of Training-Free GRPO; it does\n"
+    "not learn (its answers are right or off by one at random). Use --model/--base-url for a real model."
+)
+
+
+def _add_learn_args(p: argparse.ArgumentParser, *, demo: bool) -> None:
+    d = Context()
+    p.add_argument("--dataset", default=d.dataset, help="JSONL/CSV file or rg:NAME[:key=value...]")
+    p.add_argument("--run-dir", default="runs/demo" if demo else None, required=not demo)
+    p.add_argument("--epochs", type=int, default=2 if demo else d.epochs)
+    p.add_argument("--batch-size", type=int, default=4 if demo else d.batch_size)
+    p.add_argument("--group-size", type=int, default=4 if demo else d.group_size, help="G")
+    p.add_argument("--temperature", type=float, default=d.temperature)
+    p.add_argument("--reward", default=d.reward, help="math | exact_match | f1 | module:function")
+    p.add_argument("--experiences-per-group", type=int, default=d.experiences_per_group, help="K")
+    p.add_argument("--max-library-items", type=int, default=d.max_library_items)
+    p.add_argument("--max-tokens", type=int, default=d.max_tokens)
+    p.add_argument("--max-concurrency", type=int, default=d.max_concurrency)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--no-progress", action="store_true", help="no progress bars (tables only)")
+    p.add_argument(
+        "--keep-checkpoints",
+        action="store_true",
+        help="keep every checkpoint (time travel) instead of only those needed to resume",
+    )
+    if not demo:
+        p.add_argument("--model", default=d.model, help="openai:NAME or provider:NAME (or $TFGRPO_MODEL)")
+        p.add_argument("--learner-model", default="", help="model for summarize/extract/update")
+        p.add_argument("--base-url", default=d.base_url, help="OpenAI-compatible endpoint")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="tfgrpo", description="Training-Free GRPO with LangGraph")
+    sub = parser.add_subparsers(dest="command", required=True)
+    _add_learn_args(sub.add_parser("learn", help="learn an experience library (resumable)"), demo=False)
+    _add_learn_args(
+        sub.add_parser("demo", help="learn against the built-in scripted server (offline)"), demo=True
+    )
+    lib = sub.add_parser("library", help="inspect a run's experience library")
+    lib_sub = lib.add_subparsers(dest="library_command", required=True)
+    for name, text in (("show", "print the library"), ("diff", "print the change made by a step")):
+        p = lib_sub.add_parser(name, help=text)
+        p.add_argument("run_dir")
+        p.add_argument("--step", type=int, default=None, help="step number (default: the latest)")
+        p.add_argument("--json", action="store_true", help="machine-readable output")
+    return parser
+
+
+def context_from_args(args: argparse.Namespace, **override: Any) -> Context:
+    values = {
+        "dataset": args.dataset,
+        "epochs": args.epochs,
+        "batch_size": args.batch_size,
+        "group_size": args.group_size,
+        "temperature": args.temperature,
+        "reward": args.reward,
+        "experiences_per_group": args.experiences_per_group,
+        "max_library_items": args.max_library_items,
+        "max_tokens": args.max_tokens,
+        "max_concurrency": args.max_concurrency,
+    }
+    for name in ("model", "learner_model", "base_url"):
+        if hasattr(args, name):
+            values[name] = getattr(args, name)
+    values.update(override)
+    ctx = Context(**values)
+    for name in ("epochs", "batch_size", "group_size", "max_concurrency", "max_tokens"):
+        if getattr(ctx, name) < 1:
+            raise TfgrpoError(f"--{name.replace('_', '-')} must be at least 1")
+    if ctx.group_size < 2:
+        raise TfgrpoError("--group-size must be at least 2 (a group of 1 has no relative advantage)")
+    return ctx
+
+
+def cmd_learn(args: argparse.Namespace, ctx: Context) -> int:
+    from tfgrpo.learner import run_learning
+
+    return run_learning(
+        ctx,
+        run_dir=Path(args.run_dir),
+        seed=args.seed,
+        progress=not args.no_progress,
+        keep_checkpoints=args.keep_checkpoints,
+    )
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    from tfgrpo.testing.fake_openai import FakeOpenAIServer
+    from tfgrpo.testing.responders import grpo_responder
+
+    print(DEMO_NOTE, flush=True)
+    with FakeOpenAIServer(grpo_responder) as server:
+        ctx = context_from_args(args, model="openai:tfgrpo-scripted", base_url=server.base_url)
+        return cmd_learn(args, ctx)
+
+
+def cmd_library(args: argparse.Namespace) -> int:
+    from tfgrpo.runs import RunDir
+    from tfgrpo.state.library import diff_libraries, library_markdown
+
+    run = RunDir(args.run_dir)
+    if args.library_command == "show":
+        library = run.library_at(args.step)
+        print(json.dumps(library, indent=2, ensure_ascii=False) if args.json else library_markdown(library))
+        return 0
+    steps = run.steps()
+    step = args.step if args.step is not None else (steps[-1] if steps else None)
+    if step is None:
+        print("no step has finished yet")
+        return 0
+    before = [s for s in steps if s < step]
+    lines = diff_libraries(run.library_at(before[-1] if before else -1), run.library_at(step))
+    if args.json:
+        print(json.dumps({"step": step, "changes": lines}, indent=2, ensure_ascii=False))
+    else:
+        print(f"step {step}: {len(lines) and sum(1 for x in lines if x[0] in '+-~')} change(s)")
+        print("\n".join(lines) if lines else "(no change)")
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    # A second Ctrl-C during a drain must still stop the process.
+    signal.signal(signal.SIGINT, _default_sigint)
+    try:
+        if args.command == "learn":
+            return cmd_learn(args, context_from_args(args))
+        if args.command == "demo":
+            return cmd_demo(args)
+        return cmd_library(args)
+    except TfgrpoError as exc:
+        print(f"tfgrpo: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("\ntfgrpo: interrupted", file=sys.stderr)
+        return 130
+
+
+def _default_sigint(signum: int, frame: FrameType | None) -> None:
+    raise KeyboardInterrupt
+
+
+def settings_for_display(ctx: Context) -> dict[str, Any]:
+    return {k: v for k, v in asdict(ctx).items() if "key" not in k.lower()}
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,76 @@
+"""Runtime settings of a learning run, passed as LangGraph ``context`` (not checkpointed).
+
+Everything here is a plain value so LangGraph Studio can render and edit it. Models are named by spec
+(``openai:NAME``) and built lazily by :mod:`tfgrpo.models`; importing this module needs no API key.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from dataclasses import asdict, dataclass, field
+
+# Settings that change the meaning of a run: a resumed run must use the same values.
+RUN_DEFINING = (
+    "dataset",
+    "group_size",
+    "batch_size",
+    "epochs",
+    "reward",
+    "experiences_per_group",
+)
+
+
+@dataclass(kw_only=True)
+class Context:
+    """Settings for the learning graphs (``context_schema``)."""
+
+    # What to learn from
+    dataset: str = field(
+        default="rg:basic_arithmetic:size=20:seed=1",
+        metadata={"description": "JSONL/CSV path with question/answer, or rg:NAME:key=value spec."},
+    )
+    reward: str = field(
+        default="math",
+        metadata={"description": "math | exact_match | f1 | module:function returning a float in [0,1]."},
+    )
+    # The paper's hyper-parameters
+    epochs: int = 3
+    batch_size: int = 8
+    group_size: int = field(default=5, metadata={"description": "G rollouts per query."})
+    temperature: float = field(default=0.7, metadata={"description": "Sampling temperature of rollouts."})
+    experiences_per_group: int = field(default=2, metadata={"description": "K: at most K per group."})
+    max_library_items: int = field(default=50, metadata={"description": "Hard cap on |E|."})
+    # Models
+    model: str = field(
+        default_factory=lambda: os.environ.get("TFGRPO_MODEL", ""),
+        metadata={"description": "Policy model, e.g. openai:gpt-4o-mini (default: $TFGRPO_MODEL)."},
+    )
+    learner_model: str = field(
+        default="", metadata={"description": "Model for summarize/extract/update (default: model)."}
+    )
+    base_url: str = field(
+        default_factory=lambda: os.environ.get("OPENAI_BASE_URL", ""),
+        metadata={"description": "OpenAI-compatible endpoint (default: $OPENAI_BASE_URL)."},
+    )
+    learner_temperature: float = 0.3
+    max_tokens: int = field(default=1024, metadata={"description": "Cap on tokens per completion."})
+    request_timeout: float = 120.0
+    # Robustness
+    structured_retries: int = field(
+        default=2, metadata={"description": "Extra attempts when structured output cannot be parsed."}
+    )
+    structured_method: str = field(
+        default="function_calling",
+        metadata={"description": "function_calling | json_mode | json_schema for extract/update."},
+    )
+    max_concurrency: int = 4
+
+    def settings_fingerprint(self) -> str:
+        """Hash of the run-defining settings, stored in state to refuse an inconsistent resume."""
+        data = {k: asdict(self)[k] for k in RUN_DEFINING}
+        return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()[:16]
+
+    def run_defining(self) -> dict[str, object]:
+        return {k: asdict(self)[k] for k in RUN_DEFINING}

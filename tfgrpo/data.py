@@ -1,0 +1,408 @@
+"""Datasets: load queries from JSONL / JSON / CSV files or generate them with reasoning_gym.
+
+Public API
+----------
+``load_dataset(spec, *, limit=None) -> list[Query]``
+    ``spec`` is either a file path ending in ``.jsonl``, ``.json`` (a JSON list of objects) or ``.csv``,
+    or ``rg:NAME[:key=value...]`` to generate an offline dataset with ``reasoning_gym``.
+``dataset_fingerprint(queries) -> str``
+    A stable 16-hex-char sha256 digest of ids, questions and answers in order.
+``clear_cache()``
+    Forget cached datasets (mostly for tests).
+
+Rows
+----
+Each row needs ``question`` (a string) and ``answer`` (a string, or a JSON number which is turned into a
+string: ``42 -> "42"``, ``1.5 -> "1.5"``), both non-empty after stripping; surrounding whitespace is
+stripped. ``id`` is optional (string or integer, turned into a stripped string); rows without one (or with
+a blank one) get ``<file stem>-<1-based row number>``. Extra fields are ignored.
+
+Errors
+------
+Every problem is a one-line :class:`~tfgrpo.errors.DataError` of the form ``<file>: <where>: <what>``.
+``<where>`` is ``line N`` for JSONL (1-based physical line; blank lines are skipped but counted),
+``item N`` for a JSON list (1-based position in the list; ``line N`` for a JSON syntax error) and
+``row N`` for CSV (1-based CSV record, the header being row 1, so row N is line N unless a quoted field
+spans several lines). Examples::
+
+    data/x.jsonl: file not found
+    data/x.jsonl: empty file (no rows)
+    data/x.jsonl: line 3: invalid JSON (Expecting value at column 1)
+    data/x.jsonl: line 3: row is not a JSON object (got list)
+    data/x.jsonl: line 3: field 'answer' is missing
+    data/x.jsonl: line 3: field 'question' is empty
+    data/x.jsonl: line 5: duplicate id 'q1' (first used at line 2)
+    data/x.csv: row 1 (header): missing required column(s) 'answer' (found: 'id', 'question')
+    data/x.txt: unsupported extension '.txt' (expected .jsonl, .json or .csv)
+    rg:nope: unknown reasoning_gym dataset 'nope' (did you mean: ...; available: ab, acre, ... (106 in all))
+    rg:basic_arithmetic:foo=1: unknown option 'foo' for reasoning_gym dataset 'basic_arithmetic' (valid: ...)
+
+reasoning_gym specs
+-------------------
+``rg:NAME:key=value:...`` calls ``reasoning_gym.create_dataset(NAME, **kwargs)``; values are parsed as
+int, then float, then bool (``true``/``false``, any case), else kept as strings. Defaults ``size=20`` and
+``seed=1``. Ids are ``rg-NAME-<seed>-<index>`` with the 0-based index of the item in the dataset.
+
+Cache
+-----
+Loaded datasets are kept in a small LRU cache keyed by the file's absolute path, mtime and size (or the
+``rg:`` spec); ``limit`` is applied on the way out. Each call returns a fresh list of fresh dicts, so
+callers may mutate what they get without corrupting the cache.
+"""
+
+from __future__ import annotations
+
+import csv
+import difflib
+import hashlib
+import io
+import json
+import math
+import os
+import threading
+from collections import OrderedDict
+from pathlib import Path
+from typing import Any
+
+from tfgrpo.errors import DataError
+from tfgrpo.state.types import Query
+
+__all__ = ["clear_cache", "dataset_fingerprint", "load_dataset"]
+
+RG_PREFIX = "rg:"
+RG_DEFAULTS: dict[str, Any] = {"size": 20, "seed": 1}
+SUPPORTED_EXTENSIONS = (".jsonl", ".json", ".csv")
+REQUIRED_FIELDS = ("question", "answer")
+
+_Row = tuple[str, str, str]  # (id, question, answer): immutable, safe to keep in the cache
+_CACHE_MAX = 32
+_cache: OrderedDict[tuple[Any, ...], tuple[_Row, ...]] = OrderedDict()
+_cache_lock = threading.Lock()
+
+
+# --------------------------------------------------------------------------- public API
+
+
+def load_dataset(spec: str, *, limit: int | None = None) -> list[Query]:
+    """Load queries from a file (``.jsonl``, ``.json``, ``.csv``) or an ``rg:NAME[:k=v...]`` spec.
+
+    All rows are validated, then the first ``limit`` are returned (all when ``limit`` is None).
+    Raises :class:`DataError` (one line, naming the file, row and field) on any problem.
+    """
+    spec = str(spec)
+    if limit is not None and (isinstance(limit, bool) or not isinstance(limit, int) or limit < 0):
+        raise DataError(f"{spec}: limit must be a non-negative integer, got {limit!r}")
+    if spec.startswith(RG_PREFIX):
+        key: tuple[Any, ...] = ("rg", spec)
+        rows = _cache_get(key)
+        if rows is None:
+            rows = _load_reasoning_gym(spec)
+            _cache_put(key, rows)
+    else:
+        path = Path(spec)
+        try:
+            st = path.stat()
+        except FileNotFoundError:
+            raise DataError(f"{spec}: file not found") from None
+        except OSError as exc:
+            raise DataError(f"{spec}: cannot access file ({_one_line(exc.strerror or exc)})") from None
+        if not path.is_file():
+            raise DataError(f"{spec}: not a regular file")
+        ext = path.suffix.lower()
+        if ext not in SUPPORTED_EXTENSIONS:
+            shown = ext or "(none)"
+            raise DataError(f"{spec}: unsupported extension '{shown}' (expected .jsonl, .json or .csv)")
+        key = ("file", os.path.abspath(spec), st.st_mtime_ns, st.st_size)
+        rows = _cache_get(key)
+        if rows is None:
+            rows = _load_file(spec, path, ext)
+            _cache_put(key, rows)
+    if limit is not None:
+        rows = rows[:limit]
+    return [Query(id=i, question=q, answer=a) for i, q, a in rows]
+
+
+def dataset_fingerprint(queries: list[Query]) -> str:
+    """A stable digest (16 hex chars of sha256) of ids, questions and answers, in order."""
+    h = hashlib.sha256()
+    for q in queries:
+        line = json.dumps([q["id"], q["question"], q["answer"]], ensure_ascii=False, separators=(",", ":"))
+        h.update(line.encode("utf-8"))
+        h.update(b"\n")
+    return h.hexdigest()[:16]
+
+
+def clear_cache() -> None:
+    """Forget every cached dataset."""
+    with _cache_lock:
+        _cache.clear()
+
+
+# --------------------------------------------------------------------------- cache
+
+
+def _cache_get(key: tuple[Any, ...]) -> tuple[_Row, ...] | None:
+    with _cache_lock:
+        rows = _cache.get(key)
+        if rows is not None:
+            _cache.move_to_end(key)
+        return rows
+
+
+def _cache_put(key: tuple[Any, ...], rows: tuple[_Row, ...]) -> None:
+    with _cache_lock:
+        _cache[key] = rows
+        _cache.move_to_end(key)
+        while len(_cache) > _CACHE_MAX:
+            _cache.popitem(last=False)
+
+
+# --------------------------------------------------------------------------- files
+
+
+def _one_line(value: object) -> str:
+    return " ".join(str(value).split())
+
+
+def _read_text(spec: str, path: Path) -> str:
+    try:
+        # utf-8-sig: tolerate a byte-order mark (Excel writes one in CSV exports).
+        return path.read_text(encoding="utf-8-sig")
+    except UnicodeDecodeError as exc:
+        raise DataError(f"{spec}: not valid UTF-8 (byte offset {exc.start})") from None
+    except OSError as exc:
+        raise DataError(f"{spec}: cannot read file ({_one_line(exc.strerror or exc)})") from None
+
+
+def _load_file(spec: str, path: Path, ext: str) -> tuple[_Row, ...]:
+    text = _read_text(spec, path)
+    if ext == ".jsonl":
+        records = _jsonl_records(spec, text)
+    elif ext == ".json":
+        records = _json_records(spec, text)
+    else:
+        records = _csv_records(spec, text)
+    if not records:
+        raise DataError(f"{spec}: empty file (no rows)")
+    return _validate(spec, path.stem, records)
+
+
+def _jsonl_records(spec: str, text: str) -> list[tuple[str, int, object]]:
+    out: list[tuple[str, int, object]] = []
+    # split on "\n" only: str.splitlines() would also split on U+2028 etc., legal inside JSON strings.
+    for lineno, line in enumerate(text.split("\n"), start=1):
+        if not line.strip():
+            continue
+        try:
+            obj = json.loads(line)
+        except json.JSONDecodeError as exc:
+            raise DataError(
+                f"{spec}: line {lineno}: invalid JSON ({_one_line(exc.msg)} at column {exc.colno})"
+            ) from None
+        out.append((f"line {lineno}", lineno, obj))
+    return out
+
+
+def _json_records(spec: str, text: str) -> list[tuple[str, int, object]]:
+    if not text.strip():
+        return []
+    try:
+        data = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise DataError(
+            f"{spec}: line {exc.lineno}: invalid JSON ({_one_line(exc.msg)} at column {exc.colno})"
+        ) from None
+    if not isinstance(data, list):
+        raise DataError(f"{spec}: expected a JSON list of objects, got {_type_name(data)}")
+    return [(f"item {n}", n, obj) for n, obj in enumerate(data, start=1)]
+
+
+def _csv_records(spec: str, text: str) -> list[tuple[str, int, object]]:
+    reader = csv.reader(io.StringIO(text, newline=""))
+    header: list[str] | None = None
+    out: list[tuple[str, int, object]] = []
+    rowno = 0
+    try:
+        for rowno, cells in enumerate(reader, start=1):
+            if not any(c.strip() for c in cells):
+                continue  # blank line
+            if header is None:
+                header = [c.strip() for c in cells]
+                missing = [f for f in REQUIRED_FIELDS if f not in header]
+                if missing:
+                    found = ", ".join(f"'{h}'" for h in header)
+                    need = ", ".join(f"'{m}'" for m in missing)
+                    raise DataError(
+                        f"{spec}: row {rowno} (header): missing required column(s) {need} (found: {found})"
+                    )
+                continue
+            row = {name: (cells[i] if i < len(cells) else None) for i, name in enumerate(header)}
+            out.append((f"row {rowno}", rowno, row))
+    except csv.Error as exc:
+        raise DataError(f"{spec}: row {rowno + 1}: invalid CSV ({_one_line(exc)})") from None
+    return out
+
+
+def _type_name(value: object) -> str:
+    if value is None:
+        return "null"
+    return {dict: "object", list: "list", str: "string", bool: "bool", int: "int", float: "float"}.get(
+        type(value), type(value).__name__
+    )
+
+
+def _text_field(where: str, obj: dict[str, Any], field: str, *, numbers: bool) -> str:
+    if field not in obj or obj[field] is None:
+        raise DataError(f"{where}: field '{field}' is missing")
+    value = obj[field]
+    if isinstance(value, str):
+        text = value.strip()
+    elif numbers and isinstance(value, int | float) and not isinstance(value, bool):
+        if isinstance(value, float) and not math.isfinite(value):
+            raise DataError(f"{where}: field '{field}' must be a finite number, got {value!r}")
+        text = str(value)
+    else:
+        expected = "a string or a number" if numbers else "a string"
+        raise DataError(f"{where}: field '{field}' must be {expected}, got {_type_name(value)}")
+    if not text:
+        raise DataError(f"{where}: field '{field}' is empty")
+    return text
+
+
+def _validate(spec: str, stem: str, records: list[tuple[str, int, object]]) -> tuple[_Row, ...]:
+    rows: list[_Row] = []
+    seen: dict[str, str] = {}
+    for loc, number, obj in records:
+        where = f"{spec}: {loc}"
+        if not isinstance(obj, dict):
+            raise DataError(f"{where}: row is not a JSON object (got {_type_name(obj)})")
+        question = _text_field(where, obj, "question", numbers=False)
+        answer = _text_field(where, obj, "answer", numbers=True)
+        raw_id = obj.get("id")
+        if raw_id is None or (isinstance(raw_id, str) and not raw_id.strip()):
+            qid = f"{stem}-{number}"
+        elif isinstance(raw_id, str):
+            qid = raw_id.strip()
+        elif isinstance(raw_id, int) and not isinstance(raw_id, bool):
+            qid = str(raw_id)
+        else:
+            raise DataError(f"{where}: field 'id' must be a string or an integer, got {_type_name(raw_id)}")
+        if qid in seen:
+            raise DataError(f"{where}: duplicate id '{qid}' (first used at {seen[qid]})")
+        seen[qid] = loc
+        rows.append((qid, question, answer))
+    return tuple(rows)
+
+
+# --------------------------------------------------------------------------- reasoning_gym
+
+
+def _parse_value(raw: str) -> Any:
+    try:
+        return int(raw)
+    except ValueError:
+        pass
+    try:
+        return float(raw)
+    except ValueError:
+        pass
+    if raw.lower() in ("true", "false"):
+        return raw.lower() == "true"
+    return raw
+
+
+def _parse_rg_spec(spec: str) -> tuple[str, dict[str, Any]]:
+    parts = spec[len(RG_PREFIX) :].split(":")
+    name = parts[0].strip()
+    if not name:
+        raise DataError(f"{spec}: missing reasoning_gym dataset name (expected rg:NAME[:key=value...])")
+    kwargs: dict[str, Any] = {}
+    for part in parts[1:]:
+        key, sep, raw = part.partition("=")
+        key = key.strip()
+        if not sep or not key:
+            raise DataError(f"{spec}: expected key=value after the dataset name, got '{part}'")
+        if key in kwargs:
+            raise DataError(f"{spec}: option '{key}' given twice")
+        kwargs[key] = _parse_value(raw.strip())
+    return name, {**RG_DEFAULTS, **kwargs}
+
+
+def _rg_registry() -> dict[str, Any]:
+    try:
+        import reasoning_gym  # noqa: F401 - importing registers every dataset (slow: keep it lazy)
+        from reasoning_gym.factory import DATASETS
+    except ImportError as exc:
+        raise DataError(f"reasoning_gym is not available ({_one_line(exc)})") from None
+    return dict(DATASETS)
+
+
+def _expected_type(default: object) -> type | None:
+    """The scalar type a config field wants, judged from its default (None: do not check)."""
+    for t in (bool, int, float):  # bool first: it is a subclass of int
+        if isinstance(default, t):
+            return t
+    return None
+
+
+def _matches(value: object, expected: type) -> bool:
+    if expected is bool:
+        return isinstance(value, bool)
+    if expected is int:
+        return isinstance(value, int) and not isinstance(value, bool)
+    return isinstance(value, int | float) and not isinstance(value, bool)  # float accepts ints
+
+
+def _load_reasoning_gym(spec: str) -> tuple[_Row, ...]:
+    name, kwargs = _parse_rg_spec(spec)
+    registry = _rg_registry()
+    if name not in registry:
+        names = sorted(registry)
+        close = difflib.get_close_matches(name, names, n=3)
+        hint = f"did you mean: {', '.join(close)}; " if close else ""
+        raise DataError(
+            f"{spec}: unknown reasoning_gym dataset '{name}' "
+            f"({hint}available: {', '.join(names[:8])}, ... ({len(names)} in all))"
+        )
+    import dataclasses
+
+    import reasoning_gym
+
+    config_cls = registry[name][1]
+    if dataclasses.is_dataclass(config_cls):
+        fields = {f.name: f for f in dataclasses.fields(config_cls) if f.init}
+        for key, value in kwargs.items():
+            if key not in fields:
+                raise DataError(
+                    f"{spec}: unknown option '{key}' for reasoning_gym dataset '{name}' "
+                    f"(valid: {', '.join(sorted(fields))})"
+                )
+            expected = int if key in RG_DEFAULTS else _expected_type(fields[key].default)
+            if expected is not None and not _matches(value, expected):
+                raise DataError(
+                    f"{spec}: option '{key}' must be {expected.__name__} for reasoning_gym dataset "
+                    f"'{name}', got {value!r}"
+                )
+    user_opts = ", ".join(f"{k}={v!r}" for k, v in kwargs.items())
+    try:
+        dataset = reasoning_gym.create_dataset(name, **kwargs)
+        entries = [dataset[i] for i in range(len(dataset))]
+    except Exception as exc:  # config validation is plain asserts / TypeErrors / ValueErrors
+        msg = _one_line(exc) or type(exc).__name__
+        raise DataError(
+            f"{spec}: invalid options for reasoning_gym dataset '{name}' ({user_opts}): {msg}"
+        ) from None
+    seed = kwargs.get("seed")
+    rows: list[_Row] = []
+    for index, entry in enumerate(entries):
+        question = str(entry.get("question") or "").strip()
+        answer_raw = entry.get("answer")
+        answer = "" if answer_raw is None else str(answer_raw).strip()
+        if not question:
+            raise DataError(f"{spec}: item {index}: field 'question' is empty")
+        if not answer:
+            raise DataError(f"{spec}: item {index}: field 'answer' is empty (no reference answer)")
+        rows.append((f"rg-{name}-{seed}-{index}", question, answer))
+    if not rows:
+        raise DataError(f"{spec}: generated no items (size={kwargs.get('size')!r})")
+    return tuple(rows)

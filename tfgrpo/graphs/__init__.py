@@ -1,0 +1,1 @@
+"""Graphs: ``step`` (one Training-Free GRPO step) and ``learn`` (epochs x batches around it)."""

@@ -1,0 +1,42 @@
+"""The learning loop: epochs x batches around the GRPO step, as one checkpointable graph.
+
+    START -> start -> select_batch -> [the six step nodes] -> advance -> select_batch ... -> END
+
+The step's nodes are added flat (not as a subgraph) so that resume after a crash re-runs only the
+unfinished branches of the interrupted fan-out.
+"""
+
+from __future__ import annotations
+
+from langgraph.graph import END, START, StateGraph
+from langgraph.graph.state import CompiledStateGraph
+from langgraph.store.base import BaseStore
+from langgraph.types import Checkpointer
+
+from tfgrpo.context import Context
+from tfgrpo.graphs.step import add_step
+from tfgrpo.nodes.schedule import advance, route_next, select_batch, start
+from tfgrpo.state.graph_state import LearnState
+
+
+def build_learn_graph() -> StateGraph[LearnState, Context, LearnState, LearnState]:
+    builder = StateGraph(LearnState, context_schema=Context)
+    builder.add_node("start", start)
+    builder.add_node("select_batch", select_batch)
+    builder.add_node("advance", advance)
+    builder.add_edge(START, "start")
+    builder.add_conditional_edges("start", route_next, ["select_batch", END])
+    exit_node = add_step(builder, entry="select_batch")
+    builder.add_edge(exit_node, "advance")
+    builder.add_conditional_edges("advance", route_next, ["select_batch", END])
+    return builder
+
+
+def compile_learn_graph(
+    checkpointer: Checkpointer = None, store: BaseStore | None = None
+) -> CompiledStateGraph[LearnState, Context, LearnState, LearnState]:
+    return build_learn_graph().compile(checkpointer=checkpointer, store=store, name="tfgrpo-learn")
+
+
+# For langgraph.json / Studio: no checkpointer compiled in (the server brings its own).
+graph = compile_learn_graph()

@@ -1,0 +1,61 @@
+"""One Training-Free GRPO step as a LangGraph graph: the paper's six steps, wired and nothing else.
+
+rollout (map over batch x G) -> reward -> variance_gate -> summarize (map) -> extract -> update_library
+                                                 \\______ nothing kept ______________________/
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from langgraph.graph import END, START, StateGraph
+from langgraph.graph.state import CompiledStateGraph
+from langgraph.store.base import BaseStore
+from langgraph.types import Checkpointer
+
+from tfgrpo.context import Context
+from tfgrpo.nodes.extract import extract
+from tfgrpo.nodes.reward import reward
+from tfgrpo.nodes.rollout import fan_out_rollouts, rollout
+from tfgrpo.nodes.summarize import summarize
+from tfgrpo.nodes.update_library import update_library
+from tfgrpo.nodes.variance_gate import route_after_gate, variance_gate
+from tfgrpo.state.graph_state import StepState
+
+STEP_NODES = ("rollout", "reward", "variance_gate", "summarize", "extract", "update_library")
+
+
+def add_step(builder: StateGraph[Any, Any, Any, Any], *, entry: str) -> str:
+    """Add the six step nodes to ``builder``, fanned out from ``entry``; returns the exit node."""
+    # map workers take their Send payload (RolloutTask / SummarizeTask), not the graph state
+    builder.add_node("rollout", rollout)  # type: ignore[call-overload]
+    builder.add_node("reward", reward)
+    builder.add_node("variance_gate", variance_gate)
+    builder.add_node("summarize", summarize)  # type: ignore[arg-type]
+    builder.add_node("extract", extract)
+    builder.add_node("update_library", update_library)
+
+    builder.add_conditional_edges(entry, fan_out_rollouts, ["rollout", "update_library"])
+    builder.add_edge("rollout", "reward")  # join: runs once after every rollout branch
+    builder.add_edge("reward", "variance_gate")
+    builder.add_conditional_edges("variance_gate", route_after_gate, ["summarize", "update_library"])
+    builder.add_edge("summarize", "extract")  # join
+    builder.add_edge("extract", "update_library")
+    return "update_library"
+
+
+def build_step_graph() -> StateGraph[StepState, Context, StepState, StepState]:
+    builder = StateGraph(StepState, context_schema=Context)
+    exit_node = add_step(builder, entry=START)
+    builder.add_edge(exit_node, END)
+    return builder
+
+
+def compile_step_graph(
+    checkpointer: Checkpointer = None, store: BaseStore | None = None
+) -> CompiledStateGraph[StepState, Context, StepState, StepState]:
+    return build_step_graph().compile(checkpointer=checkpointer, store=store, name="tfgrpo-step")
+
+
+# For langgraph.json / Studio: no checkpointer compiled in (the server brings its own).
+graph = compile_step_graph()

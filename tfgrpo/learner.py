@@ -1,0 +1,149 @@
+"""Drive the learn graph from the command line: SQLite checkpoints in the run directory, progress bars,
+outputs after every step, graceful Ctrl-C, and resume by running the same command again."""
+
+from __future__ import annotations
+
+import signal
+import sys
+from pathlib import Path
+from types import FrameType
+from typing import Any, cast
+
+from langchain_core.runnables import RunnableConfig
+from langgraph.checkpoint.sqlite import SqliteSaver
+from langgraph.errors import GraphDrained
+from langgraph.runtime import RunControl
+from langgraph.store.sqlite import SqliteStore
+from tqdm import tqdm
+
+from tfgrpo.context import Context
+from tfgrpo.data import load_dataset
+from tfgrpo.graphs.learn import compile_learn_graph
+from tfgrpo.nodes.schedule import batches_per_epoch, check_resume
+from tfgrpo.runs import RunDir, open_sqlite, prune_checkpoints, table_header, table_line
+from tfgrpo.state.graph_state import LearnState
+
+THREAD_ID = "learn"
+SUPERSTEPS_PER_STEP = 8
+MAP_NODES = ("rollout", "summarize")
+
+
+class Progress:
+    """One bar per map stage of the current step (rollout, summarize); a table row per finished step."""
+
+    def __init__(self, enabled: bool, group_size: int) -> None:
+        self.enabled = enabled and sys.stderr.isatty()
+        self.group_size = group_size
+        self.bar: tqdm[Any] | None = None
+
+    def _open(self, desc: str, total: int) -> None:
+        self.close()
+        if self.enabled and total:
+            self.bar = tqdm(total=total, desc=desc, leave=False, file=sys.stderr, dynamic_ncols=True)
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+            self.bar = None
+
+    def update(self, node: str, update: dict[str, Any]) -> None:
+        if node == "select_batch":
+            self._open("rollout", len(update.get("batch", [])) * self.group_size)
+        elif node == "variance_gate":
+            groups = update.get("groups", [])
+            total = sum(sum(r is not None for r in g["rewards"]) for g in groups if g["kept"])
+            self._open("summarize", total)
+        elif node in ("rollout", "summarize") and self.bar is not None:
+            self.bar.update(1)
+        elif node == "extract":
+            self.close()
+
+
+def run_learning(
+    ctx: Context, *, run_dir: Path, seed: int, progress: bool = True, keep_checkpoints: bool = False
+) -> int:
+    queries = load_dataset(ctx.dataset)  # fail fast with a one-line error on a bad dataset
+    run = RunDir(run_dir)
+    run.create()
+    store = SqliteStore(open_sqlite(run.store))
+    store.setup()
+    saver = SqliteSaver(open_sqlite(run.checkpoints))
+    graph = compile_learn_graph(checkpointer=saver, store=store)
+    n_steps = ctx.epochs * batches_per_epoch(len(queries), ctx.batch_size)
+    config: RunnableConfig = {
+        "configurable": {"thread_id": THREAD_ID},
+        "recursion_limit": (n_steps + 2) * SUPERSTEPS_PER_STEP,
+        "max_concurrency": ctx.max_concurrency,
+    }
+    snapshot = graph.get_state(config)
+    values = dict(snapshot.values or {})
+    check_resume(values, ctx, queries)
+    if values and not snapshot.next:
+        print(f"run in {run_dir} is already complete ({len(values.get('history', []))} steps)")
+        run.write_outputs(values)
+        return 0
+    graph_input: dict[str, Any] | None = None if values else {"seed": seed}
+    if values:
+        print(f"resuming {run_dir} at step {values.get('step', 0)} of {n_steps}", flush=True)
+    else:
+        run.write_settings(ctx, seed)
+        print(f"learning: {len(queries)} queries, {n_steps} steps -> {run_dir}", flush=True)
+
+    control = RunControl()
+
+    def drain(signum: int, frame: FrameType | None) -> None:
+        signal.signal(signal.SIGINT, _hard_stop)
+        print("\nstopping after the current stage (Ctrl-C again to abort)...", file=sys.stderr, flush=True)
+        control.request_drain("Ctrl-C")
+
+    previous = signal.signal(signal.SIGINT, drain)
+    bars = Progress(progress, ctx.group_size)
+    print(table_header(), flush=True)
+    for report in values.get("history", []):
+        print(table_line(report), flush=True)
+    try:
+        for chunk in graph.stream(
+            cast(LearnState | None, graph_input),
+            config,
+            context=ctx,
+            stream_mode="updates",
+            durability="sync",
+            control=control,
+        ):
+            for node, update in chunk.items():
+                if not isinstance(update, dict):
+                    continue
+                bars.update(node, update)
+                if node in MAP_NODES:
+                    continue
+                # a single node finished a superstep: older checkpoints are no longer needed to resume
+                snap = graph.get_state(config)
+                if not keep_checkpoints:
+                    prune_checkpoints(saver, THREAD_ID, snap.config["configurable"]["checkpoint_id"])
+                if node == "advance":
+                    run.write_outputs(snap.values)
+                    print(table_line(snap.values["history"][-1]), flush=True)
+    except GraphDrained:
+        bars.close()
+        run.write_outputs(graph.get_state(config).values)
+        print(
+            f"stopped at a superstep boundary; resume with the same command (--run-dir {run_dir})",
+            file=sys.stderr,
+        )
+        return 130
+    finally:
+        bars.close()
+        signal.signal(signal.SIGINT, previous)
+
+    final = graph.get_state(config).values
+    run.write_outputs(final)
+    library = final.get("library", {"items": []})
+    print(f"\ndone: {len(final.get('history', []))} steps, {len(library['items'])} experiences")
+    print(f"library: {run_dir / 'library.md'}   report: {run_dir / 'report.md'}")
+    for item in library["items"]:
+        print(f"  [{item['id']}] {item['text']}")
+    return 0
+
+
+def _hard_stop(signum: int, frame: FrameType | None) -> None:
+    raise KeyboardInterrupt

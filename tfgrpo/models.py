@@ -1,0 +1,103 @@
+"""Lazy chat-model construction from a spec string (``openai:NAME`` or any ``init_chat_model`` provider).
+
+Nothing here runs at import: ``ChatOpenAI`` refuses to construct without a key, so models are built on
+first use and cached per settings. Tests register extra providers (e.g. ``scripted``) with
+:func:`register_provider`.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from langchain_core.language_models import BaseChatModel
+
+from tfgrpo.errors import ConfigError
+
+
+@dataclass(frozen=True)
+class ModelSettings:
+    spec: str
+    base_url: str = ""
+    temperature: float = 0.7
+    max_tokens: int = 1024
+    timeout: float = 120.0
+
+
+ProviderFactory = Callable[[str, ModelSettings], BaseChatModel]
+
+_providers: dict[str, ProviderFactory] = {}
+_cache: dict[ModelSettings, BaseChatModel] = {}
+_lock = threading.Lock()
+
+
+def register_provider(prefix: str, factory: ProviderFactory) -> None:
+    """Make ``prefix:NAME`` specs resolve through ``factory(NAME, settings)``."""
+    with _lock:
+        _providers[prefix] = factory
+        for key in [k for k in _cache if k.spec.startswith(prefix + ":")]:
+            del _cache[key]
+
+
+def _openai(name: str, settings: ModelSettings) -> BaseChatModel:
+    from langchain_openai import ChatOpenAI
+
+    key = os.environ.get("OPENAI_API_KEY", "")
+    if not key:
+        if not settings.base_url:
+            raise ConfigError(
+                f"model {settings.spec!r} needs OPENAI_API_KEY, or --base-url for a local server"
+            )
+        key = "not-needed"  # local OpenAI-compatible servers ignore the key
+    kwargs: dict[str, Any] = {}
+    if settings.base_url:
+        # llama.cpp and some other servers ignore max_completion_tokens: also send max_tokens
+        kwargs["extra_body"] = {"max_tokens": settings.max_tokens}
+    return ChatOpenAI(
+        model=name,
+        base_url=settings.base_url or None,
+        api_key=key,  # type: ignore[arg-type]
+        temperature=settings.temperature,
+        max_completion_tokens=settings.max_tokens,
+        timeout=settings.timeout,
+        max_retries=2,
+        **kwargs,
+    )
+
+
+def _init_chat_model(spec: str, settings: ModelSettings) -> BaseChatModel:
+    from langchain.chat_models import init_chat_model
+
+    try:
+        return init_chat_model(
+            spec,
+            temperature=settings.temperature,
+            max_tokens=settings.max_tokens,
+            timeout=settings.timeout,
+        )
+    except ImportError as exc:
+        raise ConfigError(f"model {spec!r}: provider package missing ({exc})") from None
+    except ValueError as exc:
+        raise ConfigError(f"model {spec!r}: {str(exc).splitlines()[0]}") from None
+
+
+def get_model(settings: ModelSettings) -> BaseChatModel:
+    """The chat model for ``settings``, built once per distinct settings."""
+    if not settings.spec:
+        raise ConfigError("no model configured: pass --model openai:NAME --base-url URL, or set TFGRPO_MODEL")
+    with _lock:
+        cached = _cache.get(settings)
+        if cached is not None:
+            return cached
+        prefix, _, name = settings.spec.partition(":")
+        if prefix in _providers:
+            model = _providers[prefix](name, settings)
+        elif prefix == "openai" and name:
+            model = _openai(name, settings)
+        else:
+            model = _init_chat_model(settings.spec, settings)
+        _cache[settings] = model
+        return model

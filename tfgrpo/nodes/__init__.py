@@ -1,0 +1,1 @@
+"""One module per step of Training-Free GRPO, each with its prompt beside it."""

@@ -1,0 +1,212 @@
+"""Shared plumbing for the nodes: timed LLM calls, structured output with repair, and the result memo.
+
+The memo makes every LLM result durable the moment it exists: a node stores its result in the LangGraph
+store under a deterministic key before returning, and a re-executed node (after a crash) reads it back
+instead of calling the model again. Checkpoint pending writes cover finished *branches*; the memo also
+covers the window between a response and its checkpoint write, and the per-group calls inside ``extract``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+import time
+from typing import Any, TypeVar
+
+from langchain_core.language_models import BaseChatModel
+from langchain_core.messages import AIMessage, BaseMessage, HumanMessage
+from langgraph.runtime import Runtime
+from langgraph.store.base import BaseStore
+from langgraph.store.memory import InMemoryStore
+from pydantic import BaseModel, ValidationError
+
+from tfgrpo.context import Context
+from tfgrpo.models import ModelSettings, get_model
+from tfgrpo.state.types import CallRecord
+
+T = TypeVar("T", bound=BaseModel)
+
+# Used only when a graph was compiled without a store (e.g. a bare ``compile()`` in a notebook).
+_fallback_store = InMemoryStore()
+
+
+def store_of(runtime: Runtime[Any]) -> BaseStore:
+    return runtime.store if runtime.store is not None else _fallback_store
+
+
+def step_namespace(run_id: str, step: int, kind: str) -> tuple[str, ...]:
+    return ("tfgrpo", run_id or "default", f"step-{step:05d}", kind)
+
+
+def publish_library_text(store: BaseStore, run_id: str, text: str) -> str:
+    """Store E's rendering once per content and return its key: map payloads carry the key, not E,
+    so the checkpointed fan-out does not copy E B x G times."""
+    key = hashlib.sha256(text.encode()).hexdigest()[:16]
+    ns = ("tfgrpo", run_id or "default", "libraries")
+    if store.get(ns, key) is None:
+        store.put(ns, key, {"text": text}, index=False)
+    return key
+
+
+def library_text_of(store: BaseStore, run_id: str, key: str) -> str:
+    item = store.get(("tfgrpo", run_id or "default", "libraries"), key)
+    if item is None:
+        raise LookupError(f"experience library {key} not found in the store")
+    return str(item.value["text"])
+
+
+def memo_get(store: BaseStore, namespace: tuple[str, ...], key: str) -> dict[str, Any] | None:
+    item = store.get(namespace, key)
+    return dict(item.value) if item is not None else None
+
+
+def memo_put(store: BaseStore, namespace: tuple[str, ...], key: str, value: dict[str, Any]) -> None:
+    store.put(namespace, key, value, index=False)
+
+
+def context_of(runtime: Runtime[Any]) -> Context:
+    ctx = runtime.context
+    if ctx is None:
+        return Context()
+    if isinstance(ctx, dict):  # Studio / API server pass plain JSON
+        return Context(**ctx)
+    return ctx
+
+
+def policy_model(ctx: Context) -> tuple[BaseChatModel, str]:
+    settings = ModelSettings(
+        spec=ctx.model,
+        base_url=ctx.base_url,
+        temperature=ctx.temperature,
+        max_tokens=ctx.max_tokens,
+        timeout=ctx.request_timeout,
+    )
+    return get_model(settings), ctx.model
+
+
+def learner_model(ctx: Context) -> tuple[BaseChatModel, str]:
+    spec = ctx.learner_model or ctx.model
+    settings = ModelSettings(
+        spec=spec,
+        base_url=ctx.base_url,
+        temperature=ctx.learner_temperature,
+        max_tokens=ctx.max_tokens,
+        timeout=ctx.request_timeout,
+    )
+    return get_model(settings), spec
+
+
+def _record(node: str, model: str, ok: bool, started: float, msg: BaseMessage | None) -> CallRecord:
+    usage = getattr(msg, "usage_metadata", None) or {}
+    return {
+        "node": node,
+        "model": model,
+        "ok": ok,
+        "input_tokens": int(usage.get("input_tokens", 0) or 0),
+        "output_tokens": int(usage.get("output_tokens", 0) or 0),
+        "started": started,
+        "seconds": round(time.time() - started, 4),
+    }
+
+
+def one_line(exc: BaseException | str) -> str:
+    text = str(exc) if not isinstance(exc, str) else exc
+    first = text.strip().splitlines()[0] if text.strip() else type(exc).__name__
+    name = type(exc).__name__ if isinstance(exc, BaseException) else "error"
+    return f"{name}: {first}"[:300]
+
+
+def call_text(
+    model: BaseChatModel, spec: str, node: str, messages: list[BaseMessage], **kwargs: Any
+) -> tuple[AIMessage | None, CallRecord, str | None]:
+    """One plain completion. Never raises for model errors: returns (message, record, error)."""
+    started = time.time()
+    try:
+        msg = model.invoke(messages, **kwargs)
+    except Exception as exc:  # provider errors after the client's own retries
+        return None, _record(node, spec, False, started, None), one_line(exc)
+    assert isinstance(msg, AIMessage)
+    return msg, _record(node, spec, True, started, msg), None
+
+
+_JSON_OBJECT = re.compile(r"\{.*\}", re.DOTALL)
+
+
+def tolerant_parse(schema: type[T], raw: AIMessage | None) -> T | None:
+    """Second chance for output the strict parser refused: tool-call args, invalid tool calls, or JSON
+    embedded in text (code fences, prose around it)."""
+    if raw is None:
+        return None
+    candidates: list[Any] = [tc.get("args") for tc in raw.tool_calls]
+    candidates += [tc.get("args") for tc in raw.invalid_tool_calls]
+    content = raw.content if isinstance(raw.content, str) else json.dumps(raw.content)
+    candidates.append(content)
+    for cand in candidates:
+        data: Any = cand
+        if isinstance(cand, str):
+            match = _JSON_OBJECT.search(cand)
+            if not match:
+                continue
+            try:
+                data = json.loads(match.group(0))
+            except json.JSONDecodeError:
+                continue
+        if isinstance(data, dict):
+            try:
+                return schema.model_validate(data)
+            except ValidationError:
+                # a model sometimes wraps the payload one level deep: {"ToolName": {...}}
+                inner = [v for v in data.values() if isinstance(v, dict)]
+                if len(inner) == 1:
+                    try:
+                        return schema.model_validate(inner[0])
+                    except ValidationError:
+                        continue
+    return None
+
+
+def call_structured(
+    model: BaseChatModel,
+    spec: str,
+    node: str,
+    schema: type[T],
+    messages: list[BaseMessage],
+    *,
+    retries: int,
+    method: str = "function_calling",
+) -> tuple[T | None, list[CallRecord], str | None]:
+    """Structured output through forced tool calls, a tolerant fallback parse and a bounded retry.
+
+    Returns (parsed or None, one record per attempt, last error). The caller records failures.
+    """
+    runnable = model.with_structured_output(schema, method=method, include_raw=True)
+    records: list[CallRecord] = []
+    error: str | None = None
+    convo = list(messages)
+    for _attempt in range(retries + 1):
+        started = time.time()
+        try:
+            out = runnable.invoke(convo)
+        except Exception as exc:
+            records.append(_record(node, spec, False, started, None))
+            error = one_line(exc)
+            continue
+        raw = out.get("raw") if isinstance(out, dict) else None
+        parsed = out.get("parsed") if isinstance(out, dict) else None
+        records.append(_record(node, spec, True, started, raw))
+        if isinstance(parsed, schema):
+            return parsed, records, None
+        repaired = tolerant_parse(schema, raw if isinstance(raw, AIMessage) else None)
+        if repaired is not None:
+            return repaired, records, None
+        perr = out.get("parsing_error") if isinstance(out, dict) else None
+        error = f"unparseable {schema.__name__}: " + (one_line(perr) if perr else "no tool call")
+        convo = [
+            *messages,
+            HumanMessage(
+                f"Your previous reply could not be used ({error}). Call the {schema.__name__} tool "
+                "with arguments that match its schema exactly."
+            ),
+        ]
+    return None, records, error

@@ -1,0 +1,167 @@
+"""Step 5 of Training-Free GRPO: **extract** the semantic advantage of each kept group.
+
+One learner call per kept group compares the G summaries (with rewards, the ground truth and the
+current E) and proposes at most K operations on E: the natural-language counterpart of GRPO's
+group-relative advantage. Calls run in parallel; each result is memoized in the store so a resumed run
+never pays for a finished group twice. Unparseable output is retried, then recorded as dropped.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from langchain_core.messages import HumanMessage, SystemMessage
+from langchain_core.runnables.config import ContextThreadPoolExecutor
+from langgraph.runtime import Runtime
+from pydantic import BaseModel, Field
+
+from tfgrpo.context import Context
+from tfgrpo.nodes._llm import (
+    call_structured,
+    context_of,
+    learner_model,
+    memo_get,
+    memo_put,
+    step_namespace,
+    store_of,
+)
+from tfgrpo.nodes.summarize import load_summary
+from tfgrpo.state.graph_state import StepState
+from tfgrpo.state.library import Operation, render_library
+from tfgrpo.state.types import CallRecord, Dropped, Group, Proposal, Query, usage_of
+
+
+class ProposedOperation(BaseModel):
+    """One change to the experience library."""
+
+    op: Literal["ADD", "UPDATE", "DELETE", "NONE"] = Field(description="The kind of change.")
+    id: str | None = Field(default=None, description="Experience id (e.g. G3) for UPDATE and DELETE.")
+    content: str | None = Field(
+        default=None, description="For ADD/UPDATE: one concise, general, reusable lesson (1-2 sentences)."
+    )
+    reason: str = Field(default="", description="Why, in one sentence.")
+
+
+class ExtractedExperiences(BaseModel):
+    """The semantic advantage of one group of attempts, as operations on the experience library."""
+
+    analysis: str = Field(description="What the better attempts did that the worse ones did not.")
+    operations: list[ProposedOperation] = Field(description="At most K operations on the library.")
+
+
+SYSTEM_PROMPT = (
+    "You compare several attempts at the same problem and extract what made the better ones better. "
+    "Propose at most {k} operations on the experience library: ADD a new general lesson, UPDATE an "
+    "existing one (give its id) to make it more precise, DELETE one (give its id) that misled the "
+    "attempts, or NONE. Lessons must be general strategies or pitfalls that help on OTHER problems of "
+    "this kind, not facts about this problem or its answer. Call the ExtractedExperiences tool."
+)
+
+USER_TEMPLATE = """Problem:
+{question}
+
+Ground-truth answer: {answer}
+
+Current experience library:
+{library}
+
+Attempts (summaries, with rewards):
+{attempts}"""
+
+
+def _proposal_key(query_id: str) -> str:
+    return f"{query_id}"
+
+
+def _extract_group(
+    runtime: Runtime[Context],
+    ctx: Context,
+    state: StepState,
+    group: Group,
+    query: Query,
+) -> tuple[Proposal | None, list[CallRecord], list[Dropped]]:
+    run_id, step = state.get("run_id", ""), state.get("step", 0)
+    store = store_of(runtime)
+    ns = step_namespace(run_id, step, "extract")
+    done = memo_get(store, ns, _proposal_key(query["id"]))
+    if done is None:
+        attempts = []
+        for g, (key, value) in enumerate(zip(group["keys"], group["rewards"], strict=True)):
+            summary = load_summary(runtime, run_id, step, key) if value is not None else None
+            if summary is not None:
+                attempts.append(f"--- Attempt {g + 1} (reward {value:g}) ---\n{summary}")
+        if len(attempts) < 2:
+            done = {
+                "proposal": None,
+                "error": f"only {len(attempts)} summaries usable",
+                "calls": [],
+                "over_k": 0,
+            }
+        else:
+            library = state.get("library")
+            model, spec = learner_model(ctx)
+            messages = [
+                SystemMessage(SYSTEM_PROMPT.format(k=ctx.experiences_per_group)),
+                HumanMessage(
+                    USER_TEMPLATE.format(
+                        question=query["question"],
+                        answer=query["answer"],
+                        library=(render_library(library) if library else "") or "(empty)",
+                        attempts="\n\n".join(attempts),
+                    )
+                ),
+            ]
+            parsed, records, error = call_structured(
+                model,
+                spec,
+                "extract",
+                ExtractedExperiences,
+                messages,
+                retries=ctx.structured_retries,
+                method=ctx.structured_method,
+            )
+            proposal: Proposal | None = None
+            over_k = 0
+            if parsed is not None:
+                real = [op for op in parsed.operations if op.op != "NONE"]
+                over_k = max(0, len(real) - ctx.experiences_per_group)
+                ops: list[Operation] = [
+                    {
+                        "op": op.op,
+                        "id": op.id,
+                        "content": op.content,
+                        "reason": op.reason,
+                        "sources": [query["id"]],
+                    }
+                    for op in real[: ctx.experiences_per_group]
+                ]
+                proposal = {"query_id": query["id"], "analysis": parsed.analysis, "operations": ops}
+            done = {"proposal": proposal, "error": error, "calls": records, "over_k": over_k}
+        memo_put(store, ns, _proposal_key(query["id"]), done)
+
+    dropped: list[Dropped] = []
+    if done["proposal"] is None:
+        dropped.append({"stage": "extract", "item": query["id"], "reason": done["error"] or "failed"})
+    if done["over_k"]:
+        dropped.append(
+            {
+                "stage": "extract",
+                "item": query["id"],
+                "reason": f"{done['over_k']} operation(s) beyond K={ctx.experiences_per_group} cut",
+            }
+        )
+    return done["proposal"], done["calls"], dropped
+
+
+def extract(state: StepState, runtime: Runtime[Context]) -> dict[str, Any]:
+    ctx = context_of(runtime)
+    queries = {q["id"]: q for q in state.get("batch", [])}
+    kept = [group for group in state.get("groups", []) if group["kept"]]
+    with ContextThreadPoolExecutor(max_workers=max(1, ctx.max_concurrency)) as pool:
+        results = list(
+            pool.map(lambda gr: _extract_group(runtime, ctx, state, gr, queries[gr["query_id"]]), kept)
+        )
+    proposals = [proposal for proposal, _, _ in results if proposal is not None]
+    calls = [record for _, records, _ in results for record in records]
+    dropped = [drop for _, _, drops in results for drop in drops]
+    return {"proposals": proposals, "usage": usage_of(calls), "dropped": dropped}

@@ -1,0 +1,103 @@
+"""The outer loop of Training-Free GRPO: epochs over a small training set, one step per batch.
+
+``start`` initialises a run (id, empty E, counters) and refuses a changed dataset; ``select_batch``
+takes batch ``batch_index`` of epoch ``epoch`` from a seeded shuffle that differs per epoch (the
+reference code's shuffle has no effect) and keeps the last partial batch; ``advance`` records the step's
+report, clears the per-step channels so checkpoints do not grow with B x G, and moves the counters.
+"""
+
+from __future__ import annotations
+
+import math
+import random
+import uuid
+from typing import Any
+
+from langgraph.graph import END
+from langgraph.runtime import Runtime
+from langgraph.types import Overwrite
+
+from tfgrpo.context import Context
+from tfgrpo.data import dataset_fingerprint, load_dataset
+from tfgrpo.errors import ConfigError, DataError
+from tfgrpo.nodes._llm import context_of
+from tfgrpo.state.graph_state import LearnState
+from tfgrpo.state.library import empty_library
+from tfgrpo.state.types import Query
+
+
+def epoch_order(queries: list[Query], seed: int, epoch: int) -> list[Query]:
+    order = list(queries)
+    random.Random(f"tfgrpo:{seed}:{epoch}").shuffle(order)
+    return order
+
+
+def batches_per_epoch(n_queries: int, batch_size: int) -> int:
+    return math.ceil(n_queries / max(1, batch_size))
+
+
+def check_resume(values: dict[str, Any], ctx: Context, queries: list[Query]) -> None:
+    """Raise a one-line error when a run would continue with another dataset or other settings."""
+    fingerprint = values.get("dataset_fingerprint")
+    if fingerprint and fingerprint != dataset_fingerprint(queries):
+        raise ConfigError(f"dataset {ctx.dataset!r} differs from the one this run started with")
+    settings = values.get("settings_fingerprint")
+    if settings and settings != ctx.settings_fingerprint():
+        raise ConfigError(
+            "settings differ from the ones this run started with "
+            f"({', '.join(ctx.run_defining())} must stay the same to resume)"
+        )
+
+
+def start(state: LearnState, runtime: Runtime[Context]) -> dict[str, Any]:
+    ctx = context_of(runtime)
+    queries = load_dataset(ctx.dataset)
+    if not queries:
+        raise DataError(f"{ctx.dataset}: no rows")
+    check_resume(dict(state), ctx, queries)
+    return {
+        "run_id": state.get("run_id") or uuid.uuid4().hex,
+        "seed": state.get("seed", 0),
+        "library": state.get("library") or empty_library(),
+        "epoch": state.get("epoch", 0),
+        "batch_index": state.get("batch_index", 0),
+        "step": state.get("step", 0),
+        "dataset_fingerprint": dataset_fingerprint(queries),
+        "settings_fingerprint": ctx.settings_fingerprint(),
+        "done": state.get("epoch", 0) >= ctx.epochs,
+    }
+
+
+def select_batch(state: LearnState, runtime: Runtime[Context]) -> dict[str, Any]:
+    ctx = context_of(runtime)
+    order = epoch_order(load_dataset(ctx.dataset), state.get("seed", 0), state.get("epoch", 0))
+    first = state.get("batch_index", 0) * ctx.batch_size
+    return {"batch": order[first : first + ctx.batch_size]}
+
+
+def advance(state: LearnState, runtime: Runtime[Context]) -> dict[str, Any]:
+    ctx = context_of(runtime)
+    n_batches = batches_per_epoch(len(load_dataset(ctx.dataset)), ctx.batch_size)
+    epoch, batch_index = state.get("epoch", 0), state.get("batch_index", 0) + 1
+    if batch_index >= n_batches:
+        epoch, batch_index = epoch + 1, 0
+    history = [state["report"]] if state.get("report") else []
+    return {
+        "history": history,
+        "step": state.get("step", 0) + 1,
+        "epoch": epoch,
+        "batch_index": batch_index,
+        "done": epoch >= ctx.epochs,
+        # per-step channels: cleared so the checkpoint stays the same size whatever B x G is
+        "batch": [],
+        "groups": [],
+        "proposals": [],
+        "rollouts": Overwrite([]),
+        "summaries": Overwrite([]),
+        "usage": Overwrite({}),
+        "dropped": Overwrite([]),
+    }
+
+
+def route_next(state: LearnState) -> str:
+    return END if state.get("done") else "select_batch"

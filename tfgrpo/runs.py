@@ -1,0 +1,189 @@
+"""The run directory: checkpoints, the trajectory store, and the human-readable outputs of a run.
+
+RUN_DIR/checkpoints.sqlite   LangGraph checkpoints (resume); does not grow with B x G
+RUN_DIR/store.sqlite         LangGraph store: rollouts, summaries and LLM results of every step
+RUN_DIR/run.json             the settings the run started with (no secrets)
+RUN_DIR/library.json|.md     the current experience library E
+RUN_DIR/libraries/step-NNNN.json   E after step NNNN (for ``library show/diff --step``)
+RUN_DIR/report.json|.md      the per-step report
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sqlite3
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any
+
+from tfgrpo.context import Context
+from tfgrpo.errors import ConfigError
+from tfgrpo.state.library import Library, empty_library, library_markdown
+from tfgrpo.state.types import StepReport
+
+REPORT_COLUMNS = (
+    ("step", 4),
+    ("epoch", 5),
+    ("batch", 5),
+    ("reward", 6),
+    ("kept", 4),
+    ("skip", 4),
+    ("prop", 4),
+    ("appl", 4),
+    ("rej", 3),
+    ("drop", 4),
+    ("calls", 5),
+    ("tok_in", 7),
+    ("tok_out", 7),
+    ("secs", 6),
+    ("|E|", 3),
+)
+
+
+def _atomic_write(path: Path, text: str) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(text, encoding="utf-8")
+    os.replace(tmp, path)
+
+
+def open_sqlite(path: Path) -> sqlite3.Connection:
+    # The savers serialize access with their own lock; autocommit keeps every write durable at once.
+    return sqlite3.connect(str(path), check_same_thread=False, isolation_level=None)
+
+
+def report_row(r: StepReport) -> list[str]:
+    reward = "-" if r["mean_reward"] is None else f"{r['mean_reward']:.3f}"
+    return [
+        str(r["step"]),
+        str(r["epoch"]),
+        str(r["batch_index"]),
+        reward,
+        str(r["groups_kept"]),
+        str(r["groups_skipped"]),
+        str(r["operations_proposed"]),
+        str(r["operations_applied"]),
+        str(r["operations_rejected"]),
+        str(sum(r["dropped"].values())),
+        str(r["calls"]),
+        str(r["input_tokens"]),
+        str(r["output_tokens"]),
+        f"{r['seconds']:.1f}",
+        str(r["library_size"]),
+    ]
+
+
+def table_header() -> str:
+    return "  ".join(name.rjust(width) for name, width in REPORT_COLUMNS)
+
+
+def table_line(r: StepReport) -> str:
+    return "  ".join(v.rjust(w) for v, (_, w) in zip(report_row(r), REPORT_COLUMNS, strict=True))
+
+
+def totals(history: list[StepReport]) -> dict[str, Any]:
+    dropped: dict[str, int] = {}
+    for r in history:
+        for stage, n in r["dropped"].items():
+            dropped[stage] = dropped.get(stage, 0) + n
+    return {
+        "steps": len(history),
+        "calls": sum(r["calls"] for r in history),
+        "input_tokens": sum(r["input_tokens"] for r in history),
+        "output_tokens": sum(r["output_tokens"] for r in history),
+        "seconds": round(sum(r["seconds"] for r in history), 3),
+        "rollouts": sum(r["rollouts"] for r in history),
+        "rollouts_failed": sum(r["rollouts_failed"] for r in history),
+        "groups_kept": sum(r["groups_kept"] for r in history),
+        "groups_skipped": sum(r["groups_skipped"] for r in history),
+        "operations_applied": sum(r["operations_applied"] for r in history),
+        "operations_rejected": sum(r["operations_rejected"] for r in history),
+        "dropped": dropped,
+    }
+
+
+class RunDir:
+    def __init__(self, path: str | Path) -> None:
+        self.path = Path(path)
+
+    @property
+    def checkpoints(self) -> Path:
+        return self.path / "checkpoints.sqlite"
+
+    @property
+    def store(self) -> Path:
+        return self.path / "store.sqlite"
+
+    def create(self) -> None:
+        (self.path / "libraries").mkdir(parents=True, exist_ok=True)
+
+    def write_settings(self, ctx: Context, seed: int) -> None:
+        _atomic_write(
+            self.path / "run.json", json.dumps({"seed": seed, "context": asdict(ctx)}, indent=2) + "\n"
+        )
+
+    def write_outputs(self, values: dict[str, Any]) -> None:
+        """Library, per-step snapshot and report from the graph state (idempotent)."""
+        library: Library = values.get("library") or empty_library()
+        history: list[StepReport] = values.get("history") or []
+        _atomic_write(self.path / "library.json", json.dumps(library, indent=2, ensure_ascii=False) + "\n")
+        _atomic_write(self.path / "library.md", library_markdown(library))
+        if history:
+            snap = self.path / "libraries" / f"step-{history[-1]['step']:04d}.json"
+            if not snap.exists():
+                _atomic_write(snap, json.dumps(library, indent=2, ensure_ascii=False) + "\n")
+        report: dict[str, Any] = {"totals": totals(history), "steps": history}
+        _atomic_write(self.path / "report.json", json.dumps(report, indent=2, ensure_ascii=False) + "\n")
+        lines = ["# Training-Free GRPO run report", "", "```", table_header()]
+        lines += [table_line(r) for r in history]
+        lines += ["```", "", "## Totals", ""]
+        lines += [f"- {k}: {v}" for k, v in report["totals"].items()]
+        rejected = [(r["step"], x) for r in history for x in r["rejected"]]
+        if rejected:
+            lines += ["", "## Rejected operations", ""]
+            lines += [
+                f"- step {s}: {x['operation'].get('op')} {x['operation'].get('id') or ''} — {x['why']}"
+                for s, x in rejected
+            ]
+        _atomic_write(self.path / "report.md", "\n".join(lines) + "\n")
+
+    # -- reading, for `tfgrpo library show|diff`
+    def require(self) -> None:
+        if not (self.path / "library.json").exists():
+            raise ConfigError(f"{self.path}: not a tfgrpo run directory (no library.json)")
+
+    def steps(self) -> list[int]:
+        return sorted(int(p.stem.split("-")[1]) for p in (self.path / "libraries").glob("step-*.json"))
+
+    def library_at(self, step: int | None) -> Library:
+        self.require()
+        if step is None:
+            path = self.path / "library.json"
+        elif step < 0:
+            return empty_library()
+        else:
+            path = self.path / "libraries" / f"step-{step:04d}.json"
+            if not path.exists():
+                raise ConfigError(f"{self.path}: no library for step {step} (have {self.steps() or 'none'})")
+        data: Library = json.loads(path.read_text(encoding="utf-8"))
+        return data
+
+
+def prune_checkpoints(saver: Any, thread_id: str, latest_checkpoint_id: str) -> int:
+    """Delete a thread's checkpoints and writes older than ``latest_checkpoint_id``.
+
+    ``SqliteSaver`` stores full channel values at every superstep, so an unpruned run grows with the
+    number of supersteps. Resume needs only the latest checkpoint (and its pending writes); per-step
+    libraries and reports are kept as files. Checkpoint ids are time-ordered, so ``<`` is "older".
+    """
+    with saver.lock:
+        cur = saver.conn.execute(
+            "DELETE FROM checkpoints WHERE thread_id = ? AND checkpoint_id < ?",
+            (thread_id, latest_checkpoint_id),
+        )
+        saver.conn.execute(
+            "DELETE FROM writes WHERE thread_id = ? AND checkpoint_id < ?",
+            (thread_id, latest_checkpoint_id),
+        )
+        saver.conn.commit()
+    return int(cur.rowcount or 0)

@@ -1,0 +1,49 @@
+"""Graph state for the step graph and the learn loop (``typing_extensions.TypedDict`` for Studio/JSON)."""
+
+from __future__ import annotations
+
+import operator
+from typing import Annotated, NotRequired
+
+from typing_extensions import TypedDict
+
+from tfgrpo.state.library import Library
+from tfgrpo.state.types import (
+    Dropped,
+    Group,
+    Proposal,
+    Query,
+    RolloutRef,
+    StepReport,
+    SummaryRef,
+    Usage,
+    merge_usage,
+)
+
+
+class StepState(TypedDict):
+    """One GRPO step over one batch. The per-step channels are cleared when the learn loop advances."""
+
+    run_id: NotRequired[str]
+    step: NotRequired[int]
+    epoch: NotRequired[int]
+    batch_index: NotRequired[int]
+    library: NotRequired[Library]
+    batch: NotRequired[list[Query]]
+    rollouts: NotRequired[Annotated[list[RolloutRef], operator.add]]
+    groups: NotRequired[list[Group]]
+    summaries: NotRequired[Annotated[list[SummaryRef], operator.add]]
+    proposals: NotRequired[list[Proposal]]
+    usage: NotRequired[Annotated[dict[str, Usage], merge_usage]]
+    dropped: NotRequired[Annotated[list[Dropped], operator.add]]
+    report: NotRequired[StepReport]
+
+
+class LearnState(StepState):
+    """The learning loop: E, the epoch/batch counters, the seed and a compact per-step history."""
+
+    seed: NotRequired[int]
+    dataset_fingerprint: NotRequired[str]
+    settings_fingerprint: NotRequired[str]
+    history: NotRequired[Annotated[list[StepReport], operator.add]]
+    done: NotRequired[bool]

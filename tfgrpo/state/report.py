@@ -1,0 +1,56 @@
+"""The compact per-step report: what a user reads to see whether a step did anything, and what it cost."""
+
+from __future__ import annotations
+
+from collections import Counter
+
+from tfgrpo.state.graph_state import StepState
+from tfgrpo.state.library import Library, Operation, RejectedOperation
+from tfgrpo.state.types import CallRecord, Dropped, StepReport, merge_usage, usage_of
+
+
+def build_step_report(
+    state: StepState,
+    *,
+    library: Library,
+    applied: list[Operation],
+    rejected: list[RejectedOperation],
+    more_calls: list[CallRecord],
+    more_dropped: list[Dropped],
+) -> StepReport:
+    groups = state.get("groups", [])
+    rewards = [r for group in groups for r in group["rewards"] if r is not None]
+    usage = merge_usage(state.get("usage"), usage_of(more_calls))
+    dropped = [*state.get("dropped", []), *more_dropped]
+    rollouts = state.get("rollouts", [])
+    if usage:
+        first = min(u["first_started"] for u in usage.values())
+        last = max(u["last_ended"] for u in usage.values())
+        seconds = round(last - first, 3)
+    else:
+        seconds = 0.0
+    return {
+        "step": state.get("step", 0),
+        "epoch": state.get("epoch", 0),
+        "batch_index": state.get("batch_index", 0),
+        "queries": len(state.get("batch", [])),
+        "rollouts": len(rollouts),
+        "rollouts_failed": sum(1 for r in rollouts if not r["ok"]),
+        "mean_reward": round(sum(rewards) / len(rewards), 4) if rewards else None,
+        "groups_kept": sum(1 for group in groups if group["kept"]),
+        "groups_skipped": sum(1 for group in groups if not group["kept"]),
+        "operations_proposed": sum(len(p["operations"]) for p in state.get("proposals", [])),
+        "operations_applied": len(applied),
+        "operations_rejected": len(rejected),
+        "rejected": rejected,
+        "applied": applied,
+        "dropped": dict(Counter(d["stage"] for d in dropped)),
+        "calls": sum(u["calls"] for u in usage.values()),
+        "calls_failed": sum(u["failed"] for u in usage.values()),
+        "usage": usage,
+        "input_tokens": sum(u["input_tokens"] for u in usage.values()),
+        "output_tokens": sum(u["output_tokens"] for u in usage.values()),
+        "seconds": seconds,
+        "library_size": len(library["items"]),
+        "library_version": library["version"],
+    }

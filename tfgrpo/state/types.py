@@ -1,0 +1,152 @@
+"""Records that flow through one learning step. Small on purpose: trajectories live in the store."""
+
+from __future__ import annotations
+
+from typing import NotRequired
+
+from typing_extensions import TypedDict
+
+from tfgrpo.state.library import Operation, RejectedOperation
+
+
+class Query(TypedDict):
+    id: str
+    question: str
+    answer: str
+
+
+class Rollout(TypedDict):
+    """A whole rollout, kept in the LangGraph store (never in checkpointed state)."""
+
+    query_id: str
+    g: int
+    step: int
+    response: str  # final text of the policy
+    trajectory: list[dict]  # message dicts (tool calls and results for agent rollouts)
+    error: NotRequired[str | None]
+
+
+class RolloutRef(TypedDict):
+    """What state keeps of a rollout: where it is stored and whether it is usable."""
+
+    key: str
+    query_id: str
+    g: int
+    ok: bool
+    error: NotRequired[str | None]
+
+
+class Group(TypedDict):
+    """The G rollouts of one query with their rewards and the gate's verdict."""
+
+    query_id: str
+    keys: list[str]  # store keys of the rollouts, in g order
+    rewards: list[float | None]  # None = unusable (failed rollout or failed reward)
+    kept: bool
+    reason: str
+
+
+class SummaryRef(TypedDict):
+    key: str  # store key of the rollout it summarizes
+    query_id: str
+    g: int
+    ok: bool
+
+
+class Proposal(TypedDict):
+    """Operations proposed by ``extract`` for one group (its semantic advantage)."""
+
+    query_id: str
+    analysis: str
+    operations: list[Operation]
+
+
+class CallRecord(TypedDict):
+    node: str
+    model: str
+    ok: bool
+    input_tokens: int
+    output_tokens: int
+    started: float  # unix time
+    seconds: float
+    memo: NotRequired[bool]  # answered from the resume memo, no new request
+
+
+class Usage(TypedDict):
+    """Calls of one node within a step, aggregated: constant size whatever B x G is.
+    The per-call records stay in the store next to each result."""
+
+    calls: int
+    failed: int
+    input_tokens: int
+    output_tokens: int
+    first_started: float
+    last_ended: float
+
+
+def usage_of(records: list[CallRecord]) -> dict[str, Usage]:
+    out: dict[str, Usage] = {}
+    for r in records:
+        one: Usage = {
+            "calls": 1,
+            "failed": 0 if r["ok"] else 1,
+            "input_tokens": r["input_tokens"],
+            "output_tokens": r["output_tokens"],
+            "first_started": r["started"],
+            "last_ended": r["started"] + r["seconds"],
+        }
+        out = merge_usage(out, {r["node"]: one})
+    return out
+
+
+def merge_usage(left: dict[str, Usage] | None, right: dict[str, Usage] | None) -> dict[str, Usage]:
+    """Reducer of the ``usage`` channel: sums per node, earliest start, latest end."""
+    merged = dict(left or {})
+    for node, u in (right or {}).items():
+        if node not in merged:
+            merged[node] = u
+            continue
+        m = merged[node]
+        merged[node] = {
+            "calls": m["calls"] + u["calls"],
+            "failed": m["failed"] + u["failed"],
+            "input_tokens": m["input_tokens"] + u["input_tokens"],
+            "output_tokens": m["output_tokens"] + u["output_tokens"],
+            "first_started": min(m["first_started"], u["first_started"]),
+            "last_ended": max(m["last_ended"], u["last_ended"]),
+        }
+    return merged
+
+
+class Dropped(TypedDict):
+    """An item lost on the way; every one is counted in the step report."""
+
+    stage: str
+    item: str
+    reason: str
+
+
+class StepReport(TypedDict):
+    step: int
+    epoch: int
+    batch_index: int
+    queries: int
+    rollouts: int
+    rollouts_failed: int
+    mean_reward: float | None
+    groups_kept: int
+    groups_skipped: int
+    operations_proposed: int
+    operations_applied: int
+    operations_rejected: int
+    rejected: list[RejectedOperation]
+    applied: list[Operation]
+    dropped: dict[str, int]  # stage -> count
+    calls: int
+    calls_failed: int
+    usage: dict[str, Usage]  # per node
+    input_tokens: int
+    output_tokens: int
+    seconds: float
+    library_size: int
+    library_version: int
