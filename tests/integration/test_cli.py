@@ -1,0 +1,138 @@
+"""The ``tfgrpo`` command as a user runs it: real subprocesses, real HTTP to the fake server."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import PYTHON, SHARED_DATA, cli_env
+from tfgrpo.testing.fake_openai import FakeOpenAIServer
+
+pytestmark = pytest.mark.integration
+
+
+def tfgrpo(*args: str, timeout: float = 180) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [PYTHON, "-m", "tfgrpo.cli", *args], env=cli_env(), capture_output=True, text=True, timeout=timeout
+    )
+
+
+def learn_args(server: FakeOpenAIServer, run_dir: Path, dataset: str, *extra: str) -> list[str]:
+    return [
+        "learn", "--dataset", dataset, "--model", "openai:fake", "--base-url", server.base_url,
+        "--run-dir", str(run_dir), "--epochs", "1", "--batch-size", "2", "--group-size", "3",
+        "--no-progress", *extra,
+    ]  # fmt: skip
+
+
+def test_demo_learns_and_writes_the_run_directory(tmp_path: Path) -> None:
+    run_dir = tmp_path / "demo"
+    out = tfgrpo("demo", "--run-dir", str(run_dir), "--dataset", "rg:basic_arithmetic:size=8:seed=2")
+    assert out.returncode == 0, out.stderr
+    assert "does" in out.stdout and "not learn" in out.stdout  # the demo says what it is
+    report = json.loads((run_dir / "report.json").read_text())
+    assert len(report["steps"]) == 4  # 2 epochs x 2 batches of 4
+    assert report["totals"]["calls"] > 0 and report["totals"]["input_tokens"] > 0
+    assert all(s["rollouts"] == 16 for s in report["steps"])
+    library = json.loads((run_dir / "library.json").read_text())
+    assert library["items"], "the scripted learner always proposes lessons"
+    for item in library["items"]:
+        assert item["id"].startswith("G") and item["sources"]
+        assert item["text"] in out.stdout  # the final library is printed
+    assert (run_dir / "library.md").read_text().startswith("# Experience library")
+    assert "reward" in (run_dir / "report.md").read_text()
+    assert sorted(p.name for p in (run_dir / "libraries").iterdir()) == [
+        f"step-{i:04d}.json" for i in range(4)
+    ]
+    assert "OPENAI_API_KEY" not in (run_dir / "run.json").read_text()
+
+    shown = tfgrpo("library", "show", str(run_dir), "--step", "0", "--json")
+    assert shown.returncode == 0, shown.stderr
+    step0 = json.loads(shown.stdout)
+    assert step0 == json.loads((run_dir / "libraries" / "step-0000.json").read_text())
+    diff = tfgrpo("library", "diff", str(run_dir), "--step", "0")
+    assert diff.returncode == 0
+    assert all(f"+ [{item['id']}]" in diff.stdout for item in step0["items"])
+
+    again = tfgrpo("demo", "--run-dir", str(run_dir), "--dataset", "rg:basic_arithmetic:size=8:seed=2")
+    assert again.returncode == 0 and "already complete" in again.stdout
+
+
+BAD_DATASETS = {
+    "missing.jsonl": (None, "file not found"),
+    "empty.jsonl": ("", "empty file"),
+    "noanswer.jsonl": ('{"question": "1+1?", "answer": "2"}\n{"question": "2+2?"}\n', "line 2"),
+    "dup.jsonl": (
+        '{"id": "a", "question": "1+1?", "answer": "2"}\n{"id": "a", "question": "2+2?", "answer": "4"}\n',
+        "duplicate id 'a'",
+    ),
+    "nocols.csv": ("prompt,answer\nx,1\n", "question"),
+    "broken.jsonl": ('{"question": "1+1?", "answer": 2\n', "invalid JSON"),
+}
+
+
+@pytest.mark.parametrize("name", sorted(BAD_DATASETS))
+def test_bad_dataset_is_one_line_error(name: str, tmp_path: Path, fake_server: FakeOpenAIServer) -> None:
+    content, expected = BAD_DATASETS[name]
+    path = tmp_path / name
+    if content is not None:
+        path.write_text(content)
+    out = tfgrpo(*learn_args(fake_server, tmp_path / "run", str(path)))
+    assert out.returncode == 2
+    lines = out.stderr.strip().splitlines()
+    assert len(lines) == 1 and "Traceback" not in out.stderr, out.stderr
+    assert name in lines[0] and expected in lines[0]
+    assert fake_server.requests == []  # nothing was paid for
+
+
+def test_no_model_is_a_clear_error(tmp_path: Path) -> None:
+    out = tfgrpo("learn", "--run-dir", str(tmp_path / "r"), "--no-progress")
+    assert out.returncode == 2
+    assert out.stderr.strip().splitlines() == [
+        "tfgrpo: error: no model configured: pass --model openai:NAME --base-url URL, or set TFGRPO_MODEL"
+    ]
+
+
+def test_resume_with_other_settings_is_refused(tmp_path: Path, fake_server: FakeOpenAIServer) -> None:
+    run_dir = tmp_path / "run"
+    first = tfgrpo(*learn_args(fake_server, run_dir, "rg:basic_arithmetic:size=4:seed=1"))
+    assert first.returncode == 0, first.stderr
+    other = tfgrpo(
+        *learn_args(fake_server, run_dir, "rg:basic_arithmetic:size=4:seed=1", "--group-size", "4")
+    )
+    assert other.returncode == 2 and "settings differ" in other.stderr
+    changed = tfgrpo(*learn_args(fake_server, run_dir, "rg:basic_arithmetic:size=4:seed=9"))
+    assert changed.returncode == 2 and "differs from the one this run started with" in changed.stderr
+
+
+def test_user_reward_and_failing_server_are_counted(tmp_path: Path, fake_server: FakeOpenAIServer) -> None:
+    reward_file = tmp_path / "my_reward.py"
+    reward_file.write_text("def score(response, answer):\n    return 1.0 if answer in response else 0.0\n")
+    fake_server.fail_next(3, status=400)  # not retried by the client: three rollouts fail
+    run_dir = tmp_path / "run"
+    out = tfgrpo(
+        *learn_args(
+            fake_server, run_dir, "rg:basic_arithmetic:size=4:seed=1", "--reward", f"{reward_file}:score"
+        )
+    )
+    assert out.returncode == 0, out.stderr
+    report = json.loads((run_dir / "report.json").read_text())
+    assert report["totals"]["rollouts_failed"] == 3
+    assert report["totals"]["dropped"]["rollout"] == 3
+    assert any(s["mean_reward"] is not None for s in report["steps"])
+
+
+def test_hotpotqa_rows_load_with_exact_match(tmp_path: Path, fake_server: FakeOpenAIServer) -> None:
+    path = SHARED_DATA / "hotpotqa_distractor_train100.jsonl"
+    if not path.exists():
+        pytest.skip("../shared/data not present (benchmark data lives outside the repository)")
+    small = tmp_path / "hotpot4.jsonl"
+    small.write_text("".join(path.read_text().splitlines(keepends=True)[:4]))
+    out = tfgrpo(*learn_args(fake_server, tmp_path / "run", str(small), "--reward", "exact_match"))
+    assert out.returncode == 0, out.stderr
+    report = json.loads((tmp_path / "run" / "report.json").read_text())
+    # the scripted model cannot answer these: every group has equal rewards and is skipped
+    assert report["totals"]["groups_kept"] == 0 and report["totals"]["groups_skipped"] == 4
