@@ -35,6 +35,12 @@ def _add_learn_args(p: argparse.ArgumentParser, *, demo: bool) -> None:
     p.add_argument("--max-tokens", type=int, default=d.max_tokens)
     p.add_argument("--max-concurrency", type=int, default=d.max_concurrency)
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--request-timeout", type=float, default=d.request_timeout, help="seconds per LLM call")
+    p.add_argument("--max-retries", type=int, default=4, help="retries of a transient error (429/5xx/...)")
+    p.add_argument("--retry-backoff", type=float, default=1.0, help="first retry delay in seconds")
+    p.add_argument("--budget-usd", type=float, default=None, help="stop (resumably) before spending more")
+    p.add_argument("--budget-tokens", type=int, default=None, help="stop (resumably) before using more")
+    p.add_argument("--prices", default=None, help='JSON {"MODEL": {"input": USD/1M, "output": USD/1M}}')
     p.add_argument("--no-progress", action="store_true", help="no progress bars (tables only)")
     p.add_argument(
         "--keep-checkpoints",
@@ -76,6 +82,7 @@ def context_from_args(args: argparse.Namespace, **override: Any) -> Context:
         "max_library_items": args.max_library_items,
         "max_tokens": args.max_tokens,
         "max_concurrency": args.max_concurrency,
+        "request_timeout": args.request_timeout,
     }
     for name in ("model", "learner_model", "base_url"):
         if hasattr(args, name):
@@ -92,13 +99,27 @@ def context_from_args(args: argparse.Namespace, **override: Any) -> Context:
 
 def cmd_learn(args: argparse.Namespace, ctx: Context) -> int:
     from tfgrpo.learner import run_learning
+    from tfgrpo.ledger import Ledger, Prices
 
+    for name in ("budget_usd", "budget_tokens"):
+        value = getattr(args, name)
+        if value is not None and value <= 0:
+            raise TfgrpoError(f"--{name.replace('_', '-')} must be positive")
+    ledger = Ledger(
+        max_concurrency=ctx.max_concurrency,
+        budget_usd=args.budget_usd,
+        budget_tokens=args.budget_tokens,
+        prices=Prices.load(args.prices),
+        max_retries=max(0, args.max_retries),
+        backoff=max(0.0, args.retry_backoff),
+    )
     return run_learning(
         ctx,
         run_dir=Path(args.run_dir),
         seed=args.seed,
         progress=not args.no_progress,
         keep_checkpoints=args.keep_checkpoints,
+        ledger=ledger,
     )
 
 

@@ -19,6 +19,7 @@ from tqdm import tqdm
 from tfgrpo.context import Context
 from tfgrpo.data import load_dataset
 from tfgrpo.graphs.learn import compile_learn_graph
+from tfgrpo.ledger import BudgetExceeded, Ledger, use_ledger
 from tfgrpo.nodes.schedule import batches_per_epoch, check_resume
 from tfgrpo.runs import RunDir, open_sqlite, prune_checkpoints, table_header, table_line
 from tfgrpo.state.graph_state import LearnState
@@ -59,8 +60,28 @@ class Progress:
             self.close()
 
 
+def spent_so_far(store: SqliteStore, run_id: str) -> tuple[int, float]:
+    """Tokens and dollars of every finished call of a run, from the result memo (exact after a crash)."""
+    tokens, usd, offset = 0, 0.0, 0
+    while True:
+        items = store.search(("tfgrpo", run_id), limit=500, offset=offset)
+        for item in items:
+            for call in item.value.get("calls", []):
+                tokens += call["input_tokens"] + call["output_tokens"]
+                usd += call.get("cost_usd") or 0.0
+        if len(items) < 500:
+            return tokens, usd
+        offset += 500
+
+
 def run_learning(
-    ctx: Context, *, run_dir: Path, seed: int, progress: bool = True, keep_checkpoints: bool = False
+    ctx: Context,
+    *,
+    run_dir: Path,
+    seed: int,
+    progress: bool = True,
+    keep_checkpoints: bool = False,
+    ledger: Ledger | None = None,
 ) -> int:
     queries = load_dataset(ctx.dataset)  # fail fast with a one-line error on a bad dataset
     run = RunDir(run_dir)
@@ -89,6 +110,10 @@ def run_learning(
         run.write_settings(ctx, seed)
         print(f"learning: {len(queries)} queries, {n_steps} steps -> {run_dir}", flush=True)
 
+    ledger = ledger or Ledger(max_concurrency=ctx.max_concurrency)
+    ledger.check_prices(sorted({ctx.model, ctx.learner_model or ctx.model}))
+    if values.get("run_id"):
+        ledger.spent_tokens, ledger.spent_usd = spent_so_far(store, values["run_id"])
     control = RunControl()
 
     def drain(signum: int, frame: FrameType | None) -> None:
@@ -102,27 +127,14 @@ def run_learning(
     for report in values.get("history", []):
         print(table_line(report), flush=True)
     try:
-        for chunk in graph.stream(
-            cast(LearnState | None, graph_input),
-            config,
-            context=ctx,
-            stream_mode="updates",
-            durability="sync",
-            control=control,
-        ):
-            for node, update in chunk.items():
-                if not isinstance(update, dict):
-                    continue
-                bars.update(node, update)
-                if node in MAP_NODES:
-                    continue
-                # a single node finished a superstep: older checkpoints are no longer needed to resume
-                snap = graph.get_state(config)
-                if not keep_checkpoints:
-                    prune_checkpoints(saver, THREAD_ID, snap.config["configurable"]["checkpoint_id"])
-                if node == "advance":
-                    run.write_outputs(snap.values)
-                    print(table_line(snap.values["history"][-1]), flush=True)
+        with use_ledger(ledger):
+            _drive(graph, graph_input, config, ctx, run, saver, bars, control, keep_checkpoints)
+    except BudgetExceeded as exc:
+        bars.close()
+        run.write_outputs(graph.get_state(config).values)
+        print(f"tfgrpo: stopped: {exc}", file=sys.stderr)
+        print(f"spent so far: {ledger.spent_tokens} tokens, ${ledger.spent_usd:.4f}", file=sys.stderr)
+        return 3
     except GraphDrained:
         bars.close()
         run.write_outputs(graph.get_state(config).values)
@@ -143,6 +155,41 @@ def run_learning(
     for item in library["items"]:
         print(f"  [{item['id']}] {item['text']}")
     return 0
+
+
+def _drive(
+    graph: Any,
+    graph_input: dict[str, Any] | None,
+    config: RunnableConfig,
+    ctx: Context,
+    run: RunDir,
+    saver: SqliteSaver,
+    bars: Progress,
+    control: RunControl,
+    keep_checkpoints: bool,
+) -> None:
+    """Stream the graph: progress, pruning after each single-node superstep, outputs after each step."""
+    for chunk in graph.stream(
+        cast(LearnState | None, graph_input),
+        config,
+        context=ctx,
+        stream_mode="updates",
+        durability="sync",
+        control=control,
+    ):
+        for node, update in chunk.items():
+            if not isinstance(update, dict):
+                continue
+            bars.update(node, update)
+            if node in MAP_NODES:
+                continue
+            # a single node finished a superstep: older checkpoints are no longer needed to resume
+            snap = graph.get_state(config)
+            if not keep_checkpoints:
+                prune_checkpoints(saver, THREAD_ID, snap.config["configurable"]["checkpoint_id"])
+            if node == "advance":
+                run.write_outputs(snap.values)
+                print(table_line(snap.values["history"][-1]), flush=True)
 
 
 def _hard_stop(signum: int, frame: FrameType | None) -> None:

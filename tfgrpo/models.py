@@ -63,7 +63,7 @@ def _openai(name: str, settings: ModelSettings) -> BaseChatModel:
         temperature=settings.temperature,
         max_completion_tokens=settings.max_tokens,
         timeout=settings.timeout,
-        max_retries=2,
+        max_retries=0,  # tfgrpo's ledger retries transient errors itself (and counts them)
         **kwargs,
     )
 

@@ -19,6 +19,7 @@ from typing import Any
 
 from tfgrpo.context import Context
 from tfgrpo.errors import ConfigError
+from tfgrpo.ledger import role_of
 from tfgrpo.state.library import Library, empty_library, library_markdown
 from tfgrpo.state.types import StepReport
 
@@ -34,8 +35,10 @@ REPORT_COLUMNS = (
     ("rej", 3),
     ("drop", 4),
     ("calls", 5),
+    ("retry", 5),
     ("tok_in", 7),
     ("tok_out", 7),
+    ("usd", 8),
     ("secs", 6),
     ("|E|", 3),
 )
@@ -66,8 +69,10 @@ def report_row(r: StepReport) -> list[str]:
         str(r["operations_rejected"]),
         str(sum(r["dropped"].values())),
         str(r["calls"]),
+        str(r.get("retries", 0)),
         str(r["input_tokens"]),
         str(r["output_tokens"]),
+        f"{r.get('cost_usd', 0.0):.4f}",
         f"{r['seconds']:.1f}",
         str(r["library_size"]),
     ]
@@ -86,9 +91,21 @@ def totals(history: list[StepReport]) -> dict[str, Any]:
     for r in history:
         for stage, n in r["dropped"].items():
             dropped[stage] = dropped.get(stage, 0) + n
+    by_role: dict[str, dict[str, float]] = {}
+    for r in history:
+        for node, u in r.get("usage", {}).items():
+            agg = by_role.setdefault(
+                role_of(node),
+                {"calls": 0, "retries": 0, "input_tokens": 0, "output_tokens": 0, "cost_usd": 0.0},
+            )
+            for key in agg:
+                agg[key] += u[key]  # type: ignore[literal-required]
     return {
         "steps": len(history),
         "calls": sum(r["calls"] for r in history),
+        "retries": sum(r.get("retries", 0) for r in history),
+        "cost_usd": round(sum(r.get("cost_usd", 0.0) for r in history), 6),
+        "by_role": by_role,
         "input_tokens": sum(r["input_tokens"] for r in history),
         "output_tokens": sum(r["output_tokens"] for r in history),
         "seconds": round(sum(r["seconds"] for r in history), 3),

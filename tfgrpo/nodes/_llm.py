@@ -22,6 +22,7 @@ from langgraph.store.memory import InMemoryStore
 from pydantic import BaseModel, ValidationError
 
 from tfgrpo.context import Context
+from tfgrpo.ledger import CallFailed, current_ledger, reserve_tokens, role_of
 from tfgrpo.models import ModelSettings, get_model
 from tfgrpo.state.types import CallRecord
 
@@ -97,14 +98,21 @@ def learner_model(ctx: Context) -> tuple[BaseChatModel, str]:
     return get_model(settings), spec
 
 
-def _record(node: str, model: str, ok: bool, started: float, msg: BaseMessage | None) -> CallRecord:
+def _record(
+    node: str, model: str, ok: bool, started: float, msg: BaseMessage | None, retries: int = 0
+) -> CallRecord:
     usage = getattr(msg, "usage_metadata", None) or {}
+    tokens_in = int(usage.get("input_tokens", 0) or 0)
+    tokens_out = int(usage.get("output_tokens", 0) or 0)
     return {
         "node": node,
+        "role": role_of(node),
         "model": model,
         "ok": ok,
-        "input_tokens": int(usage.get("input_tokens", 0) or 0),
-        "output_tokens": int(usage.get("output_tokens", 0) or 0),
+        "input_tokens": tokens_in,
+        "output_tokens": tokens_out,
+        "cost_usd": current_ledger().prices.cost(model, tokens_in, tokens_out),
+        "retries": retries,
         "started": started,
         "seconds": round(time.time() - started, 4),
     }
@@ -118,16 +126,26 @@ def one_line(exc: BaseException | str) -> str:
 
 
 def call_text(
-    model: BaseChatModel, spec: str, node: str, messages: list[BaseMessage], **kwargs: Any
+    ctx: Context, model: BaseChatModel, spec: str, node: str, messages: list[BaseMessage], **kwargs: Any
 ) -> tuple[AIMessage | None, CallRecord, str | None]:
-    """One plain completion. Never raises for model errors: returns (message, record, error)."""
+    """One plain completion through the ledger (cap, budget, retries).
+
+    Model errors that survive the retries come back as (None, record, error); ``BudgetExceeded``
+    propagates so the run stops resumably.
+    """
+    ledger = current_ledger(ctx.max_concurrency)
     started = time.time()
     try:
-        msg = model.invoke(messages, **kwargs)
-    except Exception as exc:  # provider errors after the client's own retries
-        return None, _record(node, spec, False, started, None), one_line(exc)
+        msg, retries = ledger.call(
+            lambda: model.invoke(messages, **kwargs),
+            spec=spec,
+            reserve_in=reserve_tokens(messages),
+            reserve_out=ctx.max_tokens,
+        )
+    except CallFailed as failed:
+        return None, _record(node, spec, False, started, None, failed.retries), one_line(failed.cause)
     assert isinstance(msg, AIMessage)
-    return msg, _record(node, spec, True, started, msg), None
+    return msg, _record(node, spec, True, started, msg, retries), None
 
 
 _JSON_OBJECT = re.compile(r"\{.*\}", re.DOTALL)
@@ -167,6 +185,7 @@ def tolerant_parse(schema: type[T], raw: AIMessage | None) -> T | None:
 
 
 def call_structured(
+    ctx: Context,
     model: BaseChatModel,
     spec: str,
     node: str,
@@ -181,20 +200,27 @@ def call_structured(
     Returns (parsed or None, one record per attempt, last error). The caller records failures.
     """
     runnable = model.with_structured_output(schema, method=method, include_raw=True)
+    ledger = current_ledger(ctx.max_concurrency)
     records: list[CallRecord] = []
     error: str | None = None
     convo = list(messages)
     for _attempt in range(retries + 1):
         started = time.time()
         try:
-            out = runnable.invoke(convo)
-        except Exception as exc:
-            records.append(_record(node, spec, False, started, None))
-            error = one_line(exc)
+            out, n_retries = ledger.call(
+                lambda c=convo: runnable.invoke(c),  # type: ignore[misc]
+                spec=spec,
+                reserve_in=reserve_tokens(convo, schema.model_json_schema()),
+                reserve_out=ctx.max_tokens,
+                message_of=lambda o: o.get("raw") if isinstance(o, dict) else None,
+            )
+        except CallFailed as failed:
+            records.append(_record(node, spec, False, started, None, failed.retries))
+            error = one_line(failed.cause)
             continue
         raw = out.get("raw") if isinstance(out, dict) else None
         parsed = out.get("parsed") if isinstance(out, dict) else None
-        records.append(_record(node, spec, True, started, raw))
+        records.append(_record(node, spec, True, started, raw, n_retries))
         if isinstance(parsed, schema):
             return parsed, records, None
         repaired = tolerant_parse(schema, raw if isinstance(raw, AIMessage) else None)

@@ -112,6 +112,7 @@ def _extract_group(
                 ),
             ]
             parsed, records, error = call_structured(
+                ctx,
                 model,
                 spec,
                 "extract",

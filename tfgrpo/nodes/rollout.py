@@ -83,7 +83,7 @@ def rollout(task: RolloutTask, runtime: Runtime[Context]) -> dict[str, Any]:
             HumanMessage(query["question"]),
         ]
         seed = sample_seed(task.get("seed", 0), task["step"], query["id"], g)
-        msg, record, error = call_text(model, spec, "rollout", messages, seed=seed)
+        msg, record, error = call_text(ctx, model, spec, "rollout", messages, seed=seed)
         text = msg.content if msg is not None and isinstance(msg.content, str) else ""
         record_: Rollout = {
             "query_id": query["id"],

@@ -101,7 +101,7 @@ def summarize(task: SummarizeTask, runtime: Runtime[Context]) -> dict[str, Any]:
                 )
             ),
         ]
-        msg, record, error = call_text(model, spec, "summarize", messages)
+        msg, record, error = call_text(ctx, model, spec, "summarize", messages)
         text = msg.content if msg is not None and isinstance(msg.content, str) else ""
         if error is None and not text.strip():
             error = "empty summary"

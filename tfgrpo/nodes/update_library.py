@@ -86,6 +86,7 @@ def update_library(state: StepState, runtime: Runtime[Context]) -> dict[str, Any
                 ),
             ]
             parsed, records, error = call_structured(
+                ctx,
                 model,
                 spec,
                 "update_library",

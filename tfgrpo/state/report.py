@@ -47,6 +47,8 @@ def build_step_report(
         "dropped": dict(Counter(d["stage"] for d in dropped)),
         "calls": sum(u["calls"] for u in usage.values()),
         "calls_failed": sum(u["failed"] for u in usage.values()),
+        "retries": sum(u["retries"] for u in usage.values()),
+        "cost_usd": round(sum(u["cost_usd"] for u in usage.values()), 6),
         "usage": usage,
         "input_tokens": sum(u["input_tokens"] for u in usage.values()),
         "output_tokens": sum(u["output_tokens"] for u in usage.values()),

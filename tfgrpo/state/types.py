@@ -63,10 +63,13 @@ class Proposal(TypedDict):
 
 class CallRecord(TypedDict):
     node: str
+    role: str  # policy | learner | judge
     model: str
     ok: bool
     input_tokens: int
     output_tokens: int
+    cost_usd: float | None  # None: no price known for the model
+    retries: int  # transient failures retried before this result
     started: float  # unix time
     seconds: float
     memo: NotRequired[bool]  # answered from the resume memo, no new request
@@ -78,8 +81,11 @@ class Usage(TypedDict):
 
     calls: int
     failed: int
+    retries: int
     input_tokens: int
     output_tokens: int
+    cost_usd: float
+    unpriced: int  # calls whose model has no price
     first_started: float
     last_ended: float
 
@@ -90,8 +96,11 @@ def usage_of(records: list[CallRecord]) -> dict[str, Usage]:
         one: Usage = {
             "calls": 1,
             "failed": 0 if r["ok"] else 1,
+            "retries": r.get("retries", 0),
             "input_tokens": r["input_tokens"],
             "output_tokens": r["output_tokens"],
+            "cost_usd": r.get("cost_usd") or 0.0,
+            "unpriced": 1 if r.get("cost_usd") is None else 0,
             "first_started": r["started"],
             "last_ended": r["started"] + r["seconds"],
         }
@@ -110,8 +119,11 @@ def merge_usage(left: dict[str, Usage] | None, right: dict[str, Usage] | None) -
         merged[node] = {
             "calls": m["calls"] + u["calls"],
             "failed": m["failed"] + u["failed"],
+            "retries": m["retries"] + u["retries"],
             "input_tokens": m["input_tokens"] + u["input_tokens"],
             "output_tokens": m["output_tokens"] + u["output_tokens"],
+            "cost_usd": m["cost_usd"] + u["cost_usd"],
+            "unpriced": m["unpriced"] + u["unpriced"],
             "first_started": min(m["first_started"], u["first_started"]),
             "last_ended": max(m["last_ended"], u["last_ended"]),
         }
@@ -144,6 +156,8 @@ class StepReport(TypedDict):
     dropped: dict[str, int]  # stage -> count
     calls: int
     calls_failed: int
+    retries: int
+    cost_usd: float
     usage: dict[str, Usage]  # per node
     input_tokens: int
     output_tokens: int

@@ -1,0 +1,239 @@
+"""The token and dollar ledger, the run-wide cap on in-flight LLM calls, retries and the budget stop.
+
+Every LLM call of a run goes through :meth:`Ledger.call`:
+
+* a process-wide semaphore caps in-flight calls across the whole run (LangGraph's ``max_concurrency``
+  is per graph level; ``extract`` also runs its own pool);
+* before the call, its worst-case cost is *reserved*: input tokens are bounded by the prompt's UTF-8
+  bytes (a byte-level BPE token covers at least one byte) plus a per-message allowance, output tokens by
+  ``max_tokens``. A call whose reservation would pass ``--budget-tokens`` / ``--budget-usd`` is not made:
+  :class:`BudgetExceeded` stops the run resumably, so the budget is never exceeded, only approached;
+* transient failures (429, 5xx, timeouts, connection resets, malformed bodies) are retried with
+  exponential backoff and jitter; other 4xx errors are not; retries are counted.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+import threading
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, TypeVar
+
+from langchain_core.messages import AIMessage, BaseMessage
+
+from tfgrpo.errors import ConfigError, TfgrpoError
+
+# USD per 1M tokens (input, output), list prices of late 2025; override with --prices FILE.
+DEFAULT_PRICES: dict[str, tuple[float, float]] = {
+    "gpt-4o-mini": (0.15, 0.60),
+    "gpt-4o": (2.50, 10.00),
+    "gpt-4.1-mini": (0.40, 1.60),
+    "gpt-4.1": (2.00, 8.00),
+    "deepseek-chat": (0.27, 1.10),
+    "deepseek-reasoner": (0.55, 2.19),
+}
+PER_MESSAGE_TOKENS = 16
+T = TypeVar("T")
+ROLES = {"rollout": "policy", "summarize": "learner", "extract": "learner", "update_library": "learner"}
+
+
+class BudgetExceeded(TfgrpoError):
+    """The next call could pass the run's budget: the run stops here and can be resumed."""
+
+
+class CallFailed(Exception):
+    """A call that failed for good: ``cause`` is the provider's error, ``retries`` the attempts spent."""
+
+    def __init__(self, cause: BaseException, retries: int) -> None:
+        super().__init__(str(cause))
+        self.cause = cause
+        self.retries = retries
+
+
+def role_of(node: str) -> str:
+    return ROLES.get(node, "judge" if "judge" in node else node)
+
+
+def _model_name(spec: str) -> str:
+    return spec.split(":", 1)[1] if ":" in spec else spec
+
+
+@dataclass
+class Prices:
+    table: dict[str, tuple[float, float]] = field(default_factory=lambda: dict(DEFAULT_PRICES))
+
+    @classmethod
+    def load(cls, path: str | None) -> Prices:
+        prices = cls()
+        if not path:
+            return prices
+        try:
+            data = json.loads(Path(path).read_text(encoding="utf-8"))
+        except (OSError, json.JSONDecodeError) as exc:
+            raise ConfigError(f"{path}: cannot read price table ({exc})") from None
+        if not isinstance(data, dict):
+            raise ConfigError(f"{path}: expected an object {{model: {{input, output}}}}")
+        for model, entry in data.items():
+            try:
+                prices.table[model] = (float(entry["input"]), float(entry["output"]))
+            except (TypeError, KeyError, ValueError):
+                raise ConfigError(
+                    f'{path}: model {model!r}: expected {{"input": USD per 1M, "output": USD per 1M}}'
+                ) from None
+        return prices
+
+    def rate(self, spec: str) -> tuple[float, float] | None:
+        return self.table.get(spec) or self.table.get(_model_name(spec))
+
+    def cost(self, spec: str, input_tokens: int, output_tokens: int) -> float | None:
+        rate = self.rate(spec)
+        if rate is None:
+            return None
+        return (input_tokens * rate[0] + output_tokens * rate[1]) / 1e6
+
+
+def is_transient(exc: BaseException) -> bool:
+    """429, 5xx, timeouts, connection problems and unreadable bodies are worth another try."""
+    import openai
+
+    if isinstance(exc, openai.APIStatusError):
+        return exc.status_code == 429 or exc.status_code >= 500
+    if isinstance(exc, openai.APITimeoutError | openai.APIConnectionError):
+        return True
+    if isinstance(exc, json.JSONDecodeError | TimeoutError | ConnectionError):
+        return True
+    return isinstance(exc, openai.APIResponseValidationError)
+
+
+def reserve_tokens(messages: list[BaseMessage], extra: Any = None) -> int:
+    """An upper bound on the input tokens of ``messages`` (plus e.g. tool schemas in ``extra``)."""
+    size = sum(len(str(m.content).encode()) + PER_MESSAGE_TOKENS for m in messages)
+    if extra is not None:
+        size += len(json.dumps(extra, default=str).encode())
+    return size
+
+
+class Ledger:
+    def __init__(
+        self,
+        *,
+        max_concurrency: int = 4,
+        budget_usd: float | None = None,
+        budget_tokens: int | None = None,
+        prices: Prices | None = None,
+        max_retries: int = 4,
+        backoff: float = 1.0,
+        backoff_max: float = 30.0,
+        spent_usd: float = 0.0,
+        spent_tokens: int = 0,
+    ) -> None:
+        self.semaphore = threading.BoundedSemaphore(max(1, max_concurrency))
+        self.budget_usd = budget_usd
+        self.budget_tokens = budget_tokens
+        self.prices = prices or Prices()
+        self.max_retries = max_retries
+        self.backoff = backoff
+        self.backoff_max = backoff_max
+        self.spent_usd = spent_usd
+        self.spent_tokens = spent_tokens
+        self._reserved_usd = 0.0
+        self._reserved_tokens = 0
+        self._lock = threading.Lock()
+
+    def check_prices(self, specs: list[str]) -> None:
+        if self.budget_usd is None:
+            return
+        for spec in specs:
+            if self.prices.rate(spec) is None:
+                raise ConfigError(
+                    f"--budget-usd needs a price for model {spec!r}: pass --prices FILE "
+                    '({"MODEL": {"input": USD per 1M tokens, "output": USD per 1M tokens}})'
+                )
+
+    def _reserve(self, spec: str, tokens_in: int, tokens_out: int) -> tuple[int, float]:
+        tokens = tokens_in + tokens_out
+        usd = self.prices.cost(spec, tokens_in, tokens_out) or 0.0
+        with self._lock:
+            if self.budget_tokens is not None and (
+                self.spent_tokens + self._reserved_tokens + tokens > self.budget_tokens
+            ):
+                raise BudgetExceeded(
+                    f"token budget reached: {self.spent_tokens} of {self.budget_tokens} tokens spent and the "
+                    f"next call may need up to {tokens}; raise --budget-tokens and run the same command"
+                )
+            if self.budget_usd is not None and (self.spent_usd + self._reserved_usd + usd > self.budget_usd):
+                raise BudgetExceeded(
+                    f"dollar budget reached: ${self.spent_usd:.4f} of ${self.budget_usd:.4f} spent and the "
+                    f"next call may cost up to ${usd:.4f}; raise --budget-usd and run the same command"
+                )
+            self._reserved_tokens += tokens
+            self._reserved_usd += usd
+        return tokens, usd
+
+    def call(
+        self,
+        fn: Callable[[], T],
+        *,
+        spec: str,
+        reserve_in: int,
+        reserve_out: int,
+        message_of: Callable[[T], AIMessage | None] = lambda out: out,  # type: ignore[assignment,return-value]
+    ) -> tuple[T, int]:
+        """Run ``fn`` under the cap, the budget and the retry policy; returns (message, retries)."""
+        tokens, usd = self._reserve(spec, reserve_in, reserve_out)
+        retries = 0
+        try:
+            with self.semaphore:
+                while True:
+                    try:
+                        out = fn()
+                        break
+                    except Exception as exc:
+                        if not is_transient(exc) or retries >= self.max_retries:
+                            raise CallFailed(exc, retries) from exc
+                        retries += 1
+                        delay = min(self.backoff_max, self.backoff * 2 ** (retries - 1))
+                        time.sleep(delay * (0.5 + random.random()))  # jitter: spread retry storms
+            msg = message_of(out)
+            usage: dict[str, Any] = dict((msg.usage_metadata if msg is not None else None) or {})
+            used_in = int(usage.get("input_tokens", 0) or 0) or reserve_in
+            used_out = int(usage.get("output_tokens", 0) or 0)
+            with self._lock:
+                self.spent_tokens += used_in + used_out
+                self.spent_usd += self.prices.cost(spec, used_in, used_out) or 0.0
+            return out, retries
+        finally:
+            with self._lock:
+                self._reserved_tokens -= tokens
+                self._reserved_usd -= usd
+
+
+_default_lock = threading.Lock()
+_active: Ledger | None = None
+_defaults: dict[int, Ledger] = {}
+
+
+@contextmanager
+def use_ledger(ledger: Ledger) -> Iterator[Ledger]:
+    """Make ``ledger`` the one every node of this process uses (the CLI does this per run)."""
+    global _active
+    previous, _active = _active, ledger
+    try:
+        yield ledger
+    finally:
+        _active = previous
+
+
+def current_ledger(max_concurrency: int = 4) -> Ledger:
+    """The active ledger, or a shared unlimited one per concurrency level (library and Studio use)."""
+    if _active is not None:
+        return _active
+    with _default_lock:
+        if max_concurrency not in _defaults:
+            _defaults[max_concurrency] = Ledger(max_concurrency=max_concurrency)
+        return _defaults[max_concurrency]
