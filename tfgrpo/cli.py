@@ -49,8 +49,11 @@ def _add_learn_args(p: argparse.ArgumentParser, *, demo: bool) -> None:
     )
     if not demo:
         p.add_argument("--model", default=d.model, help="openai:NAME or provider:NAME (or $TFGRPO_MODEL)")
-        p.add_argument("--learner-model", default="", help="model for summarize/extract/update")
+        p.add_argument("--learner-model", default=d.learner_model, help="model for summarize/extract/update")
+        p.add_argument("--judge-model", default=d.judge_model, help="model for LLM-judge rewards")
+        p.add_argument("--learner-temperature", type=float, default=d.learner_temperature)
         p.add_argument("--base-url", default=d.base_url, help="OpenAI-compatible endpoint")
+    p.add_argument("--config", default=None, help="JSON or TOML file of option values (flags override)")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -84,7 +87,7 @@ def context_from_args(args: argparse.Namespace, **override: Any) -> Context:
         "max_concurrency": args.max_concurrency,
         "request_timeout": args.request_timeout,
     }
-    for name in ("model", "learner_model", "base_url"):
+    for name in ("model", "learner_model", "judge_model", "base_url", "learner_temperature"):
         if hasattr(args, name):
             values[name] = getattr(args, name)
     values.update(override)
@@ -157,11 +160,48 @@ def cmd_library(args: argparse.Namespace) -> int:
     return 0
 
 
+def load_config_file(path: str) -> dict[str, Any]:
+    file = Path(path)
+    try:
+        text = file.read_text(encoding="utf-8")
+        if file.suffix == ".toml":
+            import tomllib
+
+            data: Any = tomllib.loads(text)
+        else:
+            data = json.loads(text)
+    except (OSError, ValueError) as exc:
+        raise TfgrpoError(f"{path}: cannot read config ({str(exc).splitlines()[0]})") from None
+    if not isinstance(data, dict):
+        raise TfgrpoError(f"{path}: expected a table of option values")
+    return data
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    """Parse the command line; values from ``--config FILE`` become defaults that flags override."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not getattr(args, "config", None):
+        return args
+    values = load_config_file(args.config)
+    sub_action = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
+    sub = sub_action.choices[args.command]
+    known = {a.dest for a in sub._actions} - {"help", "config"}
+    defaults = {}
+    for key, value in values.items():
+        dest = key.replace("-", "_")
+        if dest not in known:
+            raise TfgrpoError(f"{args.config}: unknown setting {key!r} for 'tfgrpo {args.command}'")
+        defaults[dest] = value
+    sub.set_defaults(**defaults)
+    return parser.parse_args(argv)
+
+
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
     # A second Ctrl-C during a drain must still stop the process.
     signal.signal(signal.SIGINT, _default_sigint)
     try:
+        args = parse_args(argv)
         if args.command == "learn":
             return cmd_learn(args, context_from_args(args))
         if args.command == "demo":

@@ -48,13 +48,19 @@ class Context:
         metadata={"description": "Policy model, e.g. openai:gpt-4o-mini (default: $TFGRPO_MODEL)."},
     )
     learner_model: str = field(
-        default="", metadata={"description": "Model for summarize/extract/update (default: model)."}
+        default_factory=lambda: os.environ.get("TFGRPO_LEARNER_MODEL", ""),
+        metadata={"description": "Model for summarize/extract/update (default: model)."},
+    )
+    judge_model: str = field(
+        default_factory=lambda: os.environ.get("TFGRPO_JUDGE_MODEL", ""),
+        metadata={"description": "Model for LLM-judge rewards (default: model)."},
     )
     base_url: str = field(
         default_factory=lambda: os.environ.get("OPENAI_BASE_URL", ""),
         metadata={"description": "OpenAI-compatible endpoint (default: $OPENAI_BASE_URL)."},
     )
     learner_temperature: float = 0.3
+    judge_temperature: float = 0.0
     max_tokens: int = field(default=1024, metadata={"description": "Cap on tokens per completion."})
     request_timeout: float = 120.0
     # Robustness

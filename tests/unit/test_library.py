@@ -75,7 +75,9 @@ def test_deleting_everything_then_adding_continues_numbering() -> None:
 
 def test_update_of_unknown_id_is_rejected_not_added() -> None:
     lib = lib_with("known lesson")
-    new, applied, rejected = apply_operations(lib, [{"op": "UPDATE", "id": "G9", "content": "new text"}], step=1)
+    new, applied, rejected = apply_operations(
+        lib, [{"op": "UPDATE", "id": "G9", "content": "new text"}], step=1
+    )
     assert applied == []
     assert len(rejected) == 1
     assert "G9" in rejected[0]["why"] and "unknown" in rejected[0]["why"]
@@ -180,7 +182,9 @@ def test_duplicate_add_is_rejected_ignoring_case_and_whitespace() -> None:
 
 def test_duplicate_adds_within_one_batch_keep_only_the_first() -> None:
     new, applied, rejected = apply_operations(
-        empty_library(), [{"op": "ADD", "content": "Same idea."}, {"op": "ADD", "content": "same IDEA."}], step=0
+        empty_library(),
+        [{"op": "ADD", "content": "Same idea."}, {"op": "ADD", "content": "same IDEA."}],
+        step=0,
     )
     assert ids(new) == ["G1"]
     assert len(applied) == 1 and len(rejected) == 1
@@ -198,7 +202,9 @@ def test_max_items_caps_adds() -> None:
 
 def test_max_items_does_not_block_updates_of_a_full_library() -> None:
     lib = lib_with("one", "two")
-    new, applied, _ = apply_operations(lib, [{"op": "UPDATE", "id": "G2", "content": "2"}], step=1, max_items=2)
+    new, applied, _ = apply_operations(
+        lib, [{"op": "UPDATE", "id": "G2", "content": "2"}], step=1, max_items=2
+    )
     assert len(applied) == 1 and text_of(new, "G2") == "2"
 
 
@@ -277,7 +283,9 @@ def test_render_library_empty_is_empty_string() -> None:
 
 def test_render_library_lists_ids_under_header() -> None:
     lib = lib_with("Check signs.", "Resolve parentheses first.")
-    lib, _, _ = apply_operations(lib, [{"op": "DELETE", "id": "G1"}, {"op": "ADD", "content": "New."}], step=1)
+    lib, _, _ = apply_operations(
+        lib, [{"op": "DELETE", "id": "G1"}, {"op": "ADD", "content": "New."}], step=1
+    )
     text = render_library(lib)
     lines = text.splitlines()
     assert lines[0] == INJECTION_HEADER
@@ -307,3 +315,23 @@ def test_diff_libraries_shows_added_removed_and_changed() -> None:
 def test_diff_of_identical_libraries_is_empty() -> None:
     lib = lib_with("a", "b")
     assert diff_libraries(lib, copy.deepcopy(lib)) == []
+
+
+def test_an_empty_last_update_does_not_void_an_earlier_valid_one() -> None:
+    lib = lib_with("old")
+    new, applied, rejected = apply_operations(
+        lib,
+        [{"op": "UPDATE", "id": "G1", "content": "better"}, {"op": "UPDATE", "id": "G1", "content": " "}],
+        step=1,
+    )
+    assert text_of(new, "G1") == "better"
+    assert len(applied) == 1 and [r["why"] for r in rejected] == ["UPDATE without content"]
+
+
+def test_a_delete_later_in_the_batch_makes_room_for_an_add() -> None:
+    lib = lib_with("a", "b")
+    new, applied, rejected = apply_operations(
+        lib, [{"op": "ADD", "content": "c"}, {"op": "DELETE", "id": "G1"}], step=1, max_items=2
+    )
+    assert rejected == []
+    assert ids(new) == ["G2", "G3"]

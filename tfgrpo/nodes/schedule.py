@@ -26,6 +26,19 @@ from tfgrpo.state.library import empty_library
 from tfgrpo.state.types import Query
 
 
+def cleared_step_channels() -> dict[str, Any]:
+    """Empty values for the per-step channels (``Overwrite`` bypasses the append reducers)."""
+    return {
+        "batch": [],
+        "groups": [],
+        "proposals": [],
+        "rollouts": Overwrite([]),
+        "summaries": Overwrite([]),
+        "usage": Overwrite({}),
+        "dropped": Overwrite([]),
+    }
+
+
 def epoch_order(queries: list[Query], seed: int, epoch: int) -> list[Query]:
     order = list(queries)
     random.Random(f"tfgrpo:{seed}:{epoch}").shuffle(order)
@@ -65,6 +78,8 @@ def start(state: LearnState, runtime: Runtime[Context]) -> dict[str, Any]:
         "dataset_fingerprint": dataset_fingerprint(queries),
         "settings_fingerprint": ctx.settings_fingerprint(),
         "done": state.get("epoch", 0) >= ctx.epochs,
+        # a thread re-invoked with input restarts its current step: drop that step's partial records
+        **cleared_step_channels(),
     }
 
 
@@ -89,13 +104,7 @@ def advance(state: LearnState, runtime: Runtime[Context]) -> dict[str, Any]:
         "batch_index": batch_index,
         "done": epoch >= ctx.epochs,
         # per-step channels: cleared so the checkpoint stays the same size whatever B x G is
-        "batch": [],
-        "groups": [],
-        "proposals": [],
-        "rollouts": Overwrite([]),
-        "summaries": Overwrite([]),
-        "usage": Overwrite({}),
-        "dropped": Overwrite([]),
+        **cleared_step_channels(),
     }
 
 

@@ -105,10 +105,11 @@ def apply_operations(
 ) -> tuple[Library, list[Operation], list[RejectedOperation]]:
     """Apply a batch's final operations; returns (new library, applied, rejected).
 
-    Rules (the reference code gets several of these wrong): DELETE beats UPDATE on the same id; of several
-    UPDATEs on one id the last wins; UPDATE/DELETE of an unknown id is rejected, never turned into an ADD;
-    ADD/UPDATE need content; an ADD that repeats an existing text is rejected as a duplicate; ADDs beyond
-    ``max_items`` are rejected. NONE is a no-op and is neither applied nor rejected.
+    Rules (the reference code gets several of these wrong): DELETE beats UPDATE on the same id; of
+    several UPDATEs on one id the last one with content wins; DELETEs are applied first (they free
+    room); UPDATE/DELETE of an unknown id is rejected, never turned into an ADD; ADD/UPDATE need
+    content; an ADD that repeats an existing text is rejected as a duplicate; ADDs beyond ``max_items``
+    are rejected. NONE is a no-op and is neither applied nor rejected.
     """
     lib = copy.deepcopy(library)
     by_id = {item["id"]: item for item in lib["items"]}
@@ -122,10 +123,13 @@ def apply_operations(
     }
     last_update: dict[str, int] = {}
     for index, op in enumerate(operations):
-        if op["op"] == "UPDATE":
+        if op["op"] == "UPDATE" and (op.get("content") or "").strip():
             last_update[(op.get("id") or "").strip()] = index
 
-    for index, op in enumerate(operations):
+    # DELETEs first so that they make room for this batch's ADDs under ``max_items``
+    order = sorted(range(len(operations)), key=lambda i: operations[i]["op"] != "DELETE")
+    for index in order:
+        op = operations[index]
         kind = op["op"]
         oid = (op.get("id") or "").strip()
         content = (op.get("content") or "").strip()
@@ -162,10 +166,10 @@ def apply_operations(
             applied.append(op)
         elif oid in deleted:
             rejected.append({"operation": op, "why": f"UPDATE of {oid} superseded by its DELETE"})
-        elif last_update[oid] != index:
-            rejected.append({"operation": op, "why": f"UPDATE of {oid} superseded by a later UPDATE"})
         elif not content:
             rejected.append({"operation": op, "why": "UPDATE without content"})
+        elif last_update[oid] != index:
+            rejected.append({"operation": op, "why": f"UPDATE of {oid} superseded by a later UPDATE"})
         else:
             target = by_id[oid]
             target["text"] = content

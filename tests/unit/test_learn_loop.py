@@ -1,0 +1,371 @@
+"""The learning loop: epochs x batches, seeded per-epoch shuffles, cleared step channels, resume checks."""
+
+from __future__ import annotations
+
+import json
+import threading
+import uuid
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+from langgraph.checkpoint.memory import InMemorySaver
+from langgraph.store.memory import InMemoryStore
+
+from tfgrpo.context import Context
+from tfgrpo.data import dataset_fingerprint, load_dataset
+from tfgrpo.errors import ConfigError
+from tfgrpo.graphs.learn import compile_learn_graph
+from tfgrpo.models import register_provider
+from tfgrpo.nodes.schedule import batches_per_epoch, check_resume, epoch_order
+from tfgrpo.state.library import Library
+from tfgrpo.state.types import Query
+from tfgrpo.testing.fake_openai import forced_tool_name, message_text
+from tfgrpo.testing.responders import grpo_responder, solve_arithmetic
+from tfgrpo.testing.scripted import ScriptedChatModel
+
+Handler = Callable[[dict], dict]
+CONFIG: dict[str, Any] = {"recursion_limit": 500}
+
+OPERANDS = [(2, 3), (7, 4), (6, 7), (9, 8), (12, 5), (3, 11), (15, 6), (8, 8), (21, 4), (5, 13)]
+
+
+def write_dataset(path: Path, n: int, offset: int = 0) -> str:
+    rows = [
+        {"id": f"q{i}", "question": f"Calculate {a + offset} + {b}.", "answer": str(a + offset + b)}
+        for i, (a, b) in enumerate(OPERANDS[:n])
+    ]
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return str(path)
+
+
+def role_of(body: dict) -> str:
+    tool = forced_tool_name(body)
+    if tool == "ExtractedExperiences":
+        return "extract"
+    if tool == "LibraryUpdate":
+        return "update"
+    system = " ".join(message_text(m.get("content")) for m in body["messages"] if m["role"] == "system")
+    return "summarize" if "SUMMARIZE" in system else "rollout"
+
+
+def question_of(body: dict) -> str:
+    return message_text([m for m in body["messages"] if m["role"] == "user"][-1]["content"])
+
+
+def always_right(body: dict) -> dict:
+    return {"content": f"Answer: {solve_arithmetic(question_of(body))}"}
+
+
+def alternating_policy() -> Handler:
+    seen: dict[str, int] = {}
+    lock = threading.Lock()
+
+    def policy(body: dict) -> dict:
+        question = question_of(body)
+        with lock:
+            n = seen.get(question, 0)
+            seen[question] = n + 1
+        value = solve_arithmetic(question)
+        return {"content": f"Answer: {value if n % 2 == 0 else str(value) + '0'}"}
+
+    return policy
+
+
+class Fake:
+    def __init__(self, **handlers: Handler) -> None:
+        self.handlers = {"rollout": always_right, **handlers}
+        self.models: list[ScriptedChatModel] = []
+        self.prefix = "l" + uuid.uuid4().hex[:10]
+        register_provider(self.prefix, self._factory)
+
+    def _factory(self, name: str, settings: object) -> ScriptedChatModel:
+        model = ScriptedChatModel(responder=self.respond)
+        self.models.append(model)
+        return model
+
+    def respond(self, body: dict) -> dict:
+        handler = self.handlers.get(role_of(body))
+        return handler(body) if handler is not None else grpo_responder(body)
+
+    @property
+    def spec(self) -> str:
+        return f"{self.prefix}:model"
+
+    def bodies(self, role: str | None = None) -> list[dict]:
+        return [b for m in self.models for b in m.calls if role is None or role_of(b) == role]
+
+
+def context(fake: Fake, dataset: str, **settings: Any) -> Context:
+    options: dict[str, Any] = {
+        "reward": "exact_match",
+        "group_size": 2,
+        "batch_size": 4,
+        "epochs": 2,
+        **settings,
+    }
+    return Context(model=fake.spec, dataset=dataset, **options)
+
+
+def run_learn(
+    fake: Fake, dataset: str, state: dict[str, Any] | None = None, **settings: Any
+) -> tuple[dict[str, Any], list[list[Query]]]:
+    """Run the learn graph; returns (final state, the batches select_batch chose, in order)."""
+    graph = compile_learn_graph(store=InMemoryStore())
+    batches: list[list[Query]] = []
+    final: dict[str, Any] = {}
+    for mode, chunk in graph.stream(
+        state or {},
+        context=context(fake, dataset, **settings),
+        config=CONFIG,
+        stream_mode=["updates", "values"],
+    ):
+        if mode == "updates" and "select_batch" in chunk:
+            batches.append(chunk["select_batch"]["batch"])
+        elif mode == "values":
+            final = chunk
+    return final, batches
+
+
+# --------------------------------------------------------------------------- epochs x batches
+
+
+def test_six_queries_batch_four_two_epochs_gives_four_steps_with_partial_batches() -> None:
+    fake = Fake()
+    final, batches = run_learn(fake, "rg:basic_arithmetic:size=6:seed=1")
+    history = final["history"]
+    assert len(history) == 4
+    assert [h["queries"] for h in history] == [4, 2, 4, 2]
+    assert [h["rollouts"] for h in history] == [8, 4, 8, 4]
+    assert [(h["step"], h["epoch"], h["batch_index"]) for h in history] == [
+        (0, 0, 0),
+        (1, 0, 1),
+        (2, 1, 0),
+        (3, 1, 1),
+    ]
+    assert [len(b) for b in batches] == [4, 2, 4, 2]
+    assert len(fake.bodies("rollout")) == 2 * 6 * 2  # epochs x N x G
+    assert final["done"] is True
+    assert final["epoch"] == 2 and final["step"] == 4
+
+
+def test_each_query_appears_exactly_once_per_epoch(tmp_path: Path) -> None:
+    dataset = write_dataset(tmp_path / "d.jsonl", 6)
+    final, batches = run_learn(Fake(), dataset, {"seed": 3}, epochs=3)
+    all_ids = sorted(q["id"] for q in load_dataset(dataset))
+    assert len(batches) == 6
+    for epoch in range(3):
+        ids = [q["id"] for batch in batches[2 * epoch : 2 * epoch + 2] for q in batch]
+        assert sorted(ids) == all_ids
+
+
+def test_batches_per_epoch_rounds_up() -> None:
+    assert batches_per_epoch(6, 4) == 2
+    assert batches_per_epoch(8, 4) == 2
+    assert batches_per_epoch(9, 4) == 3
+    assert batches_per_epoch(3, 8) == 1
+
+
+def first_seed_with_different_first_batches(queries: list[Query], batch_size: int) -> int:
+    for seed in range(100):
+        first = {q["id"] for q in epoch_order(queries, seed, 0)[:batch_size]}
+        second = {q["id"] for q in epoch_order(queries, seed, 1)[:batch_size]}
+        if first != second:
+            return seed
+    raise AssertionError("no seed in 0..99 gives different batches in epochs 0 and 1")
+
+
+def test_epoch_order_differs_between_epochs_and_is_deterministic(tmp_path: Path) -> None:
+    queries = load_dataset(write_dataset(tmp_path / "d.jsonl", 8))
+    seed = first_seed_with_different_first_batches(queries, 4)
+    order0, order1 = epoch_order(queries, seed, 0), epoch_order(queries, seed, 1)
+    assert order0 != order1
+    assert sorted(q["id"] for q in order0) == sorted(q["id"] for q in queries)
+    assert epoch_order(queries, seed, 0) == order0
+    assert epoch_order([dict(q) for q in queries], seed, 1) == order1  # type: ignore[misc]
+    # the seed matters: some other seed orders epoch 0 differently
+    assert any(epoch_order(queries, other, 0) != order0 for other in range(seed + 1, seed + 20))
+
+
+def test_learn_loop_uses_the_seeded_order_of_each_epoch(tmp_path: Path) -> None:
+    dataset = write_dataset(tmp_path / "d.jsonl", 8)
+    queries = load_dataset(dataset)
+    seed = first_seed_with_different_first_batches(queries, 4)
+    _, batches = run_learn(Fake(), dataset, {"seed": seed})
+    expected = []
+    for epoch in range(2):
+        order = epoch_order(queries, seed, epoch)
+        expected += [order[:4], order[4:]]
+    assert batches == expected
+    assert {q["id"] for q in batches[0]} != {q["id"] for q in batches[2]}
+    # same seed, new run: the same batches
+    _, again = run_learn(Fake(), dataset, {"seed": seed})
+    assert again == batches
+
+
+# ------------------------------------------------------------------------ per-step channels
+
+
+def test_per_step_channels_are_empty_after_the_run_and_do_not_accumulate(tmp_path: Path) -> None:
+    dataset = write_dataset(tmp_path / "d.jsonl", 6)
+    fake = Fake(rollout=alternating_policy())
+    final, _ = run_learn(fake, dataset)
+    for channel in ("rollouts", "summaries", "groups", "proposals", "batch", "dropped"):
+        assert not final.get(channel), channel
+    assert not final.get("calls") and not final.get("usage")
+    history = final["history"]
+    assert [h["rollouts"] for h in history] == [8, 4, 8, 4]
+    assert [h["groups_kept"] + h["groups_skipped"] for h in history] == [4, 2, 4, 2]
+    # each step reports its own calls, not the run's running total
+    assert sum(h["calls"] for h in history) == len(fake.bodies())
+    assert [h["library_size"] for h in history][-1] == len(final["library"]["items"]) > 0
+
+
+def test_proposals_of_one_step_are_not_applied_again_in_a_later_step(tmp_path: Path) -> None:
+    dataset = write_dataset(tmp_path / "d.jsonl", 4)
+    seen: dict[str, int] = {}
+    lock = threading.Lock()
+
+    def learns_once(body: dict) -> dict:
+        # epoch 0: right then wrong (spread); epoch 1: always right (nothing to learn)
+        question = question_of(body)
+        with lock:
+            n = seen.get(question, 0)
+            seen[question] = n + 1
+        value = solve_arithmetic(question)
+        return {"content": f"Answer: {value if n != 1 else str(value) + '0'}"}
+
+    fake = Fake(rollout=learns_once)
+    final, _ = run_learn(fake, dataset, batch_size=2)
+    history = final["history"]
+    assert [h["groups_kept"] for h in history] == [2, 2, 0, 0]
+    assert [h["operations_proposed"] for h in history[2:]] == [0, 0]
+    assert [h["operations_applied"] + h["operations_rejected"] for h in history[2:]] == [0, 0]
+    assert len(fake.bodies("update")) == 2  # one per learning step of epoch 0 only
+    assert history[3]["library_version"] == history[1]["library_version"]
+
+
+# ------------------------------------------------------------------------------ resume checks
+
+
+def test_resume_with_changed_dataset_is_refused(tmp_path: Path) -> None:
+    first = write_dataset(tmp_path / "a.jsonl", 4)
+    other = write_dataset(tmp_path / "b.jsonl", 4, offset=100)
+    fake = Fake()
+    graph = compile_learn_graph(checkpointer=InMemorySaver(), store=InMemoryStore())
+    config = {**CONFIG, "configurable": {"thread_id": "t1"}}
+    done = graph.invoke({"seed": 1}, context=context(fake, first, epochs=1), config=config)
+    assert len(done["history"]) == 1
+    with pytest.raises(ConfigError, match="differs"):
+        graph.invoke({}, context=context(fake, other, epochs=1), config=config)
+
+
+def test_resume_after_dataset_file_was_edited_is_refused(tmp_path: Path) -> None:
+    path = tmp_path / "a.jsonl"
+    write_dataset(path, 4)
+    fake = Fake()
+    graph = compile_learn_graph(checkpointer=InMemorySaver(), store=InMemoryStore())
+    config = {**CONFIG, "configurable": {"thread_id": "t2"}}
+    graph.invoke({}, context=context(fake, str(path), epochs=1), config=config)
+    write_dataset(path, 4, offset=1000)  # same file name, different questions
+    with pytest.raises(ConfigError, match="differs"):
+        graph.invoke({}, context=context(fake, str(path), epochs=1), config=config)
+
+
+def test_resume_with_changed_group_size_is_refused(tmp_path: Path) -> None:
+    dataset = write_dataset(tmp_path / "a.jsonl", 4)
+    fake = Fake()
+    graph = compile_learn_graph(checkpointer=InMemorySaver(), store=InMemoryStore())
+    config = {**CONFIG, "configurable": {"thread_id": "t3"}}
+    graph.invoke({}, context=context(fake, dataset, epochs=1), config=config)
+    with pytest.raises(ConfigError, match="settings differ"):
+        graph.invoke({}, context=context(fake, dataset, epochs=1, group_size=3), config=config)
+
+
+def test_reinvoking_a_finished_run_with_same_settings_does_no_new_work(tmp_path: Path) -> None:
+    dataset = write_dataset(tmp_path / "a.jsonl", 4)
+    fake = Fake()
+    graph = compile_learn_graph(checkpointer=InMemorySaver(), store=InMemoryStore())
+    config = {**CONFIG, "configurable": {"thread_id": "t4"}}
+    first = graph.invoke({}, context=context(fake, dataset, epochs=1), config=config)
+    calls = len(fake.bodies())
+    again = graph.invoke({}, context=context(fake, dataset, epochs=1), config=config)
+    assert len(fake.bodies()) == calls
+    assert again["history"] == first["history"]
+
+
+def test_reinvoking_an_interrupted_step_with_input_counts_each_rollout_once(tmp_path: Path) -> None:
+    dataset = write_dataset(tmp_path / "a.jsonl", 4)
+    fake = Fake(rollout=alternating_policy())
+    graph = compile_learn_graph(checkpointer=InMemorySaver(), store=InMemoryStore())
+    config = {**CONFIG, "configurable": {"thread_id": "t5"}}
+    ctx = context(fake, dataset, epochs=1)
+    graph.invoke({}, context=ctx, config=config, interrupt_before=["reward"])  # a breakpoint mid-step
+    assert len(fake.bodies("rollout")) == 8
+    final = graph.invoke({}, context=ctx, config=config)
+    assert len(fake.bodies("rollout")) == 8  # the memo answered the repeated rollouts
+    (report,) = final["history"]
+    assert report["rollouts"] == 8
+    assert report["calls"] == len(fake.bodies())
+
+
+def test_check_resume_accepts_fresh_and_matching_state(tmp_path: Path) -> None:
+    queries = load_dataset(write_dataset(tmp_path / "a.jsonl", 4))
+    ctx = Context(model="x:y", dataset="a.jsonl")
+    check_resume({}, ctx, queries)
+    check_resume(
+        {
+            "dataset_fingerprint": dataset_fingerprint(queries),
+            "settings_fingerprint": ctx.settings_fingerprint(),
+        },
+        ctx,
+        queries,
+    )
+    with pytest.raises(ConfigError):
+        check_resume({"dataset_fingerprint": dataset_fingerprint(queries[:3])}, ctx, queries)
+
+
+# --------------------------------------------------------------------------- given library
+
+
+def test_library_given_in_the_input_is_continued(tmp_path: Path) -> None:
+    dataset = write_dataset(tmp_path / "d.jsonl", 4)
+    library: Library = {
+        "version": 3,
+        "next_id": 5,
+        "items": [
+            {
+                "id": "G2",
+                "text": "Carry digits carefully.",
+                "created_step": 0,
+                "updated_step": 1,
+                "sources": [],
+            },
+            {"id": "G4", "text": "Re-add to check.", "created_step": 2, "updated_step": 2, "sources": []},
+        ],
+    }
+
+    def extract(body: dict) -> dict:
+        question = question_of(body).split("\n")[1]
+        return {
+            "tool_calls": [
+                {
+                    "name": "ExtractedExperiences",
+                    "arguments": {
+                        "analysis": "a",
+                        "operations": [{"op": "ADD", "content": f"About {question}"}],
+                    },
+                }
+            ]
+        }
+
+    fake = Fake(rollout=alternating_policy(), extract=extract)
+    final, _ = run_learn(fake, dataset, {"library": library}, epochs=1)
+    items = final["library"]["items"]
+    assert items[:2] == library["items"]
+    new_ids = [item["id"] for item in items[2:]]
+    assert new_ids == ["G5", "G6", "G7", "G8"]
+    assert final["library"]["next_id"] == 9
+    assert final["library"]["version"] == 4
+    assert final["history"][0]["library_version"] == 4
