@@ -14,6 +14,7 @@ from dataclasses import asdict, dataclass, field
 # Settings that change the meaning of a run: a resumed run must use the same values.
 RUN_DEFINING = (
     "dataset",
+    "domain",
     "group_size",
     "batch_size",
     "epochs",
@@ -35,6 +36,26 @@ class Context:
         default="math",
         metadata={"description": "math | exact_match | f1 | module:function returning a float in [0,1]."},
     )
+    domain: str = field(
+        default="direct",
+        metadata={"description": "direct (no tools) | math (Python tool) | search (search tools)."},
+    )
+    corpus: str = field(
+        default="",
+        metadata={"description": "Comma-separated JSONL corpus files for the offline search tool."},
+    )
+    library: str = field(
+        default="",
+        metadata={"description": "Inference: library.json or a run directory whose E is injected."},
+    )
+    library_namespace: str = field(
+        default="",
+        metadata={"description": "Inference: store namespace (a/b) holding E under key 'library'."},
+    )
+    max_model_calls: int = field(default=8, metadata={"description": "Agent: model calls per question."})
+    max_tool_calls: int = field(default=6, metadata={"description": "Agent: tool calls per question."})
+    python_timeout: float = 10.0
+    tool_max_chars: int = 2000
     # The paper's hyper-parameters
     epochs: int = 3
     batch_size: int = 8

@@ -101,3 +101,18 @@ def get_model(settings: ModelSettings) -> BaseChatModel:
             model = _init_chat_model(settings.spec, settings)
         _cache[settings] = model
         return model
+
+
+class UnconfiguredModel(BaseChatModel):
+    """Placeholder for graphs built before a model is known (the policy middleware swaps in the model
+    named by the run context, so ``langgraph.json`` graphs import without keys)."""
+
+    def _generate(self, messages: Any, stop: Any = None, run_manager: Any = None, **kwargs: Any) -> Any:
+        raise ConfigError("no model configured for this graph: set 'model' in the run context")
+
+    @property
+    def _llm_type(self) -> str:
+        return "tfgrpo-unconfigured"
+
+    def bind_tools(self, tools: Any, **kwargs: Any) -> Any:
+        return self

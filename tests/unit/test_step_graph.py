@@ -241,7 +241,7 @@ def test_trajectories_are_in_the_store_not_in_state() -> None:
         stored = item.value["rollout"]
         assert stored["query_id"] == ref["query_id"] and stored["g"] == ref["g"]
         assert stored["response"].startswith("Answer:")
-        assert [m["type"] for m in stored["trajectory"]] == ["system", "human", "ai"]
+        assert [m["type"] for m in stored["trajectory"]] == ["human", "ai"]  # the agent's messages
 
 
 def test_learner_model_is_used_for_learning_roles_and_policy_for_rollouts() -> None:

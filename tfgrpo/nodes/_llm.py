@@ -98,7 +98,7 @@ def learner_model(ctx: Context) -> tuple[BaseChatModel, str]:
     return get_model(settings), spec
 
 
-def _record(
+def make_record(
     node: str, model: str, ok: bool, started: float, msg: BaseMessage | None, retries: int = 0
 ) -> CallRecord:
     usage = getattr(msg, "usage_metadata", None) or {}
@@ -143,9 +143,9 @@ def call_text(
             reserve_out=ctx.max_tokens,
         )
     except CallFailed as failed:
-        return None, _record(node, spec, False, started, None, failed.retries), one_line(failed.cause)
+        return None, make_record(node, spec, False, started, None, failed.retries), one_line(failed.cause)
     assert isinstance(msg, AIMessage)
-    return msg, _record(node, spec, True, started, msg, retries), None
+    return msg, make_record(node, spec, True, started, msg, retries), None
 
 
 _JSON_OBJECT = re.compile(r"\{.*\}", re.DOTALL)
@@ -215,12 +215,12 @@ def call_structured(
                 message_of=lambda o: o.get("raw") if isinstance(o, dict) else None,
             )
         except CallFailed as failed:
-            records.append(_record(node, spec, False, started, None, failed.retries))
+            records.append(make_record(node, spec, False, started, None, failed.retries))
             error = one_line(failed.cause)
             continue
         raw = out.get("raw") if isinstance(out, dict) else None
         parsed = out.get("parsed") if isinstance(out, dict) else None
-        records.append(_record(node, spec, True, started, raw, n_retries))
+        records.append(make_record(node, spec, True, started, raw, n_retries))
         if isinstance(parsed, schema):
             return parsed, records, None
         repaired = tolerant_parse(schema, raw if isinstance(raw, AIMessage) else None)

@@ -1,9 +1,11 @@
 """Step 1 of Training-Free GRPO: **rollout**. One branch = one sample o_g ~ pi(o | q, E).
 
-The learn graph fans out one ``Send("rollout", RolloutTask)`` per (query, g). E goes in the *system*
-prompt, exactly as at inference time (the reference code trains with E in the user message and infers
-with it in the system prompt; we do not copy that mismatch). The trajectory is written to the store;
-state only gets a small :class:`RolloutRef`.
+The learn graph fans out one ``Send("rollout", RolloutTask)`` per (query, g). Each branch runs the
+policy agent of :mod:`tfgrpo.nodes.policy` -- the very agent of the inference graph -- as a subgraph, so E
+reaches the model through the same middleware, in the *system* prompt, in training and in production
+(the reference code trains with E in the user message and infers with it in the system prompt). The
+trajectory (tool calls and results included) is written to the store; state only gets a small
+:class:`RolloutRef`.
 """
 
 from __future__ import annotations
@@ -11,38 +13,29 @@ from __future__ import annotations
 import hashlib
 from typing import Any
 
-from langchain_core.messages import HumanMessage, SystemMessage, messages_to_dict
+from langchain_core.messages import AIMessage, BaseMessage, HumanMessage, messages_to_dict
+from langchain_core.runnables import RunnableConfig
 from langgraph.runtime import Runtime, get_runtime
 from langgraph.types import Send
 from typing_extensions import TypedDict
 
 from tfgrpo.context import Context
+from tfgrpo.errors import ConfigError
+from tfgrpo.ledger import BudgetExceeded
 from tfgrpo.nodes._llm import (
-    call_text,
     context_of,
     library_text_of,
     memo_get,
     memo_put,
-    policy_model,
+    one_line,
     publish_library_text,
     step_namespace,
     store_of,
 )
+from tfgrpo.nodes.policy import CALLS_KEY, rollout_agent
 from tfgrpo.state.graph_state import StepState
 from tfgrpo.state.library import render_library
-from tfgrpo.state.types import Dropped, Query, Rollout, RolloutRef, usage_of
-
-SYSTEM_PROMPT = "You are a careful problem solver. Think step by step, then give the final answer {fmt}."
-ANSWER_FORMATS = {
-    "math": "in \\boxed{{}}",
-    "default": "on a last line of the form 'Answer: <answer>'",
-}
-
-
-def system_prompt(reward: str, library_text: str) -> str:
-    fmt = ANSWER_FORMATS["math"] if reward == "math" else ANSWER_FORMATS["default"]
-    base = SYSTEM_PROMPT.format(fmt=fmt)
-    return f"{base}\n\n{library_text}" if library_text else base
+from tfgrpo.state.types import CallRecord, Dropped, Query, Rollout, RolloutRef, usage_of
 
 
 class RolloutTask(TypedDict):
@@ -75,25 +68,34 @@ def rollout(task: RolloutTask, runtime: Runtime[Context]) -> dict[str, Any]:
 
     done = memo_get(store, ns, key)
     if done is None:
-        model, spec = policy_model(ctx)
-        messages = [
-            SystemMessage(
-                system_prompt(ctx.reward, library_text_of(store, task["run_id"], task["library_key"]))
-            ),
-            HumanMessage(query["question"]),
-        ]
+        library_text = library_text_of(store, task["run_id"], task["library_key"])
         seed = sample_seed(task.get("seed", 0), task["step"], query["id"], g)
-        msg, record, error = call_text(ctx, model, spec, "rollout", messages, seed=seed)
-        text = msg.content if msg is not None and isinstance(msg.content, str) else ""
+        messages: list[BaseMessage] = [HumanMessage(query["question"])]
+        error: str | None = None
+        records: list[CallRecord] = []
+        config: RunnableConfig = {
+            "configurable": {"tfgrpo_seed": seed, CALLS_KEY: records},
+            "recursion_limit": 4 * ctx.max_model_calls + 8,
+        }
+        try:
+            out = rollout_agent().invoke(
+                {"messages": messages, "experiences": library_text}, config, context=ctx
+            )
+            messages = out["messages"]
+        except (BudgetExceeded, ConfigError):
+            raise
+        except Exception as exc:  # the agent run failed for good: a failed rollout, counted
+            error = one_line(exc)
+        last = next((m for m in reversed(messages) if isinstance(m, AIMessage)), None)
         record_: Rollout = {
             "query_id": query["id"],
             "g": g,
             "step": task["step"],
-            "response": text,
-            "trajectory": messages_to_dict([*messages, *([msg] if msg is not None else [])]),
+            "response": last.content if last is not None and isinstance(last.content, str) else "",
+            "trajectory": messages_to_dict(messages),
             "error": error,
         }
-        done = {"rollout": record_, "calls": [record]}
+        done = {"rollout": record_, "calls": list(records)}
         memo_put(store, ns, key, done)
 
     stored: Rollout = done["rollout"]

@@ -1,0 +1,200 @@
+"""The policy pi(o | q, E): one ReAct agent for learning rollouts and for inference.
+
+The paper's rollouts are "a whole agent run (ReAct with tools) or a single completion". Both come from
+this one agent, so E reaches the model identically in training and in production: rendered as
+``[G3] text`` lines in the *system prompt* by :class:`PolicyMiddleware` (the reference code trains with E
+in the user message and exports it into the system prompt). The middleware also resolves the model from
+the run context (so the graph imports without keys), keeps only the domain's tools, caps model and tool
+calls (the last allowed call gets no tools, so a run always ends with an answer), routes every call
+through the ledger, and writes the final ``answer`` into the output state.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Callable, Sequence
+from functools import lru_cache
+from pathlib import Path
+from typing import Any, NotRequired
+
+from langchain.agents import create_agent
+from langchain.agents.middleware import AgentMiddleware, AgentState, ModelRequest, ModelResponse
+from langchain_core.messages import AIMessage, HumanMessage, SystemMessage, ToolMessage
+from langchain_core.tools import BaseTool
+from langchain_core.utils.function_calling import convert_to_openai_tool
+from langgraph.config import get_config
+from langgraph.graph.state import CompiledStateGraph
+from langgraph.runtime import Runtime
+from langgraph.store.base import BaseStore
+from langgraph.types import Checkpointer
+
+from tfgrpo.context import Context
+from tfgrpo.errors import ConfigError
+from tfgrpo.evals.rewards import extract_final_answer
+from tfgrpo.ledger import CallFailed, current_ledger, reserve_tokens
+from tfgrpo.models import UnconfiguredModel
+from tfgrpo.nodes._llm import make_record, policy_model
+from tfgrpo.state.library import Library, render_library
+from tfgrpo.state.types import CallRecord
+
+BASE_PROMPT = "You are a careful problem solver. Think step by step, then give the final answer {fmt}."
+ANSWER_FORMATS = {"math": "in \\boxed{}", "default": "on a last line of the form 'Answer: <answer>'"}
+TOOL_HINTS = {
+    "math": "You can run Python 3 with the `python` tool to compute or check results (print what you "
+    "need to see).",
+    "search": "Use the search tools to find evidence before you answer; answer with a short phrase.",
+}
+DOMAIN_TOOLS: dict[str, frozenset[str]] = {
+    "direct": frozenset(),
+    "math": frozenset({"python"}),
+    "search": frozenset({"search", "open_page", "web_search", "web_extract"}),
+}
+LIMIT_NOTE = "Tool budget used up: answer now with what you have."
+
+
+def as_context(value: Any) -> Context:
+    if value is None:
+        return Context()
+    if isinstance(value, dict):
+        return Context(**value)
+    if isinstance(value, Context):
+        return value
+    raise ConfigError(f"unsupported context type {type(value).__name__}")
+
+
+def policy_system_prompt(ctx: Context, experiences: str, *, with_tools: bool) -> str:
+    fmt = ANSWER_FORMATS["math"] if ctx.reward == "math" else ANSWER_FORMATS["default"]
+    parts = [BASE_PROMPT.format(fmt=fmt)]
+    if with_tools and ctx.domain in TOOL_HINTS:
+        parts.append(TOOL_HINTS[ctx.domain])
+    if experiences:
+        parts.append(experiences)
+    return "\n\n".join(parts)
+
+
+class PolicyState(AgentState[Any]):
+    experiences: NotRequired[str]  # rendered E; learning passes it, inference loads it from the context
+    answer: NotRequired[str]  # the final answer, extracted from the last model message
+
+
+_library_cache: dict[tuple[str, float], str] = {}
+
+
+def inference_experiences(ctx: Context, store: BaseStore | None) -> str:
+    """E for inference: from a library file / run directory, or from a store namespace."""
+    if ctx.library:
+        path = Path(ctx.library)
+        if path.is_dir():
+            path = path / "library.json"
+        try:
+            key = (str(path), path.stat().st_mtime)
+        except OSError:
+            raise ConfigError(f"{ctx.library}: no experience library there (library.json)") from None
+        if key not in _library_cache:
+            try:
+                library: Library = json.loads(path.read_text(encoding="utf-8"))
+                _library_cache[key] = render_library(library)
+            except (ValueError, KeyError, TypeError) as exc:
+                raise ConfigError(f"{path}: not an experience library ({exc})") from None
+        return _library_cache[key]
+    if ctx.library_namespace:
+        if store is None:
+            raise ConfigError("library_namespace needs a LangGraph store")
+        item = store.get(tuple(ctx.library_namespace.split("/")), "library")
+        if item is None:
+            raise ConfigError(f"no library in store namespace {ctx.library_namespace!r}")
+        return render_library(item.value)  # type: ignore[arg-type]
+    return ""
+
+
+CALLS_KEY = "tfgrpo_calls"  # configurable key: a list that collects the ledger records of the policy
+
+
+def _since_last_question(messages: list[Any]) -> list[Any]:
+    for index in range(len(messages) - 1, -1, -1):
+        if isinstance(messages[index], HumanMessage):
+            return messages[index + 1 :]
+    return messages
+
+
+class PolicyMiddleware(AgentMiddleware[PolicyState, Context]):
+    state_schema = PolicyState
+
+    def wrap_model_call(
+        self, request: ModelRequest[Context], handler: Callable[[ModelRequest[Context]], ModelResponse]
+    ) -> ModelResponse:
+        ctx = as_context(request.runtime.context)
+        model, spec = policy_model(ctx)
+        given = request.state.get("experiences")
+        experiences = str(given) if given is not None else inference_experiences(ctx, request.runtime.store)
+        turn = _since_last_question(request.messages)
+        model_calls = sum(isinstance(m, AIMessage) for m in turn)
+        tool_calls = sum(isinstance(m, ToolMessage) for m in turn)
+        allowed = DOMAIN_TOOLS.get(ctx.domain, frozenset())
+        tools = [t for t in request.tools if getattr(t, "name", None) in allowed]
+        if model_calls + 1 >= ctx.max_model_calls or tool_calls >= ctx.max_tool_calls:
+            tools = []  # the last allowed call must answer
+        prompt = policy_system_prompt(ctx, experiences, with_tools=bool(tools))
+        if not tools and (model_calls or tool_calls):
+            prompt += "\n\n" + LIMIT_NOTE
+        settings = dict(request.model_settings)
+        configurable = get_config().get("configurable") or {}
+        seed = configurable.get("tfgrpo_seed")
+        if seed is not None:
+            settings["seed"] = seed
+        final = request.override(
+            model=model, system_message=SystemMessage(prompt), tools=tools, model_settings=settings
+        )
+        schemas = [convert_to_openai_tool(t) for t in tools]
+        ledger = current_ledger(ctx.max_concurrency)
+        started = time.time()
+        sink: list[CallRecord] | None = configurable.get(CALLS_KEY)
+        try:
+            response, retries = ledger.call(
+                lambda: handler(final),
+                spec=spec,
+                reserve_in=reserve_tokens([SystemMessage(prompt), *request.messages], schemas),
+                reserve_out=ctx.max_tokens,
+                message_of=lambda r: next((m for m in r.result if isinstance(m, AIMessage)), None),
+            )
+        except CallFailed as failed:
+            if sink is not None:
+                sink.append(make_record("rollout", spec, False, started, None, failed.retries))
+            raise failed.cause from None
+        if sink is not None:
+            msg = next((m for m in response.result if isinstance(m, AIMessage)), None)
+            sink.append(make_record("rollout", spec, True, started, msg, retries))
+        return response
+
+    def after_agent(self, state: PolicyState, runtime: Runtime[Context]) -> dict[str, Any] | None:
+        last = next((m for m in reversed(state["messages"]) if isinstance(m, AIMessage)), None)
+        text = last.content if last is not None and isinstance(last.content, str) else ""
+        return {"answer": extract_final_answer(text)}
+
+
+def build_policy_agent(
+    tools: Sequence[BaseTool] | None = None,
+    *,
+    checkpointer: Checkpointer = None,
+    name: str = "tfgrpo-inference",
+) -> CompiledStateGraph[Any, Context, Any, Any]:
+    """The policy as a ``create_agent`` ReAct graph; the model comes from the context at call time."""
+    from tfgrpo.tools.lazy import all_tools
+
+    return create_agent(
+        UnconfiguredModel(),
+        tools=list(all_tools() if tools is None else tools),
+        middleware=[PolicyMiddleware()],
+        context_schema=Context,
+        checkpointer=checkpointer,
+        name=name,
+    )
+
+
+@lru_cache(maxsize=1)
+def rollout_agent() -> CompiledStateGraph[Any, Context, Any, Any]:
+    """The agent as run inside a learning rollout. It inherits the run's checkpointer (a subgraph compiled
+    with ``checkpointer=False`` fails inside a ``durability="sync"`` parent in langgraph 1.2.22); its
+    per-turn checkpoints are pruned with the rest once the step moves on."""
+    return build_policy_agent(checkpointer=None, name="policy")
