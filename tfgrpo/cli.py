@@ -30,6 +30,10 @@ def _add_learn_args(p: argparse.ArgumentParser, *, demo: bool) -> None:
     p.add_argument("--group-size", type=int, default=4 if demo else d.group_size, help="G")
     p.add_argument("--temperature", type=float, default=d.temperature)
     p.add_argument("--reward", default=d.reward, help="math | exact_match | f1 | module:function")
+    p.add_argument("--domain", default=d.domain, choices=["direct", "math", "search"], help="agent tools")
+    p.add_argument("--corpus", default=d.corpus, help="JSONL corpus file(s), comma-separated (search)")
+    p.add_argument("--max-model-calls", type=int, default=d.max_model_calls, help="per rollout")
+    p.add_argument("--max-tool-calls", type=int, default=d.max_tool_calls, help="per rollout")
     p.add_argument("--experiences-per-group", type=int, default=d.experiences_per_group, help="K")
     p.add_argument("--max-library-items", type=int, default=d.max_library_items)
     p.add_argument("--max-tokens", type=int, default=d.max_tokens)
@@ -63,6 +67,22 @@ def build_parser() -> argparse.ArgumentParser:
     _add_learn_args(
         sub.add_parser("demo", help="learn against the built-in scripted server (offline)"), demo=True
     )
+    inf = sub.add_parser("infer", help="answer a question with the agent and a learned library")
+    d = Context()
+    inf.add_argument("--question", required=True)
+    inf.add_argument("--library", default="", help="library.json or a run directory (default: no E)")
+    inf.add_argument("--model", default=d.model, help="openai:NAME or provider:NAME (or $TFGRPO_MODEL)")
+    inf.add_argument("--base-url", default=d.base_url)
+    inf.add_argument("--domain", default=d.domain, choices=["direct", "math", "search"])
+    inf.add_argument("--corpus", default=d.corpus, help="JSONL corpus file(s), comma-separated (search)")
+    inf.add_argument("--reward", default=d.reward, help="answer format: math (boxed) or other (Answer:)")
+    inf.add_argument("--temperature", type=float, default=0.0)
+    inf.add_argument("--max-tokens", type=int, default=d.max_tokens)
+    inf.add_argument("--max-model-calls", type=int, default=d.max_model_calls)
+    inf.add_argument("--max-tool-calls", type=int, default=d.max_tool_calls)
+    inf.add_argument("--trajectory", action="store_true", help="print every message and tool call")
+    inf.add_argument("--config", default=None, help="JSON or TOML file of option values (flags override)")
+
     lib = sub.add_parser("library", help="inspect a run's experience library")
     lib_sub = lib.add_subparsers(dest="library_command", required=True)
     for name, text in (("show", "print the library"), ("diff", "print the change made by a step")):
@@ -86,6 +106,10 @@ def context_from_args(args: argparse.Namespace, **override: Any) -> Context:
         "max_tokens": args.max_tokens,
         "max_concurrency": args.max_concurrency,
         "request_timeout": args.request_timeout,
+        "domain": args.domain,
+        "corpus": args.corpus,
+        "max_model_calls": args.max_model_calls,
+        "max_tool_calls": args.max_tool_calls,
     }
     for name in ("model", "learner_model", "judge_model", "base_url", "learner_temperature"):
         if hasattr(args, name):
@@ -134,6 +158,42 @@ def cmd_demo(args: argparse.Namespace) -> int:
     with FakeOpenAIServer(grpo_responder) as server:
         ctx = context_from_args(args, model="openai:tfgrpo-scripted", base_url=server.base_url)
         return cmd_learn(args, ctx)
+
+
+def cmd_infer(args: argparse.Namespace) -> int:
+    from langchain_core.messages import AIMessage, HumanMessage, ToolMessage
+
+    from tfgrpo.graphs.inference import build_inference_graph
+
+    ctx = Context(
+        model=args.model,
+        base_url=args.base_url,
+        domain=args.domain,
+        corpus=args.corpus,
+        reward=args.reward,
+        library=args.library,
+        temperature=args.temperature,
+        max_tokens=args.max_tokens,
+        max_model_calls=args.max_model_calls,
+        max_tool_calls=args.max_tool_calls,
+    )
+    graph = build_inference_graph()
+    out = graph.invoke(
+        {"messages": [HumanMessage(args.question)]},
+        {"recursion_limit": 4 * ctx.max_model_calls + 8},
+        context=ctx,
+    )
+    if args.trajectory:
+        for msg in out["messages"]:
+            if isinstance(msg, AIMessage) and msg.tool_calls:
+                for call in msg.tool_calls:
+                    print(f"-> {call['name']}({json.dumps(call['args'], ensure_ascii=False)})")
+            elif isinstance(msg, ToolMessage):
+                print(f"<- {msg.name}: {str(msg.content)[:500]}")
+            elif isinstance(msg, AIMessage):
+                print(f"assistant: {msg.content}")
+    print(f"answer: {out.get('answer', '')}")
+    return 0
 
 
 def cmd_library(args: argparse.Namespace) -> int:
@@ -206,6 +266,8 @@ def main(argv: list[str] | None = None) -> int:
             return cmd_learn(args, context_from_args(args))
         if args.command == "demo":
             return cmd_demo(args)
+        if args.command == "infer":
+            return cmd_infer(args)
         return cmd_library(args)
     except TfgrpoError as exc:
         print(f"tfgrpo: error: {exc}", file=sys.stderr)

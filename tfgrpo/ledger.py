@@ -14,11 +14,12 @@ Every LLM call of a run goes through :meth:`Ledger.call`:
 
 from __future__ import annotations
 
+import asyncio
 import json
 import random
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Awaitable, Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -175,6 +176,23 @@ class Ledger:
             self._reserved_usd += usd
         return tokens, usd
 
+    def _settle(self, spec: str, msg: AIMessage | None, reserve_in: int) -> None:
+        usage: dict[str, Any] = dict((msg.usage_metadata if msg is not None else None) or {})
+        used_in = int(usage.get("input_tokens", 0) or 0) or reserve_in  # no usage reported: assume the worst
+        used_out = int(usage.get("output_tokens", 0) or 0)
+        with self._lock:
+            self.spent_tokens += used_in + used_out
+            self.spent_usd += self.prices.cost(spec, used_in, used_out) or 0.0
+
+    def _release(self, tokens: int, usd: float) -> None:
+        with self._lock:
+            self._reserved_tokens -= tokens
+            self._reserved_usd -= usd
+
+    def _delay(self, retries: int) -> float:
+        # exponential backoff with jitter, so that parallel branches do not retry in lockstep
+        return min(self.backoff_max, self.backoff * 2 ** (retries - 1)) * (0.5 + random.random())
+
     def call(
         self,
         fn: Callable[[], T],
@@ -184,7 +202,7 @@ class Ledger:
         reserve_out: int,
         message_of: Callable[[T], AIMessage | None] = lambda out: out,  # type: ignore[assignment,return-value]
     ) -> tuple[T, int]:
-        """Run ``fn`` under the cap, the budget and the retry policy; returns (message, retries)."""
+        """Run ``fn`` under the cap, the budget and the retry policy; returns (result, retries)."""
         tokens, usd = self._reserve(spec, reserve_in, reserve_out)
         retries = 0
         try:
@@ -197,20 +215,42 @@ class Ledger:
                         if not is_transient(exc) or retries >= self.max_retries:
                             raise CallFailed(exc, retries) from exc
                         retries += 1
-                        delay = min(self.backoff_max, self.backoff * 2 ** (retries - 1))
-                        time.sleep(delay * (0.5 + random.random()))  # jitter: spread retry storms
-            msg = message_of(out)
-            usage: dict[str, Any] = dict((msg.usage_metadata if msg is not None else None) or {})
-            used_in = int(usage.get("input_tokens", 0) or 0) or reserve_in
-            used_out = int(usage.get("output_tokens", 0) or 0)
-            with self._lock:
-                self.spent_tokens += used_in + used_out
-                self.spent_usd += self.prices.cost(spec, used_in, used_out) or 0.0
+                        time.sleep(self._delay(retries))
+            self._settle(spec, message_of(out), reserve_in)
             return out, retries
         finally:
-            with self._lock:
-                self._reserved_tokens -= tokens
-                self._reserved_usd -= usd
+            self._release(tokens, usd)
+
+    async def acall(
+        self,
+        fn: Callable[[], Awaitable[T]],
+        *,
+        spec: str,
+        reserve_in: int,
+        reserve_out: int,
+        message_of: Callable[[T], AIMessage | None],
+    ) -> tuple[T, int]:
+        """:meth:`call` for async graphs (the LangGraph API server runs graphs async)."""
+        tokens, usd = self._reserve(spec, reserve_in, reserve_out)
+        retries = 0
+        try:
+            await asyncio.to_thread(self.semaphore.acquire)
+            try:
+                while True:
+                    try:
+                        out = await fn()
+                        break
+                    except Exception as exc:
+                        if not is_transient(exc) or retries >= self.max_retries:
+                            raise CallFailed(exc, retries) from exc
+                        retries += 1
+                        await asyncio.sleep(self._delay(retries))
+            finally:
+                self.semaphore.release()
+            self._settle(spec, message_of(out), reserve_in)
+            return out, retries
+        finally:
+            self._release(tokens, usd)
 
 
 _default_lock = threading.Lock()

@@ -11,9 +11,11 @@ through the ledger, and writes the final ``answer`` into the output state.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
 from typing import Any, NotRequired
@@ -32,7 +34,7 @@ from langgraph.types import Checkpointer
 from tfgrpo.context import Context
 from tfgrpo.errors import ConfigError
 from tfgrpo.evals.rewards import extract_final_answer
-from tfgrpo.ledger import CallFailed, current_ledger, reserve_tokens
+from tfgrpo.ledger import CallFailed, Ledger, current_ledger, reserve_tokens
 from tfgrpo.models import UnconfiguredModel
 from tfgrpo.nodes._llm import make_record, policy_model
 from tfgrpo.state.library import Library, render_library
@@ -118,12 +120,25 @@ def _since_last_question(messages: list[Any]) -> list[Any]:
     return messages
 
 
+def _ai_message(response: ModelResponse) -> AIMessage | None:
+    return next((m for m in response.result if isinstance(m, AIMessage)), None)
+
+
+@dataclass
+class _Prepared:
+    request: ModelRequest[Context]
+    spec: str
+    ledger: Ledger
+    reserve_in: int
+    reserve_out: int
+    sink: list[CallRecord] | None
+
+
 class PolicyMiddleware(AgentMiddleware[PolicyState, Context]):
     state_schema = PolicyState
 
-    def wrap_model_call(
-        self, request: ModelRequest[Context], handler: Callable[[ModelRequest[Context]], ModelResponse]
-    ) -> ModelResponse:
+    def _prepare(self, request: ModelRequest[Context]) -> _Prepared:
+        """Everything before the call: model, E, tools allowed now, prompt, seed (blocking I/O inside)."""
         ctx = as_context(request.runtime.context)
         model, spec = policy_model(ctx)
         given = request.state.get("experiences")
@@ -140,31 +155,64 @@ class PolicyMiddleware(AgentMiddleware[PolicyState, Context]):
             prompt += "\n\n" + LIMIT_NOTE
         settings = dict(request.model_settings)
         configurable = get_config().get("configurable") or {}
-        seed = configurable.get("tfgrpo_seed")
-        if seed is not None:
-            settings["seed"] = seed
-        final = request.override(
-            model=model, system_message=SystemMessage(prompt), tools=tools, model_settings=settings
-        )
+        if configurable.get("tfgrpo_seed") is not None:
+            settings["seed"] = configurable["tfgrpo_seed"]
         schemas = [convert_to_openai_tool(t) for t in tools]
-        ledger = current_ledger(ctx.max_concurrency)
+        return _Prepared(
+            request=request.override(
+                model=model, system_message=SystemMessage(prompt), tools=tools, model_settings=settings
+            ),
+            spec=spec,
+            ledger=current_ledger(ctx.max_concurrency),
+            reserve_in=reserve_tokens([SystemMessage(prompt), *request.messages], schemas),
+            reserve_out=ctx.max_tokens,
+            sink=configurable.get(CALLS_KEY),
+        )
+
+    @staticmethod
+    def _record(p: _Prepared, started: float, response: ModelResponse | None, retries: int) -> None:
+        if p.sink is not None:
+            msg = _ai_message(response) if response is not None else None
+            p.sink.append(make_record("rollout", p.spec, response is not None, started, msg, retries))
+
+    def wrap_model_call(
+        self, request: ModelRequest[Context], handler: Callable[[ModelRequest[Context]], ModelResponse]
+    ) -> ModelResponse:
+        p = self._prepare(request)
         started = time.time()
-        sink: list[CallRecord] | None = configurable.get(CALLS_KEY)
         try:
-            response, retries = ledger.call(
-                lambda: handler(final),
-                spec=spec,
-                reserve_in=reserve_tokens([SystemMessage(prompt), *request.messages], schemas),
-                reserve_out=ctx.max_tokens,
-                message_of=lambda r: next((m for m in r.result if isinstance(m, AIMessage)), None),
+            response, retries = p.ledger.call(
+                lambda: handler(p.request),
+                spec=p.spec,
+                reserve_in=p.reserve_in,
+                reserve_out=p.reserve_out,
+                message_of=_ai_message,
             )
         except CallFailed as failed:
-            if sink is not None:
-                sink.append(make_record("rollout", spec, False, started, None, failed.retries))
+            self._record(p, started, None, failed.retries)
             raise failed.cause from None
-        if sink is not None:
-            msg = next((m for m in response.result if isinstance(m, AIMessage)), None)
-            sink.append(make_record("rollout", spec, True, started, msg, retries))
+        self._record(p, started, response, retries)
+        return response
+
+    async def awrap_model_call(
+        self,
+        request: ModelRequest[Context],
+        handler: Callable[[ModelRequest[Context]], Awaitable[ModelResponse]],
+    ) -> ModelResponse:
+        p = await asyncio.to_thread(self._prepare, request)  # file and TLS setup stay off the event loop
+        started = time.time()
+        try:
+            response, retries = await p.ledger.acall(
+                lambda: handler(p.request),
+                spec=p.spec,
+                reserve_in=p.reserve_in,
+                reserve_out=p.reserve_out,
+                message_of=_ai_message,
+            )
+        except CallFailed as failed:
+            self._record(p, started, None, failed.retries)
+            raise failed.cause from None
+        self._record(p, started, response, retries)
         return response
 
     def after_agent(self, state: PolicyState, runtime: Runtime[Context]) -> dict[str, Any] | None:

@@ -44,9 +44,12 @@ def _eval(node: ast.AST) -> float:
     raise ValueError("not arithmetic")
 
 
+_EXPRESSION = re.compile(r"[-+*/().\d\s]*\d[-+*/().\d\s]*")
+
+
 def solve_arithmetic(question: str) -> str | None:
     """The value of the first arithmetic expression in ``question`` (None when there is none)."""
-    match = re.search(r"[-+*/().\d\s]*\d[-+*/().\d\s]*", question.replace("×", "*").replace("÷", "/"))
+    match = _EXPRESSION.search(question.replace("×", "*").replace("÷", "/"))
     if not match:
         return None
     try:
@@ -127,7 +130,23 @@ def grpo_responder(request: dict[str, Any]) -> dict[str, Any]:
         verdict = "reached the ground truth" if reward and float(reward.group(1)) >= 1 else "went wrong"
         return {"content": f"1. Parsed the expression.\n2. Computed step by step.\n3. The attempt {verdict}."}
 
-    # policy rollout
+    # policy rollout; with tools offered, use them once, then answer from their result
+    offered = {t["function"]["name"] for t in request.get("tools") or []}
+    tool_results = [_text(m) for m in messages if m.get("role") == "tool"]
+    if offered and not tool_results:
+        if "python" in offered:
+            expr = _EXPRESSION.search(user) if solve_arithmetic(user) is not None else None
+            code = f"print({expr.group(0).strip().rstrip('.')})" if expr else "print('no arithmetic found')"
+            return {"tool_calls": [{"name": "python", "arguments": {"code": code}}]}
+        if "search" in offered:
+            return {"tool_calls": [{"name": "search", "arguments": {"query": user[:200]}}]}
+    if tool_results:
+        found = re.search(r"\[([^\]]+)\]", tool_results[-1])
+        first = (
+            found.group(1) if found else tool_results[-1].strip().splitlines()[0] if tool_results[-1] else ""
+        )
+        shown = f"\\boxed{{{first}}}" if "boxed" in system else f"Answer: {first}"
+        return {"content": f"From the tool: {tool_results[-1][:200]}\nThe result is {shown}"}
     seed = request.get("seed")
     if seed is None:
         seed = _digest(messages)
