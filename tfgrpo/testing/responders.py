@@ -140,6 +140,8 @@ def grpo_responder(request: dict[str, Any]) -> dict[str, Any]:
             return {"tool_calls": [{"name": "python", "arguments": {"code": code}}]}
         if "search" in offered:
             return {"tool_calls": [{"name": "search", "arguments": {"query": user[:200]}}]}
+        # any other tool (e.g. an experienced agent used as a tool): ask it the question
+        return {"tool_calls": [{"name": sorted(offered)[0], "arguments": {"question": user}}]}
     if tool_results:
         found = re.search(r"\[([^\]]+)\]", tool_results[-1])
         first = (

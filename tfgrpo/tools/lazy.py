@@ -18,7 +18,7 @@ from tfgrpo.context import Context
 from tfgrpo.errors import TfgrpoError
 
 
-def _ctx(runtime: ToolRuntime) -> Context:
+def _ctx(runtime: ToolRuntime[Context]) -> Context:
     from tfgrpo.nodes.policy import as_context
 
     return as_context(runtime.context)
@@ -29,7 +29,7 @@ def _truncate(text: str, limit: int) -> str:
 
 
 @tool
-def python(code: str, runtime: ToolRuntime) -> str:
+def python(code: str, runtime: ToolRuntime[Context]) -> str:
     """Run Python 3 code in a sandbox and return what it prints. Use print() to see results.
     No network, no files kept between calls, a time limit per call."""
     from tfgrpo.tools.python_exec import run_python
@@ -48,7 +48,7 @@ def _corpus(ctx: Context) -> Any:
 
 
 @tool
-def search(query: str, runtime: ToolRuntime) -> str:
+def search(query: str, runtime: ToolRuntime[Context]) -> str:
     """Search the offline document collection. Input: a short keyword query. Returns the top matching
     paragraphs with their titles."""
     ctx = _ctx(runtime)
@@ -63,7 +63,7 @@ def search(query: str, runtime: ToolRuntime) -> str:
 
 
 @tool
-def open_page(title: str, runtime: ToolRuntime) -> str:
+def open_page(title: str, runtime: ToolRuntime[Context]) -> str:
     """Return the full paragraph of the document with exactly this title (from a search result)."""
     ctx = _ctx(runtime)
     try:
@@ -76,7 +76,7 @@ def open_page(title: str, runtime: ToolRuntime) -> str:
 
 
 @tool
-def web_search(query: str, runtime: ToolRuntime) -> str:
+def web_search(query: str, runtime: ToolRuntime[Context]) -> str:
     """Search the web (Tavily). Returns titles, URLs and snippets."""
     from tfgrpo.tools.web import web_tools
 
@@ -89,7 +89,7 @@ def web_search(query: str, runtime: ToolRuntime) -> str:
 
 
 @tool
-def web_extract(url: str, runtime: ToolRuntime) -> str:
+def web_extract(url: str, runtime: ToolRuntime[Context]) -> str:
     """Fetch the main text of a web page (Tavily extract)."""
     from tfgrpo.tools.web import web_tools
 

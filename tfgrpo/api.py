@@ -1,0 +1,127 @@
+"""Public API for using a learned experience library inside an existing LangChain / LangGraph app.
+
+    from tfgrpo.api import experienced_agent, load_library
+
+    agent = experienced_agent("runs/dapo", model="openai:gpt-4o-mini", domain="math")
+    agent.invoke("What is 17 * 23?")["answer"]          # sync
+    await agent.ainvoke("...")                           # async
+    for chunk in agent.stream("...", stream_mode="updates"): ...
+    chain = prompt | agent | (lambda out: out["answer"])  # LCEL
+    tool = agent.as_answer_tool("math_expert", "Solves math problems")  # inside another agent
+
+The agent is the inference graph (a ``create_agent`` ReAct graph, E in its system prompt) with its run
+context bound, so it behaves like any Runnable.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import AsyncIterator, Iterator
+from dataclasses import asdict, replace
+from pathlib import Path
+from typing import Any
+
+from langchain_core.messages import HumanMessage
+from langchain_core.runnables import Runnable, RunnableConfig
+from langchain_core.tools import BaseTool, StructuredTool
+from pydantic import BaseModel, Field
+
+from tfgrpo.context import Context
+from tfgrpo.errors import ConfigError
+from tfgrpo.state.library import Library, render_library
+
+__all__ = ["ExperiencedAgent", "experienced_agent", "load_library", "render_library"]
+
+
+def load_library(path: str | Path) -> Library:
+    """A library from ``library.json`` or a run directory."""
+    file = Path(path)
+    if file.is_dir():
+        file = file / "library.json"
+    try:
+        data: Library = json.loads(file.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as exc:
+        raise ConfigError(f"{file}: cannot read the experience library ({exc})") from None
+    if not isinstance(data, dict) or "items" not in data:
+        raise ConfigError(f"{file}: not an experience library (no 'items')")
+    return data
+
+
+def _as_input(value: Any) -> Any:
+    if isinstance(value, str):
+        return {"messages": [HumanMessage(value)]}
+    return value
+
+
+class _Question(BaseModel):
+    question: str = Field(description="The question to answer, self-contained.")
+
+
+class ExperiencedAgent(Runnable[Any, dict[str, Any]]):
+    """The inference graph with its context bound. Input: a question string or ``{"messages": [...]}``;
+    output: the agent state, whose ``answer`` holds the final answer."""
+
+    def __init__(self, context: Context) -> None:
+        from tfgrpo.graphs.inference import build_inference_graph
+
+        self.context = context
+        self.graph = build_inference_graph()
+
+    def _config(self, config: RunnableConfig | None) -> RunnableConfig:
+        merged: RunnableConfig = dict(config or {})  # type: ignore[assignment]
+        merged.setdefault("recursion_limit", 4 * self.context.max_model_calls + 8)
+        return merged
+
+    def invoke(self, input: Any, config: RunnableConfig | None = None, **kwargs: Any) -> dict[str, Any]:
+        out = self.graph.invoke(_as_input(input), self._config(config), context=self.context, **kwargs)
+        return dict(out)
+
+    async def ainvoke(
+        self, input: Any, config: RunnableConfig | None = None, **kwargs: Any
+    ) -> dict[str, Any]:
+        out = await self.graph.ainvoke(_as_input(input), self._config(config), context=self.context, **kwargs)
+        return dict(out)
+
+    def stream(self, input: Any, config: RunnableConfig | None = None, **kwargs: Any) -> Iterator[Any]:
+        yield from self.graph.stream(_as_input(input), self._config(config), context=self.context, **kwargs)
+
+    async def astream(
+        self, input: Any, config: RunnableConfig | None = None, **kwargs: Any
+    ) -> AsyncIterator[Any]:
+        async for chunk in self.graph.astream(
+            _as_input(input), self._config(config), context=self.context, **kwargs
+        ):
+            yield chunk
+
+    def with_settings(self, **settings: Any) -> ExperiencedAgent:
+        return ExperiencedAgent(replace(self.context, **settings))
+
+    def as_answer_tool(self, name: str, description: str) -> BaseTool:
+        """A tool (``question -> answer``) for another agent: the experienced agent as a specialist."""
+
+        def answer(question: str) -> str:
+            return str(self.invoke(question).get("answer", ""))
+
+        async def aanswer(question: str) -> str:
+            return str((await self.ainvoke(question)).get("answer", ""))
+
+        return StructuredTool.from_function(
+            func=answer, coroutine=aanswer, name=name, description=description, args_schema=_Question
+        )
+
+
+def experienced_agent(library: str | Path | None = None, **settings: Any) -> ExperiencedAgent:
+    """The inference agent with E from ``library`` (a library.json or run directory, or None for no E).
+
+    ``settings`` are :class:`tfgrpo.context.Context` fields: ``model``, ``base_url``, ``domain``
+    (direct | math | search), ``corpus``, ``temperature``, ``max_model_calls``, ...
+    """
+    known = set(asdict(Context()))
+    unknown = sorted(set(settings) - known)
+    if unknown:
+        raise ConfigError(f"unknown agent setting(s): {', '.join(unknown)}")
+    if library is not None:
+        load_library(library)  # fail early, with a clear message
+        settings["library"] = str(library)
+    settings.setdefault("temperature", 0.0)
+    return ExperiencedAgent(Context(**settings))

@@ -1,0 +1,560 @@
+"""Run untrusted, model-written Python in a separate, limited process (the paper's "code interpreter").
+
+``run_python(code)`` starts ``sys.executable -I -X utf8 -u -c <bootstrap> <code file> <limits>`` and
+returns a :class:`PythonResult`; :func:`python_tool` wraps it as the LangChain tool ``python``.
+
+The child process
+    * runs in a fresh temporary scratch directory (its cwd, ``HOME`` and ``TMPDIR``), deleted afterwards;
+    * gets a minimal environment (``PATH``, ``LD_LIBRARY_PATH``, ``TZ``, a UTF-8 locale, one BLAS thread):
+      no proxies, no API keys; stdin is ``/dev/null``;
+    * runs with ``-I`` (isolated mode: ignores ``PYTHON*`` variables, the user site directory and the
+      current directory) but *not* ``-S``: the interpreter's own ``site-packages`` stay importable, so
+      math code can use numpy / sympy when they are installed;
+    * is the leader of a new session / process group (``start_new_session``, no ``preexec_fn``: the
+      parent is multi-threaded); the parent enforces the wall-clock timeout and always ends by killing
+      the whole group with ``SIGKILL``;
+    * sets its own limits in the bootstrap, before the model's code runs: ``RLIMIT_AS`` (memory),
+      ``RLIMIT_CPU`` (timeout + 1 s), ``RLIMIT_FSIZE`` (10 MB), ``RLIMIT_NOFILE`` (256), ``RLIMIT_CORE``
+      0 and, when not root, ``RLIMIT_NPROC`` (current task count of the user + 64; root ignores it).
+
+Guards, *not* a security boundary: they stop accidents (a model trying ``pip install``, ``requests.get``,
+a fork loop), not a determined attacker (``ctypes`` can call libc directly; the code runs with the
+parent's uid and can read and write what the parent can):
+
+    * network: ``socket.socket.connect/connect_ex/bind/sendto/sendmsg`` and ``socket.create_connection``,
+      ``create_server``, ``getaddrinfo``, ``gethostbyname(_ex)``, ``gethostbyaddr``, ``getnameinfo`` raise
+      ``PermissionError("network access is disabled")``; ``socketpair`` (asyncio's self-pipe) still works.
+      In addition the bootstrap tries ``unshare(CLONE_NEWNET)`` (works as root / with ``CAP_SYS_ADMIN``),
+      then ``unshare(CLONE_NEWUSER | CLONE_NEWNET)`` (unprivileged user namespaces), and silently goes on
+      without a namespace when both fail. In an empty network namespace even bypasses of the Python guard
+      (``_socket``, ``ctypes``) find no interface but a down loopback. The child's ``TFGRPO_SANDBOX_NETNS``
+      says which applied (``net``, ``user+net`` or ``none``).
+    * processes: ``os.fork/forkpty/system/posix_spawn(p)/execv(e)`` and ``_posixsubprocess.fork_exec``
+      (so ``subprocess``, ``multiprocessing``, ``os.spawn*``, ``os.popen``) raise
+      ``PermissionError("subprocesses are disabled")``: a fork loop is contained even as root, where
+      ``RLIMIT_NPROC`` is not enforced.
+    * signals: ``os.kill/killpg`` and ``signal.pidfd_send_signal`` only reach the child itself.
+
+Output is read from pipes while the child runs, keeping at most ``4 * max_output`` bytes per stream (the
+first and the last half); the rest is counted and dropped, so ``print('x' * 10**8)`` costs the parent
+nothing. Every path is bounded in time, and a failure of the parent side becomes an error result.
+"""
+
+from __future__ import annotations
+
+import codecs
+import contextlib
+import importlib.util
+import json
+import math
+import os
+import re
+import selectors
+import shutil
+import signal
+import stat
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from langchain_core.tools import BaseTool
+
+__all__ = ["PythonResult", "python_tool", "run_python"]
+
+FILE_SIZE_LIMIT = 10 * 1024 * 1024
+"""Largest file the code may write (``RLIMIT_FSIZE``); bigger writes fail with ``OSError: File too large``."""
+
+OPEN_FILES_LIMIT = 256
+NPROC_MARGIN = 64
+_KILL_GRACE = 1.0  # seconds to drain the pipes after the child is gone or killed
+_REAP_TIMEOUT = 5.0  # seconds to wait for a SIGKILLed child to be reaped
+_CODE_NAME = "<code>"
+_NETWORK_MSG = "network access is disabled"
+_PROCESS_MSG = "subprocesses are disabled"
+_MARKER = "\n[... {n} characters truncated]\n"
+_MARKER_RE = re.compile(r"\n?\[\.\.\. (\d+) characters truncated\]\n?")
+
+# Runs in the child (``python -I -X utf8 -u -c``) before the model's code; argv: code file, JSON limits.
+_BOOTSTRAP = r"""
+import json, os, resource, signal, sys
+
+_path, _cfg = sys.argv[1], json.loads(sys.argv[2])
+sys.argv = ["<code>"]
+
+
+def _netns():
+    try:
+        import ctypes
+
+        libc = ctypes.CDLL(None, use_errno=True)
+        newnet, newuser = 0x40000000, 0x10000000
+        if libc.unshare(newnet) == 0:
+            return "net"
+        uid, gid = os.geteuid(), os.getegid()
+        if libc.unshare(newuser | newnet) == 0:
+            maps = (("setgroups", "deny"), ("uid_map", f"{uid} {uid} 1"), ("gid_map", f"{gid} {gid} 1"))
+            for name, text in maps:
+                try:
+                    with open(f"/proc/self/{name}", "w") as f:
+                        f.write(text)
+                except OSError:
+                    pass
+            return "user+net"
+    except Exception:
+        pass
+    return "none"
+
+
+def _limit(name, soft, hard=None):
+    try:
+        which = getattr(resource, name)
+        hard = soft if hard is None else hard
+        _, cur_hard = resource.getrlimit(which)
+        if cur_hard != resource.RLIM_INFINITY:
+            hard = min(hard, cur_hard)
+            soft = min(soft, hard)
+        resource.setrlimit(which, (soft, hard))
+    except (AttributeError, ValueError, OSError):
+        pass
+
+
+def _user_tasks(uid):
+    n = 0
+    for pid in os.listdir("/proc"):
+        if pid.isdigit():
+            try:
+                if os.stat(f"/proc/{pid}").st_uid == uid:
+                    n += len(os.listdir(f"/proc/{pid}/task"))
+            except OSError:
+                pass
+    return n
+
+
+os.environ["TFGRPO_SANDBOX_NETNS"] = _netns() if _cfg["netns"] else "off"
+_limit("RLIMIT_CORE", 0)
+_limit("RLIMIT_CPU", _cfg["cpu"], _cfg["cpu"] + 1)
+_limit("RLIMIT_FSIZE", _cfg["fsize"])
+_limit("RLIMIT_NOFILE", _cfg["nofile"])
+if os.getuid() != 0:
+    try:
+        _limit("RLIMIT_NPROC", _user_tasks(os.getuid()) + _cfg["nproc_margin"])
+    except OSError:
+        pass
+_limit("RLIMIT_AS", _cfg["memory"])
+signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # a too-big write raises OSError instead of killing
+
+
+def _guard(message):
+    def refuse(*args, **kwargs):
+        raise PermissionError(message)
+
+    return refuse
+
+
+import socket
+
+_no_net = _guard(_cfg["network_msg"])
+for _name in ("connect", "connect_ex", "bind", "sendto", "sendmsg"):
+    setattr(socket.socket, _name, _no_net)
+for _name in ("create_connection", "create_server", "getaddrinfo", "gethostbyname", "gethostbyname_ex",
+              "gethostbyaddr", "getnameinfo"):
+    setattr(socket, _name, _no_net)
+
+import _posixsubprocess
+
+_no_proc = _guard(_cfg["process_msg"])
+for _name in ("fork", "forkpty", "system", "posix_spawn", "posix_spawnp", "execv", "execve"):
+    if hasattr(os, _name):
+        setattr(os, _name, _no_proc)
+_posixsubprocess.fork_exec = _no_proc
+
+_real_kill, _real_killpg, _pid, _pgrp = os.kill, os.killpg, os.getpid(), os.getpgrp()
+_no_signal = _guard("signalling other processes is disabled")
+
+
+def _kill(pid, sig):
+    if pid in (0, _pid, -_pgrp):
+        return _real_kill(pid, sig)
+    return _no_signal()
+
+
+def _killpg(pgid, sig):
+    if pgid in (0, _pgrp):
+        return _real_killpg(pgid, sig)
+    return _no_signal()
+
+
+os.kill, os.killpg = _kill, _killpg
+if hasattr(signal, "pidfd_send_signal"):
+    signal.pidfd_send_signal = _no_signal
+
+import linecache, traceback, types
+
+with open(_path, encoding="utf-8", errors="replace") as _f:
+    _src = _f.read()
+linecache.cache["<code>"] = (len(_src), None, _src.splitlines(True), "<code>")
+_main = types.ModuleType("__main__")
+_main.__dict__["__builtins__"] = __builtins__
+sys.modules["__main__"] = _main
+try:
+    _compiled = compile(_src, "<code>", "exec")
+except (SyntaxError, ValueError) as _exc:
+    traceback.print_exception(type(_exc), _exc, None)
+    sys.exit(1)
+try:
+    exec(_compiled, _main.__dict__)
+except SystemExit:
+    raise
+except BaseException as _exc:
+    traceback.print_exception(type(_exc), _exc, _exc.__traceback__.tb_next)
+    sys.exit(1)
+"""
+
+
+@dataclass(frozen=True)
+class PythonResult:
+    """What one run printed and how it ended.
+
+    ``error`` is ``None`` on success, else a one-line reason: ``"timed out after 10 s"``,
+    ``"memory limit 512 MB exceeded"``, ``"network access is disabled (exit code 1: ...)"``,
+    ``"exit code 1: ZeroDivisionError: division by zero"``, ``"killed by signal SIGSEGV"``, ...
+    ``stdout``/``stderr`` are already capped (with a truncation marker); ``render()`` gives the text a model
+    sees, at most ``max_output`` characters plus the marker and the error line.
+    """
+
+    ok: bool
+    stdout: str
+    stderr: str
+    error: str | None
+    seconds: float
+    returncode: int | None = None
+    max_output: int = 4000
+
+    def render(self, max_output: int | None = None) -> str:
+        limit = self.max_output if max_output is None else max_output
+        parts = []
+        if self.stdout.strip():
+            parts.append(self.stdout.rstrip())
+        if self.stderr.strip():
+            parts.append("[stderr]\n" + self.stderr.rstrip())
+        text = _truncate("\n".join(parts), limit)
+        if self.error:
+            text = f"{text}\n[error] {self.error}" if text else f"[error] {self.error}"
+        return text or "(no output; use print() to see results)"
+
+
+def run_python(
+    code: str, *, timeout: float = 10.0, memory_mb: int = 512, max_output: int = 4000
+) -> PythonResult:
+    """Run ``code`` in a fresh, limited Python process.
+
+    Never raises (parent-side failures become ``error="sandbox failure: ..."``) and returns within
+    ``timeout`` plus a few seconds of clean-up at worst (usually a fraction of a second after the end).
+    """
+    return _run(code, timeout=timeout, memory_mb=memory_mb, max_output=max_output, netns=True)
+
+
+def _run(code: str, *, timeout: float, memory_mb: int, max_output: int, netns: bool) -> PythonResult:
+    start = time.monotonic()
+    max_output = max(int(max_output), 100)
+    root: str | None = None
+    proc: subprocess.Popen[bytes] | None = None
+    try:
+        root = tempfile.mkdtemp(prefix="tfgrpo-python-")
+        scratch = os.path.join(root, "scratch")
+        os.mkdir(scratch)
+        code_path = os.path.join(root, "code.py")
+        with open(code_path, "w", encoding="utf-8", errors="surrogatepass") as f:
+            f.write(code)
+        limits = {
+            "memory": int(memory_mb) * 1024 * 1024,
+            "cpu": math.ceil(timeout) + 1,
+            "fsize": FILE_SIZE_LIMIT,
+            "nofile": OPEN_FILES_LIMIT,
+            "nproc_margin": NPROC_MARGIN,
+            "netns": netns,
+            "network_msg": _NETWORK_MSG,
+            "process_msg": _PROCESS_MSG,
+        }
+        argv = [sys.executable, "-I", "-X", "utf8", "-u", "-c", _BOOTSTRAP, code_path, json.dumps(limits)]
+        proc = subprocess.Popen(
+            argv,
+            cwd=scratch,
+            env=_child_env(scratch),
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            start_new_session=True,
+            close_fds=True,
+        )
+        out, err, timed_out = _communicate(proc, timeout, cap=4 * max_output)
+        rc = proc.returncode
+        stdout, stderr = out.text(), err.text()
+        error = _diagnose(rc, timed_out, stderr, timeout=timeout, memory_mb=memory_mb)
+        return PythonResult(
+            ok=error is None,
+            stdout=stdout,
+            stderr=stderr,
+            error=error,
+            seconds=round(time.monotonic() - start, 3),
+            returncode=rc,
+            max_output=max_output,
+        )
+    except Exception as exc:  # the parent side failed (no fork, disk full, ...): report, never raise
+        return PythonResult(
+            ok=False,
+            stdout="",
+            stderr="",
+            error=f"sandbox failure: {type(exc).__name__}: {exc}".replace("\n", " "),
+            seconds=round(time.monotonic() - start, 3),
+            max_output=max_output,
+        )
+    finally:
+        if proc is not None:
+            _kill_group(proc)
+            for stream in (proc.stdout, proc.stderr):
+                if stream is not None:
+                    with contextlib.suppress(OSError):
+                        stream.close()
+            if proc.returncode is None:
+                with contextlib.suppress(Exception):
+                    proc.wait(timeout=_REAP_TIMEOUT)
+        if root is not None:
+            _rmtree(root)
+
+
+def _child_env(scratch: str) -> dict[str, str]:
+    env = {
+        "PATH": os.environ.get("PATH") or os.defpath,
+        "LANG": "C.UTF-8",
+        "LC_ALL": "C.UTF-8",
+        "HOME": scratch,
+        "TMPDIR": scratch,
+        "MPLBACKEND": "Agg",
+        "MPLCONFIGDIR": scratch,
+        "OPENBLAS_NUM_THREADS": "1",
+        "OMP_NUM_THREADS": "1",
+        "MKL_NUM_THREADS": "1",
+    }
+    for name in ("LD_LIBRARY_PATH", "TZ"):  # needed by some interpreter builds / for local time; no secrets
+        if os.environ.get(name):
+            env[name] = os.environ[name]
+    return env
+
+
+class _Capture:
+    """Keeps the first and the last ``cap // 2`` bytes of a stream and counts what it drops."""
+
+    def __init__(self, cap: int) -> None:
+        self.half = max(cap // 2, 1)
+        self.head = bytearray()
+        self.tail = bytearray()
+        self.total = 0
+
+    def feed(self, data: bytes) -> None:
+        self.total += len(data)
+        room = self.half - len(self.head)
+        if room > 0:
+            self.head += data[:room]
+            data = data[room:]
+        if data:
+            self.tail += data[-self.half :]
+            if len(self.tail) > self.half:
+                del self.tail[: len(self.tail) - self.half]
+
+    def text(self) -> str:
+        dropped = self.total - len(self.head) - len(self.tail)
+        if dropped == 0:
+            return bytes(self.head + self.tail).decode("utf-8", "replace")
+        head = codecs.getincrementaldecoder("utf-8")("replace").decode(bytes(self.head), final=False)
+        tail = bytes(self.tail)
+        skip = 0
+        while skip < min(3, len(tail)) and 0x80 <= tail[skip] <= 0xBF:  # starts inside a UTF-8 character
+            skip += 1
+        return head + _MARKER.format(n=dropped + skip) + tail[skip:].decode("utf-8", "replace")
+
+
+def _communicate(proc: subprocess.Popen[bytes], timeout: float, cap: int) -> tuple[_Capture, _Capture, bool]:
+    """Drain stdout/stderr with a cap until the child is gone; kill the group at the deadline."""
+    assert proc.stdout is not None and proc.stderr is not None
+    out, err = _Capture(cap), _Capture(cap)
+    sinks = {proc.stdout.fileno(): out, proc.stderr.fileno(): err}
+    deadline = time.monotonic() + timeout
+    drain_until: float | None = None  # set once the child has exited or was killed
+    timed_out = False
+    with selectors.DefaultSelector() as sel:
+        for fd in sinks:
+            os.set_blocking(fd, False)
+            sel.register(fd, selectors.EVENT_READ)
+        while sel.get_map():
+            now = time.monotonic()
+            if drain_until is None:
+                if _exited(proc):
+                    _kill_group(
+                        proc
+                    )  # stray children hold the pipes open; the leader is a zombie, not reaped
+                    drain_until = now + _KILL_GRACE
+                elif now >= deadline:
+                    timed_out = True
+                    _kill_group(proc)
+                    drain_until = now + _KILL_GRACE
+            elif now >= drain_until:
+                break
+            limit = drain_until if drain_until is not None else deadline
+            for key, _ in sel.select(timeout=max(0.0, min(limit - now, 0.05))):
+                fd = int(key.fd)
+                try:
+                    chunk = os.read(fd, 65536)
+                except BlockingIOError:
+                    continue
+                except OSError:
+                    chunk = b""
+                if chunk:
+                    sinks[fd].feed(chunk)
+                else:
+                    sel.unregister(fd)
+    if drain_until is None:
+        # Both pipes closed first (the usual end, or the code closed them): wait for the exit, up to the
+        # deadline, without reaping, so that killing the group cannot hit a recycled pid.
+        while not _exited(proc):
+            if time.monotonic() >= deadline:
+                timed_out = True
+                break
+            time.sleep(0.005)
+    _kill_group(proc)
+    with contextlib.suppress(subprocess.TimeoutExpired):
+        proc.wait(timeout=_REAP_TIMEOUT)
+    return out, err, timed_out
+
+
+def _exited(proc: subprocess.Popen[bytes]) -> bool:
+    """True once the child has exited, without reaping it (so its pid stays a valid process-group id)."""
+    if proc.returncode is not None:
+        return True
+    try:
+        return os.waitid(os.P_PID, proc.pid, os.WEXITED | os.WNOHANG | os.WNOWAIT) is not None
+    except ChildProcessError:
+        return True
+
+
+def _kill_group(proc: subprocess.Popen[bytes]) -> None:
+    if proc.returncode is not None:
+        return  # reaped: the pid (and group id) may belong to someone else now
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.killpg(proc.pid, signal.SIGKILL)
+
+
+def _rmtree(path: str) -> None:
+    def fix(func: Any, target: str, _exc: Any) -> None:  # the code may have made its files read-only
+        with contextlib.suppress(OSError):
+            os.chmod(os.path.dirname(target), stat.S_IRWXU)
+            os.chmod(target, stat.S_IRWXU)
+            func(target)
+
+    with contextlib.suppress(OSError):
+        shutil.rmtree(path, onerror=fix)
+
+
+def _last_line(text: str) -> str:
+    for line in reversed(text.splitlines()):
+        if line.strip() and not _MARKER_RE.fullmatch(line):
+            return line.strip()[:300]
+    return ""
+
+
+_MEMORY_HINTS = ("MemoryError", "Cannot allocate memory", "out of memory", "bad_alloc", "Unable to allocate")
+
+
+def _diagnose(rc: int | None, timed_out: bool, stderr: str, *, timeout: float, memory_mb: int) -> str | None:
+    if timed_out:
+        return f"timed out after {timeout:g} s"
+    if rc == 0:
+        return None
+    last = _last_line(stderr)
+    if rc is None:
+        return "the process could not be stopped"
+    if rc < 0:
+        try:
+            name = signal.Signals(-rc).name
+        except ValueError:
+            name = str(-rc)
+        if name == "SIGXCPU":
+            return f"timed out after {timeout:g} s (CPU time limit)"
+        if any(h in stderr for h in _MEMORY_HINTS):
+            return f"memory limit {memory_mb} MB exceeded"
+        hint = " (possibly the memory limit)" if name in ("SIGKILL", "SIGSEGV", "SIGABRT", "SIGBUS") else ""
+        return f"killed by signal {name}{hint}"
+    if "MemoryError" in last or any(h in last for h in _MEMORY_HINTS):
+        return f"memory limit {memory_mb} MB exceeded"
+    detail = f"exit code {rc}: {last}" if last else f"exit code {rc}"
+    if _NETWORK_MSG in last:
+        return f"{_NETWORK_MSG} ({detail})"
+    if _PROCESS_MSG in last:
+        return f"{_PROCESS_MSG} ({detail})"
+    return detail
+
+
+def _truncate(text: str, limit: int) -> str:
+    """Keep the first and last ``limit // 2`` characters; the marker counts what was dropped, including
+    what an inner marker (from the capture cap) had already dropped."""
+    if len(text) <= limit:
+        return text
+    head = limit // 2
+    tail = limit - head
+    removed = text[head : len(text) - tail]
+    inner = list(_MARKER_RE.finditer(removed))
+    n = len(removed) + sum(int(m.group(1)) - len(m.group(0)) for m in inner)
+    return text[:head] + _MARKER.format(n=n) + text[len(text) - tail :]
+
+
+def _available(*modules: str) -> list[str]:
+    found = []
+    for name in modules:
+        with contextlib.suppress(Exception):
+            if importlib.util.find_spec(name) is not None:
+                found.append(name)
+    return found
+
+
+def python_tool(*, timeout: float = 10.0, memory_mb: int = 512, max_output: int = 4000) -> BaseTool:
+    """The LangChain tool ``python`` (input ``{"code": str}``) returning ``run_python(...).render()``.
+
+    Errors come back as text (never raised), so the agent loop continues; safe to call from several
+    threads at once (each call is its own process and scratch directory); async calls run in a thread.
+    """
+    import asyncio
+
+    from langchain_core.tools import StructuredTool
+    from pydantic import BaseModel, Field
+
+    class PythonInput(BaseModel):
+        code: str = Field(description="Python 3 source code to run; print() what you want to see.")
+
+    def python(code: str) -> str:
+        try:
+            return run_python(code, timeout=timeout, memory_mb=memory_mb, max_output=max_output).render()
+        except Exception as exc:  # run_python does not raise; belt and braces for the agent loop
+            return f"[error] sandbox failure: {type(exc).__name__}: {exc}"
+
+    async def apython(code: str) -> str:
+        return await asyncio.to_thread(python, code)
+
+    libs = _available("numpy", "sympy", "scipy", "mpmath", "networkx")
+    description = (
+        "Run Python 3 code in a sandbox and return what it prints. Use print() to see results. "
+        f"No network, no subprocesses, no files kept between calls, {timeout:g} s time limit, "
+        f"{memory_mb} MB memory. Each call starts a fresh interpreter: variables do not persist."
+    )
+    if libs:
+        description += " Available libraries: " + ", ".join(libs) + "."
+    return StructuredTool.from_function(
+        func=python,
+        coroutine=apython,
+        name="python",
+        description=description,
+        args_schema=PythonInput,
+    )
