@@ -14,6 +14,9 @@ from typing import Any
 from tfgrpo.context import Context
 from tfgrpo.errors import TfgrpoError
 
+# Domain presets: the tools come with the domain, and so does the default reward.
+DOMAIN_REWARDS = {"direct": "math", "math": "math", "search": "judge"}
+
 DEMO_NOTE = (
     "demo: no model given, so this run talks over real HTTP (langchain-openai) to tfgrpo's scripted\n"
     "fake OpenAI-compatible server on 127.0.0.1. It exercises every step of Training-Free GRPO; it does\n"
@@ -29,8 +32,18 @@ def _add_learn_args(p: argparse.ArgumentParser, *, demo: bool) -> None:
     p.add_argument("--batch-size", type=int, default=4 if demo else d.batch_size)
     p.add_argument("--group-size", type=int, default=4 if demo else d.group_size, help="G")
     p.add_argument("--temperature", type=float, default=d.temperature)
-    p.add_argument("--reward", default=d.reward, help="math | exact_match | f1 | module:function")
-    p.add_argument("--domain", default=d.domain, choices=["direct", "math", "search"], help="agent tools")
+    p.add_argument(
+        "--reward",
+        default=None,
+        help="math | exact_match | f1 | judge | module:function (default: the domain's: math, or judge "
+        "for search)",
+    )
+    p.add_argument(
+        "--domain",
+        default=d.domain,
+        choices=sorted(DOMAIN_REWARDS),
+        help="direct (no tools) | math (Python tool) | search (search tools)",
+    )
     p.add_argument("--corpus", default=d.corpus, help="JSONL corpus file(s), comma-separated (search)")
     p.add_argument("--max-model-calls", type=int, default=d.max_model_calls, help="per rollout")
     p.add_argument("--max-tool-calls", type=int, default=d.max_tool_calls, help="per rollout")
@@ -100,7 +113,7 @@ def context_from_args(args: argparse.Namespace, **override: Any) -> Context:
         "batch_size": args.batch_size,
         "group_size": args.group_size,
         "temperature": args.temperature,
-        "reward": args.reward,
+        "reward": args.reward or DOMAIN_REWARDS[args.domain],
         "experiences_per_group": args.experiences_per_group,
         "max_library_items": args.max_library_items,
         "max_tokens": args.max_tokens,

@@ -1,47 +1,117 @@
 """Step 2 of Training-Free GRPO: **reward**. A scalar r in [0, 1] for every rollout of the batch.
 
-The reward function comes from the context (``math`` via math-verify, ``exact_match``, ``f1`` or a user
-``module:function``). A rollout that failed, or whose reward raised, gets ``None`` (unusable) and is
-counted as dropped rather than silently shrinking its group.
+The reward comes from the context: ``math`` (math-verify), ``exact_match``, ``f1``, a user
+``module:function``, or ``judge`` -- an LLM grading the answer against the ground truth as CORRECT or
+INCORRECT ("grade a quiz", as the paper does for web tasks), with the judge model and memoized like every
+other LLM result. A rollout that failed, or whose reward raised, gets ``None`` (unusable) and is counted
+as dropped rather than silently shrinking its group.
 """
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
+from langchain_core.messages import HumanMessage, SystemMessage
+from langchain_core.runnables.config import ContextThreadPoolExecutor
 from langgraph.runtime import Runtime
 
 from tfgrpo.context import Context
-from tfgrpo.evals.rewards import get_reward
-from tfgrpo.nodes._llm import context_of, one_line
+from tfgrpo.evals.rewards import extract_final_answer, get_reward
+from tfgrpo.models import ModelSettings, get_model
+from tfgrpo.nodes._llm import call_text, context_of, memo_get, memo_put, one_line, step_namespace, store_of
 from tfgrpo.nodes.rollout import load_rollout, rollout_key
 from tfgrpo.state.graph_state import StepState
-from tfgrpo.state.types import Dropped, Group
+from tfgrpo.state.types import CallRecord, Dropped, Group, Query, Rollout, usage_of
+
+JUDGE_SYSTEM = (
+    "You are a teacher grading a quiz. You get a question, the true answer and a student's answer. "
+    "Grade only factual correctness: the student's answer is CORRECT if it states the same thing as the "
+    "true answer (wording, order, extra context and minor spelling do not matter) and contains no "
+    "contradicting claim; otherwise it is INCORRECT. Reply with exactly one word: CORRECT or INCORRECT."
+)
+JUDGE_USER = "Question: {question}\nTrue answer: {answer}\nStudent answer: {response}\nGrade:"
+_VERDICT = re.compile(r"\b(INCORRECT|CORRECT)\b")
+
+
+def judge_score(
+    runtime: Runtime[Context], ctx: Context, state: StepState, query: Query, key: str, stored: Rollout
+) -> tuple[float | None, str | None, list[CallRecord]]:
+    """One judge call per rollout (memoized): 1.0 for CORRECT, 0.0 for INCORRECT."""
+    store = store_of(runtime)
+    ns = step_namespace(state.get("run_id", ""), state.get("step", 0), "judge")
+    done = memo_get(store, ns, key)
+    if done is None:
+        spec = ctx.judge_model or ctx.model
+        model = get_model(
+            ModelSettings(
+                spec=spec,
+                base_url=ctx.base_url,
+                temperature=ctx.judge_temperature,
+                max_tokens=16,
+                timeout=ctx.request_timeout,
+            )
+        )
+        answer = extract_final_answer(stored["response"]) or stored["response"][-500:]
+        messages = [
+            SystemMessage(JUDGE_SYSTEM),
+            HumanMessage(
+                JUDGE_USER.format(question=query["question"], answer=query["answer"], response=answer)
+            ),
+        ]
+        msg, record, error = call_text(ctx, model, spec, "judge", messages)
+        value: float | None = None
+        if msg is not None:
+            verdict = _VERDICT.search(str(msg.content).upper())
+            if verdict is None:
+                error = f"judge verdict is neither CORRECT nor INCORRECT: {str(msg.content)[:80]!r}"
+            else:
+                value = 1.0 if verdict.group(1) == "CORRECT" else 0.0
+        done = {"value": value, "error": error, "calls": [record]}
+        memo_put(store, ns, key, done)
+    return done["value"], done["error"], done["calls"]
 
 
 def reward(state: StepState, runtime: Runtime[Context]) -> dict[str, Any]:
     ctx = context_of(runtime)
-    reward_fn = get_reward(ctx.reward)
+    reward_fn = None if ctx.reward == "judge" else get_reward(ctx.reward)
     refs = {ref["key"]: ref for ref in state.get("rollouts", [])}
+    run_id, step = state.get("run_id", ""), state.get("step", 0)
+
+    def score(job: tuple[Query, str]) -> tuple[float | None, str | None, list[CallRecord]]:
+        query, key = job
+        ref = refs.get(key)
+        stored = load_rollout(runtime, run_id, step, key)
+        if ref is None or not ref["ok"] or stored is None:
+            return None, None, []  # a failed rollout, already counted as dropped by ``rollout``
+        if reward_fn is None:
+            return judge_score(runtime, ctx, state, query, key, stored)
+        try:
+            return min(1.0, max(0.0, float(reward_fn(stored["response"], query["answer"])))), None, []
+        except Exception as exc:
+            return None, one_line(exc), []
+
+    jobs = [(q, rollout_key(q["id"], g)) for q in state.get("batch", []) for g in range(ctx.group_size)]
+    with ContextThreadPoolExecutor(max_workers=max(1, ctx.max_concurrency)) as pool:
+        scored = dict(zip((key for _, key in jobs), pool.map(score, jobs), strict=True))
+
     groups: list[Group] = []
     dropped: list[Dropped] = []
+    calls: list[CallRecord] = []
     for query in state.get("batch", []):
         keys = [rollout_key(query["id"], g) for g in range(ctx.group_size)]
-        rewards: list[float | None] = []
         for key in keys:
-            ref = refs.get(key)
-            stored = load_rollout(runtime, state.get("run_id", ""), state.get("step", 0), key)
-            if ref is None or not ref["ok"] or stored is None:
-                rewards.append(None)
-                continue
-            try:
-                value = float(reward_fn(stored["response"], query["answer"]))
-            except Exception as exc:
-                dropped.append({"stage": "reward", "item": key, "reason": one_line(exc)})
-                rewards.append(None)
-                continue
-            rewards.append(min(1.0, max(0.0, value)))
+            _, error, records = scored[key]
+            calls += records
+            if error is not None:
+                dropped.append({"stage": "reward", "item": key, "reason": error})
         groups.append(
-            {"query_id": query["id"], "keys": keys, "rewards": rewards, "kept": False, "reason": "unjudged"}
+            {
+                "query_id": query["id"],
+                "keys": keys,
+                "rewards": [scored[key][0] for key in keys],
+                "kept": False,
+                "reason": "unjudged",
+            }
         )
-    return {"groups": groups, "dropped": dropped}
+    return {"groups": groups, "dropped": dropped, "usage": usage_of(calls)}

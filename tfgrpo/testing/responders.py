@@ -125,6 +125,10 @@ def grpo_responder(request: dict[str, Any]) -> dict[str, Any]:
         return {"tool_calls": [{"name": tool, "arguments": {"operations": merged}}]}
     if tool is not None:
         return {"tool_calls": [{"name": tool, "arguments": {}}]}
+    if "grading a quiz" in system:
+        truth = re.search(r"True answer: (.*)\nStudent answer: (.*)\nGrade:", user, re.DOTALL)
+        same = truth is not None and truth.group(1).strip().lower() == truth.group(2).strip().lower()
+        return {"content": "CORRECT" if same else "INCORRECT"}
     if "SUMMARIZE" in system:
         reward = re.search(r"Reward of this attempt: ([\d.]+)", user)
         verdict = "reached the ground truth" if reward and float(reward.group(1)) >= 1 else "went wrong"
