@@ -136,3 +136,35 @@ def test_hotpotqa_rows_load_with_exact_match(tmp_path: Path, fake_server: FakeOp
     report = json.loads((tmp_path / "run" / "report.json").read_text())
     # the scripted model cannot answer these: every group has equal rewards and is skipped
     assert report["totals"]["groups_kept"] == 0 and report["totals"]["groups_skipped"] == 4
+
+
+def test_search_domain_learns_with_the_offline_corpus(tmp_path: Path, fake_server: FakeOpenAIServer) -> None:
+    path = SHARED_DATA / "hotpotqa_distractor_train100.jsonl"
+    if not path.exists():
+        pytest.skip("../shared/data not present (benchmark data lives outside the repository)")
+    small = tmp_path / "hotpot4.jsonl"
+    small.write_text("".join(path.read_text().splitlines(keepends=True)[:4]))
+    run_dir = tmp_path / "run"
+    out = tfgrpo(*learn_args(fake_server, run_dir, str(small), "--domain", "search", "--corpus", str(path)))
+    assert out.returncode == 0, out.stderr
+    report = json.loads((run_dir / "report.json").read_text())
+    roles = report["totals"]["by_role"]
+    assert roles["judge"]["calls"] == 4 * 3  # the search preset grades with the LLM judge
+    searches = [b for b in fake_server.requests if b.get("tools")]
+    assert searches and {t["function"]["name"] for t in searches[0]["tools"]} == {"search", "open_page"}
+    tool_results = [m for b in fake_server.requests for m in b["messages"] if m["role"] == "tool"]
+    assert tool_results and all(r["content"].startswith("[") for r in tool_results)  # titled paragraphs
+
+
+def test_infer_answers_hotpotqa_with_visible_tool_calls(fake_server: FakeOpenAIServer) -> None:
+    path = SHARED_DATA / "hotpotqa_distractor_eval300.jsonl"
+    if not path.exists():
+        pytest.skip("../shared/data not present (benchmark data lives outside the repository)")
+    row = json.loads(path.read_text().splitlines()[0])
+    out = tfgrpo(
+        "infer", "--question", row["question"], "--model", "openai:fake", "--base-url", fake_server.base_url,
+        "--domain", "search", "--corpus", str(path), "--trajectory",
+    )  # fmt: skip
+    assert out.returncode == 0, out.stderr
+    assert "-> search(" in out.stdout and "<- search: [" in out.stdout
+    assert out.stdout.strip().splitlines()[-1].startswith("answer: ")
