@@ -10,6 +10,7 @@ trajectory (tool calls and results included) is written to the store; state only
 
 from __future__ import annotations
 
+import contextvars
 import hashlib
 from typing import Any
 
@@ -78,8 +79,14 @@ def rollout(task: RolloutTask, runtime: Runtime[Context]) -> dict[str, Any]:
             "recursion_limit": 4 * ctx.max_model_calls + 8,
         }
         try:
-            out = rollout_agent().invoke(
-                {"messages": messages, "experiences": library_text}, config, context=ctx
+            # Run the agent detached from the step graph (an empty contextvars context): it then keeps no
+            # checkpoints of its own turns, so the run's checkpoint database does not grow with B x G.
+            # The branch is the unit of resume; its result is memoized in the store.
+            out = contextvars.Context().run(
+                rollout_agent().invoke,
+                {"messages": messages, "experiences": library_text},
+                config,
+                context=ctx,
             )
             messages = out["messages"]
         except (BudgetExceeded, ConfigError):
