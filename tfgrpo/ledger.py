@@ -37,6 +37,7 @@ DEFAULT_PRICES: dict[str, tuple[float, float]] = {
     "gpt-4.1": (2.00, 8.00),
     "deepseek-chat": (0.27, 1.10),
     "deepseek-reasoner": (0.55, 2.19),
+    "smollm2-135m-instruct": (0.0, 0.0),  # the embedded model runs on your CPU
 }
 PER_MESSAGE_TOKENS = 16
 T = TypeVar("T")

@@ -10,7 +10,7 @@ from __future__ import annotations
 import os
 import threading
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 from langchain_core.language_models import BaseChatModel
@@ -28,6 +28,14 @@ class ModelSettings:
 
 
 ProviderFactory = Callable[[str, ModelSettings], BaseChatModel]
+
+# With no model configured, tfgrpo uses SmolLM2-135M-Instruct served locally by llama.cpp.
+DEFAULT_MODEL = "local:smollm2-135m-instruct"
+
+
+def resolve_spec(spec: str) -> str:
+    return spec or DEFAULT_MODEL
+
 
 _providers: dict[str, ProviderFactory] = {}
 _cache: dict[ModelSettings, BaseChatModel] = {}
@@ -68,6 +76,27 @@ def _openai(name: str, settings: ModelSettings) -> BaseChatModel:
     )
 
 
+def _local(name: str, settings: ModelSettings) -> BaseChatModel:
+    """The embedded model: tfgrpo starts llama.cpp's OpenAI-compatible server itself (once per process,
+    stopped at exit) and talks to it through langchain-openai like to any hosted model."""
+    from langchain_openai import ChatOpenAI
+
+    from tfgrpo.local_model import get_local_server, require_runtime
+
+    require_runtime()  # one-line error with the install command when the runtime is missing
+    server = get_local_server()
+    return ChatOpenAI(
+        model=server.model_name,
+        base_url=server.base_url,
+        api_key="not-needed",  # type: ignore[arg-type]
+        temperature=settings.temperature,
+        max_completion_tokens=settings.max_tokens,
+        extra_body={"max_tokens": settings.max_tokens},  # llama.cpp ignores max_completion_tokens
+        timeout=settings.timeout,
+        max_retries=0,
+    )
+
+
 def _init_chat_model(spec: str, settings: ModelSettings) -> BaseChatModel:
     from langchain.chat_models import init_chat_model
 
@@ -87,7 +116,7 @@ def _init_chat_model(spec: str, settings: ModelSettings) -> BaseChatModel:
 def get_model(settings: ModelSettings) -> BaseChatModel:
     """The chat model for ``settings``, built once per distinct settings."""
     if not settings.spec:
-        raise ConfigError("no model configured: pass --model openai:NAME --base-url URL, or set TFGRPO_MODEL")
+        settings = replace(settings, spec=DEFAULT_MODEL)
     with _lock:
         cached = _cache.get(settings)
         if cached is not None:
@@ -97,6 +126,8 @@ def get_model(settings: ModelSettings) -> BaseChatModel:
             model = _providers[prefix](name, settings)
         elif prefix == "openai" and name:
             model = _openai(name, settings)
+        elif prefix == "local":
+            model = _local(name, settings)
         else:
             model = _init_chat_model(settings.spec, settings)
         _cache[settings] = model

@@ -88,14 +88,6 @@ def test_bad_dataset_is_one_line_error(name: str, tmp_path: Path, fake_server: F
     assert fake_server.requests == []  # nothing was paid for
 
 
-def test_no_model_is_a_clear_error(tmp_path: Path) -> None:
-    out = tfgrpo("learn", "--run-dir", str(tmp_path / "r"), "--no-progress")
-    assert out.returncode == 2
-    assert out.stderr.strip().splitlines() == [
-        "tfgrpo: error: no model configured: pass --model openai:NAME --base-url URL, or set TFGRPO_MODEL"
-    ]
-
-
 def test_resume_with_other_settings_is_refused(tmp_path: Path, fake_server: FakeOpenAIServer) -> None:
     run_dir = tmp_path / "run"
     first = tfgrpo(*learn_args(fake_server, run_dir, "rg:basic_arithmetic:size=4:seed=1"))

