@@ -9,10 +9,45 @@ import sys
 from dataclasses import asdict
 from pathlib import Path
 from types import FrameType
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from tfgrpo.context import Context
 from tfgrpo.errors import TfgrpoError
+
+if TYPE_CHECKING:
+    from tfgrpo.ledger import Ledger
+
+# Sizes used when not given: the paper's shape for a configured model, something that finishes in minutes
+# on a CPU for the embedded 135M model, and a small run for the scripted demo.
+PRESETS: dict[str, dict[str, Any]] = {
+    "model": {
+        "dataset": "rg:basic_arithmetic:size=20:seed=1",
+        "epochs": 3,
+        "batch_size": 8,
+        "group_size": 5,
+        "max_tokens": 1024,
+    },
+    "embedded": {
+        # one-digit, two-term sums: within reach of a 135M model often enough for groups to differ
+        "dataset": "rg:basic_arithmetic:size=6:seed=1:max_terms=2:max_digits=1",
+        "epochs": 2,
+        "batch_size": 3,
+        "group_size": 4,
+        "max_tokens": 256,
+    },
+    "demo": {
+        "dataset": "rg:basic_arithmetic:size=20:seed=1",
+        "epochs": 2,
+        "batch_size": 4,
+        "group_size": 4,
+        "max_tokens": 1024,
+    },
+}
+EMBEDDED_NOTE = (
+    "no model given: learning with the embedded SmolLM2-135M-Instruct, served offline by llama.cpp on\n"
+    "127.0.0.1 and reached through langchain-openai like any hosted model. A 135M model demonstrates the\n"
+    "pipeline; it does not learn much. Pass --model openai:NAME (and --base-url) for a real run."
+)
 
 # Domain presets: the tools come with the domain, and so does the default reward.
 DOMAIN_REWARDS = {"direct": "math", "math": "math", "search": "judge"}
@@ -24,14 +59,10 @@ DEMO_NOTE = (
 )
 
 
-def _add_learn_args(p: argparse.ArgumentParser, *, demo: bool) -> None:
+def _add_agent_args(p: argparse.ArgumentParser, *, demo: bool, temperature: float) -> None:
+    """Options shared by ``learn``, ``demo`` and ``eval``: the agent, the reward, the models, the ledger."""
     d = Context()
-    p.add_argument("--dataset", default=d.dataset, help="JSONL/CSV file or rg:NAME[:key=value...]")
-    p.add_argument("--run-dir", default="runs/demo" if demo else None, required=not demo)
-    p.add_argument("--epochs", type=int, default=2 if demo else d.epochs)
-    p.add_argument("--batch-size", type=int, default=4 if demo else d.batch_size)
-    p.add_argument("--group-size", type=int, default=4 if demo else d.group_size, help="G")
-    p.add_argument("--temperature", type=float, default=d.temperature)
+    p.add_argument("--temperature", type=float, default=temperature)
     p.add_argument(
         "--reward",
         default=None,
@@ -45,11 +76,9 @@ def _add_learn_args(p: argparse.ArgumentParser, *, demo: bool) -> None:
         help="direct (no tools) | math (Python tool) | search (search tools)",
     )
     p.add_argument("--corpus", default=d.corpus, help="JSONL corpus file(s), comma-separated (search)")
-    p.add_argument("--max-model-calls", type=int, default=d.max_model_calls, help="per rollout")
-    p.add_argument("--max-tool-calls", type=int, default=d.max_tool_calls, help="per rollout")
-    p.add_argument("--experiences-per-group", type=int, default=d.experiences_per_group, help="K")
-    p.add_argument("--max-library-items", type=int, default=d.max_library_items)
-    p.add_argument("--max-tokens", type=int, default=d.max_tokens)
+    p.add_argument("--max-model-calls", type=int, default=d.max_model_calls, help="per agent run")
+    p.add_argument("--max-tool-calls", type=int, default=d.max_tool_calls, help="per agent run")
+    p.add_argument("--max-tokens", type=int, default=None)
     p.add_argument("--max-concurrency", type=int, default=d.max_concurrency)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--request-timeout", type=float, default=d.request_timeout, help="seconds per LLM call")
@@ -59,11 +88,6 @@ def _add_learn_args(p: argparse.ArgumentParser, *, demo: bool) -> None:
     p.add_argument("--budget-tokens", type=int, default=None, help="stop (resumably) before using more")
     p.add_argument("--prices", default=None, help='JSON {"MODEL": {"input": USD/1M, "output": USD/1M}}')
     p.add_argument("--no-progress", action="store_true", help="no progress bars (tables only)")
-    p.add_argument(
-        "--keep-checkpoints",
-        action="store_true",
-        help="keep every checkpoint (time travel) instead of only those needed to resume",
-    )
     if not demo:
         p.add_argument("--model", default=d.model, help="openai:NAME or provider:NAME (or $TFGRPO_MODEL)")
         p.add_argument("--learner-model", default=d.learner_model, help="model for summarize/extract/update")
@@ -71,6 +95,41 @@ def _add_learn_args(p: argparse.ArgumentParser, *, demo: bool) -> None:
         p.add_argument("--learner-temperature", type=float, default=d.learner_temperature)
         p.add_argument("--base-url", default=d.base_url, help="OpenAI-compatible endpoint")
     p.add_argument("--config", default=None, help="JSON or TOML file of option values (flags override)")
+
+
+def _add_learn_args(p: argparse.ArgumentParser, *, demo: bool) -> None:
+    d = Context()
+    # None = "not given": the preset of the mode fills it in (see PRESETS)
+    p.add_argument(
+        "--dataset",
+        default=None,
+        help="JSONL/CSV file ('FILE[A:B]' for rows A..B-1) or rg:NAME[:key=value...]",
+    )
+    p.add_argument("--run-dir", default="runs/demo" if demo else "runs/learn")
+    p.add_argument("--epochs", type=int, default=None)
+    p.add_argument("--batch-size", type=int, default=None)
+    p.add_argument("--group-size", type=int, default=None, help="G")
+    p.add_argument("--experiences-per-group", type=int, default=d.experiences_per_group, help="K")
+    p.add_argument("--max-library-items", type=int, default=d.max_library_items)
+    p.add_argument(
+        "--keep-checkpoints",
+        action="store_true",
+        help="keep every checkpoint (time travel) instead of only those needed to resume",
+    )
+    _add_agent_args(p, demo=demo, temperature=d.temperature)
+
+
+def _add_eval_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--dataset",
+        required=True,
+        help="JSONL/CSV file ('FILE[A:B]' for rows A..B-1) or rg:NAME[:key=value...]",
+    )
+    p.add_argument("--library", default="", help="library.json or a run directory (omit: baseline only)")
+    p.add_argument("--baseline", action="store_true", help="also run the same model without E, paired")
+    p.add_argument("--k", type=int, default=4, help="runs per question and arm (the paper: 32)")
+    p.add_argument("--eval-dir", default="runs/eval", help="where checkpoints, results and reports go")
+    _add_agent_args(p, demo=False, temperature=Context().temperature)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -96,6 +155,10 @@ def build_parser() -> argparse.ArgumentParser:
     inf.add_argument("--trajectory", action="store_true", help="print every message and tool call")
     inf.add_argument("--config", default=None, help="JSON or TOML file of option values (flags override)")
 
+    _add_eval_args(sub.add_parser("eval", help="Mean@k / Pass@k with and without E (resumable)"))
+    rep = sub.add_parser("report", help="rebuild the reports and plots of a run or eval directory")
+    rep.add_argument("dir", help="a learning run directory or an eval directory")
+
     lib = sub.add_parser("library", help="inspect a run's experience library")
     lib_sub = lib.add_subparsers(dest="library_command", required=True)
     for name, text in (("show", "print the library"), ("diff", "print the change made by a step")):
@@ -106,17 +169,14 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def context_from_args(args: argparse.Namespace, **override: Any) -> Context:
+def context_from_args(args: argparse.Namespace, *, preset: str, **override: Any) -> Context:
+    sized = {name: getattr(args, name) for name in PRESETS[preset]}
     values = {
-        "dataset": args.dataset,
-        "epochs": args.epochs,
-        "batch_size": args.batch_size,
-        "group_size": args.group_size,
+        **{name: PRESETS[preset][name] if value is None else value for name, value in sized.items()},
         "temperature": args.temperature,
         "reward": args.reward or DOMAIN_REWARDS[args.domain],
         "experiences_per_group": args.experiences_per_group,
         "max_library_items": args.max_library_items,
-        "max_tokens": args.max_tokens,
         "max_concurrency": args.max_concurrency,
         "request_timeout": args.request_timeout,
         "domain": args.domain,
@@ -137,15 +197,14 @@ def context_from_args(args: argparse.Namespace, **override: Any) -> Context:
     return ctx
 
 
-def cmd_learn(args: argparse.Namespace, ctx: Context) -> int:
-    from tfgrpo.learner import run_learning
+def ledger_from_args(args: argparse.Namespace, ctx: Context) -> Ledger:
     from tfgrpo.ledger import Ledger, Prices
 
     for name in ("budget_usd", "budget_tokens"):
         value = getattr(args, name)
         if value is not None and value <= 0:
             raise TfgrpoError(f"--{name.replace('_', '-')} must be positive")
-    ledger = Ledger(
+    return Ledger(
         max_concurrency=ctx.max_concurrency,
         budget_usd=args.budget_usd,
         budget_tokens=args.budget_tokens,
@@ -153,14 +212,79 @@ def cmd_learn(args: argparse.Namespace, ctx: Context) -> int:
         max_retries=max(0, args.max_retries),
         backoff=max(0.0, args.retry_backoff),
     )
+
+
+def cmd_learn(args: argparse.Namespace, ctx: Context) -> int:
+    from tfgrpo.learner import run_learning
+
     return run_learning(
         ctx,
         run_dir=Path(args.run_dir),
         seed=args.seed,
         progress=not args.no_progress,
         keep_checkpoints=args.keep_checkpoints,
-        ledger=ledger,
+        ledger=ledger_from_args(args, ctx),
     )
+
+
+def cmd_eval(args: argparse.Namespace) -> int:
+    from tfgrpo.evaluator import run_eval
+
+    embedded = not args.model
+    if embedded:
+        print(EMBEDDED_NOTE.replace("learning with", "evaluating with"), flush=True)
+    max_tokens = args.max_tokens or PRESETS["embedded" if embedded else "model"]["max_tokens"]
+    ctx = Context(
+        dataset=args.dataset,
+        library=args.library,
+        model=args.model,
+        judge_model=args.judge_model,
+        base_url=args.base_url,
+        domain=args.domain,
+        corpus=args.corpus,
+        reward=args.reward or DOMAIN_REWARDS[args.domain],
+        temperature=args.temperature,
+        max_tokens=max_tokens,
+        max_model_calls=args.max_model_calls,
+        max_tool_calls=args.max_tool_calls,
+        max_concurrency=args.max_concurrency,
+        request_timeout=args.request_timeout,
+    )
+    if ctx.max_concurrency < 1 or ctx.max_tokens < 1:
+        raise TfgrpoError("--max-concurrency and --max-tokens must be at least 1")
+    return run_eval(
+        ctx,
+        eval_dir=Path(args.eval_dir),
+        k=args.k,
+        seed=args.seed,
+        baseline=args.baseline,
+        progress=not args.no_progress,
+        ledger=ledger_from_args(args, ctx),
+    )
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    from tfgrpo.evals.report import rebuild_eval_report, verdict, write_learning_curve
+    from tfgrpo.runs import RunDir
+
+    path = Path(args.dir)
+    if (path / "eval.json").exists():
+        if not (path / "results.json").exists():
+            raise TfgrpoError(f"{path}: the evaluation has not finished (no results.json); run it again")
+        report = rebuild_eval_report(path)
+        print(verdict(report["comparison"]))
+        print(f"wrote {path / 'report.md'}, {path / 'report.json'}, {path / 'comparison.png'}")
+        return 0
+    run = RunDir(path)
+    run.require()
+    try:
+        steps = json.loads((path / "report.json").read_text(encoding="utf-8"))["steps"]
+    except (OSError, ValueError, KeyError) as exc:
+        raise TfgrpoError(f"{path / 'report.json'}: cannot read the run report ({exc})") from None
+    run.write_outputs({"library": run.library_at(None), "history": steps})
+    write_learning_curve(path, steps)
+    print(f"wrote {path / 'report.md'}, {path / 'report.json'}, {path / 'learning_curve.png'}")
+    return 0
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
@@ -169,7 +293,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
     print(DEMO_NOTE, flush=True)
     with FakeOpenAIServer(grpo_responder) as server:
-        ctx = context_from_args(args, model="openai:tfgrpo-scripted", base_url=server.base_url)
+        ctx = context_from_args(args, preset="demo", model="openai:tfgrpo-scripted", base_url=server.base_url)
         return cmd_learn(args, ctx)
 
 
@@ -276,11 +400,18 @@ def main(argv: list[str] | None = None) -> int:
     try:
         args = parse_args(argv)
         if args.command == "learn":
-            return cmd_learn(args, context_from_args(args))
+            embedded = not args.model
+            if embedded:
+                print(EMBEDDED_NOTE, flush=True)
+            return cmd_learn(args, context_from_args(args, preset="embedded" if embedded else "model"))
         if args.command == "demo":
             return cmd_demo(args)
         if args.command == "infer":
             return cmd_infer(args)
+        if args.command == "eval":
+            return cmd_eval(args)
+        if args.command == "report":
+            return cmd_report(args)
         return cmd_library(args)
     except TfgrpoError as exc:
         print(f"tfgrpo: error: {exc}", file=sys.stderr)

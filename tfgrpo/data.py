@@ -59,6 +59,7 @@ import io
 import json
 import math
 import os
+import re
 import threading
 from collections import OrderedDict
 from pathlib import Path
@@ -99,6 +100,7 @@ def load_dataset(spec: str, *, limit: int | None = None) -> list[Query]:
             rows = _load_reasoning_gym(spec)
             _cache_put(key, rows)
     else:
+        spec, rows_slice = _split_slice(spec)
         path = Path(spec)
         try:
             st = path.stat()
@@ -117,9 +119,27 @@ def load_dataset(spec: str, *, limit: int | None = None) -> list[Query]:
         if rows is None:
             rows = _load_file(spec, path, ext)
             _cache_put(key, rows)
+        if rows_slice is not None:
+            rows = rows[rows_slice]
+            if not rows:
+                raise DataError(f"{spec}: the row range selects no rows")
     if limit is not None:
         rows = rows[:limit]
     return [Query(id=i, question=q, answer=a) for i, q, a in rows]
+
+
+_SLICE = re.compile(r"^(?P<path>.+)\[(?P<start>\d*):(?P<end>\d*)\]$")
+
+
+def _split_slice(spec: str) -> tuple[str, slice | None]:
+    """``data.jsonl[:100]`` -> the first 100 rows, ``data.jsonl[100:150]`` -> rows 100..149 (0-based).
+    A file whose name really ends in brackets wins over the slice reading."""
+    match = _SLICE.match(spec)
+    if match is None or Path(spec).exists():
+        return spec, None
+    start = int(match["start"]) if match["start"] else None
+    end = int(match["end"]) if match["end"] else None
+    return match["path"], slice(start, end)
 
 
 def dataset_fingerprint(queries: list[Query]) -> str:

@@ -3,10 +3,8 @@ outputs after every step, graceful Ctrl-C, and resume by running the same comman
 
 from __future__ import annotations
 
-import signal
 import sys
 from pathlib import Path
-from types import FrameType
 from typing import Any, cast
 
 from langchain_core.runnables import RunnableConfig
@@ -20,8 +18,9 @@ from tfgrpo.context import Context
 from tfgrpo.data import load_dataset
 from tfgrpo.graphs.learn import compile_learn_graph
 from tfgrpo.ledger import BudgetExceeded, Ledger, use_ledger
+from tfgrpo.models import resolve_spec
 from tfgrpo.nodes.schedule import batches_per_epoch, check_resume
-from tfgrpo.runs import RunDir, open_sqlite, prune_checkpoints, table_header, table_line
+from tfgrpo.runs import RunDir, ctrl_c_drains, open_sqlite, prune_checkpoints, table_header, table_line
 from tfgrpo.state.graph_state import LearnState
 
 THREAD_ID = "learn"
@@ -74,6 +73,14 @@ def spent_so_far(store: SqliteStore, run_id: str) -> tuple[int, float]:
         offset += 500
 
 
+def _final_outputs(run: RunDir, values: dict[str, Any]) -> None:
+    """The run's files plus its learning curve (plotted at the end only: matplotlib is not free)."""
+    from tfgrpo.evals.report import write_learning_curve
+
+    run.write_outputs(values)
+    write_learning_curve(run.path, values.get("history") or [])
+
+
 def run_learning(
     ctx: Context,
     *,
@@ -101,7 +108,7 @@ def run_learning(
     check_resume(values, ctx, queries)
     if values and not snapshot.next:
         print(f"run in {run_dir} is already complete ({len(values.get('history', []))} steps)")
-        run.write_outputs(values)
+        _final_outputs(run, values)
         return 0
     graph_input: dict[str, Any] | None = None if values else {"seed": seed}
     if values:
@@ -111,33 +118,25 @@ def run_learning(
         print(f"learning: {len(queries)} queries, {n_steps} steps -> {run_dir}", flush=True)
 
     ledger = ledger or Ledger(max_concurrency=ctx.max_concurrency)
-    ledger.check_prices(sorted({ctx.model, ctx.learner_model or ctx.model}))
+    ledger.check_prices(sorted({resolve_spec(ctx.model), resolve_spec(ctx.learner_model or ctx.model)}))
     if values.get("run_id"):
         ledger.spent_tokens, ledger.spent_usd = spent_so_far(store, values["run_id"])
-    control = RunControl()
-
-    def drain(signum: int, frame: FrameType | None) -> None:
-        signal.signal(signal.SIGINT, _hard_stop)
-        print("\nstopping after the current stage (Ctrl-C again to abort)...", file=sys.stderr, flush=True)
-        control.request_drain("Ctrl-C")
-
-    previous = signal.signal(signal.SIGINT, drain)
     bars = Progress(progress, ctx.group_size)
     print(table_header(), flush=True)
     for report in values.get("history", []):
         print(table_line(report), flush=True)
     try:
-        with use_ledger(ledger):
+        with use_ledger(ledger), ctrl_c_drains() as control:
             _drive(graph, graph_input, config, ctx, run, saver, bars, control, keep_checkpoints)
     except BudgetExceeded as exc:
         bars.close()
-        run.write_outputs(graph.get_state(config).values)
+        _final_outputs(run, graph.get_state(config).values)
         print(f"tfgrpo: stopped: {exc}", file=sys.stderr)
         print(f"spent so far: {ledger.spent_tokens} tokens, ${ledger.spent_usd:.4f}", file=sys.stderr)
         return 3
     except GraphDrained:
         bars.close()
-        run.write_outputs(graph.get_state(config).values)
+        _final_outputs(run, graph.get_state(config).values)
         print(
             f"stopped at a superstep boundary; resume with the same command (--run-dir {run_dir})",
             file=sys.stderr,
@@ -145,10 +144,9 @@ def run_learning(
         return 130
     finally:
         bars.close()
-        signal.signal(signal.SIGINT, previous)
 
     final = graph.get_state(config).values
-    run.write_outputs(final)
+    _final_outputs(run, final)
     library = final.get("library", {"items": []})
     print(f"\ndone: {len(final.get('history', []))} steps, {len(library['items'])} experiences")
     print(f"library: {run_dir / 'library.md'}   report: {run_dir / 'report.md'}")
@@ -190,7 +188,3 @@ def _drive(
             if node == "advance":
                 run.write_outputs(snap.values)
                 print(table_line(snap.values["history"][-1]), flush=True)
-
-
-def _hard_stop(signum: int, frame: FrameType | None) -> None:
-    raise KeyboardInterrupt

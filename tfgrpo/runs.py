@@ -12,10 +12,17 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import sqlite3
+import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import asdict
 from pathlib import Path
+from types import FrameType
 from typing import Any
+
+from langgraph.runtime import RunControl
 
 from tfgrpo.context import Context
 from tfgrpo.errors import ConfigError
@@ -31,6 +38,7 @@ REPORT_COLUMNS = (
     ("kept", 4),
     ("skip", 4),
     ("prop", 4),
+    ("final", 5),
     ("appl", 4),
     ("rej", 3),
     ("drop", 4),
@@ -65,6 +73,7 @@ def report_row(r: StepReport) -> list[str]:
         str(r["groups_kept"]),
         str(r["groups_skipped"]),
         str(r["operations_proposed"]),
+        str(r.get("operations_final", r["operations_proposed"])),
         str(r["operations_applied"]),
         str(r["operations_rejected"]),
         str(sum(r["dropped"].values())),
@@ -204,3 +213,24 @@ def prune_checkpoints(saver: Any, thread_id: str, latest_checkpoint_id: str) -> 
         )
         saver.conn.commit()
     return int(cur.rowcount or 0)
+
+
+def _hard_stop(signum: int, frame: FrameType | None) -> None:
+    raise KeyboardInterrupt
+
+
+@contextmanager
+def ctrl_c_drains() -> Iterator[RunControl]:
+    """A RunControl that the first Ctrl-C asks to drain at the next superstep; a second one aborts."""
+    control = RunControl()
+
+    def drain(signum: int, frame: FrameType | None) -> None:
+        signal.signal(signal.SIGINT, _hard_stop)
+        print("\nstopping after the current stage (Ctrl-C again to abort)...", file=sys.stderr, flush=True)
+        control.request_drain("Ctrl-C")
+
+    previous = signal.signal(signal.SIGINT, drain)
+    try:
+        yield control
+    finally:
+        signal.signal(signal.SIGINT, previous)

@@ -338,6 +338,7 @@ def test_extract_repairable_output_is_parsed_without_retry(reply: dict) -> None:
     assert "extract" not in out["report"]["dropped"]
     assert out["proposals"][0]["operations"][0]["content"] == "Parsed from a sloppy reply."
     assert out["report"]["operations_proposed"] == 1
+    assert out["report"]["operations_final"] == 0  # the consolidation kept none: the report shows it
 
 
 def test_extract_operations_beyond_k_are_cut_and_counted() -> None:

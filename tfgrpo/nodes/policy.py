@@ -12,6 +12,7 @@ through the ledger, and writes the final ``answer`` into the output state.
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import json
 import time
 from collections.abc import Awaitable, Callable, Sequence
@@ -22,7 +23,8 @@ from typing import Any, NotRequired
 
 from langchain.agents import create_agent
 from langchain.agents.middleware import AgentMiddleware, AgentState, ModelRequest, ModelResponse
-from langchain_core.messages import AIMessage, HumanMessage, SystemMessage, ToolMessage
+from langchain_core.messages import AIMessage, BaseMessage, HumanMessage, SystemMessage, ToolMessage
+from langchain_core.runnables import RunnableConfig
 from langchain_core.tools import BaseTool
 from langchain_core.utils.function_calling import convert_to_openai_tool
 from langgraph.config import get_config
@@ -34,9 +36,9 @@ from langgraph.types import Checkpointer
 from tfgrpo.context import Context
 from tfgrpo.errors import ConfigError
 from tfgrpo.evals.rewards import extract_final_answer
-from tfgrpo.ledger import CallFailed, Ledger, current_ledger, reserve_tokens
+from tfgrpo.ledger import BudgetExceeded, CallFailed, Ledger, current_ledger, reserve_tokens
 from tfgrpo.models import UnconfiguredModel
-from tfgrpo.nodes._llm import make_record, policy_model
+from tfgrpo.nodes._llm import make_record, one_line, policy_model
 from tfgrpo.state.library import Library, render_library
 from tfgrpo.state.types import CallRecord
 
@@ -246,3 +248,35 @@ def rollout_agent() -> CompiledStateGraph[Any, Context, Any, Any]:
     with ``checkpointer=False`` fails inside a ``durability="sync"`` parent in langgraph 1.2.22); its
     per-turn checkpoints are pruned with the rest once the step moves on."""
     return build_policy_agent(checkpointer=None, name="policy")
+
+
+def run_policy(
+    ctx: Context, question: str, experiences: str, seed: int
+) -> tuple[list[BaseMessage], str | None, list[CallRecord]]:
+    """One whole agent run for ``question`` with E rendered as ``experiences``.
+
+    Returns (messages, error, ledger records). The agent runs detached from the calling graph (an empty
+    contextvars context): it keeps no checkpoints of its own turns, so a run's checkpoint database does
+    not grow with the number of runs; the caller memoizes the result. Budget and configuration errors
+    propagate (they must stop the run); any other failure comes back as a one-line error.
+    """
+    messages: list[BaseMessage] = [HumanMessage(question)]
+    records: list[CallRecord] = []
+    config: RunnableConfig = {
+        "configurable": {"tfgrpo_seed": seed, CALLS_KEY: records},
+        "recursion_limit": 4 * ctx.max_model_calls + 8,
+    }
+    try:
+        out = contextvars.Context().run(
+            rollout_agent().invoke, {"messages": messages, "experiences": experiences}, config, context=ctx
+        )
+        return list(out["messages"]), None, records
+    except (BudgetExceeded, ConfigError):
+        raise
+    except Exception as exc:  # the agent run failed for good: the caller counts it
+        return messages, one_line(exc), records
+
+
+def final_text(messages: Sequence[BaseMessage]) -> str:
+    last = next((m for m in reversed(messages) if isinstance(m, AIMessage)), None)
+    return last.content if last is not None and isinstance(last.content, str) else ""

@@ -17,8 +17,8 @@ from langchain_core.runnables.config import ContextThreadPoolExecutor
 from langgraph.runtime import Runtime
 
 from tfgrpo.context import Context
-from tfgrpo.evals.rewards import extract_final_answer, get_reward
-from tfgrpo.models import ModelSettings, get_model
+from tfgrpo.evals.rewards import RewardFn, extract_final_answer, get_reward
+from tfgrpo.models import ModelSettings, get_model, resolve_spec
 from tfgrpo.nodes._llm import call_text, context_of, memo_get, memo_put, one_line, step_namespace, store_of
 from tfgrpo.nodes.rollout import load_rollout, rollout_key
 from tfgrpo.state.graph_state import StepState
@@ -34,39 +34,57 @@ JUDGE_USER = "Question: {question}\nTrue answer: {answer}\nStudent answer: {resp
 _VERDICT = re.compile(r"\b(INCORRECT|CORRECT)\b")
 
 
+def judge_grade(ctx: Context, query: Query, response: str) -> tuple[float | None, str | None, CallRecord]:
+    """One judge call, not memoized: 1.0 for CORRECT, 0.0 for INCORRECT, None with an error otherwise."""
+    spec = resolve_spec(ctx.judge_model or ctx.model)
+    model = get_model(
+        ModelSettings(
+            spec=spec,
+            base_url=ctx.base_url,
+            temperature=ctx.judge_temperature,
+            max_tokens=16,
+            timeout=ctx.request_timeout,
+        )
+    )
+    answer = extract_final_answer(response) or response[-500:]
+    messages = [
+        SystemMessage(JUDGE_SYSTEM),
+        HumanMessage(JUDGE_USER.format(question=query["question"], answer=query["answer"], response=answer)),
+    ]
+    msg, record, error = call_text(ctx, model, spec, "judge", messages)
+    value: float | None = None
+    if msg is not None:
+        verdict = _VERDICT.search(str(msg.content).upper())
+        if verdict is None:
+            error = f"judge verdict is neither CORRECT nor INCORRECT: {str(msg.content)[:80]!r}"
+        else:
+            value = 1.0 if verdict.group(1) == "CORRECT" else 0.0
+    return value, error, record
+
+
+def score_response(
+    ctx: Context, reward_fn: RewardFn | None, query: Query, response: str
+) -> tuple[float | None, str | None, list[CallRecord]]:
+    """The reward of one response: ``reward_fn`` clipped to [0, 1], or the judge when it is None.
+    A reward that raised gives (None, error) -- unusable and counted, never a silent 0."""
+    if reward_fn is None:
+        value, error, record = judge_grade(ctx, query, response)
+        return value, error, [record]
+    try:
+        return min(1.0, max(0.0, float(reward_fn(response, query["answer"])))), None, []
+    except Exception as exc:
+        return None, one_line(exc), []
+
+
 def judge_score(
     runtime: Runtime[Context], ctx: Context, state: StepState, query: Query, key: str, stored: Rollout
 ) -> tuple[float | None, str | None, list[CallRecord]]:
-    """One judge call per rollout (memoized): 1.0 for CORRECT, 0.0 for INCORRECT."""
+    """One judge call per rollout, memoized in the store."""
     store = store_of(runtime)
     ns = step_namespace(state.get("run_id", ""), state.get("step", 0), "judge")
     done = memo_get(store, ns, key)
     if done is None:
-        spec = ctx.judge_model or ctx.model
-        model = get_model(
-            ModelSettings(
-                spec=spec,
-                base_url=ctx.base_url,
-                temperature=ctx.judge_temperature,
-                max_tokens=16,
-                timeout=ctx.request_timeout,
-            )
-        )
-        answer = extract_final_answer(stored["response"]) or stored["response"][-500:]
-        messages = [
-            SystemMessage(JUDGE_SYSTEM),
-            HumanMessage(
-                JUDGE_USER.format(question=query["question"], answer=query["answer"], response=answer)
-            ),
-        ]
-        msg, record, error = call_text(ctx, model, spec, "judge", messages)
-        value: float | None = None
-        if msg is not None:
-            verdict = _VERDICT.search(str(msg.content).upper())
-            if verdict is None:
-                error = f"judge verdict is neither CORRECT nor INCORRECT: {str(msg.content)[:80]!r}"
-            else:
-                value = 1.0 if verdict.group(1) == "CORRECT" else 0.0
+        value, error, record = judge_grade(ctx, query, stored["response"])
         done = {"value": value, "error": error, "calls": [record]}
         memo_put(store, ns, key, done)
     return done["value"], done["error"], done["calls"]
@@ -86,10 +104,7 @@ def reward(state: StepState, runtime: Runtime[Context]) -> dict[str, Any]:
             return None, None, []  # a failed rollout, already counted as dropped by ``rollout``
         if reward_fn is None:
             return judge_score(runtime, ctx, state, query, key, stored)
-        try:
-            return min(1.0, max(0.0, float(reward_fn(stored["response"], query["answer"])))), None, []
-        except Exception as exc:
-            return None, one_line(exc), []
+        return score_response(ctx, reward_fn, query, stored["response"])
 
     jobs = [(q, rollout_key(q["id"], g)) for q in state.get("batch", []) for g in range(ctx.group_size)]
     with ContextThreadPoolExecutor(max_workers=max(1, ctx.max_concurrency)) as pool:

@@ -10,33 +10,28 @@ trajectory (tool calls and results included) is written to the store; state only
 
 from __future__ import annotations
 
-import contextvars
 import hashlib
 from typing import Any
 
-from langchain_core.messages import AIMessage, BaseMessage, HumanMessage, messages_to_dict
-from langchain_core.runnables import RunnableConfig
+from langchain_core.messages import messages_to_dict
 from langgraph.runtime import Runtime, get_runtime
 from langgraph.types import Send
 from typing_extensions import TypedDict
 
 from tfgrpo.context import Context
-from tfgrpo.errors import ConfigError
-from tfgrpo.ledger import BudgetExceeded
 from tfgrpo.nodes._llm import (
     context_of,
     library_text_of,
     memo_get,
     memo_put,
-    one_line,
     publish_library_text,
     step_namespace,
     store_of,
 )
-from tfgrpo.nodes.policy import CALLS_KEY, rollout_agent
+from tfgrpo.nodes.policy import final_text, run_policy
 from tfgrpo.state.graph_state import StepState
 from tfgrpo.state.library import render_library
-from tfgrpo.state.types import CallRecord, Dropped, Query, Rollout, RolloutRef, usage_of
+from tfgrpo.state.types import Dropped, Query, Rollout, RolloutRef, usage_of
 
 
 class RolloutTask(TypedDict):
@@ -71,34 +66,13 @@ def rollout(task: RolloutTask, runtime: Runtime[Context]) -> dict[str, Any]:
     if done is None:
         library_text = library_text_of(store, task["run_id"], task["library_key"])
         seed = sample_seed(task.get("seed", 0), task["step"], query["id"], g)
-        messages: list[BaseMessage] = [HumanMessage(query["question"])]
-        error: str | None = None
-        records: list[CallRecord] = []
-        config: RunnableConfig = {
-            "configurable": {"tfgrpo_seed": seed, CALLS_KEY: records},
-            "recursion_limit": 4 * ctx.max_model_calls + 8,
-        }
-        try:
-            # Run the agent detached from the step graph (an empty contextvars context): it then keeps no
-            # checkpoints of its own turns, so the run's checkpoint database does not grow with B x G.
-            # The branch is the unit of resume; its result is memoized in the store.
-            out = contextvars.Context().run(
-                rollout_agent().invoke,
-                {"messages": messages, "experiences": library_text},
-                config,
-                context=ctx,
-            )
-            messages = out["messages"]
-        except (BudgetExceeded, ConfigError):
-            raise
-        except Exception as exc:  # the agent run failed for good: a failed rollout, counted
-            error = one_line(exc)
-        last = next((m for m in reversed(messages) if isinstance(m, AIMessage)), None)
+        # the branch is the unit of resume; its result is memoized in the store
+        messages, error, records = run_policy(ctx, query["question"], library_text, seed)
         record_: Rollout = {
             "query_id": query["id"],
             "g": g,
             "step": task["step"],
-            "response": last.content if last is not None and isinstance(last.content, str) else "",
+            "response": final_text(messages),
             "trajectory": messages_to_dict(messages),
             "error": error,
         }

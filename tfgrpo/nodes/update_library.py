@@ -125,5 +125,6 @@ def update_library(state: StepState, runtime: Runtime[Context]) -> dict[str, Any
         rejected=rejected,
         more_calls=calls,
         more_dropped=dropped,
+        final_operations=len(final),
     )
     return {"library": new_library, "report": report, "usage": usage_of(calls), "dropped": dropped}

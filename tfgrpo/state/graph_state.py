@@ -9,6 +9,7 @@ from typing_extensions import TypedDict
 
 from tfgrpo.state.library import Library
 from tfgrpo.state.types import (
+    AttemptResult,
     Dropped,
     Group,
     Proposal,
@@ -47,3 +48,16 @@ class LearnState(StepState):
     settings_fingerprint: NotRequired[str]
     history: NotRequired[Annotated[list[StepReport], operator.add]]
     done: NotRequired[bool]
+
+
+class EvalState(TypedDict):
+    """An evaluation: k runs per question and arm. Only compact results are kept; trajectories are in
+    the store. ``library_key`` names E's rendering in the store (the library arm's system prompt)."""
+
+    eval_id: NotRequired[str]
+    questions: NotRequired[list[Query]]
+    arms: NotRequired[list[str]]
+    k: NotRequired[int]
+    seed: NotRequired[int]
+    library_key: NotRequired[str]
+    results: NotRequired[Annotated[list[AttemptResult], operator.add]]

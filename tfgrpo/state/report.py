@@ -17,12 +17,16 @@ def build_step_report(
     rejected: list[RejectedOperation],
     more_calls: list[CallRecord],
     more_dropped: list[Dropped],
+    final_operations: int | None = None,
 ) -> StepReport:
+    """``final_operations``: how many operations the consolidation kept (merging and discarding
+    proposals is its job; the report shows how many it let through)."""
     groups = state.get("groups", [])
     rewards = [r for group in groups for r in group["rewards"] if r is not None]
     usage = merge_usage(state.get("usage"), usage_of(more_calls))
     dropped = [*state.get("dropped", []), *more_dropped]
     rollouts = state.get("rollouts", [])
+    proposed = sum(len(p["operations"]) for p in state.get("proposals", []))
     if usage:
         first = min(u["first_started"] for u in usage.values())
         last = max(u["last_ended"] for u in usage.values())
@@ -39,7 +43,8 @@ def build_step_report(
         "mean_reward": round(sum(rewards) / len(rewards), 4) if rewards else None,
         "groups_kept": sum(1 for group in groups if group["kept"]),
         "groups_skipped": sum(1 for group in groups if not group["kept"]),
-        "operations_proposed": sum(len(p["operations"]) for p in state.get("proposals", [])),
+        "operations_proposed": proposed,
+        "operations_final": proposed if final_operations is None else final_operations,
         "operations_applied": len(applied),
         "operations_rejected": len(rejected),
         "rejected": rejected,

@@ -149,6 +149,7 @@ class StepReport(TypedDict):
     groups_kept: int
     groups_skipped: int
     operations_proposed: int
+    operations_final: NotRequired[int]  # after the consolidation call merged / discarded proposals
     operations_applied: int
     operations_rejected: int
     rejected: list[RejectedOperation]
@@ -164,3 +165,19 @@ class StepReport(TypedDict):
     seconds: float
     library_size: int
     library_version: int
+
+
+class AttemptResult(TypedDict):
+    """One evaluation run (arm, question, sample i): what the eval's state and results.json keep of it.
+    The trajectory stays in the store."""
+
+    arm: str  # "library" (E injected) or "baseline" (same model and prompts, no E)
+    query_id: str
+    i: int
+    reward: float | None  # None = unusable (the agent run or the reward failed; ``error`` says why)
+    answer: str
+    error: str | None
+    calls: int
+    input_tokens: int
+    output_tokens: int
+    cost_usd: float

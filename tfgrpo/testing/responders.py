@@ -165,3 +165,20 @@ def grpo_responder(request: dict[str, Any]) -> dict[str, Any]:
         final = solve_arithmetic(f"{value} + 1") or value
     shown = f"\\boxed{{{final}}}" if "boxed" in system else f"Answer: {final}"
     return {"content": f"Let me compute this step by step.\nThe result is {shown}"}
+
+
+def eval_responder(request: dict[str, Any]) -> dict[str, Any]:
+    """:func:`grpo_responder`, except that a tool-less policy request whose system prompt carries
+    experiences (``[G1] ...``) is right 3 times in 4 instead of 1 in 2 (decided by the request's seed):
+    a library that really helps, so evaluation tests can see a difference of known sign."""
+    messages = request.get("messages", [])
+    system = " ".join(_text(m) for m in messages if m.get("role") in ("system", "developer"))
+    plain = not request.get("tools") and "grading a quiz" not in system and "SUMMARIZE" not in system
+    seed = request.get("seed")
+    if not plain or seed is None or not re.search(r"\[G\d+\]", system):
+        return grpo_responder(request)
+    user = _text([m for m in messages if m.get("role") == "user"][-1])
+    value = solve_arithmetic(user)
+    final = value if value is None or int(seed) % 4 else solve_arithmetic(f"{value} + 1")
+    shown = f"\\boxed{{{final}}}" if "boxed" in system else f"Answer: {final}"
+    return {"content": f"Following the experiences, step by step.\nThe result is {shown}"}

@@ -1,0 +1,157 @@
+"""``tfgrpo eval`` and ``tfgrpo report`` as a user runs them: real subprocesses, real HTTP to the fake
+server, reports and plots on disk, resume after SIGKILL without repeating a finished run."""
+
+from __future__ import annotations
+
+import json
+import signal
+import subprocess
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import PYTHON, cli_env
+from tfgrpo.testing.fake_openai import FakeOpenAIServer, request_key
+from tfgrpo.testing.responders import eval_responder
+
+pytestmark = pytest.mark.integration
+
+PNG = b"\x89PNG\r\n\x1a\n"
+
+
+@pytest.fixture
+def eval_server() -> Iterator[FakeOpenAIServer]:
+    with FakeOpenAIServer(eval_responder) as server:
+        yield server
+
+
+def tfgrpo(*args: str, timeout: float = 180) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [PYTHON, "-m", "tfgrpo.cli", *args], env=cli_env(), capture_output=True, text=True, timeout=timeout
+    )
+
+
+def write_library(path: Path) -> Path:
+    items = [{"id": "G1", "text": "Add digit by digit.", "created_step": 0, "updated_step": 0, "sources": []}]
+    path.write_text(json.dumps({"version": 1, "next_id": 2, "items": items}))
+    return path
+
+
+def eval_args(server: FakeOpenAIServer, eval_dir: Path, library: Path, *extra: str) -> list[str]:
+    return [
+        "eval", "--dataset", "rg:basic_arithmetic:size=8:seed=5", "--library", str(library), "--baseline",
+        "--k", "4", "--model", "openai:fake", "--base-url", server.base_url, "--eval-dir", str(eval_dir),
+        "--no-progress", *extra,
+    ]  # fmt: skip
+
+
+def test_eval_writes_reports_and_plots_and_report_rebuilds_them(
+    eval_server: FakeOpenAIServer, tmp_path: Path
+) -> None:
+    library = write_library(tmp_path / "library.json")
+    eval_dir = tmp_path / "eval"
+    out = tfgrpo(*eval_args(eval_server, eval_dir, library))
+    assert out.returncode == 0, out.stderr
+    assert len(eval_server.completed) == 8 * 4 * 2  # one policy call per run, nothing else
+    report = json.loads((eval_dir / "report.json").read_text())
+    lib, base = report["arms"]["library"], report["arms"]["baseline"]
+    assert lib["n_runs"] == base["n_runs"] == 32 and lib["k"] == 4
+    assert lib["mean_at_k"] > base["mean_at_k"]  # the fake server's library really helps
+    assert 0 <= lib["ci_low"] <= lib["mean_at_k"] <= lib["ci_high"] <= 1
+    assert lib["input_tokens"] > 0 and lib["tokens_per_question"] > 0
+    comparison = report["comparison"]
+    assert comparison["n_questions"] == 8 and 0 < comparison["p_value"] <= 1
+    assert comparison["diff"] == pytest.approx(lib["mean_at_k"] - base["mean_at_k"])
+    assert len(report["questions"]) == 8
+    md = (eval_dir / "report.md").read_text()
+    assert "Mean@4" in md and "Per question" in md
+    assert "Library minus baseline" in out.stdout
+    png = (eval_dir / "comparison.png").read_bytes()
+    assert png.startswith(PNG) and len(png) > 5000
+    assert "OPENAI_API_KEY" not in (eval_dir / "eval.json").read_text()
+
+    # finished: the same command pays nothing and reprints the result
+    eval_server.reset_stats()
+    again = tfgrpo(*eval_args(eval_server, eval_dir, library))
+    assert again.returncode == 0 and "already complete" in again.stdout
+    assert eval_server.requests == []
+
+    # reports rebuild from the eval directory alone
+    (eval_dir / "report.md").unlink()
+    (eval_dir / "comparison.png").unlink()
+    rebuilt = tfgrpo("report", str(eval_dir))
+    assert rebuilt.returncode == 0, rebuilt.stderr
+    assert (eval_dir / "report.md").read_text() == md
+    assert (eval_dir / "comparison.png").read_bytes().startswith(PNG)
+
+    # other settings in the same directory are refused before any call
+    changed = tfgrpo(*eval_args(eval_server, eval_dir, library)[:-1], "--k", "8", "--no-progress")
+    assert changed.returncode == 2
+    assert changed.stderr.strip().splitlines() == [
+        f"tfgrpo: error: {eval_dir}: this evaluation was started with other settings (k differ); "
+        "use another --eval-dir or the same settings"
+    ]
+    assert eval_server.requests == []
+
+
+def test_report_rebuilds_a_learning_run(tmp_path: Path) -> None:
+    run_dir = tmp_path / "demo"
+    out = tfgrpo("demo", "--run-dir", str(run_dir), "--dataset", "rg:basic_arithmetic:size=4:seed=2",
+                 "--epochs", "2", "--batch-size", "2", "--no-progress")  # fmt: skip
+    assert out.returncode == 0, out.stderr
+    assert (run_dir / "learning_curve.png").read_bytes().startswith(PNG)  # written by learning itself
+    (run_dir / "learning_curve.png").unlink()
+    before = json.loads((run_dir / "report.json").read_text())
+    rebuilt = tfgrpo("report", str(run_dir))
+    assert rebuilt.returncode == 0, rebuilt.stderr
+    assert (run_dir / "learning_curve.png").read_bytes().startswith(PNG)
+    assert json.loads((run_dir / "report.json").read_text()) == before
+
+
+def test_report_of_something_else_is_one_line_error(tmp_path: Path) -> None:
+    out = tfgrpo("report", str(tmp_path))
+    assert out.returncode == 2
+    assert out.stderr.strip().splitlines() == [
+        f"tfgrpo: error: {tmp_path}: not a tfgrpo run directory (no library.json)"
+    ]
+
+
+def test_sigkill_mid_eval_repeats_no_finished_run(eval_server: FakeOpenAIServer, tmp_path: Path) -> None:
+    library = write_library(tmp_path / "library.json")
+    eval_dir = tmp_path / "eval"
+    seen = 0
+
+    def after_twenty(body: dict) -> bool:
+        nonlocal seen
+        seen += 1
+        return seen > 20
+
+    eval_server.hold(after_twenty)
+    cmd = [PYTHON, "-m", "tfgrpo.cli", *eval_args(eval_server, eval_dir, library, "--max-concurrency", "2")]
+    proc = subprocess.Popen(cmd, env=cli_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        deadline = time.time() + 60
+        while eval_server.held_count() < 1 and time.time() < deadline:
+            time.sleep(0.05)
+        assert eval_server.held_count() >= 1
+        time.sleep(1.0)  # let the finished branches reach the checkpoint
+        finished = {request_key(b) for b in eval_server.completed}
+        proc.send_signal(signal.SIGKILL)
+        proc.wait(timeout=10)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    eval_server.hold(None)
+    eval_server.release()
+    assert len(finished) >= 20
+
+    eval_server.reset_stats()
+    out = tfgrpo(*eval_args(eval_server, eval_dir, library))
+    assert out.returncode == 0, out.stdout + out.stderr
+    assert "resuming" in out.stdout
+    repeated = [b for b in eval_server.requests if request_key(b) in finished]
+    assert repeated == [], f"{len(repeated)} finished runs were paid for again"
+    report = json.loads((eval_dir / "report.json").read_text())
+    assert report["arms"]["library"]["n_runs"] == report["arms"]["baseline"]["n_runs"] == 32

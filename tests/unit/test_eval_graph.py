@@ -1,0 +1,133 @@
+"""The evaluation graph (k runs per question and arm, paired seeds) and the report built from it."""
+
+from __future__ import annotations
+
+import json
+import uuid
+from pathlib import Path
+from typing import Any
+
+import pytest
+from langgraph.checkpoint.memory import InMemorySaver
+from langgraph.store.memory import InMemoryStore
+
+from tfgrpo.context import Context
+from tfgrpo.errors import ConfigError
+from tfgrpo.evals.report import build_eval_report, eval_markdown, rewards_by_question
+from tfgrpo.graphs.evaluate import compile_eval_graph
+from tfgrpo.models import register_provider
+from tfgrpo.nodes.attempt import attempt_seed
+from tfgrpo.state.library import Library
+from tfgrpo.testing.responders import eval_responder
+from tfgrpo.testing.scripted import ScriptedChatModel
+
+DATASET = "rg:basic_arithmetic:size=6:seed=3"
+
+
+def write_library(path: Path) -> Path:
+    library: Library = {
+        "version": 1,
+        "next_id": 2,
+        "items": [
+            {
+                "id": "G1",
+                "text": "Add digit by digit.",
+                "created_step": 0,
+                "updated_step": 0,
+                "sources": ["q"],
+            }
+        ],
+    }
+    path.write_text(json.dumps(library))
+    return path
+
+
+@pytest.fixture
+def model() -> ScriptedChatModel:
+    built = ScriptedChatModel(responder=eval_responder)
+    name = f"eval{uuid.uuid4().hex[:6]}"
+    register_provider(name, lambda _n, _s: built)
+    built.model_name = name
+    return built
+
+
+def run(model: ScriptedChatModel, tmp_path: Path, **given: Any) -> dict[str, Any]:
+    ctx = Context(
+        model=f"{model.model_name}:x", dataset=DATASET, library=str(write_library(tmp_path / "lib.json"))
+    )
+    graph = compile_eval_graph(checkpointer=InMemorySaver(), store=InMemoryStore())
+    config: Any = {"configurable": {"thread_id": "t"}, "max_concurrency": 4}
+    return dict(graph.invoke({"k": 4, "seed": 7, **given}, config, context=ctx))
+
+
+def test_k_runs_per_question_and_arm_with_paired_seeds(model: ScriptedChatModel, tmp_path: Path) -> None:
+    out = run(model, tmp_path)
+    results = out["results"]
+    assert out["arms"] == ["library", "baseline"]  # a library given: both arms by default
+    assert len(out["questions"]) == 6 and len(results) == 6 * 4 * 2
+    assert {(r["arm"], r["query_id"], r["i"]) for r in results} == {
+        (arm, q["id"], i) for arm in ("library", "baseline") for q in out["questions"] for i in range(4)
+    }
+    assert all(r["error"] is None and r["reward"] in (0.0, 1.0) for r in results)
+    # E reaches the system prompt of the library arm only; run i shares its seed across the arms
+    seeds: dict[tuple[str, bool], int] = {}
+    for body in model.calls:
+        system = body["messages"][0]["content"]
+        question = body["messages"][-1]["content"]
+        seeds[(question + str(body["seed"]), "[G1] Add digit by digit." in system)] = body["seed"]
+    with_e = {key[0] for key in seeds if key[1]}
+    without_e = {key[0] for key in seeds if not key[1]}
+    assert with_e == without_e and len(with_e) == 24
+    q0 = out["questions"][0]["id"]
+    assert attempt_seed(7, q0, 0) != attempt_seed(7, q0, 1) != attempt_seed(8, q0, 1)
+
+    report = build_eval_report(
+        {"dataset": DATASET, "arms": out["arms"], "k": 4, "seed": 7}, out["questions"], results
+    )
+    lib, base = report["arms"]["library"], report["arms"]["baseline"]
+    by_hand = rewards_by_question(results, "library", [q["id"] for q in out["questions"]])
+    assert lib["mean_at_k"] == pytest.approx(sum(sum(v) / 4 for v in by_hand.values()) / 6)
+    # the scripted library helps (right 3 in 4 vs 1 in 2 by seed): the paired difference sees it
+    assert lib["mean_at_k"] > base["mean_at_k"]
+    assert report["comparison"]["diff"] == pytest.approx(lib["mean_at_k"] - base["mean_at_k"])
+    assert lib["runs_failed"] == 0 and lib["n_runs"] == 24 and lib["calls"] == 24
+    text = eval_markdown(report)
+    assert "| library |" in text and "| baseline |" in text and "Per question" in text
+    assert all(q["id"] in text for q in out["questions"])
+
+
+def test_baseline_only_without_a_library(model: ScriptedChatModel) -> None:
+    ctx = Context(model=f"{model.model_name}:x", dataset=DATASET)
+    graph = compile_eval_graph(store=InMemoryStore())
+    out = graph.invoke({"k": 2}, context=ctx)
+    assert out["arms"] == ["baseline"] and len(out["results"]) == 12
+    assert all("[G" not in body["messages"][0]["content"] for body in model.calls)
+
+
+def test_library_arm_without_library_is_refused(model: ScriptedChatModel) -> None:
+    graph = compile_eval_graph(store=InMemoryStore())
+    ctx = Context(model=f"{model.model_name}:x", dataset=DATASET)
+    with pytest.raises(ConfigError, match="library arm needs a library"):
+        graph.invoke({"k": 2, "arms": ["library"]}, context=ctx)
+    assert model.calls == []
+
+
+def test_failed_runs_are_counted_not_scored(tmp_path: Path) -> None:
+    def flaky(body: dict[str, Any]) -> dict[str, Any]:
+        if body.get("seed", 0) % 3 == 0:
+            raise ValueError("model exploded")
+        return eval_responder(body)
+
+    built = ScriptedChatModel(responder=flaky)
+    register_provider("flakyeval", lambda _n, _s: built)
+    ctx = Context(model="flakyeval:x", dataset=DATASET, library=str(write_library(tmp_path / "l.json")))
+    out = compile_eval_graph(store=InMemoryStore()).invoke({"k": 3, "seed": 1}, context=ctx)
+    failed = [r for r in out["results"] if r["reward"] is None]
+    assert failed and all("model exploded" in (r["error"] or "") for r in failed)
+    report = build_eval_report(
+        {"dataset": DATASET, "arms": out["arms"], "k": 3, "seed": 1}, out["questions"], out["results"]
+    )
+    total_failed = sum(a["runs_failed"] for a in report["arms"].values())
+    assert total_failed == len(failed)
+    assert sum(a["n_runs"] for a in report["arms"].values()) == len(out["results"]) - len(failed)
+    assert "Failed runs" in eval_markdown(report) and "model exploded" in eval_markdown(report)

@@ -1,0 +1,209 @@
+"""Evaluation reports: metrics per arm, the paired library-vs-baseline comparison, per-question tables,
+cost from the ledger, and the PNG plots. Everything is rebuilt from ``results.json`` and ``eval.json``
+alone, so ``tfgrpo report EVAL_DIR`` gives the same files without a model."""
+
+from __future__ import annotations
+
+import json
+import os
+from collections import Counter
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+from tfgrpo.evals.metrics import arm_summary, paired_comparison
+from tfgrpo.state.types import AttemptResult
+
+RESAMPLES = 10_000
+
+
+def _atomic_write(path: Path, text: str) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(text, encoding="utf-8")
+    os.replace(tmp, path)
+
+
+def rewards_by_question(
+    results: Sequence[AttemptResult], arm: str, question_ids: Sequence[str]
+) -> dict[str, list[float]]:
+    """Usable rewards per question, in run order; failed runs are left out (and counted elsewhere)."""
+    out: dict[str, list[float]] = {qid: [] for qid in question_ids}
+    for r in sorted(results, key=lambda r: r["i"]):
+        if r["arm"] == arm and r["reward"] is not None:
+            out.setdefault(r["query_id"], []).append(float(r["reward"]))
+    return out
+
+
+def build_eval_report(
+    settings: Mapping[str, Any], questions: Sequence[Mapping[str, Any]], results: Sequence[AttemptResult]
+) -> dict[str, Any]:
+    """The whole report as a JSON-able dict (``report.json``)."""
+    ids = [q["id"] for q in questions]
+    arms: list[str] = list(settings["arms"])
+    k, seed = int(settings["k"]), int(settings.get("seed", 0))
+    by_arm = {arm: rewards_by_question(results, arm, ids) for arm in arms}
+    summaries: dict[str, Any] = {}
+    for arm in arms:
+        mine = [r for r in results if r["arm"] == arm]
+        failed = [r for r in mine if r["reward"] is None]
+        try:
+            summary: dict[str, Any] = dict(arm_summary(by_arm[arm], k, n_resamples=RESAMPLES, seed=seed))
+        except ValueError:  # every run of the arm failed: no metric, and the report says why
+            summary = dict.fromkeys(("mean_at_k", "ci_low", "ci_high", "pass_at_1", "pass_at_k"))
+            summary.update(k=k, n_questions=0, n_runs=0, questions_without_runs=len(ids))
+        summary.update(
+            runs_planned=len(ids) * k,
+            runs_done=len(mine),
+            runs_failed=len(failed),
+            failure_reasons=dict(Counter((r["error"] or "unknown")[:120] for r in failed).most_common(5)),
+            calls=sum(r["calls"] for r in mine),
+            input_tokens=sum(r["input_tokens"] for r in mine),
+            output_tokens=sum(r["output_tokens"] for r in mine),
+            cost_usd=round(sum(r["cost_usd"] for r in mine), 6),
+        )
+        n = max(1, len(ids))
+        summary["tokens_per_question"] = round((summary["input_tokens"] + summary["output_tokens"]) / n, 1)
+        summary["usd_per_question"] = round(summary["cost_usd"] / n, 6)
+        summaries[arm] = summary
+    comparison: dict[str, Any] | None = None
+    if "library" in arms and "baseline" in arms:
+        try:
+            comparison = dict(
+                paired_comparison(by_arm["library"], by_arm["baseline"], n_resamples=RESAMPLES, seed=seed)
+            )
+        except ValueError as exc:  # no question has usable runs in both arms
+            comparison = {"error": str(exc)}
+    per_question = []
+    for q in questions:
+        row: dict[str, Any] = {"id": q["id"], "answer": q["answer"]}
+        for arm in arms:
+            rewards = by_arm[arm][q["id"]]
+            answers = Counter(
+                r["answer"] for r in results if r["arm"] == arm and r["query_id"] == q["id"] and r["answer"]
+            )
+            row[arm] = {
+                "runs": len(rewards),
+                "mean": round(sum(rewards) / len(rewards), 4) if rewards else None,
+                "correct": sum(1 for x in rewards if x >= 1.0),
+                "top_answer": answers.most_common(1)[0][0] if answers else "",
+            }
+        per_question.append(row)
+    return {
+        "settings": dict(settings),
+        "arms": summaries,
+        "comparison": comparison,
+        "questions": per_question,
+    }
+
+
+def _fmt(x: Any, digits: int = 3) -> str:
+    return "-" if x is None else f"{x:.{digits}f}" if isinstance(x, float) else str(x)
+
+
+def verdict(comparison: Mapping[str, Any] | None) -> str:
+    """One honest sentence about the library-vs-baseline difference."""
+    if not comparison:
+        return "No baseline arm: run with --baseline to compare with the same model without E."
+    if "error" in comparison:
+        return f"No comparison: {comparison['error']}"
+    diff, lo, hi = comparison["diff"], comparison["ci_low"], comparison["ci_high"]
+    span = f"{diff:+.3f} (95% CI {lo:+.3f} .. {hi:+.3f}, p = {comparison['p_value']:.3g})"
+    if comparison["spans_zero"]:
+        return (
+            f"Library minus baseline Mean@k: {span}. The confidence interval spans zero: this evaluation "
+            "shows no difference distinguishable from noise."
+        )
+    direction = "better" if diff > 0 else "worse"
+    return f"Library minus baseline Mean@k: {span}. The library arm is {direction}, beyond the 95% interval."
+
+
+def eval_markdown(report: Mapping[str, Any]) -> str:
+    s = report["settings"]
+    k = s["k"]
+    lines = [
+        "# tfgrpo evaluation",
+        "",
+        f"- dataset: `{s['dataset']}` ({len(report['questions'])} questions), "
+        f"k = {k}, seed = {s.get('seed', 0)}",
+        f"- model: `{s.get('model') or 'embedded default'}`, domain: {s.get('domain')}, "
+        f"reward: {s.get('reward')}, temperature: {s.get('temperature')}",
+        f"- library: `{s.get('library') or '-'}` ({s.get('library_items', 0)} experiences)",
+        "",
+        "## Result",
+        "",
+        verdict(report.get("comparison")),
+        "",
+        f"| arm | Mean@{k} | 95% CI | Pass@1 | Pass@{k} | runs ok / planned | failed | tokens / question "
+        "| $ / question |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
+    for arm, a in report["arms"].items():
+        lines.append(
+            f"| {arm} | {_fmt(a['mean_at_k'])} | {_fmt(a['ci_low'])} .. {_fmt(a['ci_high'])} | "
+            f"{_fmt(a['pass_at_1'])} | {_fmt(a['pass_at_k'])} | {a['n_runs']} / {a['runs_planned']} | "
+            f"{a['runs_failed']} | {a['tokens_per_question']:.0f} | {a['usd_per_question']:.5f} |"
+        )
+    c = report.get("comparison")
+    if c and "error" not in c:
+        lines += [
+            "",
+            f"Paired over {c['n_questions']} questions (run i of both arms shares its sampling seed): "
+            f"library better on {c['wins']}, worse on {c['losses']}, tied on {c['ties']}. CI: paired "
+            "percentile bootstrap over questions; p: two-sided paired sign-flip test "
+            f"({RESAMPLES} resamples).",
+        ]
+    failed = {arm: a["failure_reasons"] for arm, a in report["arms"].items() if a["failure_reasons"]}
+    if failed:
+        lines += ["", "## Failed runs (left out of the metrics)", ""]
+        for arm, reasons in failed.items():
+            lines += [f"- {arm}: {n} x {why}" for why, n in reasons.items()]
+    arms = list(report["arms"])
+    lines += ["", "## Per question", ""]
+    header = "| id | answer | " + " | ".join(f"{a} mean | {a} correct | {a} top answer" for a in arms) + " |"
+    lines += [header, "|" + "---|" * (2 + 3 * len(arms))]
+    for row in report["questions"]:
+        cells = [str(row["id"]), str(row["answer"])[:40]]
+        for arm in arms:
+            q = row[arm]
+            cells += [_fmt(q["mean"]), f"{q['correct']}/{q['runs']}", q["top_answer"][:40].replace("|", "/")]
+        lines.append("| " + " | ".join(cells) + " |")
+    lines += ["", "Plot: `comparison.png`.", ""]
+    return "\n".join(lines)
+
+
+def write_eval_report(
+    eval_dir: Path,
+    settings: Mapping[str, Any],
+    questions: Sequence[Mapping[str, Any]],
+    results: Sequence[AttemptResult],
+) -> dict[str, Any]:
+    """Write results.json, report.json, report.md and comparison.png; return the report."""
+    from tfgrpo.evals.plots import plot_eval_comparison
+
+    eval_dir.mkdir(parents=True, exist_ok=True)
+    slim_questions = [{"id": q["id"], "answer": q["answer"]} for q in questions]
+    _atomic_write(
+        eval_dir / "results.json",
+        json.dumps({"questions": slim_questions, "results": list(results)}, ensure_ascii=False) + "\n",
+    )
+    report = build_eval_report(settings, slim_questions, results)
+    _atomic_write(eval_dir / "report.json", json.dumps(report, indent=2, ensure_ascii=False) + "\n")
+    _atomic_write(eval_dir / "report.md", eval_markdown(report))
+    title = f"{Path(str(settings['dataset'])).name}: Mean@{settings['k']} and Pass@{settings['k']}"
+    comparison = report["comparison"]
+    usable = comparison if comparison and "error" not in comparison else None
+    scored = {arm: a for arm, a in report["arms"].items() if a["mean_at_k"] is not None}
+    plot_eval_comparison(scored, eval_dir / "comparison.png", title=title, comparison=usable)
+    return report
+
+
+def rebuild_eval_report(eval_dir: Path) -> dict[str, Any]:
+    settings = json.loads((eval_dir / "eval.json").read_text(encoding="utf-8"))
+    data = json.loads((eval_dir / "results.json").read_text(encoding="utf-8"))
+    return write_eval_report(eval_dir, settings, data["questions"], data["results"])
+
+
+def write_learning_curve(run_dir: Path, steps: Sequence[Mapping[str, Any]]) -> Path:
+    from tfgrpo.evals.plots import plot_learning_curve
+
+    return plot_learning_curve(steps, run_dir / "learning_curve.png", title=f"Learning curve: {run_dir.name}")

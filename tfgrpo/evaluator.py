@@ -1,0 +1,201 @@
+"""Drive the evaluation graph from the command line: checkpoints and the attempt archive in the eval
+directory, a progress bar, graceful Ctrl-C, budget stops, resume by running the same command again, and
+the reports (metrics, paired comparison, plots) at the end."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import sys
+from pathlib import Path
+from typing import Any, cast
+
+from langchain_core.runnables import RunnableConfig
+from langgraph.checkpoint.sqlite import SqliteSaver
+from langgraph.errors import GraphDrained
+from langgraph.store.sqlite import SqliteStore
+from tqdm import tqdm
+
+from tfgrpo.context import Context
+from tfgrpo.data import dataset_fingerprint, load_dataset
+from tfgrpo.errors import ConfigError
+from tfgrpo.evals.report import verdict, write_eval_report
+from tfgrpo.graphs.evaluate import compile_eval_graph
+from tfgrpo.ledger import BudgetExceeded, Ledger, use_ledger
+from tfgrpo.models import resolve_spec
+from tfgrpo.nodes.policy import inference_experiences
+from tfgrpo.runs import ctrl_c_drains, open_sqlite
+from tfgrpo.state.graph_state import EvalState
+
+THREAD_ID = "eval"
+# What makes two evaluations the same one: a resume with any of these changed is refused.
+EVAL_DEFINING = (
+    "dataset",
+    "dataset_fingerprint",
+    "library_fingerprint",
+    "arms",
+    "k",
+    "seed",
+    "model",
+    "domain",
+    "reward",
+    "temperature",
+    "max_tokens",
+    "max_model_calls",
+    "max_tool_calls",
+)
+
+
+def eval_settings(ctx: Context, *, arms: list[str], k: int, seed: int, queries: list[Any]) -> dict[str, Any]:
+    """The settings an evaluation is defined by, plus descriptive ones (never secrets)."""
+    experiences = inference_experiences(ctx, None)
+    library_items = 0
+    if ctx.library:
+        path = Path(ctx.library)
+        lib = json.loads((path / "library.json" if path.is_dir() else path).read_text(encoding="utf-8"))
+        library_items = len(lib.get("items", []))
+    return {
+        "dataset": ctx.dataset,
+        "dataset_fingerprint": dataset_fingerprint(queries),
+        "library": ctx.library,
+        "library_items": library_items,
+        "library_fingerprint": hashlib.sha256(experiences.encode()).hexdigest()[:16] if experiences else "",
+        "arms": arms,
+        "k": k,
+        "seed": seed,
+        "model": resolve_spec(ctx.model),
+        "judge_model": resolve_spec(ctx.judge_model or ctx.model) if ctx.reward == "judge" else "",
+        "base_url": ctx.base_url,
+        "domain": ctx.domain,
+        "corpus": ctx.corpus,
+        "reward": ctx.reward,
+        "temperature": ctx.temperature,
+        "max_tokens": ctx.max_tokens,
+        "max_model_calls": ctx.max_model_calls,
+        "max_tool_calls": ctx.max_tool_calls,
+    }
+
+
+def check_eval_resume(eval_dir: Path, settings: dict[str, Any]) -> None:
+    path = eval_dir / "eval.json"
+    if not path.exists():
+        return
+    before = json.loads(path.read_text(encoding="utf-8"))
+    changed = [name for name in EVAL_DEFINING if before.get(name) != settings.get(name)]
+    if changed:
+        raise ConfigError(
+            f"{eval_dir}: this evaluation was started with other settings ({', '.join(changed)} differ); "
+            "use another --eval-dir or the same settings"
+        )
+
+
+def run_eval(
+    ctx: Context,
+    *,
+    eval_dir: Path,
+    k: int,
+    seed: int,
+    baseline: bool,
+    progress: bool = True,
+    ledger: Ledger | None = None,
+) -> int:
+    if k < 1:
+        raise ConfigError("--k must be at least 1")
+    queries = load_dataset(ctx.dataset)  # one-line error on a bad dataset, before any cost
+    if not queries:
+        raise ConfigError(f"{ctx.dataset}: no questions to evaluate")
+    arms = (["library"] if ctx.library else []) + (["baseline"] if baseline or not ctx.library else [])
+    settings = eval_settings(ctx, arms=arms, k=k, seed=seed, queries=queries)
+    check_eval_resume(eval_dir, settings)
+    eval_dir.mkdir(parents=True, exist_ok=True)
+    store = SqliteStore(open_sqlite(eval_dir / "store.sqlite"))
+    store.setup()
+    saver = SqliteSaver(open_sqlite(eval_dir / "checkpoints.sqlite"))
+    graph = compile_eval_graph(checkpointer=saver, store=store)
+    config: RunnableConfig = {
+        "configurable": {"thread_id": THREAD_ID},
+        "recursion_limit": 16,
+        "max_concurrency": ctx.max_concurrency,
+    }
+    snapshot = graph.get_state(config)
+    values = dict(snapshot.values or {})
+    total = len(queries) * k * len(arms)
+    graph_input: EvalState | None = None
+    if values and not snapshot.next:
+        print(f"evaluation in {eval_dir} is already complete", flush=True)
+    else:
+        if values:
+            done = len(values.get("results", []))
+            print(f"resuming {eval_dir}: {done} of {total} runs already done", flush=True)
+        else:
+            (eval_dir / "eval.json").write_text(json.dumps(settings, indent=2) + "\n", encoding="utf-8")
+            plan = f"{len(queries)} questions x k={k} x {'/'.join(arms)} = {total} runs"
+            print(f"evaluating: {plan} -> {eval_dir}", flush=True)
+            graph_input = {"questions": queries, "arms": arms, "k": k, "seed": seed}
+        ledger = ledger or Ledger(max_concurrency=ctx.max_concurrency)
+        ledger.check_prices(sorted({settings["model"], settings["judge_model"] or settings["model"]}))
+        ledger.spent_tokens, ledger.spent_usd = _spent(values.get("results", []))
+        code = _drive(graph, graph_input, config, ctx, ledger, total, progress, eval_dir)
+        if code:
+            return code
+    final = graph.get_state(config).values
+    report = write_eval_report(eval_dir, settings, queries, final.get("results", []))
+    for arm, a in report["arms"].items():
+        if a["mean_at_k"] is None:
+            print(f"{arm:>8}: no usable run ({a['runs_failed']} failed; see report.md)")
+            continue
+        print(
+            f"{arm:>8}: Mean@{k} {a['mean_at_k']:.3f} (95% CI {a['ci_low']:.3f} .. {a['ci_high']:.3f})  "
+            f"Pass@{k} {a['pass_at_k']:.3f}  failed runs {a['runs_failed']}  ${a['cost_usd']:.4f}"
+        )
+    print(verdict(report["comparison"]))
+    print(f"report: {eval_dir / 'report.md'}   plot: {eval_dir / 'comparison.png'}")
+    return 0
+
+
+def _spent(results: list[dict[str, Any]]) -> tuple[int, float]:
+    tokens = sum(r["input_tokens"] + r["output_tokens"] for r in results)
+    return tokens, sum(r["cost_usd"] for r in results)
+
+
+def _drive(
+    graph: Any,
+    graph_input: EvalState | None,
+    config: RunnableConfig,
+    ctx: Context,
+    ledger: Ledger,
+    total: int,
+    progress: bool,
+    eval_dir: Path,
+) -> int:
+    """Stream the graph with a progress bar; 0 when finished, 3 on a budget stop, 130 on Ctrl-C."""
+    done = len(graph.get_state(config).values.get("results", []))
+    bar = None
+    if progress and sys.stderr.isatty():
+        bar = tqdm(total=total, initial=done, desc="eval", file=sys.stderr, dynamic_ncols=True)
+    try:
+        with use_ledger(ledger), ctrl_c_drains() as control:
+            for chunk in graph.stream(
+                cast(EvalState | None, graph_input),
+                config,
+                context=ctx,
+                stream_mode="updates",
+                durability="sync",
+                control=control,
+            ):
+                if bar is not None and "attempt" in chunk:
+                    bar.update(1)
+    except BudgetExceeded as exc:
+        print(f"tfgrpo: stopped: {exc}", file=sys.stderr)
+        print(f"spent so far: {ledger.spent_tokens} tokens, ${ledger.spent_usd:.4f}", file=sys.stderr)
+        return 3
+    except GraphDrained:
+        print(
+            f"stopped; finished runs are kept. Resume with the same command (--eval-dir {eval_dir})",
+            file=sys.stderr,
+        )
+        return 130
+    finally:
+        if bar is not None:
+            bar.close()
+    return 0

@@ -1,0 +1,141 @@
+"""Evaluation: **attempt**. One branch = one run of the inference agent on one question, scored.
+
+Not a step of the learning algorithm but of the paper's evaluation protocol (Mean@k / Pass@k): every
+question is answered k times by the *same* agent that learning uses, once per arm -- ``library`` with E in
+the system prompt, ``baseline`` with no E -- and run i of both arms uses the same sampling seed, so the
+comparison is paired. The trajectory and the reward are memoized in the store the moment they exist, so
+a killed evaluation resumes without repeating finished runs.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import uuid
+from typing import Any
+
+from langchain_core.messages import messages_to_dict
+from langgraph.runtime import Runtime
+from langgraph.types import Send
+from typing_extensions import TypedDict
+
+from tfgrpo.context import Context
+from tfgrpo.data import load_dataset
+from tfgrpo.errors import ConfigError
+from tfgrpo.evals.rewards import extract_final_answer, get_reward
+from tfgrpo.nodes._llm import (
+    context_of,
+    library_text_of,
+    memo_get,
+    memo_put,
+    publish_library_text,
+    store_of,
+)
+from tfgrpo.nodes.policy import final_text, inference_experiences, run_policy
+from tfgrpo.nodes.reward import score_response
+from tfgrpo.state.graph_state import EvalState
+from tfgrpo.state.types import AttemptResult, Query
+
+ARMS = ("library", "baseline")
+
+
+class AttemptTask(TypedDict):
+    """The payload of one attempt branch (E travels by store key, not by value)."""
+
+    eval_id: str
+    arm: str
+    query: Query
+    i: int
+    seed: int
+    library_key: str
+
+
+def attempt_seed(seed: int, query_id: str, i: int) -> int:
+    """Run i of a question gets the same sampling seed in both arms: a paired comparison."""
+    digest = hashlib.sha256(f"eval:{seed}:{query_id}:{i}".encode()).hexdigest()
+    return int(digest[:8], 16) % (2**31)
+
+
+def attempt_namespace(eval_id: str, arm: str) -> tuple[str, ...]:
+    return ("tfgrpo-eval", eval_id or "default", arm)
+
+
+def attempt_key(query_id: str, i: int) -> str:
+    return f"{query_id}#{i}"
+
+
+def attempt(task: AttemptTask, runtime: Runtime[Context]) -> dict[str, Any]:
+    ctx = context_of(runtime)
+    store = store_of(runtime)
+    query, arm, i = task["query"], task["arm"], task["i"]
+    ns, key = attempt_namespace(task["eval_id"], arm), attempt_key(query["id"], i)
+    done = memo_get(store, ns, key)
+    if done is None:
+        experiences = library_text_of(store, task["eval_id"], task["library_key"]) if arm == "library" else ""
+        messages, error, calls = run_policy(
+            ctx, query["question"], experiences, attempt_seed(task["seed"], query["id"], i)
+        )
+        response = final_text(messages)
+        value: float | None = None
+        if error is None:
+            reward_fn = None if ctx.reward == "judge" else get_reward(ctx.reward)
+            value, error, judge_calls = score_response(ctx, reward_fn, query, response)
+            calls = [*calls, *judge_calls]
+        result: AttemptResult = {
+            "arm": arm,
+            "query_id": query["id"],
+            "i": i,
+            "reward": value,
+            "answer": extract_final_answer(response)[:200],
+            "error": error,
+            "calls": len(calls),
+            "input_tokens": sum(c["input_tokens"] for c in calls),
+            "output_tokens": sum(c["output_tokens"] for c in calls),
+            "cost_usd": round(sum(c.get("cost_usd") or 0.0 for c in calls), 8),
+        }
+        done = {"result": result, "trajectory": messages_to_dict(messages), "calls": calls}
+        memo_put(store, ns, key, done)
+    return {"results": [done["result"]]}
+
+
+def prepare(state: EvalState, runtime: Runtime[Context]) -> dict[str, Any]:
+    """Fill in what the input left out: an id, the questions (``dataset`` of the context), the arms, and
+    E's rendering, published once in the store (``library`` / ``library_namespace`` of the context)."""
+    ctx = context_of(runtime)
+    store = store_of(runtime)
+    eval_id = state.get("eval_id") or uuid.uuid4().hex[:12]
+    experiences = inference_experiences(ctx, runtime.store)
+    arms = state.get("arms") or (list(ARMS) if experiences else ["baseline"])
+    unknown = sorted(set(arms) - set(ARMS))
+    if unknown:
+        raise ConfigError(f"unknown evaluation arm(s) {', '.join(unknown)} (expected library, baseline)")
+    if "library" in arms and not experiences:
+        raise ConfigError("the library arm needs a library: set 'library' or 'library_namespace'")
+    if state.get("k", 1) < 1:
+        raise ConfigError("k must be at least 1")
+    return {
+        "eval_id": eval_id,
+        "questions": state.get("questions") or load_dataset(ctx.dataset),
+        "arms": arms,
+        "k": state.get("k", 1),
+        "library_key": publish_library_text(store, eval_id, experiences),
+    }
+
+
+def fan_out_attempts(state: EvalState) -> list[Send]:
+    """One branch per (arm, question, run): k runs per question in every arm."""
+    return [
+        Send(
+            "attempt",
+            AttemptTask(
+                eval_id=state.get("eval_id", ""),
+                arm=arm,
+                query=query,
+                i=i,
+                seed=state.get("seed", 0),
+                library_key=state.get("library_key", ""),
+            ),
+        )
+        for query in state.get("questions", [])
+        for i in range(state.get("k", 1))
+        for arm in state.get("arms", ["library"])
+    ]
