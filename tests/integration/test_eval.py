@@ -4,15 +4,13 @@ server, reports and plots on disk, resume after SIGKILL without repeating a fini
 from __future__ import annotations
 
 import json
-import signal
 import subprocess
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-from tests.conftest import PYTHON, cli_env
+from tests.conftest import PYTHON, cli_env, sigkill_once_held
 from tfgrpo.testing.fake_openai import FakeOpenAIServer, request_key
 from tfgrpo.testing.responders import eval_responder
 
@@ -131,18 +129,7 @@ def test_sigkill_mid_eval_repeats_no_finished_run(eval_server: FakeOpenAIServer,
     eval_server.hold(after_twenty)
     cmd = [PYTHON, "-m", "tfgrpo.cli", *eval_args(eval_server, eval_dir, library, "--max-concurrency", "2")]
     proc = subprocess.Popen(cmd, env=cli_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    try:
-        deadline = time.time() + 60
-        while eval_server.held_count() < 1 and time.time() < deadline:
-            time.sleep(0.05)
-        assert eval_server.held_count() >= 1
-        time.sleep(1.0)  # let the finished branches reach the checkpoint
-        finished = {request_key(b) for b in eval_server.completed}
-        proc.send_signal(signal.SIGKILL)
-        proc.wait(timeout=10)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
+    finished = sigkill_once_held(proc, eval_server)
     eval_server.hold(None)
     eval_server.release()
     assert len(finished) >= 20

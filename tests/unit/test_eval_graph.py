@@ -131,3 +131,22 @@ def test_failed_runs_are_counted_not_scored(tmp_path: Path) -> None:
     assert total_failed == len(failed)
     assert sum(a["n_runs"] for a in report["arms"].values()) == len(out["results"]) - len(failed)
     assert "Failed runs" in eval_markdown(report) and "model exploded" in eval_markdown(report)
+
+
+def test_an_empty_library_is_still_evaluated_against_the_baseline(
+    model: ScriptedChatModel, tmp_path: Path
+) -> None:
+    empty = tmp_path / "empty.json"
+    empty.write_text(json.dumps({"version": 0, "next_id": 1, "items": []}))
+    ctx = Context(model=f"{model.model_name}:x", dataset=DATASET, library=str(empty))
+    out = compile_eval_graph(store=InMemoryStore()).invoke({"k": 2, "seed": 3}, context=ctx)
+    assert out["arms"] == ["library", "baseline"] and len(out["results"]) == 24
+    by_arm = {
+        arm: sorted((r["query_id"], r["i"], r["reward"]) for r in out["results"] if r["arm"] == arm)
+        for arm in out["arms"]
+    }
+    assert by_arm["library"] == by_arm["baseline"]  # same prompt, same seeds: the same answers
+    report = build_eval_report({"dataset": DATASET, "arms": out["arms"], "k": 2, "seed": 3}, out["questions"],
+                               out["results"])  # fmt: skip
+    assert report["comparison"]["diff"] == 0 and report["comparison"]["p_value"] == 1.0
+    assert "spans zero" in eval_markdown(report)

@@ -104,11 +104,12 @@ def prepare(state: EvalState, runtime: Runtime[Context]) -> dict[str, Any]:
     store = store_of(runtime)
     eval_id = state.get("eval_id") or uuid.uuid4().hex[:12]
     experiences = inference_experiences(ctx, runtime.store)
-    arms = state.get("arms") or (list(ARMS) if experiences else ["baseline"])
+    has_library = bool(ctx.library or ctx.library_namespace)  # an empty E is still a library to test
+    arms = state.get("arms") or (list(ARMS) if has_library else ["baseline"])
     unknown = sorted(set(arms) - set(ARMS))
     if unknown:
         raise ConfigError(f"unknown evaluation arm(s) {', '.join(unknown)} (expected library, baseline)")
-    if "library" in arms and not experiences:
+    if "library" in arms and not has_library:
         raise ConfigError("the library arm needs a library: set 'library' or 'library_namespace'")
     if state.get("k", 1) < 1:
         raise ConfigError("k must be at least 1")

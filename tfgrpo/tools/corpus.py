@@ -324,7 +324,7 @@ class CorpusIndex:
         """
         retriever = _retriever(self.docs, self._bm25, k)
         if retriever is None:
-            raise ConfigError("as_retriever needs langchain-community (pip install langchain-community)")
+            raise ConfigError("as_retriever needs langchain-community (pip install 'tfgrpo[community]')")
         return retriever
 
 
