@@ -13,7 +13,7 @@ from typing import Any, Literal
 from langchain_core.messages import HumanMessage, SystemMessage
 from langchain_core.runnables.config import ContextThreadPoolExecutor
 from langgraph.runtime import Runtime
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, ConfigDict, Field
 
 from tfgrpo.context import Context
 from tfgrpo.nodes._llm import (
@@ -31,13 +31,25 @@ from tfgrpo.state.library import Operation, render_library
 from tfgrpo.state.types import CallRecord, Dropped, Group, Proposal, Query, usage_of
 
 
+def _ask_for_text(schema: dict[str, Any]) -> None:
+    # Validation accepts a missing content (DELETE, NONE) or reason; the schema asks for both as strings,
+    # because servers that constrain sampling with the schema (llama.cpp) otherwise let small models
+    # write ``null`` where the lesson should be.
+    schema["required"] = sorted({*schema.get("required", []), "content", "reason"})
+    content = schema["properties"]["content"]
+    schema["properties"]["content"] = {"type": "string", "description": content.get("description", "")}
+
+
 class ProposedOperation(BaseModel):
     """One change to the experience library."""
+
+    model_config = ConfigDict(json_schema_extra=_ask_for_text)
 
     op: Literal["ADD", "UPDATE", "DELETE", "NONE"] = Field(description="The kind of change.")
     id: str | None = Field(default=None, description="Experience id (e.g. G3) for UPDATE and DELETE.")
     content: str | None = Field(
-        default=None, description="For ADD/UPDATE: one concise, general, reusable lesson (1-2 sentences)."
+        default=None,
+        description="For ADD/UPDATE: one concise, general, reusable lesson (1-2 sentences); else empty.",
     )
     reason: str = Field(default="", description="Why, in one sentence.")
 
