@@ -66,8 +66,8 @@ def _add_agent_args(p: argparse.ArgumentParser, *, demo: bool, temperature: floa
     p.add_argument(
         "--reward",
         default=None,
-        help="math | exact_match | f1 | judge | module:function (default: the domain's: math, or judge "
-        "for search)",
+        help="math | exact_match | f1 | judge | majority (no ground truth) | module:function (default: the "
+        "domain's: math, or judge for search)",
     )
     p.add_argument(
         "--domain",

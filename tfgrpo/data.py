@@ -84,10 +84,12 @@ _cache_lock = threading.Lock()
 # --------------------------------------------------------------------------- public API
 
 
-def load_dataset(spec: str, *, limit: int | None = None) -> list[Query]:
+def load_dataset(spec: str, *, limit: int | None = None, answers: bool = True) -> list[Query]:
     """Load queries from a file (``.jsonl``, ``.json``, ``.csv``) or an ``rg:NAME[:k=v...]`` spec.
 
     All rows are validated, then the first ``limit`` are returned (all when ``limit`` is None).
+    ``answers=False`` accepts rows without an answer (their ``answer`` is ""): for rewards that need no
+    ground truth (``majority``).
     Raises :class:`DataError` (one line, naming the file, row and field) on any problem.
     """
     spec = str(spec)
@@ -114,10 +116,10 @@ def load_dataset(spec: str, *, limit: int | None = None) -> list[Query]:
         if ext not in SUPPORTED_EXTENSIONS:
             shown = ext or "(none)"
             raise DataError(f"{spec}: unsupported extension '{shown}' (expected .jsonl, .json or .csv)")
-        key = ("file", os.path.abspath(spec), st.st_mtime_ns, st.st_size)
+        key = ("file", os.path.abspath(spec), st.st_mtime_ns, st.st_size, answers)
         rows = _cache_get(key)
         if rows is None:
-            rows = _load_file(spec, path, ext)
+            rows = _load_file(spec, path, ext, answers)
             _cache_put(key, rows)
         if rows_slice is not None:
             rows = rows[rows_slice]
@@ -194,17 +196,17 @@ def _read_text(spec: str, path: Path) -> str:
         raise DataError(f"{spec}: cannot read file ({_one_line(exc.strerror or exc)})") from None
 
 
-def _load_file(spec: str, path: Path, ext: str) -> tuple[_Row, ...]:
+def _load_file(spec: str, path: Path, ext: str, answers: bool = True) -> tuple[_Row, ...]:
     text = _read_text(spec, path)
     if ext == ".jsonl":
         records = _jsonl_records(spec, text)
     elif ext == ".json":
         records = _json_records(spec, text)
     else:
-        records = _csv_records(spec, text)
+        records = _csv_records(spec, text, REQUIRED_FIELDS if answers else ("question",))
     if not records:
         raise DataError(f"{spec}: empty file (no rows)")
-    return _validate(spec, path.stem, records)
+    return _validate(spec, path.stem, records, answers)
 
 
 def _jsonl_records(spec: str, text: str) -> list[tuple[str, int, object]]:
@@ -237,7 +239,9 @@ def _json_records(spec: str, text: str) -> list[tuple[str, int, object]]:
     return [(f"item {n}", n, obj) for n, obj in enumerate(data, start=1)]
 
 
-def _csv_records(spec: str, text: str) -> list[tuple[str, int, object]]:
+def _csv_records(
+    spec: str, text: str, required: tuple[str, ...] = REQUIRED_FIELDS
+) -> list[tuple[str, int, object]]:
     reader = csv.reader(io.StringIO(text, newline=""))
     header: list[str] | None = None
     out: list[tuple[str, int, object]] = []
@@ -248,7 +252,7 @@ def _csv_records(spec: str, text: str) -> list[tuple[str, int, object]]:
                 continue  # blank line
             if header is None:
                 header = [c.strip() for c in cells]
-                missing = [f for f in REQUIRED_FIELDS if f not in header]
+                missing = [f for f in required if f not in header]
                 if missing:
                     found = ", ".join(f"'{h}'" for h in header)
                     need = ", ".join(f"'{m}'" for m in missing)
@@ -289,7 +293,9 @@ def _text_field(where: str, obj: dict[str, Any], field: str, *, numbers: bool) -
     return text
 
 
-def _validate(spec: str, stem: str, records: list[tuple[str, int, object]]) -> tuple[_Row, ...]:
+def _validate(
+    spec: str, stem: str, records: list[tuple[str, int, object]], answers: bool = True
+) -> tuple[_Row, ...]:
     rows: list[_Row] = []
     seen: dict[str, str] = {}
     for loc, number, obj in records:
@@ -297,7 +303,8 @@ def _validate(spec: str, stem: str, records: list[tuple[str, int, object]]) -> t
         if not isinstance(obj, dict):
             raise DataError(f"{where}: row is not a JSON object (got {_type_name(obj)})")
         question = _text_field(where, obj, "question", numbers=False)
-        answer = _text_field(where, obj, "answer", numbers=True)
+        given = obj.get("answer") not in (None, "")
+        answer = _text_field(where, obj, "answer", numbers=True) if answers or given else ""
         raw_id = obj.get("id")
         if raw_id is None or (isinstance(raw_id, str) and not raw_id.strip()):
             qid = f"{stem}-{number}"

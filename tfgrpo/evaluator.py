@@ -24,6 +24,7 @@ from tfgrpo.graphs.evaluate import compile_eval_graph
 from tfgrpo.ledger import BudgetExceeded, Ledger, use_ledger
 from tfgrpo.models import resolve_spec
 from tfgrpo.nodes.policy import inference_experiences
+from tfgrpo.nodes.reward import reward_function
 from tfgrpo.runs import ctrl_c_drains, open_sqlite
 from tfgrpo.state.graph_state import EvalState
 
@@ -101,7 +102,12 @@ def run_eval(
 ) -> int:
     if k < 1:
         raise ConfigError("--k must be at least 1")
-    queries = load_dataset(ctx.dataset)  # one-line error on a bad dataset, before any cost
+    if ctx.reward == "majority":
+        raise ConfigError(
+            "the majority reward needs a group of rollouts: evaluate with a ground-truth reward"
+        )
+    reward_function(ctx.reward)  # one-line errors on a bad reward or dataset, before any cost
+    queries = load_dataset(ctx.dataset)
     if not queries:
         raise ConfigError(f"{ctx.dataset}: no questions to evaluate")
     arms = (["library"] if ctx.library else []) + (["baseline"] if baseline or not ctx.library else [])

@@ -15,11 +15,11 @@ from langgraph.store.sqlite import SqliteStore
 from tqdm import tqdm
 
 from tfgrpo.context import Context
-from tfgrpo.data import load_dataset
 from tfgrpo.graphs.learn import compile_learn_graph
 from tfgrpo.ledger import BudgetExceeded, Ledger, use_ledger
 from tfgrpo.models import resolve_spec
-from tfgrpo.nodes.schedule import batches_per_epoch, check_resume
+from tfgrpo.nodes.reward import reward_function
+from tfgrpo.nodes.schedule import batches_per_epoch, check_resume, training_queries
 from tfgrpo.runs import RunDir, ctrl_c_drains, open_sqlite, prune_checkpoints, table_header, table_line
 from tfgrpo.state.graph_state import LearnState
 
@@ -90,7 +90,9 @@ def run_learning(
     keep_checkpoints: bool = False,
     ledger: Ledger | None = None,
 ) -> int:
-    queries = load_dataset(ctx.dataset)  # fail fast with a one-line error on a bad dataset
+    # fail fast with one-line errors, before anything is paid for
+    queries = training_queries(ctx)
+    reward_function(ctx.reward)
     run = RunDir(run_dir)
     run.create()
     store = SqliteStore(open_sqlite(run.store))

@@ -142,3 +142,21 @@ def test_sigkill_mid_eval_repeats_no_finished_run(eval_server: FakeOpenAIServer,
     assert repeated == [], f"{len(repeated)} finished runs were paid for again"
     report = json.loads((eval_dir / "report.json").read_text())
     assert report["arms"]["library"]["n_runs"] == report["arms"]["baseline"]["n_runs"] == 32
+
+
+@pytest.mark.parametrize(
+    ("reward", "message"),
+    [
+        ("majority", "the majority reward needs a group of rollouts: evaluate with a ground-truth reward"),
+        ("exact_mtach", "unknown reward 'exact_mtach'; valid: math, exact_match, em, f1, judge, majority, "
+         "or 'module:function' / 'path/to/file.py:function'"),
+    ],
+)  # fmt: skip
+def test_bad_reward_is_refused_before_any_run(
+    reward: str, message: str, eval_server: FakeOpenAIServer, tmp_path: Path
+) -> None:
+    library = write_library(tmp_path / "library.json")
+    out = tfgrpo(*eval_args(eval_server, tmp_path / "eval", library, "--reward", reward))
+    assert out.returncode == 2
+    assert out.stderr.strip().splitlines() == [f"tfgrpo: error: {message}"]
+    assert eval_server.requests == []

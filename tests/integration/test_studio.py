@@ -94,3 +94,33 @@ def test_studio_runs_the_inference_graph_with_a_library(studio: str, tmp_path: P
         system = server.requests[-1]["messages"][0]
         assert system["role"] == "system"
         assert "[G1] Always double-check the sign of the result." in system["content"]
+
+
+def test_studio_runs_the_eval_graph(studio: str, tmp_path: Path) -> None:
+    from langgraph_sdk import get_sync_client
+
+    from tfgrpo.testing.responders import eval_responder
+
+    library, _, _ = apply_operations(
+        empty_library(), [{"op": "ADD", "content": "Add digit by digit."}], step=0
+    )
+    lib_file = tmp_path / "library.json"
+    lib_file.write_text(json.dumps(library))
+    with FakeOpenAIServer(eval_responder) as server:
+        client = get_sync_client(url=studio)
+        thread = client.threads.create()
+        result = client.runs.wait(
+            thread["thread_id"],
+            "eval",
+            input={"k": 2, "seed": 1},
+            context={
+                "model": "openai:fake",
+                "base_url": server.base_url,
+                "library": str(lib_file),
+                "dataset": "rg:basic_arithmetic:size=3:seed=4",
+            },
+        )
+        assert isinstance(result, dict), result
+        assert result["arms"] == ["library", "baseline"] and len(result["results"]) == 3 * 2 * 2
+        assert all(r["reward"] in (0.0, 1.0) for r in result["results"])
+        assert len(server.requests) == 12

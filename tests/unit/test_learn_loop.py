@@ -15,7 +15,7 @@ from langgraph.store.memory import InMemoryStore
 
 from tfgrpo.context import Context
 from tfgrpo.data import dataset_fingerprint, load_dataset
-from tfgrpo.errors import ConfigError
+from tfgrpo.errors import ConfigError, DataError
 from tfgrpo.graphs.learn import compile_learn_graph
 from tfgrpo.models import register_provider
 from tfgrpo.nodes.schedule import batches_per_epoch, check_resume, epoch_order
@@ -369,3 +369,42 @@ def test_library_given_in_the_input_is_continued(tmp_path: Path) -> None:
     assert final["library"]["next_id"] == 9
     assert final["library"]["version"] == 4
     assert final["history"][0]["library_version"] == 4
+
+
+# --------------------------------------------------------------------------- no ground truth
+
+
+def test_majority_reward_learns_without_answers(tmp_path: Path) -> None:
+    rows = [{"id": f"q{i}", "question": f"Calculate {a} + {b}."} for i, (a, b) in enumerate(OPERANDS[:3])]
+    path = tmp_path / "unlabelled.jsonl"
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    with pytest.raises(DataError, match="line 1: field 'answer' is missing"):
+        load_dataset(str(path))  # a ground-truth reward still needs the answers
+
+    seen: dict[str, int] = {}
+    lock = threading.Lock()
+
+    def two_of_three_right(body: dict) -> dict:
+        question = question_of(body)
+        with lock:
+            n = seen[question] = seen.get(question, 0) + 1
+        value = solve_arithmetic(question)
+        return {"content": f"Answer: {value if n % 3 else str(value) + '0'}"}  # rollouts 1, 2 right; 3 wrong
+
+    fake = Fake(rollout=two_of_three_right)
+    final, _ = run_learn(fake, str(path), reward="majority", group_size=3, batch_size=3, epochs=1)
+    (report,) = final["history"]
+    assert report["mean_reward"] == pytest.approx(2 / 3, abs=1e-4)  # the majority (right) answer scores 1
+    assert report["groups_kept"] == 3
+    summarize_prompts = [b["messages"][-1]["content"] for b in fake.bodies("summarize")]
+    assert summarize_prompts and all("Ground-truth answer: not given" in p for p in summarize_prompts)
+
+
+def test_an_unknown_reward_fails_before_any_call(tmp_path: Path) -> None:
+    from tfgrpo.learner import run_learning
+
+    fake = Fake()
+    ctx = context(fake, "rg:basic_arithmetic:size=4:seed=1", reward="exact_mtach")
+    with pytest.raises(ConfigError, match="unknown reward 'exact_mtach'"):
+        run_learning(ctx, run_dir=tmp_path / "run", seed=0, progress=False)
+    assert fake.bodies() == []

@@ -21,6 +21,7 @@ from tfgrpo.evals.rewards import (
     f1_reward,
     get_reward,
     load_user_reward,
+    majority_rewards,
     math_reward,
     normalize_answer,
     reward_stats,
@@ -339,3 +340,18 @@ def test_get_reward_registry() -> None:
     assert "'bleu'" in message
     for valid in ("math", "exact_match", "em", "f1"):
         assert valid in message
+
+
+@pytest.mark.parametrize(
+    ("responses", "rewards", "top"),
+    [
+        (["Answer: 5", "So the result is \\boxed{5}.", "Answer: 6", None], [1.0, 1.0, 0.0, None], "5"),
+        (["\\boxed{The Beatles}", "Answer: the beatles", "Answer: Queen"], [1.0, 1.0, 0.0], "beatles"),
+        (["Answer: 5", "Answer: 6"], [0.0, 0.0], None),  # a tie has no majority
+        (["Answer: 5", "Answer: 6", "Answer: 7"], [0.0, 0.0, 0.0], None),  # nor do all-different answers
+        (["Answer: 4", "Answer: 4", "Answer: 4"], [1.0, 1.0, 1.0], "4"),  # unanimous: no spread, skipped
+        ([None, None], [None, None], None),
+    ],
+)
+def test_majority_rewards(responses: list[str | None], rewards: list[float | None], top: str | None) -> None:
+    assert majority_rewards(responses) == (rewards, top)

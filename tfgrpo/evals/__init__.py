@@ -1,12 +1,15 @@
-"""Evaluation helpers: reward functions (see :mod:`tfgrpo.evals.rewards`)."""
+"""Evaluation helpers: rewards (:mod:`tfgrpo.evals.rewards`), metrics (:mod:`tfgrpo.evals.metrics`), reports
+and plots (:mod:`tfgrpo.evals.report`, :mod:`tfgrpo.evals.plots`)."""
 
 from tfgrpo.evals.rewards import (
+    GROUP_REWARDS,
     RewardFn,
     exact_match_reward,
     extract_final_answer,
     f1_reward,
     get_reward,
     load_user_reward,
+    majority_rewards,
     math_reward,
     reward_stats,
     reward_timeouts,
@@ -14,12 +17,14 @@ from tfgrpo.evals.rewards import (
 )
 
 __all__ = [
+    "GROUP_REWARDS",
     "RewardFn",
     "exact_match_reward",
     "extract_final_answer",
     "f1_reward",
     "get_reward",
     "load_user_reward",
+    "majority_rewards",
     "math_reward",
     "reward_stats",
     "reward_timeouts",

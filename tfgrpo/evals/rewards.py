@@ -33,13 +33,15 @@ import sys
 import threading
 import time
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
 from tfgrpo.errors import ConfigError
 
 __all__ = [
+    "GROUP_REWARDS",
+    "majority_rewards",
     "MATH_VERIFY_TIMEOUT_S",
     "MAX_RESPONSE_CHARS",
     "RewardFn",
@@ -634,6 +636,23 @@ _BUILTIN_REWARDS: dict[str, RewardFn] = {
 }
 
 
+def majority_rewards(responses: Sequence[str | None]) -> tuple[list[float | None], str | None]:
+    """Reward without ground truth (self-consistency): 1.0 for a response whose normalised final answer
+    is the group's unique most frequent one (given by at least two responses), else 0.0; ``None`` (a
+    failed rollout) stays ``None``. Returns the rewards and the majority answer (``None`` when there is
+    no unique majority: every reward is then 0 and the variance gate skips the group)."""
+    answers = [None if r is None else normalize_answer(extract_final_answer(r)) for r in responses]
+    counts = Counter(a for a in answers if a)
+    ranked = counts.most_common(2)
+    if not ranked or ranked[0][1] < 2 or (len(ranked) > 1 and ranked[1][1] == ranked[0][1]):
+        return [None if a is None else 0.0 for a in answers], None
+    top = ranked[0][0]
+    return [None if a is None else float(a == top) for a in answers], top
+
+
+GROUP_REWARDS = ("judge", "majority")  # rewards computed by the reward node itself, not a RewardFn
+
+
 def reward_names() -> list[str]:
     """Names accepted by :func:`get_reward` besides ``module:function`` specs."""
     return list(_BUILTIN_REWARDS)
@@ -647,7 +666,7 @@ def get_reward(name: str) -> RewardFn:
     fn = _BUILTIN_REWARDS.get(text.lower())
     if fn is None:
         raise ConfigError(
-            f"unknown reward {text!r}; valid: {', '.join(_BUILTIN_REWARDS)}, "
+            f"unknown reward {text!r}; valid: {', '.join([*_BUILTIN_REWARDS, *GROUP_REWARDS])}, "
             "or 'module:function' / 'path/to/file.py:function'"
         )
     return fn

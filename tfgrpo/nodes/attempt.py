@@ -21,7 +21,7 @@ from typing_extensions import TypedDict
 from tfgrpo.context import Context
 from tfgrpo.data import load_dataset
 from tfgrpo.errors import ConfigError
-from tfgrpo.evals.rewards import extract_final_answer, get_reward
+from tfgrpo.evals.rewards import extract_final_answer
 from tfgrpo.nodes._llm import (
     context_of,
     library_text_of,
@@ -31,7 +31,7 @@ from tfgrpo.nodes._llm import (
     store_of,
 )
 from tfgrpo.nodes.policy import final_text, inference_experiences, run_policy
-from tfgrpo.nodes.reward import score_response
+from tfgrpo.nodes.reward import reward_function, score_response
 from tfgrpo.state.graph_state import EvalState
 from tfgrpo.state.types import AttemptResult, Query
 
@@ -77,7 +77,7 @@ def attempt(task: AttemptTask, runtime: Runtime[Context]) -> dict[str, Any]:
         response = final_text(messages)
         value: float | None = None
         if error is None:
-            reward_fn = None if ctx.reward == "judge" else get_reward(ctx.reward)
+            reward_fn = reward_function(ctx.reward)
             value, error, judge_calls = score_response(ctx, reward_fn, query, response)
             calls = [*calls, *judge_calls]
         result: AttemptResult = {
@@ -111,6 +111,11 @@ def prepare(state: EvalState, runtime: Runtime[Context]) -> dict[str, Any]:
         raise ConfigError(f"unknown evaluation arm(s) {', '.join(unknown)} (expected library, baseline)")
     if "library" in arms and not has_library:
         raise ConfigError("the library arm needs a library: set 'library' or 'library_namespace'")
+    if ctx.reward == "majority":
+        raise ConfigError(
+            "the majority reward needs a group of rollouts: evaluate with a ground-truth reward"
+        )
+    reward_function(ctx.reward)  # an unknown reward fails here, before any run is paid for
     if state.get("k", 1) < 1:
         raise ConfigError("k must be at least 1")
     return {

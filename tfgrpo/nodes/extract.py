@@ -25,7 +25,7 @@ from tfgrpo.nodes._llm import (
     step_namespace,
     store_of,
 )
-from tfgrpo.nodes.summarize import load_summary
+from tfgrpo.nodes.summarize import NO_GROUND_TRUTH, load_summary
 from tfgrpo.state.graph_state import StepState
 from tfgrpo.state.library import Operation, render_library
 from tfgrpo.state.types import CallRecord, Dropped, Group, Proposal, Query, usage_of
@@ -117,7 +117,7 @@ def _extract_group(
                 HumanMessage(
                     USER_TEMPLATE.format(
                         question=query["question"],
-                        answer=query["answer"],
+                        answer=query["answer"] or NO_GROUND_TRUTH,
                         library=(render_library(library) if library else "") or "(empty)",
                         attempts="\n\n".join(attempts),
                     )

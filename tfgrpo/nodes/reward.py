@@ -17,7 +17,7 @@ from langchain_core.runnables.config import ContextThreadPoolExecutor
 from langgraph.runtime import Runtime
 
 from tfgrpo.context import Context
-from tfgrpo.evals.rewards import RewardFn, extract_final_answer, get_reward
+from tfgrpo.evals.rewards import GROUP_REWARDS, RewardFn, extract_final_answer, get_reward, majority_rewards
 from tfgrpo.models import ModelSettings, get_model, resolve_spec
 from tfgrpo.nodes._llm import call_text, context_of, memo_get, memo_put, one_line, step_namespace, store_of
 from tfgrpo.nodes.rollout import load_rollout, rollout_key
@@ -90,9 +90,26 @@ def judge_score(
     return done["value"], done["error"], done["calls"]
 
 
+def majority_of_group(
+    runtime: Runtime[Context], run_id: str, step: int, keys: list[str], refs: dict[str, Any]
+) -> list[float | None]:
+    """No ground truth: agreement with the group's majority answer (the paper's self-judged ablation)."""
+    responses: list[str | None] = []
+    for key in keys:
+        stored = load_rollout(runtime, run_id, step, key) if refs.get(key, {}).get("ok") else None
+        responses.append(stored["response"] if stored is not None else None)
+    return majority_rewards(responses)[0]
+
+
+def reward_function(name: str) -> RewardFn | None:
+    """The per-response reward for ``name``; None for the group-level ones (judge, majority). Raises a
+    one-line ConfigError for an unknown name: call it before paying for rollouts."""
+    return None if name in GROUP_REWARDS else get_reward(name)
+
+
 def reward(state: StepState, runtime: Runtime[Context]) -> dict[str, Any]:
     ctx = context_of(runtime)
-    reward_fn = None if ctx.reward == "judge" else get_reward(ctx.reward)
+    reward_fn = reward_function(ctx.reward)
     refs = {ref["key"]: ref for ref in state.get("rollouts", [])}
     run_id, step = state.get("run_id", ""), state.get("step", 0)
 
@@ -102,6 +119,8 @@ def reward(state: StepState, runtime: Runtime[Context]) -> dict[str, Any]:
         stored = load_rollout(runtime, run_id, step, key)
         if ref is None or not ref["ok"] or stored is None:
             return None, None, []  # a failed rollout, already counted as dropped by ``rollout``
+        if ctx.reward == "majority":
+            return None, None, []  # scored per group below
         if reward_fn is None:
             return judge_score(runtime, ctx, state, query, key, stored)
         return score_response(ctx, reward_fn, query, stored["response"])
@@ -120,13 +139,10 @@ def reward(state: StepState, runtime: Runtime[Context]) -> dict[str, Any]:
             calls += records
             if error is not None:
                 dropped.append({"stage": "reward", "item": key, "reason": error})
+        rewards = [scored[key][0] for key in keys]
+        if ctx.reward == "majority":
+            rewards = majority_of_group(runtime, run_id, step, keys, refs)
         groups.append(
-            {
-                "query_id": query["id"],
-                "keys": keys,
-                "rewards": [scored[key][0] for key in keys],
-                "kept": False,
-                "reason": "unjudged",
-            }
+            {"query_id": query["id"], "keys": keys, "rewards": rewards, "kept": False, "reason": "unjudged"}
         )
     return {"groups": groups, "dropped": dropped, "usage": usage_of(calls)}

@@ -39,6 +39,11 @@ def cleared_step_channels() -> dict[str, Any]:
     }
 
 
+def training_queries(ctx: Context) -> list[Query]:
+    """The training set; without ground truth (the ``majority`` reward) rows need no answer."""
+    return load_dataset(ctx.dataset, answers=ctx.reward != "majority")
+
+
 def epoch_order(queries: list[Query], seed: int, epoch: int) -> list[Query]:
     order = list(queries)
     random.Random(f"tfgrpo:{seed}:{epoch}").shuffle(order)
@@ -64,7 +69,7 @@ def check_resume(values: dict[str, Any], ctx: Context, queries: list[Query]) -> 
 
 def start(state: LearnState, runtime: Runtime[Context]) -> dict[str, Any]:
     ctx = context_of(runtime)
-    queries = load_dataset(ctx.dataset)
+    queries = training_queries(ctx)
     if not queries:
         raise DataError(f"{ctx.dataset}: no rows")
     check_resume(dict(state), ctx, queries)
@@ -85,14 +90,18 @@ def start(state: LearnState, runtime: Runtime[Context]) -> dict[str, Any]:
 
 def select_batch(state: LearnState, runtime: Runtime[Context]) -> dict[str, Any]:
     ctx = context_of(runtime)
-    order = epoch_order(load_dataset(ctx.dataset), state.get("seed", 0), state.get("epoch", 0))
+    order = epoch_order(
+        training_queries(ctx),
+        state.get("seed", 0),
+        state.get("epoch", 0),
+    )
     first = state.get("batch_index", 0) * ctx.batch_size
     return {"batch": order[first : first + ctx.batch_size]}
 
 
 def advance(state: LearnState, runtime: Runtime[Context]) -> dict[str, Any]:
     ctx = context_of(runtime)
-    n_batches = batches_per_epoch(len(load_dataset(ctx.dataset)), ctx.batch_size)
+    n_batches = batches_per_epoch(len(training_queries(ctx)), ctx.batch_size)
     epoch, batch_index = state.get("epoch", 0), state.get("batch_index", 0) + 1
     if batch_index >= n_batches:
         epoch, batch_index = epoch + 1, 0

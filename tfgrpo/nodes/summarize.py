@@ -46,6 +46,8 @@ The attempt (final response):
 {response}"""
 
 MAX_TRAJECTORY_CHARS = 12000
+# shown instead of the ground truth when learning without one (the ``majority`` reward)
+NO_GROUND_TRUTH = "not given (the reward is agreement with the most frequent answer of the group)"
 
 
 class SummarizeTask(TypedDict):
@@ -93,7 +95,7 @@ def summarize(task: SummarizeTask, runtime: Runtime[Context]) -> dict[str, Any]:
             HumanMessage(
                 USER_TEMPLATE.format(
                     question=task["query"]["question"],
-                    answer=task["query"]["answer"],
+                    answer=task["query"]["answer"] or NO_GROUND_TRUTH,
                     reward=task["reward"],
                     library=library_text_of(store, task["run_id"], task["library_key"])
                     or "(no experiences yet)",
