@@ -11,3 +11,12 @@ class DataError(TfgrpoError):
 
 class ConfigError(TfgrpoError):
     """A setting is missing or invalid (model spec, reward name, run directory, ...)."""
+
+
+class StopRequested(TfgrpoError):
+    """A map branch not yet started refuses to start because the run was asked to drain (Ctrl-C).
+
+    A drain stops at the next superstep, but a map (rollouts, summaries, eval runs) is one superstep:
+    without this, Ctrl-C would wait for every remaining branch. Finished branches are kept; the same
+    command resumes.
+    """

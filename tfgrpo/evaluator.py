@@ -18,7 +18,7 @@ from tqdm import tqdm
 
 from tfgrpo.context import Context
 from tfgrpo.data import dataset_fingerprint, load_dataset
-from tfgrpo.errors import ConfigError
+from tfgrpo.errors import ConfigError, StopRequested
 from tfgrpo.evals.report import verdict, write_eval_report
 from tfgrpo.graphs.evaluate import compile_eval_graph
 from tfgrpo.ledger import BudgetExceeded, Ledger, use_ledger
@@ -197,7 +197,7 @@ def _drive(
         print(f"tfgrpo: stopped: {exc}", file=sys.stderr)
         print(f"spent so far: {ledger.spent_tokens} tokens, ${ledger.spent_usd:.4f}", file=sys.stderr)
         return 3
-    except GraphDrained:
+    except (GraphDrained, StopRequested):
         print(
             f"stopped; finished runs are kept. Resume with the same command (--eval-dir {eval_dir})",
             file=sys.stderr,

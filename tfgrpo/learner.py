@@ -15,6 +15,7 @@ from langgraph.store.sqlite import SqliteStore
 from tqdm import tqdm
 
 from tfgrpo.context import Context
+from tfgrpo.errors import StopRequested
 from tfgrpo.graphs.learn import compile_learn_graph
 from tfgrpo.ledger import BudgetExceeded, Ledger, use_ledger
 from tfgrpo.models import resolve_spec
@@ -136,7 +137,7 @@ def run_learning(
         print(f"tfgrpo: stopped: {exc}", file=sys.stderr)
         print(f"spent so far: {ledger.spent_tokens} tokens, ${ledger.spent_usd:.4f}", file=sys.stderr)
         return 3
-    except GraphDrained:
+    except (GraphDrained, StopRequested):
         bars.close()
         _final_outputs(run, graph.get_state(config).values)
         print(

@@ -4,7 +4,9 @@ server, reports and plots on disk, resume after SIGKILL without repeating a fini
 from __future__ import annotations
 
 import json
+import signal
 import subprocess
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -160,3 +162,56 @@ def test_bad_reward_is_refused_before_any_run(
     assert out.returncode == 2
     assert out.stderr.strip().splitlines() == [f"tfgrpo: error: {message}"]
     assert eval_server.requests == []
+
+
+def test_token_budget_stops_an_eval_that_then_resumes_without_repeats(
+    eval_server: FakeOpenAIServer, tmp_path: Path
+) -> None:
+    library = write_library(tmp_path / "library.json")
+    eval_dir = tmp_path / "eval"
+    stopped = tfgrpo(*eval_args(eval_server, eval_dir, library, "--budget-tokens", "6000"))
+    assert stopped.returncode == 3, stopped.stdout + stopped.stderr
+    assert "token budget reached" in stopped.stderr and "Traceback" not in stopped.stderr
+    paid = len(eval_server.completed)
+    assert 0 < paid < 64
+    finished = {request_key(b) for b in eval_server.completed}
+
+    eval_server.reset_stats()
+    resumed = tfgrpo(*eval_args(eval_server, eval_dir, library, "--budget-tokens", "1000000"))
+    assert resumed.returncode == 0, resumed.stdout + resumed.stderr
+    assert not [b for b in eval_server.requests if request_key(b) in finished]
+    assert len(eval_server.completed) == 64 - paid
+    report = json.loads((eval_dir / "report.json").read_text())
+    assert report["arms"]["library"]["n_runs"] + report["arms"]["baseline"]["n_runs"] == 64
+
+
+def test_ctrl_c_stops_an_eval_cleanly(eval_server: FakeOpenAIServer, tmp_path: Path) -> None:
+    library = write_library(tmp_path / "library.json")
+    eval_dir = tmp_path / "eval"
+    seen = 0
+
+    def after_ten(body: dict) -> bool:
+        nonlocal seen
+        seen += 1
+        return seen > 10
+
+    eval_server.hold(after_ten)
+    cmd = [PYTHON, "-m", "tfgrpo.cli", *eval_args(eval_server, eval_dir, library)]
+    proc = subprocess.Popen(cmd, env=cli_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.time() + 60
+        while eval_server.held_count() < 1 and time.time() < deadline:
+            time.sleep(0.05)
+        proc.send_signal(signal.SIGINT)
+        time.sleep(0.5)
+        eval_server.hold(None)
+        eval_server.release()
+        _, err = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 130, err
+    assert "Resume with the same command" in err and "Traceback" not in err
+    assert len(eval_server.completed) < 64  # no new run started after Ctrl-C
+    resumed = tfgrpo(*eval_args(eval_server, eval_dir, library))
+    assert resumed.returncode == 0 and "resuming" in resumed.stdout

@@ -22,6 +22,7 @@ from langgraph.store.memory import InMemoryStore
 from pydantic import BaseModel, ValidationError
 
 from tfgrpo.context import Context
+from tfgrpo.errors import StopRequested
 from tfgrpo.ledger import CallFailed, current_ledger, reserve_tokens, role_of
 from tfgrpo.models import ModelSettings, get_model, resolve_spec
 from tfgrpo.state.types import CallRecord
@@ -55,6 +56,12 @@ def library_text_of(store: BaseStore, run_id: str, key: str) -> str:
     if item is None:
         raise LookupError(f"experience library {key} not found in the store")
     return str(item.value["text"])
+
+
+def stop_if_draining(runtime: Runtime[Any]) -> None:
+    """Call before starting a map branch's LLM work (see :class:`tfgrpo.errors.StopRequested`)."""
+    if runtime.drain_requested:
+        raise StopRequested(f"stop requested ({runtime.drain_reason}): remaining branches not started")
 
 
 def memo_get(store: BaseStore, namespace: tuple[str, ...], key: str) -> dict[str, Any] | None:

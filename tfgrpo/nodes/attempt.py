@@ -28,6 +28,7 @@ from tfgrpo.nodes._llm import (
     memo_get,
     memo_put,
     publish_library_text,
+    stop_if_draining,
     store_of,
 )
 from tfgrpo.nodes.policy import final_text, inference_experiences, run_policy
@@ -70,6 +71,7 @@ def attempt(task: AttemptTask, runtime: Runtime[Context]) -> dict[str, Any]:
     ns, key = attempt_namespace(task["eval_id"], arm), attempt_key(query["id"], i)
     done = memo_get(store, ns, key)
     if done is None:
+        stop_if_draining(runtime)
         experiences = library_text_of(store, task["eval_id"], task["library_key"]) if arm == "library" else ""
         messages, error, calls = run_policy(
             ctx, query["question"], experiences, attempt_seed(task["seed"], query["id"], i)

@@ -26,6 +26,7 @@ from tfgrpo.nodes._llm import (
     memo_put,
     publish_library_text,
     step_namespace,
+    stop_if_draining,
     store_of,
 )
 from tfgrpo.nodes.policy import final_text, run_policy
@@ -64,6 +65,7 @@ def rollout(task: RolloutTask, runtime: Runtime[Context]) -> dict[str, Any]:
 
     done = memo_get(store, ns, key)
     if done is None:
+        stop_if_draining(runtime)
         library_text = library_text_of(store, task["run_id"], task["library_key"])
         seed = sample_seed(task.get("seed", 0), task["step"], query["id"], g)
         # the branch is the unit of resume; its result is memoized in the store

@@ -22,6 +22,7 @@ from tfgrpo.nodes._llm import (
     memo_get,
     memo_put,
     step_namespace,
+    stop_if_draining,
     store_of,
 )
 from tfgrpo.nodes.rollout import load_rollout
@@ -86,6 +87,7 @@ def summarize(task: SummarizeTask, runtime: Runtime[Context]) -> dict[str, Any]:
     key = task["key"]
     done = memo_get(store, ns, key)
     if done is None:
+        stop_if_draining(runtime)
         stored = load_rollout(runtime, task["run_id"], task["step"], key)
         response = stored["response"] if stored else ""
         trajectory = trajectory_text(stored["trajectory"], response) if stored else ""
