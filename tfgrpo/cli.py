@@ -112,6 +112,9 @@ def _add_learn_args(p: argparse.ArgumentParser, *, demo: bool) -> None:
     p.add_argument("--experiences-per-group", type=int, default=d.experiences_per_group, help="K")
     p.add_argument("--max-library-items", type=int, default=d.max_library_items)
     p.add_argument(
+        "--max-library-tokens", type=int, default=d.max_library_tokens, help="cap on E's size (estimated)"
+    )
+    p.add_argument(
         "--keep-checkpoints",
         action="store_true",
         help="keep every checkpoint (time travel) instead of only those needed to resume",
@@ -177,6 +180,7 @@ def context_from_args(args: argparse.Namespace, *, preset: str, **override: Any)
         "reward": args.reward or DOMAIN_REWARDS[args.domain],
         "experiences_per_group": args.experiences_per_group,
         "max_library_items": args.max_library_items,
+        "max_library_tokens": args.max_library_tokens,
         "max_concurrency": args.max_concurrency,
         "request_timeout": args.request_timeout,
         "domain": args.domain,

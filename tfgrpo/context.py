@@ -63,6 +63,9 @@ class Context:
     temperature: float = field(default=0.7, metadata={"description": "Sampling temperature of rollouts."})
     experiences_per_group: int = field(default=2, metadata={"description": "K: at most K per group."})
     max_library_items: int = field(default=50, metadata={"description": "Hard cap on |E|."})
+    max_library_tokens: int = field(
+        default=4000, metadata={"description": "Hard cap on E's size in every prompt (estimated tokens)."}
+    )
     # Models
     model: str = field(
         default_factory=lambda: os.environ.get("TFGRPO_MODEL", ""),

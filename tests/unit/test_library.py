@@ -11,6 +11,8 @@ from tfgrpo.state.library import (
     apply_operations,
     diff_libraries,
     empty_library,
+    estimate_tokens,
+    library_tokens,
     render_library,
 )
 
@@ -206,6 +208,28 @@ def test_max_items_does_not_block_updates_of_a_full_library() -> None:
         lib, [{"op": "UPDATE", "id": "G2", "content": "2"}], step=1, max_items=2
     )
     assert len(applied) == 1 and text_of(new, "G2") == "2"
+
+
+def test_token_budget_caps_adds_and_growing_updates() -> None:
+    lib = lib_with("x" * 40, "y" * 40)  # 14 estimated tokens each
+    assert library_tokens(lib) == 2 * estimate_tokens("x" * 40) == 28
+    new, applied, rejected = apply_operations(
+        lib,
+        [
+            {"op": "ADD", "content": "z" * 40},  # 42 <= 45
+            {"op": "ADD", "content": "short"},  # 42 + 6 > 45
+            {"op": "UPDATE", "id": "G1", "content": "x" * 80},  # grows G1 by 10: over
+        ],
+        step=1,
+        max_tokens=45,
+    )
+    assert ids(new) == ["G1", "G2", "G3"] and text_of(new, "G1") == "x" * 40
+    assert len(applied) == 1
+    assert [r["why"] for r in rejected] == ["library token budget full (45 tokens)"] * 2
+    shrunk, applied, _ = apply_operations(
+        new, [{"op": "UPDATE", "id": "G1", "content": "x"}], step=2, max_tokens=45
+    )
+    assert len(applied) == 1 and library_tokens(shrunk) <= 45  # shrinking is always allowed
 
 
 def test_unknown_operation_kind_is_rejected() -> None:

@@ -116,7 +116,11 @@ def update_library(state: StepState, runtime: Runtime[Context]) -> dict[str, Any
                 final.append(cast(Operation, {**op, "sources": sources or sorted(known_sources)}))
 
     new_library, applied, rejected = apply_operations(
-        library, final, step=state.get("step", 0), max_items=ctx.max_library_items
+        library,
+        final,
+        step=state.get("step", 0),
+        max_items=ctx.max_library_items,
+        max_tokens=ctx.max_library_tokens,
     )
     report = build_step_report(
         state,

@@ -96,12 +96,23 @@ def diff_libraries(before: Library, after: Library) -> list[str]:
     return lines
 
 
+def estimate_tokens(text: str) -> int:
+    """Tokens of an experience as rendered (``[G12] text``): about 4 characters a token, no tokenizer
+    needed; good enough for a budget on how much of every prompt E takes."""
+    return (len(text) + 3) // 4 + 4
+
+
+def library_tokens(library: Library) -> int:
+    return sum(estimate_tokens(item["text"]) for item in library["items"])
+
+
 def apply_operations(
     library: Library,
     operations: list[Operation],
     *,
     step: int,
     max_items: int | None = None,
+    max_tokens: int | None = None,
 ) -> tuple[Library, list[Operation], list[RejectedOperation]]:
     """Apply a batch's final operations; returns (new library, applied, rejected).
 
@@ -109,7 +120,8 @@ def apply_operations(
     several UPDATEs on one id the last one with content wins; DELETEs are applied first (they free
     room); UPDATE/DELETE of an unknown id is rejected, never turned into an ADD; ADD/UPDATE need
     content; an ADD that repeats an existing text is rejected as a duplicate; ADDs beyond ``max_items``
-    are rejected. NONE is a no-op and is neither applied nor rejected.
+    and ADDs / UPDATEs that would take E past ``max_tokens`` (see :func:`estimate_tokens`) are rejected.
+    NONE is a no-op and is neither applied nor rejected.
     """
     lib = copy.deepcopy(library)
     by_id = {item["id"]: item for item in lib["items"]}
@@ -145,6 +157,8 @@ def apply_operations(
                 rejected.append({"operation": op, "why": "duplicate of an existing experience"})
             elif max_items is not None and len(lib["items"]) >= max_items:
                 rejected.append({"operation": op, "why": f"library is full ({max_items} items)"})
+            elif max_tokens is not None and library_tokens(lib) + estimate_tokens(content) > max_tokens:
+                rejected.append({"operation": op, "why": f"library token budget full ({max_tokens} tokens)"})
             else:
                 new_id = f"G{lib['next_id']}"
                 lib["next_id"] += 1
@@ -170,6 +184,13 @@ def apply_operations(
             rejected.append({"operation": op, "why": "UPDATE without content"})
         elif last_update[oid] != index:
             rejected.append({"operation": op, "why": f"UPDATE of {oid} superseded by a later UPDATE"})
+        elif (
+            max_tokens is not None
+            and estimate_tokens(content) > estimate_tokens(by_id[oid]["text"])  # shrinking always passes
+            and library_tokens(lib) - estimate_tokens(by_id[oid]["text"]) + estimate_tokens(content)
+            > max_tokens
+        ):
+            rejected.append({"operation": op, "why": f"library token budget full ({max_tokens} tokens)"})
         else:
             target = by_id[oid]
             target["text"] = content
