@@ -125,13 +125,16 @@ def _add_learn_args(p: argparse.ArgumentParser, *, demo: bool) -> None:
 def _add_eval_args(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--dataset",
-        required=True,
-        help="JSONL/CSV file ('FILE[A:B]' for rows A..B-1) or rg:NAME[:key=value...]",
+        default=None,  # required, but it may come from --config: checked in cmd_eval
+        help="JSONL/CSV file ('FILE[A:B]' for rows A..B-1) or rg:NAME[:key=value...] (required)",
     )
     p.add_argument("--library", default="", help="library.json or a run directory (omit: baseline only)")
     p.add_argument("--baseline", action="store_true", help="also run the same model without E, paired")
     p.add_argument("--k", type=int, default=4, help="runs per question and arm (the paper: 32)")
     p.add_argument("--eval-dir", default="runs/eval", help="where checkpoints, results and reports go")
+    p.add_argument(
+        "--retry-failed", action="store_true", help="run the failed runs of a finished evaluation again"
+    )
     _add_agent_args(p, demo=False, temperature=Context().temperature)
 
 
@@ -234,6 +237,8 @@ def cmd_learn(args: argparse.Namespace, ctx: Context) -> int:
 def cmd_eval(args: argparse.Namespace) -> int:
     from tfgrpo.evaluator import run_eval
 
+    if not args.dataset:
+        raise TfgrpoError("--dataset is required (on the command line or as 'dataset' in --config)")
     embedded = not args.model
     if embedded:
         print(EMBEDDED_NOTE.replace("learning with", "evaluating with"), flush=True)
@@ -264,6 +269,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
         baseline=args.baseline,
         progress=not args.no_progress,
         ledger=ledger_from_args(args, ctx),
+        retry_failed=args.retry_failed,
     )
 
 

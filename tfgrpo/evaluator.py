@@ -23,6 +23,7 @@ from tfgrpo.evals.report import verdict, write_eval_report
 from tfgrpo.graphs.evaluate import compile_eval_graph
 from tfgrpo.ledger import BudgetExceeded, Ledger, use_ledger
 from tfgrpo.models import resolve_spec
+from tfgrpo.nodes.attempt import attempt_key, attempt_namespace
 from tfgrpo.nodes.policy import inference_experiences
 from tfgrpo.nodes.reward import reward_function
 from tfgrpo.runs import ctrl_c_drains, open_sqlite
@@ -99,6 +100,7 @@ def run_eval(
     baseline: bool,
     progress: bool = True,
     ledger: Ledger | None = None,
+    retry_failed: bool = False,
 ) -> int:
     if k < 1:
         raise ConfigError("--k must be at least 1")
@@ -120,8 +122,10 @@ def run_eval(
     store.setup()
     saver = SqliteSaver(open_sqlite(eval_dir / "checkpoints.sqlite"))
     graph = compile_eval_graph(checkpointer=saver, store=store)
+    thread_file = eval_dir / "thread.txt"
+    thread = thread_file.read_text().strip() if thread_file.exists() else THREAD_ID
     config: RunnableConfig = {
-        "configurable": {"thread_id": THREAD_ID},
+        "configurable": {"thread_id": thread},
         "recursion_limit": 16,
         "max_concurrency": ctx.max_concurrency,
     }
@@ -129,20 +133,37 @@ def run_eval(
     values = dict(snapshot.values or {})
     total = len(queries) * k * len(arms)
     graph_input: EvalState | None = None
+    failed = [r for r in values.get("results", []) if r["reward"] is None]
+    if values and not snapshot.next and retry_failed and failed:
+        # a new round on a new thread: every finished run comes back from the memo for free, the failed
+        # ones (their memo entries deleted) run again
+        for r in failed:
+            store.delete(attempt_namespace(values["eval_id"], r["arm"]), attempt_key(r["query_id"], r["i"]))
+        spent = _spent(values.get("results", []))
+        rounds = int(thread.split("-retry")[1]) if "-retry" in thread else 0
+        thread = f"{THREAD_ID}-retry{rounds + 1}"
+        thread_file.write_text(thread + "\n")
+        config["configurable"] = {"thread_id": thread}
+        print(f"retrying {len(failed)} failed run(s) of {eval_dir}", flush=True)
+        graph_input = {"eval_id": values["eval_id"], "questions": queries, "arms": arms, "k": k, "seed": seed}
+        values = {}
+    else:
+        spent = _spent(values.get("results", []))
     if values and not snapshot.next:
-        print(f"evaluation in {eval_dir} is already complete", flush=True)
+        note = f" ({len(failed)} failed run(s): --retry-failed runs them again)" if failed else ""
+        print(f"evaluation in {eval_dir} is already complete{note}", flush=True)
     else:
         if values:
             done = len(values.get("results", []))
             print(f"resuming {eval_dir}: {done} of {total} runs already done", flush=True)
-        else:
+        elif graph_input is None:
             (eval_dir / "eval.json").write_text(json.dumps(settings, indent=2) + "\n", encoding="utf-8")
             plan = f"{len(queries)} questions x k={k} x {'/'.join(arms)} = {total} runs"
             print(f"evaluating: {plan} -> {eval_dir}", flush=True)
             graph_input = {"questions": queries, "arms": arms, "k": k, "seed": seed}
         ledger = ledger or Ledger(max_concurrency=ctx.max_concurrency)
         ledger.check_prices(sorted({settings["model"], settings["judge_model"] or settings["model"]}))
-        ledger.spent_tokens, ledger.spent_usd = _spent(values.get("results", []))
+        ledger.spent_tokens, ledger.spent_usd = spent
         code = _drive(graph, graph_input, config, ctx, ledger, total, progress, eval_dir)
         if code:
             return code

@@ -215,3 +215,27 @@ def test_ctrl_c_stops_an_eval_cleanly(eval_server: FakeOpenAIServer, tmp_path: P
     assert len(eval_server.completed) < 64  # no new run started after Ctrl-C
     resumed = tfgrpo(*eval_args(eval_server, eval_dir, library))
     assert resumed.returncode == 0 and "resuming" in resumed.stdout
+
+
+def test_retry_failed_reruns_only_the_failed_runs(eval_server: FakeOpenAIServer, tmp_path: Path) -> None:
+    library = write_library(tmp_path / "library.json")
+    eval_dir = tmp_path / "eval"
+    eval_server.fail_next(5, status=400)  # not transient: 5 runs fail for good
+    first = tfgrpo(*eval_args(eval_server, eval_dir, library, "--max-concurrency", "1"))
+    assert first.returncode == 0, first.stderr
+    report = json.loads((eval_dir / "report.json").read_text())
+    assert sum(a["runs_failed"] for a in report["arms"].values()) == 5
+    done = {request_key(b) for b in eval_server.completed[5:]}  # one at a time: the first 5 failed
+
+    again = tfgrpo(*eval_args(eval_server, eval_dir, library))
+    assert "5 failed run(s): --retry-failed runs them again" in again.stdout
+
+    for round_ in (1, 2):  # a second retry with nothing failed changes nothing
+        eval_server.reset_stats()
+        retried = tfgrpo(*eval_args(eval_server, eval_dir, library, "--retry-failed"))
+        assert retried.returncode == 0, retried.stdout + retried.stderr
+        assert len(eval_server.requests) == (5 if round_ == 1 else 0)
+        assert not [b for b in eval_server.requests if request_key(b) in done]
+        report = json.loads((eval_dir / "report.json").read_text())
+        assert [a["runs_failed"] for a in report["arms"].values()] == [0, 0]
+        assert [a["n_runs"] for a in report["arms"].values()] == [32, 32]
