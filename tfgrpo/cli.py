@@ -115,6 +115,15 @@ def _add_learn_args(p: argparse.ArgumentParser, *, demo: bool) -> None:
         "--max-library-tokens", type=int, default=d.max_library_tokens, help="cap on E's size (estimated)"
     )
     p.add_argument(
+        "--validation",
+        default=d.validation,
+        help="held-out set: keep a step's E only if it does not score lower there (else roll back)",
+    )
+    p.add_argument("--validation-k", type=int, default=d.validation_k, help="runs per validation question")
+    p.add_argument(
+        "--validation-tolerance", type=float, default=d.validation_tolerance, help="allowed drop in reward"
+    )
+    p.add_argument(
         "--keep-checkpoints",
         action="store_true",
         help="keep every checkpoint (time travel) instead of only those needed to resume",
@@ -184,6 +193,9 @@ def context_from_args(args: argparse.Namespace, *, preset: str, **override: Any)
         "experiences_per_group": args.experiences_per_group,
         "max_library_items": args.max_library_items,
         "max_library_tokens": args.max_library_tokens,
+        "validation": args.validation,
+        "validation_k": args.validation_k,
+        "validation_tolerance": args.validation_tolerance,
         "max_concurrency": args.max_concurrency,
         "request_timeout": args.request_timeout,
         "domain": args.domain,
@@ -196,7 +208,7 @@ def context_from_args(args: argparse.Namespace, *, preset: str, **override: Any)
             values[name] = getattr(args, name)
     values.update(override)
     ctx = Context(**values)
-    for name in ("epochs", "batch_size", "group_size", "max_concurrency", "max_tokens"):
+    for name in ("epochs", "batch_size", "group_size", "max_concurrency", "max_tokens", "validation_k"):
         if getattr(ctx, name) < 1:
             raise TfgrpoError(f"--{name.replace('_', '-')} must be at least 1")
     if ctx.group_size < 2:

@@ -20,6 +20,9 @@ RUN_DEFINING = (
     "epochs",
     "reward",
     "experiences_per_group",
+    "validation",
+    "validation_k",
+    "validation_tolerance",
 )
 
 
@@ -43,6 +46,17 @@ class Context:
     corpus: str = field(
         default="",
         metadata={"description": "Comma-separated JSONL corpus files for the offline search tool."},
+    )
+    validation: str = field(
+        default="",
+        metadata={
+            "description": "Held-out set (like dataset): keep a step's E only if it does not score lower "
+            "on it than E before the step (else roll back)."
+        },
+    )
+    validation_k: int = field(default=1, metadata={"description": "Runs per validation question and E."})
+    validation_tolerance: float = field(
+        default=0.0, metadata={"description": "Roll back when after < before - tolerance."}
     )
     library: str = field(
         default="",

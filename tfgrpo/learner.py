@@ -15,7 +15,8 @@ from langgraph.store.sqlite import SqliteStore
 from tqdm import tqdm
 
 from tfgrpo.context import Context
-from tfgrpo.errors import StopRequested
+from tfgrpo.data import load_dataset
+from tfgrpo.errors import ConfigError, StopRequested
 from tfgrpo.graphs.learn import compile_learn_graph
 from tfgrpo.ledger import BudgetExceeded, Ledger, use_ledger
 from tfgrpo.models import resolve_spec
@@ -25,7 +26,7 @@ from tfgrpo.runs import RunDir, ctrl_c_drains, open_sqlite, prune_checkpoints, t
 from tfgrpo.state.graph_state import LearnState
 
 THREAD_ID = "learn"
-SUPERSTEPS_PER_STEP = 8
+SUPERSTEPS_PER_STEP = 10  # the six step nodes, select_batch, advance, validate, validation_gate
 MAP_NODES = ("rollout", "summarize")
 
 
@@ -94,6 +95,10 @@ def run_learning(
     # fail fast with one-line errors, before anything is paid for
     queries = training_queries(ctx)
     reward_function(ctx.reward)
+    if ctx.validation:
+        if ctx.reward == "majority":
+            raise ConfigError("--validation needs a ground-truth reward (not majority)")
+        load_dataset(ctx.validation)
     run = RunDir(run_dir)
     run.create()
     store = SqliteStore(open_sqlite(run.store))

@@ -41,7 +41,13 @@ DEFAULT_PRICES: dict[str, tuple[float, float]] = {
 }
 PER_MESSAGE_TOKENS = 16
 T = TypeVar("T")
-ROLES = {"rollout": "policy", "summarize": "learner", "extract": "learner", "update_library": "learner"}
+ROLES = {
+    "rollout": "policy",
+    "validate": "policy",
+    "summarize": "learner",
+    "extract": "learner",
+    "update_library": "learner",
+}
 
 
 class BudgetExceeded(TfgrpoError):

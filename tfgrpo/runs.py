@@ -42,6 +42,7 @@ REPORT_COLUMNS = (
     ("appl", 4),
     ("rej", 3),
     ("drop", 4),
+    ("gate", 4),
     ("calls", 5),
     ("retry", 5),
     ("tok_in", 7),
@@ -77,6 +78,7 @@ def report_row(r: StepReport) -> list[str]:
         str(r["operations_applied"]),
         str(r["operations_rejected"]),
         str(sum(r["dropped"].values())),
+        "-" if "validation" not in r else "keep" if r["validation"]["kept"] else "undo",
         str(r["calls"]),
         str(r.get("retries", 0)),
         str(r["input_tokens"]),
@@ -124,6 +126,7 @@ def totals(history: list[StepReport]) -> dict[str, Any]:
         "groups_skipped": sum(r["groups_skipped"] for r in history),
         "operations_applied": sum(r["operations_applied"] for r in history),
         "operations_rejected": sum(r["operations_rejected"] for r in history),
+        "validation_rollbacks": sum(1 for r in history if "validation" in r and not r["validation"]["kept"]),
         "dropped": dropped,
     }
 
@@ -164,6 +167,11 @@ class RunDir:
         lines += [table_line(r) for r in history]
         lines += ["```", "", "## Totals", ""]
         lines += [f"- {k}: {v}" for k, v in report["totals"].items()]
+        checked = [r for r in history if "validation" in r]
+        if checked:
+            lines += ["", "## Validation-gated updates", ""]
+            lines += [f"- step {r['step']}: {r['validation']['reason']} ({r['validation']['runs']} runs, "
+                      f"{r['validation']['failed']} failed)" for r in checked]  # fmt: skip
         rejected = [(r["step"], x) for r in history for x in r["rejected"]]
         if rejected:
             lines += ["", "## Rejected operations", ""]

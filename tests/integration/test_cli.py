@@ -160,3 +160,27 @@ def test_infer_answers_hotpotqa_with_visible_tool_calls(fake_server: FakeOpenAIS
     assert out.returncode == 0, out.stderr
     assert "-> search(" in out.stdout and "<- search: [" in out.stdout
     assert out.stdout.strip().splitlines()[-1].startswith("answer: ")
+
+
+def test_validation_gated_learning_reports_each_check(tmp_path: Path, fake_server: FakeOpenAIServer) -> None:
+    validation = tmp_path / "val.jsonl"
+    validation.write_text("".join(json.dumps({"question": f"Calculate {a} + 7.", "answer": str(a + 7)}) + "\n"
+                                  for a in range(3)))  # fmt: skip
+    run_dir = tmp_path / "run"
+    out = tfgrpo(*learn_args(fake_server, run_dir, "rg:basic_arithmetic:size=4:seed=1", "--validation",
+                             str(validation), "--validation-k", "2"))  # fmt: skip
+    assert out.returncode == 0, out.stderr
+    report = json.loads((run_dir / "report.json").read_text())
+    checked = [s for s in report["steps"] if "validation" in s]
+    assert checked, "the scripted learner changes E, so steps are validated"
+    for s in checked:
+        # the scripted policy ignores E and run i of both arms shares its seed: identical scores, kept
+        assert s["validation"]["before"] == s["validation"]["after"] and s["validation"]["kept"]
+        assert s["validation"]["runs"] == 3 * 2 * 2 and s["usage"]["validate"]["calls"] == 12
+    assert "## Validation-gated updates" in (run_dir / "report.md").read_text()
+    assert " keep " in out.stdout  # the table's gate column
+
+    missing = str(tmp_path / "missing.jsonl")
+    bad = tfgrpo(*learn_args(fake_server, tmp_path / "r2", "rg:basic_arithmetic:size=4:seed=1",
+                             "--validation", missing))  # fmt: skip
+    assert bad.returncode == 2 and bad.stderr.strip().endswith("missing.jsonl: file not found")

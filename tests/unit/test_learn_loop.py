@@ -408,3 +408,53 @@ def test_an_unknown_reward_fails_before_any_call(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="unknown reward 'exact_mtach'"):
         run_learning(ctx, run_dir=tmp_path / "run", seed=0, progress=False)
     assert fake.bodies() == []
+
+
+# --------------------------------------------------------------------------- validation-gated updates
+
+
+def validation_policy(validation_questions: set[str], *, experiences_help: bool) -> Handler:
+    training = alternating_policy()  # training groups have reward spread: the learner proposes lessons
+
+    def policy(body: dict) -> dict:
+        question = question_of(body)
+        if question not in validation_questions:
+            return training(body)
+        system = message_text(body["messages"][0]["content"])
+        right = ("[G" in system) == experiences_help
+        value = solve_arithmetic(question)
+        return {"content": f"Answer: {value if right else str(value) + '1'}"}
+
+    return policy
+
+
+@pytest.mark.parametrize("experiences_help", [False, True], ids=["hurts-rolled-back", "helps-kept"])
+def test_validation_gate_keeps_or_rolls_back_each_step(tmp_path: Path, experiences_help: bool) -> None:
+    validation = write_dataset(tmp_path / "val.jsonl", 3, offset=100)
+    questions = {q["question"] for q in load_dataset(validation)}
+    fake = Fake(rollout=validation_policy(questions, experiences_help=experiences_help))
+    final, _ = run_learn(
+        fake, write_dataset(tmp_path / "train.jsonl", 4), validation=validation, validation_k=2, epochs=1
+    )
+    (report,) = final["history"]
+    check = report["validation"]
+    assert check["runs"] == 3 * 2 * 2 and check["failed"] == 0
+    assert report["usage"]["validate"]["calls"] == 12  # counted in the step's calls and tokens
+    assert report["calls"] == sum(u["calls"] for u in report["usage"].values())
+    assert report["operations_applied"] > 0
+    if experiences_help:
+        assert (check["before"], check["after"], check["kept"]) == (0.0, 1.0, True)
+        assert len(final["library"]["items"]) == report["operations_applied"] == report["library_size"]
+    else:
+        assert (check["before"], check["after"], check["kept"]) == (1.0, 0.0, False)
+        assert "rolled back" in check["reason"]
+        assert final["library"]["items"] == [] and report["library_size"] == 0
+        assert final["library"]["next_id"] > 1  # the rejected ids are never given again
+
+
+def test_validation_is_skipped_when_the_step_changed_nothing(tmp_path: Path) -> None:
+    validation = write_dataset(tmp_path / "val.jsonl", 2, offset=100)
+    fake = Fake()  # always right: no group passes the gate, E never changes
+    final, _ = run_learn(fake, write_dataset(tmp_path / "train.jsonl", 2), validation=validation, epochs=1)
+    assert "validation" not in final["history"][0]
+    assert "validate" not in final["history"][0]["usage"]

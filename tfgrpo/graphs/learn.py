@@ -1,6 +1,7 @@
 """The learning loop: epochs x batches around the GRPO step, as one checkpointable graph.
 
     START -> start -> select_batch -> [the six step nodes] -> advance -> select_batch ... -> END
+    with a validation set, between update_library and advance:  validate (map) -> validation_gate
 
 The step's nodes are added flat (not as a subgraph) so that resume after a crash re-runs only the
 unfinished branches of the interrupted fan-out.
@@ -16,6 +17,7 @@ from langgraph.types import Checkpointer
 from tfgrpo.context import Context
 from tfgrpo.graphs.step import add_step
 from tfgrpo.nodes.schedule import advance, route_next, select_batch, start
+from tfgrpo.nodes.validate import fan_out_validation, validate, validation_gate
 from tfgrpo.state.graph_state import LearnState
 
 
@@ -26,8 +28,12 @@ def build_learn_graph() -> StateGraph[LearnState, Context, LearnState, LearnStat
     builder.add_node("advance", advance)
     builder.add_edge(START, "start")
     builder.add_conditional_edges("start", route_next, ["select_batch", END])
+    builder.add_node("validate", validate)  # type: ignore[call-overload]
+    builder.add_node("validation_gate", validation_gate)
     exit_node = add_step(builder, entry="select_batch")
-    builder.add_edge(exit_node, "advance")
+    builder.add_conditional_edges(exit_node, fan_out_validation, ["validate", "advance"])
+    builder.add_edge("validate", "validation_gate")  # join
+    builder.add_edge("validation_gate", "advance")
     builder.add_conditional_edges("advance", route_next, ["select_batch", END])
     return builder
 

@@ -36,6 +36,7 @@ def cleared_step_channels() -> dict[str, Any]:
         "summaries": Overwrite([]),
         "usage": Overwrite({}),
         "dropped": Overwrite([]),
+        "validation": Overwrite([]),
     }
 
 
@@ -96,7 +97,8 @@ def select_batch(state: LearnState, runtime: Runtime[Context]) -> dict[str, Any]
         state.get("epoch", 0),
     )
     first = state.get("batch_index", 0) * ctx.batch_size
-    return {"batch": order[first : first + ctx.batch_size]}
+    # E before the step: what a validation-gated update rolls back to
+    return {"batch": order[first : first + ctx.batch_size], "library_before": state.get("library")}
 
 
 def advance(state: LearnState, runtime: Runtime[Context]) -> dict[str, Any]:

@@ -18,6 +18,7 @@ from tfgrpo.state.types import (
     StepReport,
     SummaryRef,
     Usage,
+    ValidationRun,
     merge_usage,
 )
 
@@ -48,6 +49,9 @@ class LearnState(StepState):
     settings_fingerprint: NotRequired[str]
     history: NotRequired[Annotated[list[StepReport], operator.add]]
     done: NotRequired[bool]
+    # validation-gated updates (optional): E at the start of the step, and the held-out runs
+    library_before: NotRequired[Library]
+    validation: NotRequired[Annotated[list[ValidationRun], operator.add]]
 
 
 class EvalState(TypedDict):

@@ -3,10 +3,28 @@
 from __future__ import annotations
 
 from collections import Counter
+from typing import Any
 
 from tfgrpo.state.graph_state import StepState
 from tfgrpo.state.library import Library, Operation, RejectedOperation
-from tfgrpo.state.types import CallRecord, Dropped, StepReport, merge_usage, usage_of
+from tfgrpo.state.types import CallRecord, Dropped, StepReport, Usage, merge_usage, usage_of
+
+
+def usage_totals(usage: dict[str, Usage]) -> dict[str, Any]:
+    """The report's call, token, dollar and time totals from its per-node usage."""
+    seconds = 0.0
+    if usage:
+        first = min(u["first_started"] for u in usage.values())
+        seconds = round(max(u["last_ended"] for u in usage.values()) - first, 3)
+    return {
+        "calls": sum(u["calls"] for u in usage.values()),
+        "calls_failed": sum(u["failed"] for u in usage.values()),
+        "retries": sum(u["retries"] for u in usage.values()),
+        "cost_usd": round(sum(u["cost_usd"] for u in usage.values()), 6),
+        "input_tokens": sum(u["input_tokens"] for u in usage.values()),
+        "output_tokens": sum(u["output_tokens"] for u in usage.values()),
+        "seconds": seconds,
+    }
 
 
 def build_step_report(
@@ -27,12 +45,6 @@ def build_step_report(
     dropped = [*state.get("dropped", []), *more_dropped]
     rollouts = state.get("rollouts", [])
     proposed = sum(len(p["operations"]) for p in state.get("proposals", []))
-    if usage:
-        first = min(u["first_started"] for u in usage.values())
-        last = max(u["last_ended"] for u in usage.values())
-        seconds = round(last - first, 3)
-    else:
-        seconds = 0.0
     return {
         "step": state.get("step", 0),
         "epoch": state.get("epoch", 0),
@@ -50,14 +62,8 @@ def build_step_report(
         "rejected": rejected,
         "applied": applied,
         "dropped": dict(Counter(d["stage"] for d in dropped)),
-        "calls": sum(u["calls"] for u in usage.values()),
-        "calls_failed": sum(u["failed"] for u in usage.values()),
-        "retries": sum(u["retries"] for u in usage.values()),
-        "cost_usd": round(sum(u["cost_usd"] for u in usage.values()), 6),
         "usage": usage,
-        "input_tokens": sum(u["input_tokens"] for u in usage.values()),
-        "output_tokens": sum(u["output_tokens"] for u in usage.values()),
-        "seconds": seconds,
+        **usage_totals(usage),  # type: ignore[typeddict-item]
         "library_size": len(library["items"]),
         "library_version": library["version"],
     }

@@ -138,6 +138,24 @@ class Dropped(TypedDict):
     reason: str
 
 
+class ValidationRun(TypedDict):
+    """One validation run: E before the step ("before") or after it ("after") on a held-out question."""
+
+    arm: str
+    query_id: str
+    i: int
+    reward: float | None  # None: the run or its reward failed
+
+
+class ValidationReport(TypedDict):
+    before: float | None  # mean reward over the usable runs of each arm
+    after: float | None
+    runs: int
+    failed: int
+    kept: bool  # False: the step's E was rolled back to E before the step
+    reason: str
+
+
 class StepReport(TypedDict):
     step: int
     epoch: int
@@ -165,6 +183,7 @@ class StepReport(TypedDict):
     seconds: float
     library_size: int
     library_version: int
+    validation: NotRequired[ValidationReport]  # only with a validation set (see nodes/validate.py)
 
 
 class AttemptResult(TypedDict):
