@@ -5,8 +5,9 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -79,6 +80,41 @@ def sigkill_once_held(
         proc.send_signal(signal.SIGKILL)
         proc.wait(timeout=10)
         return finished
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+
+
+def hold_after(server: FakeOpenAIServer, n: int, counts: Callable[[dict], bool] = lambda body: True) -> None:
+    """Let the first ``n`` requests that ``counts`` through, then freeze every later one of them."""
+    seen = 0
+    lock = threading.Lock()
+
+    def predicate(body: dict) -> bool:
+        nonlocal seen
+        if not counts(body):
+            return False
+        with lock:
+            seen += 1
+            return seen > n
+
+    server.hold(predicate)
+
+
+def interrupt_once_held(proc: subprocess.Popen[str], server: FakeOpenAIServer) -> tuple[int, str]:
+    """Ctrl-C ``proc`` once ``server`` holds one of its requests, then let the held requests finish;
+    returns the exit code and stderr."""
+    try:
+        deadline = time.time() + 60
+        while server.held_count() < 1:
+            assert time.time() < deadline, "timed out waiting for a held request"
+            time.sleep(0.05)
+        proc.send_signal(signal.SIGINT)
+        time.sleep(0.5)
+        server.hold(None)
+        server.release()
+        _, err = proc.communicate(timeout=60)
+        return proc.returncode, err
     finally:
         if proc.poll() is None:
             proc.kill()

@@ -246,6 +246,21 @@ def cmd_learn(args: argparse.Namespace, ctx: Context) -> int:
     )
 
 
+def agent_context(args: argparse.Namespace, **settings: Any) -> Context:
+    """The agent's settings shared by ``eval`` and ``infer``, plus ``settings``."""
+    return Context(
+        model=args.model,
+        base_url=args.base_url,
+        domain=args.domain,
+        corpus=args.corpus,
+        library=args.library,
+        temperature=args.temperature,
+        max_model_calls=args.max_model_calls,
+        max_tool_calls=args.max_tool_calls,
+        **settings,
+    )
+
+
 def cmd_eval(args: argparse.Namespace) -> int:
     from tfgrpo.evaluator import run_eval
 
@@ -255,19 +270,12 @@ def cmd_eval(args: argparse.Namespace) -> int:
     if embedded:
         print(EMBEDDED_NOTE.replace("learning with", "evaluating with"), flush=True)
     max_tokens = args.max_tokens or PRESETS["embedded" if embedded else "model"]["max_tokens"]
-    ctx = Context(
+    ctx = agent_context(
+        args,
         dataset=args.dataset,
-        library=args.library,
-        model=args.model,
         judge_model=args.judge_model,
-        base_url=args.base_url,
-        domain=args.domain,
-        corpus=args.corpus,
         reward=args.reward or DOMAIN_REWARDS[args.domain],
-        temperature=args.temperature,
         max_tokens=max_tokens,
-        max_model_calls=args.max_model_calls,
-        max_tool_calls=args.max_tool_calls,
         max_concurrency=args.max_concurrency,
         request_timeout=args.request_timeout,
     )
@@ -324,18 +332,7 @@ def cmd_infer(args: argparse.Namespace) -> int:
 
     from tfgrpo.graphs.inference import build_inference_graph
 
-    ctx = Context(
-        model=args.model,
-        base_url=args.base_url,
-        domain=args.domain,
-        corpus=args.corpus,
-        reward=args.reward,
-        library=args.library,
-        temperature=args.temperature,
-        max_tokens=args.max_tokens,
-        max_model_calls=args.max_model_calls,
-        max_tool_calls=args.max_tool_calls,
-    )
+    ctx = agent_context(args, reward=args.reward, max_tokens=args.max_tokens)
     graph = build_inference_graph()
     out = graph.invoke(
         {"messages": [HumanMessage(args.question)]},

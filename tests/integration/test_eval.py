@@ -4,15 +4,13 @@ server, reports and plots on disk, resume after SIGKILL without repeating a fini
 from __future__ import annotations
 
 import json
-import signal
 import subprocess
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-from tests.conftest import PYTHON, cli_env, sigkill_once_held
+from tests.conftest import PYTHON, cli_env, hold_after, interrupt_once_held, sigkill_once_held
 from tfgrpo.testing.fake_openai import FakeOpenAIServer, request_key
 from tfgrpo.testing.responders import eval_responder
 
@@ -121,14 +119,7 @@ def test_report_of_something_else_is_one_line_error(tmp_path: Path) -> None:
 def test_sigkill_mid_eval_repeats_no_finished_run(eval_server: FakeOpenAIServer, tmp_path: Path) -> None:
     library = write_library(tmp_path / "library.json")
     eval_dir = tmp_path / "eval"
-    seen = 0
-
-    def after_twenty(body: dict) -> bool:
-        nonlocal seen
-        seen += 1
-        return seen > 20
-
-    eval_server.hold(after_twenty)
+    hold_after(eval_server, 20)
     cmd = [PYTHON, "-m", "tfgrpo.cli", *eval_args(eval_server, eval_dir, library, "--max-concurrency", "2")]
     proc = subprocess.Popen(cmd, env=cli_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     finished = sigkill_once_held(proc, eval_server)
@@ -188,29 +179,11 @@ def test_token_budget_stops_an_eval_that_then_resumes_without_repeats(
 def test_ctrl_c_stops_an_eval_cleanly(eval_server: FakeOpenAIServer, tmp_path: Path) -> None:
     library = write_library(tmp_path / "library.json")
     eval_dir = tmp_path / "eval"
-    seen = 0
-
-    def after_ten(body: dict) -> bool:
-        nonlocal seen
-        seen += 1
-        return seen > 10
-
-    eval_server.hold(after_ten)
+    hold_after(eval_server, 10)
     cmd = [PYTHON, "-m", "tfgrpo.cli", *eval_args(eval_server, eval_dir, library)]
     proc = subprocess.Popen(cmd, env=cli_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    try:
-        deadline = time.time() + 60
-        while eval_server.held_count() < 1 and time.time() < deadline:
-            time.sleep(0.05)
-        proc.send_signal(signal.SIGINT)
-        time.sleep(0.5)
-        eval_server.hold(None)
-        eval_server.release()
-        _, err = proc.communicate(timeout=60)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-    assert proc.returncode == 130, err
+    code, err = interrupt_once_held(proc, eval_server)
+    assert code == 130, err
     assert "Resume with the same command" in err and "Traceback" not in err
     assert len(eval_server.completed) < 64  # no new run started after Ctrl-C
     resumed = tfgrpo(*eval_args(eval_server, eval_dir, library))

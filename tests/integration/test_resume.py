@@ -3,15 +3,12 @@
 from __future__ import annotations
 
 import json
-import signal
 import subprocess
-import threading
-import time
 from pathlib import Path
 
 import pytest
 
-from tests.conftest import PYTHON, cli_env, sigkill_once_held
+from tests.conftest import PYTHON, cli_env, hold_after, interrupt_once_held, sigkill_once_held
 from tfgrpo.testing.fake_openai import FakeOpenAIServer, request_key
 
 pytestmark = pytest.mark.integration
@@ -33,36 +30,11 @@ def learn_cmd(server: FakeOpenAIServer, run_dir: Path) -> list[str]:
     ]  # fmt: skip
 
 
-def hold_after(server: FakeOpenAIServer, n_rollouts: int) -> None:
-    """Let the first ``n_rollouts`` rollout requests through, then freeze every later rollout."""
-    seen = 0
-    lock = threading.Lock()
-
-    def predicate(body: dict) -> bool:
-        nonlocal seen
-        if not is_rollout(body):
-            return False
-        with lock:
-            seen += 1
-            return seen > n_rollouts
-
-    server.hold(predicate)
-
-
-def wait_until(cond, timeout: float = 60.0) -> None:
-    deadline = time.time() + timeout
-    while time.time() < deadline:
-        if cond():
-            return
-        time.sleep(0.05)
-    raise AssertionError("timed out waiting")
-
-
 def test_sigkill_mid_rollout_repeats_no_finished_call(fake_server: FakeOpenAIServer, tmp_path: Path) -> None:
     run_dir = tmp_path / "run"
     # step 0 has 12 rollouts; the 2nd step's rollouts start after 12 + its learner calls. Freeze inside
     # step 1's fan-out so that both a finished step and finished branches must survive the kill.
-    hold_after(fake_server, 12 + 5)
+    hold_after(fake_server, 12 + 5, is_rollout)
     proc = subprocess.Popen(learn_cmd(fake_server, run_dir), env=cli_env(), stdout=subprocess.PIPE,
                             stderr=subprocess.STDOUT, text=True)  # fmt: skip
     finished = sigkill_once_held(proc, fake_server)
@@ -90,20 +62,11 @@ def test_sigkill_mid_rollout_repeats_no_finished_call(fake_server: FakeOpenAISer
 
 def test_ctrl_c_drains_and_resumes(fake_server: FakeOpenAIServer, tmp_path: Path) -> None:
     run_dir = tmp_path / "run"
-    hold_after(fake_server, 6)
+    hold_after(fake_server, 6, is_rollout)
     proc = subprocess.Popen(learn_cmd(fake_server, run_dir), env=cli_env(), stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, text=True)  # fmt: skip
-    try:
-        wait_until(lambda: fake_server.held_count() >= 1)
-        proc.send_signal(signal.SIGINT)
-        time.sleep(0.5)
-        fake_server.hold(None)
-        fake_server.release()
-        _, err = proc.communicate(timeout=60)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-    assert proc.returncode == 130, err
+    code, err = interrupt_once_held(proc, fake_server)
+    assert code == 130, err
     assert "resume with the same command" in err
     assert "Traceback" not in err
 
