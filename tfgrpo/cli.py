@@ -131,14 +131,17 @@ def _add_learn_args(p: argparse.ArgumentParser, *, demo: bool) -> None:
     _add_agent_args(p, demo=demo, temperature=d.temperature)
 
 
-def _add_eval_args(p: argparse.ArgumentParser) -> None:
+def _add_eval_args(p: argparse.ArgumentParser, *, attribute: bool = False) -> None:
     p.add_argument(
         "--dataset",
         default=None,  # required, but it may come from --config: checked in cmd_eval
         help="JSONL/CSV file ('FILE[A:B]' for rows A..B-1) or rg:NAME[:key=value...] (required)",
     )
-    p.add_argument("--library", default="", help="library.json or a run directory (omit: baseline only)")
-    p.add_argument("--baseline", action="store_true", help="also run the same model without E, paired")
+    if attribute:
+        p.add_argument("--library", default="", help="library.json or a run directory (required)")
+    else:
+        p.add_argument("--library", default="", help="library.json or a run directory (omit: baseline only)")
+        p.add_argument("--baseline", action="store_true", help="also run the same model without E, paired")
     p.add_argument("--k", type=int, default=4, help="runs per question and arm (the paper: 32)")
     p.add_argument("--eval-dir", default="runs/eval", help="where checkpoints, results and reports go")
     p.add_argument(
@@ -171,6 +174,10 @@ def build_parser() -> argparse.ArgumentParser:
     inf.add_argument("--config", default=None, help="JSON or TOML file of option values (flags override)")
 
     _add_eval_args(sub.add_parser("eval", help="Mean@k / Pass@k with and without E (resumable)"))
+    _add_eval_args(
+        sub.add_parser("attribute", help="leave-one-out contribution of each experience (resumable)"),
+        attribute=True,
+    )
     rep = sub.add_parser("report", help="rebuild the reports and plots of a run or eval directory")
     rep.add_argument("dir", help="a learning run directory or an eval directory")
 
@@ -286,10 +293,11 @@ def cmd_eval(args: argparse.Namespace) -> int:
         eval_dir=Path(args.eval_dir),
         k=args.k,
         seed=args.seed,
-        baseline=args.baseline,
+        baseline=getattr(args, "baseline", False),
         progress=not args.no_progress,
         ledger=ledger_from_args(args, ctx),
         retry_failed=args.retry_failed,
+        attribute=args.command == "attribute",
     )
 
 
@@ -302,8 +310,9 @@ def cmd_report(args: argparse.Namespace) -> int:
         if not (path / "results.json").exists():
             raise TfgrpoError(f"{path}: the evaluation has not finished (no results.json); run it again")
         report = rebuild_eval_report(path)
-        print(verdict(report["comparison"]))
-        print(f"wrote {path / 'report.md'}, {path / 'report.json'}, {path / 'comparison.png'}")
+        if "comparison" in report:
+            print(verdict(report["comparison"]))
+        print(f"wrote {path / 'report.md'}, {path / 'report.json'} and the plot")
         return 0
     run = RunDir(path)
     run.require()
@@ -427,7 +436,7 @@ def main(argv: list[str] | None = None) -> int:
             return cmd_demo(args)
         if args.command == "infer":
             return cmd_infer(args)
-        if args.command == "eval":
+        if args.command in ("eval", "attribute"):
             return cmd_eval(args)
         if args.command == "report":
             return cmd_report(args)

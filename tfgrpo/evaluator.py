@@ -7,6 +7,7 @@ from __future__ import annotations
 import hashlib
 import json
 import sys
+import uuid
 from pathlib import Path
 from typing import Any, cast
 
@@ -16,22 +17,26 @@ from langgraph.errors import GraphDrained
 from langgraph.store.sqlite import SqliteStore
 from tqdm import tqdm
 
+from tfgrpo.api import load_library
 from tfgrpo.context import Context
 from tfgrpo.data import dataset_fingerprint, load_dataset
 from tfgrpo.errors import ConfigError, StopRequested
-from tfgrpo.evals.report import verdict, write_eval_report
+from tfgrpo.evals.report import verdict, write_attribution_report, write_eval_report
 from tfgrpo.graphs.evaluate import compile_eval_graph
 from tfgrpo.ledger import BudgetExceeded, Ledger, use_ledger
 from tfgrpo.models import resolve_spec
+from tfgrpo.nodes._llm import publish_library_text
 from tfgrpo.nodes.attempt import attempt_key, attempt_namespace
 from tfgrpo.nodes.policy import inference_experiences
 from tfgrpo.nodes.reward import reward_function
 from tfgrpo.runs import ctrl_c_drains, open_sqlite
 from tfgrpo.state.graph_state import EvalState
+from tfgrpo.state.library import Library, render_library
 
 THREAD_ID = "eval"
 # What makes two evaluations the same one: a resume with any of these changed is refused.
 EVAL_DEFINING = (
+    "mode",
     "dataset",
     "dataset_fingerprint",
     "library_fingerprint",
@@ -101,7 +106,10 @@ def run_eval(
     progress: bool = True,
     ledger: Ledger | None = None,
     retry_failed: bool = False,
+    attribute: bool = False,
 ) -> int:
+    """``tfgrpo eval`` (library vs baseline) or, with ``attribute``, ``tfgrpo attribute``: E against E
+    without each of its experiences (leave-one-out), on the same questions and seeds."""
     if k < 1:
         raise ConfigError("--k must be at least 1")
     if ctx.reward == "majority":
@@ -112,8 +120,16 @@ def run_eval(
     queries = load_dataset(ctx.dataset)
     if not queries:
         raise ConfigError(f"{ctx.dataset}: no questions to evaluate")
-    arms = (["library"] if ctx.library else []) + (["baseline"] if baseline or not ctx.library else [])
+    library: Library | None = None
+    if attribute:
+        library = load_library(ctx.library) if ctx.library else None
+        if not library or not library["items"]:
+            raise ConfigError("attribution needs --library with at least one experience")
+        arms = ["full", *(f"without:{item['id']}" for item in library["items"])]
+    else:
+        arms = (["library"] if ctx.library else []) + (["baseline"] if baseline or not ctx.library else [])
     settings = eval_settings(ctx, arms=arms, k=k, seed=seed, queries=queries)
+    settings["mode"] = "attribute" if attribute else "compare"
     if ctx.library and not settings["library_items"]:
         print(f"note: {ctx.library} holds no experience: both arms get the same prompt", flush=True)
     check_eval_resume(eval_dir, settings)
@@ -146,6 +162,8 @@ def run_eval(
         config["configurable"] = {"thread_id": thread}
         print(f"retrying {len(failed)} failed run(s) of {eval_dir}", flush=True)
         graph_input = {"eval_id": values["eval_id"], "questions": queries, "arms": arms, "k": k, "seed": seed}
+        if values.get("arm_libraries"):
+            graph_input["arm_libraries"] = values["arm_libraries"]
         values = {}
     else:
         spent = _spent(values.get("results", []))
@@ -161,6 +179,10 @@ def run_eval(
             plan = f"{len(queries)} questions x k={k} x {'/'.join(arms)} = {total} runs"
             print(f"evaluating: {plan} -> {eval_dir}", flush=True)
             graph_input = {"questions": queries, "arms": arms, "k": k, "seed": seed}
+            if library is not None:
+                graph_input["eval_id"] = uuid.uuid4().hex[:12]
+                graph_input["arm_libraries"] = leave_one_out(store, graph_input["eval_id"], library)
+                (eval_dir / "library.json").write_text(json.dumps(library, indent=2) + "\n", encoding="utf-8")
         ledger = ledger or Ledger(max_concurrency=ctx.max_concurrency)
         ledger.check_prices(sorted({settings["model"], settings["judge_model"] or settings["model"]}))
         ledger.spent_tokens, ledger.spent_usd = spent
@@ -168,6 +190,17 @@ def run_eval(
         if code:
             return code
     final = graph.get_state(config).values
+    if library is not None:
+        attribution = write_attribution_report(eval_dir, settings, queries, final.get("results", []), library)
+        for row in attribution["items"]:
+            print(
+                f"[{row['id']}] {row['verdict']:>7}: contribution {row['contribution']:+.3f} "
+                f"(95% CI {row['ci_low']:+.3f} .. {row['ci_high']:+.3f})  {row['text'][:60]}"
+            )
+        print(f"report: {eval_dir / 'report.md'}   plot: {eval_dir / 'attribution.png'}")
+        if attribution["pruned"] is not None:
+            print(f"without the experiences that hurt: {eval_dir / 'library.pruned.json'}")
+        return 0
     report = write_eval_report(eval_dir, settings, queries, final.get("results", []))
     for arm, a in report["arms"].items():
         if a["mean_at_k"] is None:
@@ -180,6 +213,15 @@ def run_eval(
     print(verdict(report["comparison"]))
     print(f"report: {eval_dir / 'report.md'}   plot: {eval_dir / 'comparison.png'}")
     return 0
+
+
+def leave_one_out(store: Any, eval_id: str, library: Library) -> dict[str, str]:
+    """Publish E and E minus each experience; returns arm -> store key of the rendering."""
+    arms = {"full": publish_library_text(store, eval_id, render_library(library))}
+    for item in library["items"]:
+        rest: Library = {**library, "items": [i for i in library["items"] if i["id"] != item["id"]]}
+        arms[f"without:{item['id']}"] = publish_library_text(store, eval_id, render_library(rest))
+    return arms
 
 
 def _spent(results: list[dict[str, Any]]) -> tuple[int, float]:

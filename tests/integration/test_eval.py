@@ -12,7 +12,7 @@ import pytest
 
 from tests.conftest import PYTHON, cli_env, hold_after, interrupt_once_held, sigkill_once_held
 from tfgrpo.testing.fake_openai import FakeOpenAIServer, request_key
-from tfgrpo.testing.responders import eval_responder
+from tfgrpo.testing.responders import eval_responder, solve_arithmetic
 
 pytestmark = pytest.mark.integration
 
@@ -212,3 +212,43 @@ def test_retry_failed_reruns_only_the_failed_runs(eval_server: FakeOpenAIServer,
         report = json.loads((eval_dir / "report.json").read_text())
         assert [a["runs_failed"] for a in report["arms"].values()] == [0, 0]
         assert [a["n_runs"] for a in report["arms"].values()] == [32, 32]
+
+
+def attribution_responder(body: dict) -> dict:
+    """Right with probability (2 + [G1 shown] - [G2 shown]) / 4 by seed: G1 helps, G2 hurts, G3 is inert."""
+    system = body["messages"][0]["content"]
+    user = body["messages"][-1]["content"]
+    shown = 2 + ("[G1]" in system) - ("[G2]" in system)
+    value = solve_arithmetic(user)
+    right = int(body.get("seed") or 0) % 4 < shown
+    return {"content": f"Answer: {value if right else str(value) + '7'}"}
+
+
+def test_attribute_finds_the_experience_that_helps_and_the_one_that_hurts(tmp_path: Path) -> None:
+    texts = ["Add digit by digit.", "Always add one to the result.", "Write neatly."]
+    items = [
+        {"id": f"G{n}", "text": t, "created_step": 0, "updated_step": 0, "sources": []}
+        for n, t in enumerate(texts, start=1)
+    ]
+    library = tmp_path / "library.json"
+    library.write_text(json.dumps({"version": 3, "next_id": 4, "items": items}))
+    out_dir = tmp_path / "attr"
+    with FakeOpenAIServer(attribution_responder) as server:
+        args = ["attribute", "--dataset", "rg:basic_arithmetic:size=10:seed=5", "--library", str(library),
+                "--k", "8", "--model", "openai:fake", "--base-url", server.base_url,
+                "--eval-dir", str(out_dir), "--no-progress"]  # fmt: skip
+        out = tfgrpo(*args)
+        assert out.returncode == 0, out.stdout + out.stderr
+        assert len(server.requests) == 10 * 8 * 4  # E, and E without each of its 3 experiences
+    report = json.loads((out_dir / "report.json").read_text())
+    verdicts = {r["id"]: r["verdict"] for r in report["items"]}
+    assert verdicts == {"G1": "helps", "G2": "hurts", "G3": "unclear"}
+    by_id = {r["id"]: r for r in report["items"]}
+    assert by_id["G3"]["contribution"] == 0.0  # an inert experience changes no paired run
+    assert by_id["G1"]["contribution"] > 0 > by_id["G2"]["contribution"]
+    pruned = json.loads((out_dir / "library.pruned.json").read_text())
+    assert [i["id"] for i in pruned["items"]] == ["G1", "G3"] and pruned["next_id"] == 4
+    assert (out_dir / "attribution.png").read_bytes().startswith(PNG)
+    assert "| G2 |" in (out_dir / "report.md").read_text()
+    (out_dir / "report.md").unlink()
+    assert tfgrpo("report", str(out_dir)).returncode == 0 and (out_dir / "report.md").exists()

@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
 
-__all__ = ["plot_eval_comparison", "plot_learning_curve"]
+__all__ = ["plot_attribution", "plot_eval_comparison", "plot_learning_curve"]
 
 _REWARD_COLOR = "#1f77b4"
 _LIBRARY_COLOR = "#ff7f0e"
@@ -179,6 +179,35 @@ def plot_eval_comparison(
         notes.insert(0, _comparison_text(comparison))
     # supxlabel (unlike fig.text) is given its own space by the constrained layout
     fig.supxlabel("\n".join(notes), fontsize=9.5)
+    return _save(fig, path)
+
+
+def plot_attribution(rows: Sequence[Mapping[str, Any]], path: Path, *, title: str) -> Path:
+    """Horizontal bars: each experience's leave-one-out contribution with its 95% CI, green when the
+    interval is above zero, red when below, grey when it spans zero. ``rows`` carry ``id``, ``text``,
+    ``contribution``, ``ci_low``, ``ci_high`` (see :func:`tfgrpo.evals.report.build_attribution_report`)."""
+    from matplotlib.figure import Figure
+
+    rows = list(rows)
+    fig = Figure(figsize=(8.0, 1.6 + 0.45 * max(len(rows), 1)), dpi=110, layout="constrained")
+    ax = fig.subplots()
+    fig.suptitle(title, fontsize=12)
+    ys = list(range(len(rows)))[::-1]  # the first row (largest contribution) on top
+    for y, row in zip(ys, rows, strict=True):
+        c, lo, hi = float(row["contribution"]), float(row["ci_low"]), float(row["ci_high"])
+        color = _KEPT_COLOR if lo > 0 else "#d62728" if hi < 0 else _SKIPPED_COLOR
+        ax.barh([y], [c], color=color, height=0.6)
+        ax.errorbar(
+            [c], [y], xerr=[[max(c - lo, 0.0)], [max(hi - c, 0.0)]], fmt="none", ecolor="0.15", capsize=4
+        )
+    labels = [f"[{r['id']}] {str(r['text'])[:48]}{'…' if len(str(r['text'])) > 48 else ''}" for r in rows]
+    ax.set_yticks(ys, labels, fontsize=8.5)
+    ax.axvline(0.0, color="0.3", linewidth=1)
+    ax.set_xlabel("Mean@k with E minus Mean@k without the experience (95% CI)")
+    ax.grid(True, axis="x", alpha=0.3)
+    ax.set_axisbelow(True)
+    if not rows:
+        ax.text(0.5, 0.5, "no experience with usable runs", transform=ax.transAxes, ha="center")
     return _save(fig, path)
 
 

@@ -200,6 +200,9 @@ def write_eval_report(
 def rebuild_eval_report(eval_dir: Path) -> dict[str, Any]:
     settings = json.loads((eval_dir / "eval.json").read_text(encoding="utf-8"))
     data = json.loads((eval_dir / "results.json").read_text(encoding="utf-8"))
+    if settings.get("mode") == "attribute":
+        library = json.loads((eval_dir / "library.json").read_text(encoding="utf-8"))
+        return write_attribution_report(eval_dir, settings, data["questions"], data["results"], library)
     return write_eval_report(eval_dir, settings, data["questions"], data["results"])
 
 
@@ -207,3 +210,128 @@ def write_learning_curve(run_dir: Path, steps: Sequence[Mapping[str, Any]]) -> P
     from tfgrpo.evals.plots import plot_learning_curve
 
     return plot_learning_curve(steps, run_dir / "learning_curve.png", title=f"Learning curve: {run_dir.name}")
+
+
+def build_attribution_report(
+    settings: Mapping[str, Any],
+    questions: Sequence[Mapping[str, Any]],
+    results: Sequence[AttemptResult],
+    library: Mapping[str, Any],
+) -> dict[str, Any]:
+    """Leave-one-out attribution: for each experience, Mean@k of E minus Mean@k of E without it, paired
+    over questions. Positive: the experience helps; an interval entirely below zero: it hurts."""
+    ids = [q["id"] for q in questions]
+    k, seed = int(settings["k"]), int(settings.get("seed", 0))
+    full = rewards_by_question(results, "full", ids)
+    try:
+        full_summary: dict[str, Any] | None = dict(arm_summary(full, k, n_resamples=RESAMPLES, seed=seed))
+    except ValueError:
+        full_summary = None
+    rows: list[dict[str, Any]] = []
+    for item in library["items"]:
+        arm = f"without:{item['id']}"
+        row: dict[str, Any] = {"id": item["id"], "text": item["text"]}
+        try:
+            cmp = paired_comparison(
+                full, rewards_by_question(results, arm, ids), n_resamples=RESAMPLES, seed=seed
+            )
+        except ValueError as exc:
+            row.update(contribution=None, ci_low=None, ci_high=None, p_value=None, verdict="no data")
+            row["error"] = str(exc)
+        else:
+            lo, hi = cmp["ci_low"], cmp["ci_high"]
+            row.update(contribution=cmp["diff"], ci_low=lo, ci_high=hi, p_value=cmp["p_value"])
+            row["verdict"] = "helps" if lo > 0 else "hurts" if hi < 0 else "unclear"
+        rows.append(row)
+    rows.sort(key=lambda r: -1e9 if r["contribution"] is None else -r["contribution"])
+    failed = sum(1 for r in results if r["reward"] is None)
+    return {
+        "settings": dict(settings),
+        "full": full_summary,
+        "items": rows,
+        "runs": len(results),
+        "runs_failed": failed,
+        "cost_usd": round(sum(r["cost_usd"] for r in results), 6),
+    }
+
+
+def attribution_markdown(report: Mapping[str, Any]) -> str:
+    s = report["settings"]
+    full = report["full"]
+    lines = [
+        "# tfgrpo experience attribution (leave-one-out)",
+        "",
+        f"- dataset: `{s['dataset']}` ({s.get('k')} runs per question and variant, seed {s.get('seed', 0)})",
+        f"- library: `{s.get('library')}` ({len(report['items'])} experiences), model `{s.get('model')}`",
+        f"- E as a whole: Mean@{s.get('k')} "
+        + (
+            f"{full['mean_at_k']:.3f} (95% CI {full['ci_low']:.3f} .. {full['ci_high']:.3f})" if full else "-"
+        ),
+        f"- runs: {report['runs']} ({report['runs_failed']} failed, left out), ${report['cost_usd']:.4f}",
+        "",
+        "Contribution = Mean@k with E minus Mean@k with E without the experience, paired over questions "
+        "(run i of every variant shares its sampling seed). `helps` / `hurts`: the 95% interval is above / "
+        "below zero; `unclear`: it spans zero (no evidence either way).",
+        "",
+        "| id | contribution | 95% CI | p | verdict | experience |",
+        "|---|---|---|---|---|---|",
+    ]
+    for r in report["items"]:
+        if r["contribution"] is None:
+            lines.append(f"| {r['id']} | - | - | - | {r['verdict']} | {r['text'].replace('|', '/')} |")
+            continue
+        lines.append(
+            f"| {r['id']} | {r['contribution']:+.3f} | {r['ci_low']:+.3f} .. {r['ci_high']:+.3f} | "
+            f"{r['p_value']:.3g} | {r['verdict']} | {r['text'].replace('|', '/')} |"
+        )
+    hurts = [r["id"] for r in report["items"] if r["verdict"] == "hurts"]
+    lines += [
+        "",
+        f"Pruned library (without {', '.join(hurts)}): `library.pruned.json`."
+        if hurts
+        else "No experience hurts beyond the 95% interval: nothing to prune.",
+        "",
+        "Plot: `attribution.png`.",
+        "",
+    ]
+    return "\n".join(lines)
+
+
+def write_attribution_report(
+    eval_dir: Path,
+    settings: Mapping[str, Any],
+    questions: Sequence[Mapping[str, Any]],
+    results: Sequence[AttemptResult],
+    library: Mapping[str, Any],
+) -> dict[str, Any]:
+    """Write results.json, report.json, report.md, attribution.png and, when an experience hurts,
+    library.pruned.json (E without it; ids and provenance of the others unchanged)."""
+    from tfgrpo.evals.plots import plot_attribution
+
+    eval_dir.mkdir(parents=True, exist_ok=True)
+    slim_questions = [{"id": q["id"], "answer": q["answer"]} for q in questions]
+    _atomic_write(
+        eval_dir / "results.json",
+        json.dumps({"questions": slim_questions, "results": list(results)}, ensure_ascii=False) + "\n",
+    )
+    report = build_attribution_report(settings, slim_questions, results, library)
+    hurts = {r["id"] for r in report["items"] if r["verdict"] == "hurts"}
+    pruned = None
+    if hurts:
+        pruned = {
+            **library,
+            "items": [i for i in library["items"] if i["id"] not in hurts],
+            "version": int(library["version"]) + 1,
+        }
+        _atomic_write(
+            eval_dir / "library.pruned.json", json.dumps(pruned, indent=2, ensure_ascii=False) + "\n"
+        )
+    report["pruned"] = sorted(hurts) if hurts else None
+    _atomic_write(eval_dir / "report.json", json.dumps(report, indent=2, ensure_ascii=False) + "\n")
+    _atomic_write(eval_dir / "report.md", attribution_markdown(report))
+    plot_attribution(
+        [r for r in report["items"] if r["contribution"] is not None],
+        eval_dir / "attribution.png",
+        title=f"Leave-one-out contribution of each experience (Mean@{settings['k']})",
+    )
+    return report

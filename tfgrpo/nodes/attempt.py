@@ -72,7 +72,8 @@ def attempt(task: AttemptTask, runtime: Runtime[Context]) -> dict[str, Any]:
     done = memo_get(store, ns, key)
     if done is None:
         stop_if_draining(runtime)
-        experiences = library_text_of(store, task["eval_id"], task["library_key"]) if arm == "library" else ""
+        key_ = task["library_key"]
+        experiences = library_text_of(store, task["eval_id"], key_) if key_ else ""
         messages, error, calls = run_policy(
             ctx, query["question"], experiences, attempt_seed(task["seed"], query["id"], i)
         )
@@ -105,13 +106,14 @@ def prepare(state: EvalState, runtime: Runtime[Context]) -> dict[str, Any]:
     ctx = context_of(runtime)
     store = store_of(runtime)
     eval_id = state.get("eval_id") or uuid.uuid4().hex[:12]
-    experiences = inference_experiences(ctx, runtime.store)
+    given = state.get("arm_libraries")  # arms with their own E (attribution), already in the store
+    experiences = "" if given else inference_experiences(ctx, runtime.store)
     has_library = bool(ctx.library or ctx.library_namespace)  # an empty E is still a library to test
-    arms = state.get("arms") or (list(ARMS) if has_library else ["baseline"])
+    arms = list(given) if given else state.get("arms") or (list(ARMS) if has_library else ["baseline"])
     unknown = sorted(set(arms) - set(ARMS))
-    if unknown:
+    if unknown and not given:
         raise ConfigError(f"unknown evaluation arm(s) {', '.join(unknown)} (expected library, baseline)")
-    if "library" in arms and not has_library:
+    if "library" in arms and not has_library and not given:
         raise ConfigError("the library arm needs a library: set 'library' or 'library_namespace'")
     if ctx.reward == "majority":
         raise ConfigError(
@@ -131,6 +133,7 @@ def prepare(state: EvalState, runtime: Runtime[Context]) -> dict[str, Any]:
 
 def fan_out_attempts(state: EvalState) -> list[Send]:
     """One branch per (arm, question, run): k runs per question in every arm."""
+    keys = state.get("arm_libraries") or {"library": state.get("library_key", ""), "baseline": ""}
     return [
         Send(
             "attempt",
@@ -140,7 +143,7 @@ def fan_out_attempts(state: EvalState) -> list[Send]:
                 query=query,
                 i=i,
                 seed=state.get("seed", 0),
-                library_key=state.get("library_key", ""),
+                library_key=keys.get(arm, ""),
             ),
         )
         for query in state.get("questions", [])

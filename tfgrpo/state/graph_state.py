@@ -64,4 +64,6 @@ class EvalState(TypedDict):
     k: NotRequired[int]
     seed: NotRequired[int]
     library_key: NotRequired[str]
+    # instead of library/baseline: arms that each inject their own E (store keys), e.g. leave-one-out
+    arm_libraries: NotRequired[dict[str, str]]
     results: NotRequired[Annotated[list[AttemptResult], operator.add]]
