@@ -171,6 +171,18 @@ def eval_markdown(report: Mapping[str, Any]) -> str:
     return "\n".join(lines)
 
 
+def write_results(
+    eval_dir: Path, questions: Sequence[Mapping[str, Any]], results: Sequence[AttemptResult]
+) -> list[dict[str, Any]]:
+    """results.json: every run's compact result and the questions' ids and answers (what
+    ``tfgrpo report`` rebuilds from). Returns those questions."""
+    eval_dir.mkdir(parents=True, exist_ok=True)
+    slim = [{"id": q["id"], "answer": q["answer"]} for q in questions]
+    payload = {"questions": slim, "results": list(results)}
+    _atomic_write(eval_dir / "results.json", json.dumps(payload, ensure_ascii=False) + "\n")
+    return slim
+
+
 def write_eval_report(
     eval_dir: Path,
     settings: Mapping[str, Any],
@@ -180,12 +192,7 @@ def write_eval_report(
     """Write results.json, report.json, report.md and comparison.png; return the report."""
     from tfgrpo.evals.plots import plot_eval_comparison
 
-    eval_dir.mkdir(parents=True, exist_ok=True)
-    slim_questions = [{"id": q["id"], "answer": q["answer"]} for q in questions]
-    _atomic_write(
-        eval_dir / "results.json",
-        json.dumps({"questions": slim_questions, "results": list(results)}, ensure_ascii=False) + "\n",
-    )
+    slim_questions = write_results(eval_dir, questions, results)
     report = build_eval_report(settings, slim_questions, results)
     _atomic_write(eval_dir / "report.json", json.dumps(report, indent=2, ensure_ascii=False) + "\n")
     _atomic_write(eval_dir / "report.md", eval_markdown(report))
@@ -308,12 +315,7 @@ def write_attribution_report(
     library.pruned.json (E without it; ids and provenance of the others unchanged)."""
     from tfgrpo.evals.plots import plot_attribution
 
-    eval_dir.mkdir(parents=True, exist_ok=True)
-    slim_questions = [{"id": q["id"], "answer": q["answer"]} for q in questions]
-    _atomic_write(
-        eval_dir / "results.json",
-        json.dumps({"questions": slim_questions, "results": list(results)}, ensure_ascii=False) + "\n",
-    )
+    slim_questions = write_results(eval_dir, questions, results)
     report = build_attribution_report(settings, slim_questions, results, library)
     hurts = {r["id"] for r in report["items"] if r["verdict"] == "hurts"}
     pruned = None
