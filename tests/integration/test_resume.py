@@ -75,3 +75,31 @@ def test_ctrl_c_drains_and_resumes(fake_server: FakeOpenAIServer, tmp_path: Path
     assert out.returncode == 0, out.stdout + out.stderr
     report = json.loads((run_dir / "report.json").read_text())
     assert [s["step"] for s in report["steps"]] == [0, 1, 2, 3]
+
+
+def test_sigkill_mid_validation_repeats_no_finished_call(
+    fake_server: FakeOpenAIServer, tmp_path: Path
+) -> None:
+    validation = tmp_path / "val.jsonl"
+    validation.write_text("".join(json.dumps({"question": f"Calculate {a} + 1000.", "answer": str(a + 1000)})
+                                  + "\n" for a in range(4)))  # fmt: skip
+
+    def is_validation(body: dict) -> bool:
+        return "+ 1000." in str(body["messages"][-1]["content"])
+
+    cmd = [*learn_cmd(fake_server, tmp_path / "run"), "--validation", str(validation), "--validation-k", "2"]
+    hold_after(fake_server, 5, is_validation)  # 16 validation runs per checked step: freeze after 5
+    proc = subprocess.Popen(cmd, env=cli_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    finished = sigkill_once_held(proc, fake_server)
+    fake_server.hold(None)
+    fake_server.release()
+    assert sum(1 for b in fake_server.completed if is_validation(b)) >= 5
+
+    fake_server.reset_stats()
+    out = subprocess.run(cmd, env=cli_env(), capture_output=True, text=True, timeout=180)
+    assert out.returncode == 0, out.stdout + out.stderr
+    repeated = [b for b in fake_server.requests if request_key(b) in finished]
+    assert repeated == [], f"{len(repeated)} finished LLM calls were made again"
+    report = json.loads((tmp_path / "run" / "report.json").read_text())
+    checked = [s for s in report["steps"] if "validation" in s]
+    assert checked and all(s["validation"]["runs"] == 16 for s in checked)
