@@ -58,7 +58,12 @@ class ExtractedExperiences(BaseModel):
     """The semantic advantage of one group of attempts, as operations on the experience library."""
 
     analysis: str = Field(description="What the better attempts did that the worse ones did not.")
-    operations: list[ProposedOperation] = Field(description="At most K operations on the library.")
+    # minItems only in the schema (an empty list still validates): asks for an explicit NONE, and stops
+    # grammar-constrained small models from answering every group with "operations": []
+    operations: list[ProposedOperation] = Field(
+        description="At most K operations on the library (NONE if nothing general was learned).",
+        json_schema_extra={"minItems": 1},
+    )
 
 
 SYSTEM_PROMPT = (

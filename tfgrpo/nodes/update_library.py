@@ -42,7 +42,11 @@ class FinalOperation(ProposedOperation):
 class LibraryUpdate(BaseModel):
     """The final, consolidated list of operations on the experience library for this batch."""
 
-    operations: list[FinalOperation] = Field(description="Operations to apply, in order.")
+    # minItems only in the schema, as in extract: an explicit NONE rather than a bare empty list
+    operations: list[FinalOperation] = Field(
+        description="Operations to apply, in order (NONE if no proposal should change the library).",
+        json_schema_extra={"minItems": 1},
+    )
 
 
 SYSTEM_PROMPT = (
