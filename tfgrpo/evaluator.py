@@ -136,49 +136,17 @@ def run_eval(
     eval_dir.mkdir(parents=True, exist_ok=True)
     store = SqliteStore(open_sqlite(eval_dir / "store.sqlite"))
     store.setup()
-    saver = SqliteSaver(open_sqlite(eval_dir / "checkpoints.sqlite"))
-    graph = compile_eval_graph(checkpointer=saver, store=store)
-    thread_file = eval_dir / "thread.txt"
-    thread = thread_file.read_text().strip() if thread_file.exists() else THREAD_ID
-    config: RunnableConfig = {
-        "configurable": {"thread_id": thread},
-        "recursion_limit": 16,
-        "max_concurrency": ctx.max_concurrency,
-    }
-    snapshot = graph.get_state(config)
-    values = dict(snapshot.values or {})
+    graph = compile_eval_graph(
+        checkpointer=SqliteSaver(open_sqlite(eval_dir / "checkpoints.sqlite")), store=store
+    )
+    fresh_input: EvalState = {"questions": queries, "arms": arms, "k": k, "seed": seed}
     total = len(queries) * k * len(arms)
-    graph_input: EvalState | None = None
-    failed = [r for r in values.get("results", []) if r["reward"] is None]
-    if values and not snapshot.next and retry_failed and failed:
-        # a new round on a new thread: every finished run comes back from the memo for free, the failed
-        # ones (their memo entries deleted) run again
-        for r in failed:
-            store.delete(attempt_namespace(values["eval_id"], r["arm"]), attempt_key(r["query_id"], r["i"]))
-        spent = _spent(values.get("results", []))
-        rounds = int(thread.split("-retry")[1]) if "-retry" in thread else 0
-        thread = f"{THREAD_ID}-retry{rounds + 1}"
-        thread_file.write_text(thread + "\n")
-        config["configurable"] = {"thread_id": thread}
-        print(f"retrying {len(failed)} failed run(s) of {eval_dir}", flush=True)
-        graph_input = {"eval_id": values["eval_id"], "questions": queries, "arms": arms, "k": k, "seed": seed}
-        if values.get("arm_libraries"):
-            graph_input["arm_libraries"] = values["arm_libraries"]
-        values = {}
-    else:
-        spent = _spent(values.get("results", []))
-    if values and not snapshot.next:
-        note = f" ({len(failed)} failed run(s): --retry-failed runs them again)" if failed else ""
-        print(f"evaluation in {eval_dir} is already complete{note}", flush=True)
-    else:
-        if values:
-            done = len(values.get("results", []))
-            print(f"resuming {eval_dir}: {done} of {total} runs already done", flush=True)
-        elif graph_input is None:
+    config, graph_input, spent = _plan_round(graph, store, eval_dir, ctx, fresh_input, retry_failed)
+    if config is not None:
+        if graph_input is not None and "eval_id" not in graph_input:  # a new evaluation
             (eval_dir / "eval.json").write_text(json.dumps(settings, indent=2) + "\n", encoding="utf-8")
             plan = f"{len(queries)} questions x k={k} x {'/'.join(arms)} = {total} runs"
             print(f"evaluating: {plan} -> {eval_dir}", flush=True)
-            graph_input = {"questions": queries, "arms": arms, "k": k, "seed": seed}
             if library is not None:
                 graph_input["eval_id"] = uuid.uuid4().hex[:12]
                 graph_input["arm_libraries"] = leave_one_out(store, graph_input["eval_id"], library)
@@ -189,19 +157,58 @@ def run_eval(
         code = _drive(graph, graph_input, config, ctx, ledger, total, progress, eval_dir)
         if code:
             return code
-    final = graph.get_state(config).values
+    results = graph.get_state(_config(eval_dir, ctx)).values.get("results", [])
     if library is not None:
-        attribution = write_attribution_report(eval_dir, settings, queries, final.get("results", []), library)
-        for row in attribution["items"]:
-            print(
-                f"[{row['id']}] {row['verdict']:>7}: contribution {row['contribution']:+.3f} "
-                f"(95% CI {row['ci_low']:+.3f} .. {row['ci_high']:+.3f})  {row['text'][:60]}"
-            )
-        print(f"report: {eval_dir / 'report.md'}   plot: {eval_dir / 'attribution.png'}")
-        if attribution["pruned"] is not None:
-            print(f"without the experiences that hurt: {eval_dir / 'library.pruned.json'}")
-        return 0
-    report = write_eval_report(eval_dir, settings, queries, final.get("results", []))
+        _print_attribution(write_attribution_report(eval_dir, settings, queries, results, library), eval_dir)
+    else:
+        _print_comparison(write_eval_report(eval_dir, settings, queries, results), eval_dir, k)
+    return 0
+
+
+def _config(eval_dir: Path, ctx: Context) -> RunnableConfig:
+    """The checkpoint thread of the current round (``thread.txt``; a retry round gets a new thread)."""
+    thread_file = eval_dir / "thread.txt"
+    thread = thread_file.read_text().strip() if thread_file.exists() else THREAD_ID
+    return {
+        "configurable": {"thread_id": thread},
+        "recursion_limit": 16,
+        "max_concurrency": ctx.max_concurrency,
+    }
+
+
+def _plan_round(
+    graph: Any, store: Any, eval_dir: Path, ctx: Context, fresh_input: EvalState, retry_failed: bool
+) -> tuple[RunnableConfig | None, EvalState | None, tuple[int, float]]:
+    """What to run now: (config, input, already spent). Config None: complete, nothing to run. Input
+    None: resume the interrupted round. A retry round starts on a new thread with the same eval id, so
+    every finished run comes back from the memo for free and only the failed ones (memo deleted) run."""
+    config = _config(eval_dir, ctx)
+    snapshot = graph.get_state(config)
+    values = dict(snapshot.values or {})
+    spent = _spent(values.get("results", []))
+    failed = [r for r in values.get("results", []) if r["reward"] is None]
+    if not values:
+        return config, fresh_input, spent
+    if snapshot.next:
+        print(f"resuming {eval_dir}: {len(values.get('results', []))} runs already done", flush=True)
+        return config, None, spent
+    if not (retry_failed and failed):
+        note = f" ({len(failed)} failed run(s): --retry-failed runs them again)" if failed else ""
+        print(f"evaluation in {eval_dir} is already complete{note}", flush=True)
+        return None, None, spent
+    for r in failed:
+        store.delete(attempt_namespace(values["eval_id"], r["arm"]), attempt_key(r["query_id"], r["i"]))
+    thread = str(config["configurable"]["thread_id"])
+    rounds = int(thread.split("-retry")[1]) if "-retry" in thread else 0
+    (eval_dir / "thread.txt").write_text(f"{THREAD_ID}-retry{rounds + 1}\n")
+    print(f"retrying {len(failed)} failed run(s) of {eval_dir}", flush=True)
+    graph_input: EvalState = {**fresh_input, "eval_id": values["eval_id"]}
+    if values.get("arm_libraries"):
+        graph_input["arm_libraries"] = values["arm_libraries"]
+    return _config(eval_dir, ctx), graph_input, spent
+
+
+def _print_comparison(report: dict[str, Any], eval_dir: Path, k: int) -> None:
     for arm, a in report["arms"].items():
         if a["mean_at_k"] is None:
             print(f"{arm:>8}: no usable run ({a['runs_failed']} failed; see report.md)")
@@ -212,7 +219,20 @@ def run_eval(
         )
     print(verdict(report["comparison"]))
     print(f"report: {eval_dir / 'report.md'}   plot: {eval_dir / 'comparison.png'}")
-    return 0
+
+
+def _print_attribution(report: dict[str, Any], eval_dir: Path) -> None:
+    for row in report["items"]:
+        if row["contribution"] is None:
+            print(f"[{row['id']}] no data: {row.get('error', '')}")
+            continue
+        print(
+            f"[{row['id']}] {row['verdict']:>7}: contribution {row['contribution']:+.3f} "
+            f"(95% CI {row['ci_low']:+.3f} .. {row['ci_high']:+.3f})  {row['text'][:60]}"
+        )
+    print(f"report: {eval_dir / 'report.md'}   plot: {eval_dir / 'attribution.png'}")
+    if report["pruned"] is not None:
+        print(f"without the experiences that hurt: {eval_dir / 'library.pruned.json'}")
 
 
 def leave_one_out(store: Any, eval_id: str, library: Library) -> dict[str, str]:
