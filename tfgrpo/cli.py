@@ -191,6 +191,12 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def require_positive(ctx: Context, *names: str) -> None:
+    for name in names:
+        if getattr(ctx, name) < 1:
+            raise TfgrpoError(f"--{name.replace('_', '-')} must be at least 1")
+
+
 def context_from_args(args: argparse.Namespace, *, preset: str, **override: Any) -> Context:
     sized = {name: getattr(args, name) for name in PRESETS[preset]}
     values = {
@@ -215,9 +221,9 @@ def context_from_args(args: argparse.Namespace, *, preset: str, **override: Any)
             values[name] = getattr(args, name)
     values.update(override)
     ctx = Context(**values)
-    for name in ("epochs", "batch_size", "group_size", "max_concurrency", "max_tokens", "validation_k"):
-        if getattr(ctx, name) < 1:
-            raise TfgrpoError(f"--{name.replace('_', '-')} must be at least 1")
+    require_positive(
+        ctx, "epochs", "batch_size", "group_size", "max_concurrency", "max_tokens", "validation_k"
+    )
     if ctx.group_size < 2:
         raise TfgrpoError("--group-size must be at least 2 (a group of 1 has no relative advantage)")
     return ctx
@@ -286,8 +292,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
         max_concurrency=args.max_concurrency,
         request_timeout=args.request_timeout,
     )
-    if ctx.max_concurrency < 1 or ctx.max_tokens < 1:
-        raise TfgrpoError("--max-concurrency and --max-tokens must be at least 1")
+    require_positive(ctx, "max_concurrency", "max_tokens")
     return run_eval(
         ctx,
         eval_dir=Path(args.eval_dir),

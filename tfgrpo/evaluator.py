@@ -13,23 +13,23 @@ from typing import Any, cast
 
 from langchain_core.runnables import RunnableConfig
 from langgraph.checkpoint.sqlite import SqliteSaver
-from langgraph.errors import GraphDrained
+from langgraph.runtime import RunControl
 from langgraph.store.sqlite import SqliteStore
 from tqdm import tqdm
 
 from tfgrpo.api import load_library
 from tfgrpo.context import Context
 from tfgrpo.data import dataset_fingerprint, load_dataset
-from tfgrpo.errors import ConfigError, StopRequested
+from tfgrpo.errors import ConfigError
 from tfgrpo.evals.report import verdict, write_attribution_report, write_eval_report
 from tfgrpo.graphs.evaluate import compile_eval_graph
-from tfgrpo.ledger import BudgetExceeded, Ledger, use_ledger
+from tfgrpo.ledger import Ledger
 from tfgrpo.models import resolve_spec
 from tfgrpo.nodes._llm import publish_library_text
 from tfgrpo.nodes.attempt import attempt_key, attempt_namespace
 from tfgrpo.nodes.policy import inference_experiences
-from tfgrpo.nodes.reward import reward_function
-from tfgrpo.runs import ctrl_c_drains, open_sqlite
+from tfgrpo.nodes.reward import ground_truth_reward
+from tfgrpo.runs import atomic_write, open_sqlite, run_stoppably
 from tfgrpo.state.graph_state import EvalState
 from tfgrpo.state.library import Library, render_library
 
@@ -56,11 +56,7 @@ EVAL_DEFINING = (
 def eval_settings(ctx: Context, *, arms: list[str], k: int, seed: int, queries: list[Any]) -> dict[str, Any]:
     """The settings an evaluation is defined by, plus descriptive ones (never secrets)."""
     experiences = inference_experiences(ctx, None)
-    library_items = 0
-    if ctx.library:
-        path = Path(ctx.library)
-        lib = json.loads((path / "library.json" if path.is_dir() else path).read_text(encoding="utf-8"))
-        library_items = len(lib.get("items", []))
+    library_items = len(load_library(ctx.library)["items"]) if ctx.library else 0
     return {
         "dataset": ctx.dataset,
         "dataset_fingerprint": dataset_fingerprint(queries),
@@ -112,11 +108,7 @@ def run_eval(
     without each of its experiences (leave-one-out), on the same questions and seeds."""
     if k < 1:
         raise ConfigError("--k must be at least 1")
-    if ctx.reward == "majority":
-        raise ConfigError(
-            "the majority reward needs a group of rollouts: evaluate with a ground-truth reward"
-        )
-    reward_function(ctx.reward)  # one-line errors on a bad reward or dataset, before any cost
+    ground_truth_reward(ctx.reward)  # one-line errors on a bad reward or dataset, before any cost
     queries = load_dataset(ctx.dataset)
     if not queries:
         raise ConfigError(f"{ctx.dataset}: no questions to evaluate")
@@ -144,13 +136,13 @@ def run_eval(
     config, graph_input, spent = _plan_round(graph, store, eval_dir, ctx, fresh_input, retry_failed)
     if config is not None:
         if graph_input is not None and "eval_id" not in graph_input:  # a new evaluation
-            (eval_dir / "eval.json").write_text(json.dumps(settings, indent=2) + "\n", encoding="utf-8")
+            atomic_write(eval_dir / "eval.json", json.dumps(settings, indent=2) + "\n")
             plan = f"{len(queries)} questions x k={k} x {'/'.join(arms)} = {total} runs"
             print(f"evaluating: {plan} -> {eval_dir}", flush=True)
             if library is not None:
                 graph_input["eval_id"] = uuid.uuid4().hex[:12]
                 graph_input["arm_libraries"] = leave_one_out(store, graph_input["eval_id"], library)
-                (eval_dir / "library.json").write_text(json.dumps(library, indent=2) + "\n", encoding="utf-8")
+                atomic_write(eval_dir / "library.json", json.dumps(library, indent=2) + "\n")
         ledger = ledger or Ledger(max_concurrency=ctx.max_concurrency)
         ledger.check_prices(sorted({settings["model"], settings["judge_model"] or settings["model"]}))
         ledger.spent_tokens, ledger.spent_usd = spent
@@ -200,7 +192,7 @@ def _plan_round(
         store.delete(attempt_namespace(values["eval_id"], r["arm"]), attempt_key(r["query_id"], r["i"]))
     thread = str(config["configurable"]["thread_id"])
     rounds = int(thread.split("-retry")[1]) if "-retry" in thread else 0
-    (eval_dir / "thread.txt").write_text(f"{THREAD_ID}-retry{rounds + 1}\n")
+    atomic_write(eval_dir / "thread.txt", f"{THREAD_ID}-retry{rounds + 1}\n")
     print(f"retrying {len(failed)} failed run(s) of {eval_dir}", flush=True)
     graph_input: EvalState = {**fresh_input, "eval_id": values["eval_id"]}
     if values.get("arm_libraries"):
@@ -264,29 +256,26 @@ def _drive(
     bar = None
     if progress and sys.stderr.isatty():
         bar = tqdm(total=total, initial=done, desc="eval", file=sys.stderr, dynamic_ncols=True)
+
+    def drive(control: RunControl) -> None:
+        for chunk in graph.stream(
+            cast(EvalState | None, graph_input),
+            config,
+            context=ctx,
+            stream_mode="updates",
+            durability="sync",
+            control=control,
+        ):
+            if bar is not None and "attempt" in chunk:
+                bar.update(1)
+
     try:
-        with use_ledger(ledger), ctrl_c_drains() as control:
-            for chunk in graph.stream(
-                cast(EvalState | None, graph_input),
-                config,
-                context=ctx,
-                stream_mode="updates",
-                durability="sync",
-                control=control,
-            ):
-                if bar is not None and "attempt" in chunk:
-                    bar.update(1)
-    except BudgetExceeded as exc:
-        print(f"tfgrpo: stopped: {exc}", file=sys.stderr)
-        print(f"spent so far: {ledger.spent_tokens} tokens, ${ledger.spent_usd:.4f}", file=sys.stderr)
-        return 3
-    except (GraphDrained, StopRequested):
-        print(
-            f"stopped; finished runs are kept. Resume with the same command (--eval-dir {eval_dir})",
-            file=sys.stderr,
+        return run_stoppably(
+            drive,
+            ledger,
+            on_stop=lambda: None,  # every finished run is already in the checkpoint and the store
+            stopped=f"stopped; finished runs are kept. Resume with the same command (--eval-dir {eval_dir})",
         )
-        return 130
     finally:
         if bar is not None:
             bar.close()
-    return 0

@@ -9,20 +9,19 @@ from typing import Any, cast
 
 from langchain_core.runnables import RunnableConfig
 from langgraph.checkpoint.sqlite import SqliteSaver
-from langgraph.errors import GraphDrained
 from langgraph.runtime import RunControl
 from langgraph.store.sqlite import SqliteStore
 from tqdm import tqdm
 
 from tfgrpo.context import Context
 from tfgrpo.data import load_dataset
-from tfgrpo.errors import ConfigError, StopRequested
+from tfgrpo.errors import ConfigError
 from tfgrpo.graphs.learn import compile_learn_graph
-from tfgrpo.ledger import BudgetExceeded, Ledger, use_ledger
+from tfgrpo.ledger import Ledger
 from tfgrpo.models import resolve_spec
 from tfgrpo.nodes.reward import reward_function
 from tfgrpo.nodes.schedule import batches_per_epoch, check_resume, training_queries
-from tfgrpo.runs import RunDir, ctrl_c_drains, open_sqlite, prune_checkpoints, table_header, table_line
+from tfgrpo.runs import RunDir, open_sqlite, prune_checkpoints, run_stoppably, table_header, table_line
 from tfgrpo.state.graph_state import LearnState
 
 THREAD_ID = "learn"
@@ -133,25 +132,24 @@ def run_learning(
     print(table_header(), flush=True)
     for report in values.get("history", []):
         print(table_line(report), flush=True)
+
+    def on_stop() -> None:
+        bars.close()
+        _final_outputs(run, graph.get_state(config).values)
+
     try:
-        with use_ledger(ledger), ctrl_c_drains() as control:
-            _drive(graph, graph_input, config, ctx, run, saver, bars, control, keep_checkpoints)
-    except BudgetExceeded as exc:
-        bars.close()
-        _final_outputs(run, graph.get_state(config).values)
-        print(f"tfgrpo: stopped: {exc}", file=sys.stderr)
-        print(f"spent so far: {ledger.spent_tokens} tokens, ${ledger.spent_usd:.4f}", file=sys.stderr)
-        return 3
-    except (GraphDrained, StopRequested):
-        bars.close()
-        _final_outputs(run, graph.get_state(config).values)
-        print(
-            f"stopped at a superstep boundary; resume with the same command (--run-dir {run_dir})",
-            file=sys.stderr,
+        code = run_stoppably(
+            lambda control: _drive(
+                graph, graph_input, config, ctx, run, saver, bars, control, keep_checkpoints
+            ),
+            ledger,
+            on_stop=on_stop,
+            stopped=f"stopped; finished work is kept: resume with the same command (--run-dir {run_dir})",
         )
-        return 130
     finally:
         bars.close()
+    if code:
+        return code
 
     final = graph.get_state(config).values
     _final_outputs(run, final)

@@ -15,18 +15,19 @@ import os
 import signal
 import sqlite3
 import sys
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import asdict
 from pathlib import Path
 from types import FrameType
 from typing import Any
 
+from langgraph.errors import GraphDrained
 from langgraph.runtime import RunControl
 
 from tfgrpo.context import Context
-from tfgrpo.errors import ConfigError
-from tfgrpo.ledger import role_of
+from tfgrpo.errors import ConfigError, StopRequested
+from tfgrpo.ledger import BudgetExceeded, Ledger, role_of, use_ledger
 from tfgrpo.state.library import Library, empty_library, library_markdown
 from tfgrpo.state.types import StepReport
 
@@ -53,7 +54,8 @@ REPORT_COLUMNS = (
 )
 
 
-def _atomic_write(path: Path, text: str) -> None:
+def atomic_write(path: Path, text: str) -> None:
+    """Replace ``path`` with ``text`` in one step: a crash leaves the old file or the new one, never half."""
     tmp = path.with_name(path.name + ".tmp")
     tmp.write_text(text, encoding="utf-8")
     os.replace(tmp, path)
@@ -147,7 +149,7 @@ class RunDir:
         (self.path / "libraries").mkdir(parents=True, exist_ok=True)
 
     def write_settings(self, ctx: Context, seed: int) -> None:
-        _atomic_write(
+        atomic_write(
             self.path / "run.json", json.dumps({"seed": seed, "context": asdict(ctx)}, indent=2) + "\n"
         )
 
@@ -155,14 +157,14 @@ class RunDir:
         """Library, per-step snapshot and report from the graph state (idempotent)."""
         library: Library = values.get("library") or empty_library()
         history: list[StepReport] = values.get("history") or []
-        _atomic_write(self.path / "library.json", json.dumps(library, indent=2, ensure_ascii=False) + "\n")
-        _atomic_write(self.path / "library.md", library_markdown(library))
+        atomic_write(self.path / "library.json", json.dumps(library, indent=2, ensure_ascii=False) + "\n")
+        atomic_write(self.path / "library.md", library_markdown(library))
         if history:
             snap = self.path / "libraries" / f"step-{history[-1]['step']:04d}.json"
             if not snap.exists():
-                _atomic_write(snap, json.dumps(library, indent=2, ensure_ascii=False) + "\n")
+                atomic_write(snap, json.dumps(library, indent=2, ensure_ascii=False) + "\n")
         report: dict[str, Any] = {"totals": totals(history), "steps": history}
-        _atomic_write(self.path / "report.json", json.dumps(report, indent=2, ensure_ascii=False) + "\n")
+        atomic_write(self.path / "report.json", json.dumps(report, indent=2, ensure_ascii=False) + "\n")
         lines = ["# Training-Free GRPO run report", "", "```", table_header()]
         lines += [table_line(r) for r in history]
         lines += ["```", "", "## Totals", ""]
@@ -179,7 +181,7 @@ class RunDir:
                 f"- step {s}: {x['operation'].get('op')} {x['operation'].get('id') or ''} — {x['why']}"
                 for s, x in rejected
             ]
-        _atomic_write(self.path / "report.md", "\n".join(lines) + "\n")
+        atomic_write(self.path / "report.md", "\n".join(lines) + "\n")
 
     # -- reading, for `tfgrpo library show|diff`
     def require(self) -> None:
@@ -229,12 +231,17 @@ def _hard_stop(signum: int, frame: FrameType | None) -> None:
 
 @contextmanager
 def ctrl_c_drains() -> Iterator[RunControl]:
-    """A RunControl that the first Ctrl-C asks to drain at the next superstep; a second one aborts."""
+    """A RunControl that the first Ctrl-C asks to drain (the graph stops at the next superstep, map branches
+    not yet started refuse to start: :func:`tfgrpo.nodes._llm.stop_if_draining`); a second one aborts."""
     control = RunControl()
 
     def drain(signum: int, frame: FrameType | None) -> None:
         signal.signal(signal.SIGINT, _hard_stop)
-        print("\nstopping after the current stage (Ctrl-C again to abort)...", file=sys.stderr, flush=True)
+        print(
+            "\nstopping: calls in flight finish, no new one starts (Ctrl-C again to abort)...",
+            file=sys.stderr,
+            flush=True,
+        )
         control.request_drain("Ctrl-C")
 
     previous = signal.signal(signal.SIGINT, drain)
@@ -242,3 +249,23 @@ def ctrl_c_drains() -> Iterator[RunControl]:
         yield control
     finally:
         signal.signal(signal.SIGINT, previous)
+
+
+def run_stoppably(
+    drive: Callable[[RunControl], None], ledger: Ledger, *, on_stop: Callable[[], None], stopped: str
+) -> int:
+    """Run ``drive`` under ``ledger`` and Ctrl-C: 0 when it finishes, 3 on a budget stop, 130 on Ctrl-C.
+    Before a stop is reported, ``on_stop`` saves what the run has so far; ``stopped`` says how to resume."""
+    try:
+        with use_ledger(ledger), ctrl_c_drains() as control:
+            drive(control)
+    except BudgetExceeded as exc:
+        on_stop()
+        print(f"tfgrpo: stopped: {exc}", file=sys.stderr)
+        print(f"spent so far: {ledger.spent_tokens} tokens, ${ledger.spent_usd:.4f}", file=sys.stderr)
+        return 3
+    except (GraphDrained, StopRequested):
+        on_stop()
+        print(stopped, file=sys.stderr)
+        return 130
+    return 0

@@ -5,22 +5,16 @@ alone, so ``tfgrpo report EVAL_DIR`` gives the same files without a model."""
 from __future__ import annotations
 
 import json
-import os
 from collections import Counter
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 from tfgrpo.evals.metrics import arm_summary, paired_comparison
+from tfgrpo.runs import atomic_write
 from tfgrpo.state.types import AttemptResult
 
 RESAMPLES = 10_000
-
-
-def _atomic_write(path: Path, text: str) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(text, encoding="utf-8")
-    os.replace(tmp, path)
 
 
 def rewards_by_question(
@@ -179,7 +173,7 @@ def write_results(
     eval_dir.mkdir(parents=True, exist_ok=True)
     slim = [{"id": q["id"], "answer": q["answer"]} for q in questions]
     payload = {"questions": slim, "results": list(results)}
-    _atomic_write(eval_dir / "results.json", json.dumps(payload, ensure_ascii=False) + "\n")
+    atomic_write(eval_dir / "results.json", json.dumps(payload, ensure_ascii=False) + "\n")
     return slim
 
 
@@ -194,8 +188,8 @@ def write_eval_report(
 
     slim_questions = write_results(eval_dir, questions, results)
     report = build_eval_report(settings, slim_questions, results)
-    _atomic_write(eval_dir / "report.json", json.dumps(report, indent=2, ensure_ascii=False) + "\n")
-    _atomic_write(eval_dir / "report.md", eval_markdown(report))
+    atomic_write(eval_dir / "report.json", json.dumps(report, indent=2, ensure_ascii=False) + "\n")
+    atomic_write(eval_dir / "report.md", eval_markdown(report))
     title = f"{Path(str(settings['dataset'])).name}: Mean@{settings['k']} and Pass@{settings['k']}"
     comparison = report["comparison"]
     usable = comparison if comparison and "error" not in comparison else None
@@ -325,12 +319,12 @@ def write_attribution_report(
             "items": [i for i in library["items"] if i["id"] not in hurts],
             "version": int(library["version"]) + 1,
         }
-        _atomic_write(
+        atomic_write(
             eval_dir / "library.pruned.json", json.dumps(pruned, indent=2, ensure_ascii=False) + "\n"
         )
     report["pruned"] = sorted(hurts) if hurts else None
-    _atomic_write(eval_dir / "report.json", json.dumps(report, indent=2, ensure_ascii=False) + "\n")
-    _atomic_write(eval_dir / "report.md", attribution_markdown(report))
+    atomic_write(eval_dir / "report.json", json.dumps(report, indent=2, ensure_ascii=False) + "\n")
+    atomic_write(eval_dir / "report.md", attribution_markdown(report))
     plot_attribution(
         [r for r in report["items"] if r["contribution"] is not None],
         eval_dir / "attribution.png",

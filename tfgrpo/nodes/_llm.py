@@ -58,6 +58,13 @@ def library_text_of(store: BaseStore, run_id: str, key: str) -> str:
     return str(item.value["text"])
 
 
+def derived_seed(*parts: object) -> int:
+    """A reproducible sampling seed from ``parts`` (servers that honour ``seed`` replay a run): distinct
+    per rollout / run, and equal where a comparison must be paired."""
+    digest = hashlib.sha256(":".join(str(p) for p in parts).encode()).hexdigest()
+    return int(digest[:8], 16) % (2**31)
+
+
 def stop_if_draining(runtime: Runtime[Any]) -> None:
     """Call before starting a map branch's LLM work (see :class:`tfgrpo.errors.StopRequested`)."""
     if runtime.drain_requested:

@@ -9,7 +9,6 @@ a killed evaluation resumes without repeating finished runs.
 
 from __future__ import annotations
 
-import hashlib
 import uuid
 from typing import Any
 
@@ -24,6 +23,7 @@ from tfgrpo.errors import ConfigError
 from tfgrpo.evals.rewards import extract_final_answer
 from tfgrpo.nodes._llm import (
     context_of,
+    derived_seed,
     library_text_of,
     memo_get,
     memo_put,
@@ -31,8 +31,8 @@ from tfgrpo.nodes._llm import (
     stop_if_draining,
     store_of,
 )
-from tfgrpo.nodes.policy import final_text, inference_experiences, run_policy
-from tfgrpo.nodes.reward import reward_function, score_response
+from tfgrpo.nodes.policy import final_text, inference_experiences
+from tfgrpo.nodes.reward import ground_truth_reward, scored_run
 from tfgrpo.state.graph_state import EvalState
 from tfgrpo.state.types import AttemptResult, Query
 
@@ -52,8 +52,7 @@ class AttemptTask(TypedDict):
 
 def attempt_seed(seed: int, query_id: str, i: int) -> int:
     """Run i of a question gets the same sampling seed in both arms: a paired comparison."""
-    digest = hashlib.sha256(f"eval:{seed}:{query_id}:{i}".encode()).hexdigest()
-    return int(digest[:8], 16) % (2**31)
+    return derived_seed("eval", seed, query_id, i)
 
 
 def attempt_namespace(eval_id: str, arm: str) -> tuple[str, ...]:
@@ -74,15 +73,9 @@ def attempt(task: AttemptTask, runtime: Runtime[Context]) -> dict[str, Any]:
         stop_if_draining(runtime)
         key_ = task["library_key"]
         experiences = library_text_of(store, task["eval_id"], key_) if key_ else ""
-        messages, error, calls = run_policy(
-            ctx, query["question"], experiences, attempt_seed(task["seed"], query["id"], i)
-        )
+        seed = attempt_seed(task["seed"], query["id"], i)
+        messages, value, error, calls = scored_run(ctx, query, experiences, seed, node="rollout")
         response = final_text(messages)
-        value: float | None = None
-        if error is None:
-            reward_fn = reward_function(ctx.reward)
-            value, error, judge_calls = score_response(ctx, reward_fn, query, response)
-            calls = [*calls, *judge_calls]
         result: AttemptResult = {
             "arm": arm,
             "query_id": query["id"],
@@ -115,11 +108,7 @@ def prepare(state: EvalState, runtime: Runtime[Context]) -> dict[str, Any]:
         raise ConfigError(f"unknown evaluation arm(s) {', '.join(unknown)} (expected library, baseline)")
     if "library" in arms and not has_library and not given:
         raise ConfigError("the library arm needs a library: set 'library' or 'library_namespace'")
-    if ctx.reward == "majority":
-        raise ConfigError(
-            "the majority reward needs a group of rollouts: evaluate with a ground-truth reward"
-        )
-    reward_function(ctx.reward)  # an unknown reward fails here, before any run is paid for
+    ground_truth_reward(ctx.reward)  # a bad reward fails here, before any run is paid for
     if state.get("k", 1) < 1:
         raise ConfigError("k must be at least 1")
     return {

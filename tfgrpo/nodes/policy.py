@@ -113,6 +113,7 @@ def inference_experiences(ctx: Context, store: BaseStore | None) -> str:
 
 
 CALLS_KEY = "tfgrpo_calls"  # configurable key: a list that collects the ledger records of the policy
+NODE_KEY = "tfgrpo_node"  # configurable key: the node those records are booked under (default rollout)
 
 
 def _since_last_question(messages: list[Any]) -> list[Any]:
@@ -134,6 +135,7 @@ class _Prepared:
     reserve_in: int
     reserve_out: int
     sink: list[CallRecord] | None
+    node: str
 
 
 class PolicyMiddleware(AgentMiddleware[PolicyState, Context]):
@@ -169,13 +171,14 @@ class PolicyMiddleware(AgentMiddleware[PolicyState, Context]):
             reserve_in=reserve_tokens([SystemMessage(prompt), *request.messages], schemas),
             reserve_out=ctx.max_tokens,
             sink=configurable.get(CALLS_KEY),
+            node=configurable.get(NODE_KEY) or "rollout",
         )
 
     @staticmethod
     def _record(p: _Prepared, started: float, response: ModelResponse | None, retries: int) -> None:
         if p.sink is not None:
             msg = _ai_message(response) if response is not None else None
-            p.sink.append(make_record("rollout", p.spec, response is not None, started, msg, retries))
+            p.sink.append(make_record(p.node, p.spec, response is not None, started, msg, retries))
 
     def wrap_model_call(
         self, request: ModelRequest[Context], handler: Callable[[ModelRequest[Context]], ModelResponse]
@@ -251,19 +254,20 @@ def rollout_agent() -> CompiledStateGraph[Any, Context, Any, Any]:
 
 
 def run_policy(
-    ctx: Context, question: str, experiences: str, seed: int
+    ctx: Context, question: str, experiences: str, seed: int, *, node: str = "rollout"
 ) -> tuple[list[BaseMessage], str | None, list[CallRecord]]:
     """One whole agent run for ``question`` with E rendered as ``experiences``.
 
-    Returns (messages, error, ledger records). The agent runs detached from the calling graph (an empty
-    contextvars context): it keeps no checkpoints of its own turns, so a run's checkpoint database does
-    not grow with the number of runs; the caller memoizes the result. Budget and configuration errors
-    propagate (they must stop the run); any other failure comes back as a one-line error.
+    Returns (messages, error, ledger records booked under ``node``). The agent runs detached from the
+    calling graph (an empty contextvars context): it keeps no checkpoints of its own turns, so a run's
+    checkpoint database does not grow with the number of runs; the caller memoizes the result. Budget and
+    configuration errors propagate (they must stop the run); any other failure comes back as a one-line
+    error.
     """
     messages: list[BaseMessage] = [HumanMessage(question)]
     records: list[CallRecord] = []
     config: RunnableConfig = {
-        "configurable": {"tfgrpo_seed": seed, CALLS_KEY: records},
+        "configurable": {"tfgrpo_seed": seed, CALLS_KEY: records, NODE_KEY: node},
         "recursion_limit": 4 * ctx.max_model_calls + 8,
     }
     try:

@@ -12,14 +12,16 @@ from __future__ import annotations
 import re
 from typing import Any
 
-from langchain_core.messages import HumanMessage, SystemMessage
+from langchain_core.messages import BaseMessage, HumanMessage, SystemMessage
 from langchain_core.runnables.config import ContextThreadPoolExecutor
 from langgraph.runtime import Runtime
 
 from tfgrpo.context import Context
+from tfgrpo.errors import ConfigError
 from tfgrpo.evals.rewards import GROUP_REWARDS, RewardFn, extract_final_answer, get_reward, majority_rewards
 from tfgrpo.models import ModelSettings, get_model, resolve_spec
 from tfgrpo.nodes._llm import call_text, context_of, memo_get, memo_put, one_line, step_namespace, store_of
+from tfgrpo.nodes.policy import final_text, run_policy
 from tfgrpo.nodes.rollout import load_rollout, rollout_key
 from tfgrpo.state.graph_state import StepState
 from tfgrpo.state.types import CallRecord, Dropped, Group, Query, Rollout, usage_of
@@ -107,6 +109,30 @@ def reward_function(name: str) -> RewardFn | None:
     return None if name in GROUP_REWARDS else get_reward(name)
 
 
+def ground_truth_reward(name: str) -> RewardFn | None:
+    """:func:`reward_function` for runs scored alone (evaluation): ``majority`` needs a group."""
+    if name == "majority":
+        raise ConfigError(
+            "the majority reward needs a group of rollouts: evaluate with a ground-truth reward"
+        )
+    return reward_function(name)
+
+
+def scored_run(
+    ctx: Context, query: Query, experiences: str, seed: int, *, node: str
+) -> tuple[list[BaseMessage], float | None, str | None, list[CallRecord]]:
+    """One agent run with E, then its reward (evaluation and validation runs): (messages, reward or None,
+    error, every ledger record, the judge's included)."""
+    messages, error, calls = run_policy(ctx, query["question"], experiences, seed, node=node)
+    value: float | None = None
+    if error is None:
+        value, error, judge_calls = score_response(
+            ctx, ground_truth_reward(ctx.reward), query, final_text(messages)
+        )
+        calls = [*calls, *judge_calls]
+    return messages, value, error, calls
+
+
 def reward(state: StepState, runtime: Runtime[Context]) -> dict[str, Any]:
     ctx = context_of(runtime)
     reward_fn = reward_function(ctx.reward)
@@ -115,12 +141,12 @@ def reward(state: StepState, runtime: Runtime[Context]) -> dict[str, Any]:
 
     def score(job: tuple[Query, str]) -> tuple[float | None, str | None, list[CallRecord]]:
         query, key = job
+        if ctx.reward == "majority":
+            return None, None, []  # scored per group below
         ref = refs.get(key)
         stored = load_rollout(runtime, run_id, step, key)
         if ref is None or not ref["ok"] or stored is None:
             return None, None, []  # a failed rollout, already counted as dropped by ``rollout``
-        if ctx.reward == "majority":
-            return None, None, []  # scored per group below
         if reward_fn is None:
             return judge_score(runtime, ctx, state, query, key, stored)
         return score_response(ctx, reward_fn, query, stored["response"])

@@ -10,7 +10,6 @@ trajectory (tool calls and results included) is written to the store; state only
 
 from __future__ import annotations
 
-import hashlib
 from typing import Any
 
 from langchain_core.messages import messages_to_dict
@@ -21,6 +20,7 @@ from typing_extensions import TypedDict
 from tfgrpo.context import Context
 from tfgrpo.nodes._llm import (
     context_of,
+    derived_seed,
     library_text_of,
     memo_get,
     memo_put,
@@ -52,8 +52,7 @@ def rollout_key(query_id: str, g: int) -> str:
 
 def sample_seed(seed: int, step: int, query_id: str, g: int) -> int:
     """A distinct, reproducible sampling seed per rollout (servers that honour ``seed`` replay a run)."""
-    digest = hashlib.sha256(f"{seed}:{step}:{query_id}:{g}".encode()).hexdigest()
-    return int(digest[:8], 16) % (2**31)
+    return derived_seed(seed, step, query_id, g)
 
 
 def rollout(task: RolloutTask, runtime: Runtime[Context]) -> dict[str, Any]:

@@ -11,7 +11,6 @@ store, so a crash in the middle repeats no finished run.
 
 from __future__ import annotations
 
-import hashlib
 from typing import Any
 
 from langgraph.runtime import Runtime, get_runtime
@@ -22,6 +21,7 @@ from tfgrpo.context import Context
 from tfgrpo.data import load_dataset
 from tfgrpo.nodes._llm import (
     context_of,
+    derived_seed,
     library_text_of,
     memo_get,
     memo_put,
@@ -30,12 +30,11 @@ from tfgrpo.nodes._llm import (
     stop_if_draining,
     store_of,
 )
-from tfgrpo.nodes.policy import final_text, run_policy
-from tfgrpo.nodes.reward import reward_function, score_response
+from tfgrpo.nodes.reward import scored_run
 from tfgrpo.state.graph_state import LearnState
 from tfgrpo.state.library import Library, empty_library, render_library
 from tfgrpo.state.report import usage_totals
-from tfgrpo.state.types import Query, StepReport, ValidationReport, ValidationRun, merge_usage, usage_of
+from tfgrpo.state.types import Query, StepReport, ValidationReport, ValidationRun, usage_of
 
 ARMS = ("before", "after")
 
@@ -51,8 +50,8 @@ class ValidateTask(TypedDict):
 
 
 def validation_seed(seed: int, step: int, query_id: str, i: int) -> int:
-    digest = hashlib.sha256(f"validate:{seed}:{step}:{query_id}:{i}".encode()).hexdigest()
-    return int(digest[:8], 16) % (2**31)
+    """Run i of a validation question gets the same sampling seed before and after: paired."""
+    return derived_seed("validate", seed, step, query_id, i)
 
 
 def fan_out_validation(state: LearnState) -> list[Send] | str:
@@ -99,14 +98,7 @@ def validate(task: ValidateTask, runtime: Runtime[Context]) -> dict[str, Any]:
         stop_if_draining(runtime)
         experiences = library_text_of(store, task["run_id"], task["library_key"])
         seed = validation_seed(task["seed"], task["step"], task["query"]["id"], task["i"])
-        messages, error, calls = run_policy(ctx, task["query"]["question"], experiences, seed)
-        value: float | None = None
-        if error is None:
-            value, error, judge_calls = score_response(
-                ctx, reward_function(ctx.reward), task["query"], final_text(messages)
-            )
-            calls = [*calls, *judge_calls]
-        calls = [{**c, "node": "validate"} if c["node"] == "rollout" else c for c in calls]
+        _, value, error, calls = scored_run(ctx, task["query"], experiences, seed, node="validate")
         run: ValidationRun = {
             "arm": task["arm"],
             "query_id": task["query"]["id"],
@@ -150,7 +142,7 @@ def validation_gate(state: LearnState, runtime: Runtime[Context]) -> dict[str, A
     usage = state.get("usage") or {}
     report: StepReport = {
         **state["report"],
-        "usage": merge_usage({}, usage),
+        "usage": usage,
         "validation": check,
         "library_size": len(library["items"]),
         "library_version": library["version"],
