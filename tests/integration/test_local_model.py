@@ -140,8 +140,11 @@ def test_stop_leaves_no_process(tmp_path: Path) -> None:
     srv.stop()  # idempotent
 
 
+# A parent like the tfgrpo CLI, which installs Python's SIGINT handler itself: a process started with
+# SIGINT ignored (a background job of a non-interactive shell) inherits the ignore otherwise.
 _CHILD = """
-import sys, time
+import signal, sys, time
+signal.signal(signal.SIGINT, signal.default_int_handler)
 from tfgrpo.local_model import get_local_server
 srv = get_local_server()
 print(srv.pid, flush=True)
