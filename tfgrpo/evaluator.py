@@ -12,24 +12,25 @@ from pathlib import Path
 from typing import Any, cast
 
 from langchain_core.runnables import RunnableConfig
-from langgraph.checkpoint.sqlite import SqliteSaver
 from langgraph.runtime import RunControl
-from langgraph.store.sqlite import SqliteStore
 from tqdm import tqdm
 
 from tfgrpo.api import load_library
+from tfgrpo.checks import check_context
 from tfgrpo.context import Context
 from tfgrpo.data import dataset_fingerprint, load_dataset
 from tfgrpo.errors import ConfigError
 from tfgrpo.evals.report import verdict, write_attribution_report, write_eval_report
 from tfgrpo.graphs.evaluate import compile_eval_graph
 from tfgrpo.ledger import Ledger
+from tfgrpo.llm_cache import use_llm_cache
 from tfgrpo.models import resolve_spec
 from tfgrpo.nodes._llm import publish_library_text
 from tfgrpo.nodes.attempt import attempt_key, attempt_namespace
 from tfgrpo.nodes.policy import inference_experiences
 from tfgrpo.nodes.reward import ground_truth_reward
-from tfgrpo.runs import atomic_write, open_sqlite, run_stoppably
+from tfgrpo.runlock import lock_run_dir
+from tfgrpo.runs import atomic_write, open_checkpointer, open_store, run_stoppably
 from tfgrpo.state.graph_state import EvalState
 from tfgrpo.state.library import Library, render_library
 
@@ -108,6 +109,7 @@ def run_eval(
     without each of its experiences (leave-one-out), on the same questions and seeds."""
     if k < 1:
         raise ConfigError("--k must be at least 1")
+    check_context(ctx)
     ground_truth_reward(ctx.reward)  # one-line errors on a bad reward or dataset, before any cost
     queries = load_dataset(ctx.dataset)
     if not queries:
@@ -125,17 +127,43 @@ def run_eval(
     if ctx.library and not settings["library_items"]:
         print(f"note: {ctx.library} holds no experience: both arms get the same prompt", flush=True)
     check_eval_resume(eval_dir, settings)
+    if eval_dir.exists() and not eval_dir.is_dir():
+        raise ConfigError(f"--eval-dir {eval_dir} is a file, not a directory: pass a directory")
     eval_dir.mkdir(parents=True, exist_ok=True)
-    store = SqliteStore(open_sqlite(eval_dir / "store.sqlite"))
-    store.setup()
+    with lock_run_dir(eval_dir):  # one writer per eval directory
+        return _evaluate(
+            ctx, eval_dir, queries, arms, k, seed, settings, library, progress, ledger, retry_failed
+        )
+
+
+def _evaluate(
+    ctx: Context,
+    eval_dir: Path,
+    queries: list[Any],
+    arms: list[str],
+    k: int,
+    seed: int,
+    settings: dict[str, Any],
+    library: Library | None,
+    progress: bool,
+    ledger: Ledger | None,
+    retry_failed: bool,
+) -> int:
+    store = open_store(eval_dir / "store.sqlite", option="--eval-dir")
     graph = compile_eval_graph(
-        checkpointer=SqliteSaver(open_sqlite(eval_dir / "checkpoints.sqlite")), store=store
+        checkpointer=open_checkpointer(eval_dir / "checkpoints.sqlite", option="--eval-dir"), store=store
     )
     fresh_input: EvalState = {"questions": queries, "arms": arms, "k": k, "seed": seed}
     total = len(queries) * k * len(arms)
     config, graph_input, spent = _plan_round(graph, store, eval_dir, ctx, fresh_input, retry_failed)
     if config is not None:
         if graph_input is not None and "eval_id" not in graph_input:  # a new evaluation
+            if any((eval_dir / name).exists() for name in ("results.json", "report.json")):
+                raise ConfigError(
+                    f"{eval_dir} holds the results of an earlier evaluation but no checkpoint to resume "
+                    f"it (checkpoints.sqlite is missing or empty): start fresh with another --eval-dir "
+                    f"(or delete {eval_dir})"
+                )
             atomic_write(eval_dir / "eval.json", json.dumps(settings, indent=2) + "\n")
             plan = f"{len(queries)} questions x k={k} x {'/'.join(arms)} = {total} runs"
             print(f"evaluating: {plan} -> {eval_dir}", flush=True)
@@ -146,7 +174,8 @@ def run_eval(
         ledger = ledger or Ledger(max_concurrency=ctx.max_concurrency)
         ledger.check_prices(sorted({settings["model"], settings["judge_model"] or settings["model"]}))
         ledger.spent_tokens, ledger.spent_usd = spent
-        code = _drive(graph, graph_input, config, ctx, ledger, total, progress, eval_dir)
+        with use_llm_cache(store):  # every response is kept the moment it arrives
+            code = _drive(graph, graph_input, config, ctx, ledger, total, progress, eval_dir)
         if code:
             return code
     results = graph.get_state(_config(eval_dir, ctx)).values.get("results", [])
@@ -154,7 +183,27 @@ def run_eval(
         _print_attribution(write_attribution_report(eval_dir, settings, queries, results, library), eval_dir)
     else:
         _print_comparison(write_eval_report(eval_dir, settings, queries, results), eval_dir, k)
+    if results and all(r["reward"] is None for r in results):
+        calls = sum(r["calls"] for r in results)
+        print(
+            f"tfgrpo: error: every run of this evaluation failed ({len(results)} of {len(results)}, "
+            f"{calls} LLM calls; first error: {results[0]['error'] or 'unknown'}); "
+            f"what there is was saved in {eval_dir}",
+            file=sys.stderr,
+        )
+        return 1
     return 0
+
+
+def eval_complete(values: dict[str, Any]) -> bool:
+    """Every planned run (question x k x arm, as ``prepare`` recorded them) has a result. An empty
+    ``snapshot.next`` is not enough: it is also empty after ``prepare``'s writes are stored but before
+    the next checkpoint (a kill there), when no run has been made."""
+    if "questions" not in values or "arms" not in values:
+        return False
+    planned = len(values["questions"]) * values.get("k", 1) * len(values["arms"])
+    done = {(r["arm"], r["query_id"], r["i"]) for r in values.get("results", [])}
+    return len(done) >= planned
 
 
 def _config(eval_dir: Path, ctx: Context) -> RunnableConfig:
@@ -181,7 +230,7 @@ def _plan_round(
     failed = [r for r in values.get("results", []) if r["reward"] is None]
     if not values:
         return config, fresh_input, spent
-    if snapshot.next:
+    if not eval_complete(values):
         print(f"resuming {eval_dir}: {len(values.get('results', []))} runs already done", flush=True)
         return config, None, spent
     if not (retry_failed and failed):

@@ -13,16 +13,28 @@ from langgraph.runtime import RunControl
 from langgraph.store.sqlite import SqliteStore
 from tqdm import tqdm
 
+from tfgrpo.checks import check_context
 from tfgrpo.context import Context
 from tfgrpo.data import load_dataset
 from tfgrpo.errors import ConfigError
 from tfgrpo.graphs.learn import compile_learn_graph
 from tfgrpo.ledger import Ledger
+from tfgrpo.llm_cache import use_llm_cache
 from tfgrpo.models import resolve_spec
 from tfgrpo.nodes.reward import reward_function
 from tfgrpo.nodes.schedule import batches_per_epoch, check_resume, training_queries
-from tfgrpo.runs import RunDir, open_sqlite, prune_checkpoints, run_stoppably, table_header, table_line
+from tfgrpo.runlock import lock_run_dir
+from tfgrpo.runs import (
+    RunDir,
+    open_checkpointer,
+    open_store,
+    prune_checkpoints,
+    run_stoppably,
+    table_header,
+    table_line,
+)
 from tfgrpo.state.graph_state import LearnState
+from tfgrpo.state.types import StepReport
 
 THREAD_ID = "learn"
 SUPERSTEPS_PER_STEP = 10  # the six step nodes, select_batch, advance, validate, validation_gate
@@ -92,6 +104,7 @@ def run_learning(
     ledger: Ledger | None = None,
 ) -> int:
     # fail fast with one-line errors, before anything is paid for
+    check_context(ctx)
     queries = training_queries(ctx)
     reward_function(ctx.reward)
     if ctx.validation:
@@ -100,9 +113,22 @@ def run_learning(
         load_dataset(ctx.validation)
     run = RunDir(run_dir)
     run.create()
-    store = SqliteStore(open_sqlite(run.store))
-    store.setup()
-    saver = SqliteSaver(open_sqlite(run.checkpoints))
+    with lock_run_dir(run.path):  # one writer per run directory
+        return _learn(ctx, queries, run, seed, progress, keep_checkpoints, ledger)
+
+
+def _learn(
+    ctx: Context,
+    queries: list[Any],
+    run: RunDir,
+    seed: int,
+    progress: bool,
+    keep_checkpoints: bool,
+    ledger: Ledger | None,
+) -> int:
+    run_dir = run.path
+    store = open_store(run.store)
+    saver = open_checkpointer(run.checkpoints)
     graph = compile_learn_graph(checkpointer=saver, store=store)
     n_steps = ctx.epochs * batches_per_epoch(len(queries), ctx.batch_size)
     config: RunnableConfig = {
@@ -113,7 +139,10 @@ def run_learning(
     snapshot = graph.get_state(config)
     values = dict(snapshot.values or {})
     check_resume(values, ctx, queries)
-    if values and not snapshot.next:
+    # Complete only when the graph says so: ``advance`` sets ``done`` after the last step. An empty
+    # ``snapshot.next`` is not enough: it is also empty when a task's writes are stored but the next
+    # checkpoint is not (a kill there), and such a run must continue.
+    if values.get("done"):
         print(f"run in {run_dir} is already complete ({len(values.get('history', []))} steps)")
         _final_outputs(run, values)
         return 0
@@ -121,6 +150,7 @@ def run_learning(
     if values:
         print(f"resuming {run_dir} at step {values.get('step', 0)} of {n_steps}", flush=True)
     else:
+        run.refuse_new_run_over_outputs()
         run.write_settings(ctx, seed)
         print(f"learning: {len(queries)} queries, {n_steps} steps -> {run_dir}", flush=True)
 
@@ -137,15 +167,17 @@ def run_learning(
         bars.close()
         _final_outputs(run, graph.get_state(config).values)
 
+    errors: list[str] = []
     try:
-        code = run_stoppably(
-            lambda control: _drive(
-                graph, graph_input, config, ctx, run, saver, bars, control, keep_checkpoints
-            ),
-            ledger,
-            on_stop=on_stop,
-            stopped=f"stopped; finished work is kept: resume with the same command (--run-dir {run_dir})",
-        )
+        with use_llm_cache(store):  # every response is kept the moment it arrives
+            code = run_stoppably(
+                lambda control: _drive(
+                    graph, graph_input, config, ctx, run, saver, bars, control, keep_checkpoints, errors
+                ),
+                ledger,
+                on_stop=on_stop,
+                stopped=f"stopped; finished work is kept: resume with the same command (--run-dir {run_dir})",
+            )
     finally:
         bars.close()
     if code:
@@ -158,7 +190,25 @@ def run_learning(
     print(f"library: {run_dir / 'library.md'}   report: {run_dir / 'report.md'}")
     for item in library["items"]:
         print(f"  [{item['id']}] {item['text']}")
+    failure = nothing_worked(final.get("history") or [], errors)
+    if failure:
+        print(f"tfgrpo: error: {failure}; what there is was saved in {run_dir}", file=sys.stderr)
+        return 1
     return 0
+
+
+def nothing_worked(history: list[StepReport], errors: list[str]) -> str | None:
+    """A sentence when no rollout of the run could be scored (every call failed, or every reward), else
+    None: such a run learned nothing and must not look like a success."""
+    rollouts = sum(r["rollouts"] for r in history)
+    if not rollouts or any(r["mean_reward"] is not None for r in history):
+        return None
+    calls = sum(r["calls"] for r in history)
+    failed = sum(r["calls_failed"] for r in history)
+    why = f" (first error: {errors[0]})" if errors else ""
+    if calls and failed == calls:
+        return f"every LLM call of this run failed ({failed} of {calls}){why}"
+    return f"no rollout could be scored: all {rollouts} rollouts failed or their reward did{why}"
 
 
 def _drive(
@@ -171,8 +221,10 @@ def _drive(
     bars: Progress,
     control: RunControl,
     keep_checkpoints: bool,
+    errors: list[str],
 ) -> None:
-    """Stream the graph: progress, pruning after each single-node superstep, outputs after each step."""
+    """Stream the graph: progress, pruning after each single-node superstep, outputs after each step;
+    the reasons of dropped items are collected in ``errors``."""
     for chunk in graph.stream(
         cast(LearnState | None, graph_input),
         config,
@@ -185,6 +237,9 @@ def _drive(
             if not isinstance(update, dict):
                 continue
             bars.update(node, update)
+            dropped = update.get("dropped")
+            if isinstance(dropped, list) and len(errors) < 10:  # not the Overwrite([]) of ``advance``
+                errors.extend(d["reason"] for d in dropped)
             if node in MAP_NODES:
                 continue
             # a single node finished a superstep: older checkpoints are no longer needed to resume

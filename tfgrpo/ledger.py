@@ -118,6 +118,69 @@ def is_transient(exc: BaseException) -> bool:
     return isinstance(exc, openai.APIResponseValidationError)
 
 
+RETRY_AFTER_MAX = 300.0  # seconds: a longer Retry-After is waited for this long, then retried
+
+
+def retry_after(exc: BaseException) -> float | None:
+    """The wait a 429/503 response asks for in its ``Retry-After`` (or ``retry-after-ms``) header."""
+    import openai
+
+    if not isinstance(exc, openai.APIStatusError) or exc.status_code not in (429, 503):
+        return None
+    headers = exc.response.headers
+    try:
+        if headers.get("retry-after-ms"):
+            return max(0.0, float(headers["retry-after-ms"]) / 1000)
+        value = headers.get("retry-after")
+        if not value:
+            return None
+        try:
+            return max(0.0, float(value))
+        except ValueError:  # an HTTP date
+            from email.utils import parsedate_to_datetime
+
+            return max(0.0, parsedate_to_datetime(value).timestamp() - time.time())
+    except (TypeError, ValueError, OverflowError):
+        return None
+
+
+def explain(exc: BaseException) -> str | None:
+    """A sentence a user can act on for a provider error that survived the retries (None: not one)."""
+    import openai
+
+    if isinstance(exc, openai.APITimeoutError):
+        return "the model server did not answer in time: raise --request-timeout or check the server's load"
+    if isinstance(exc, openai.APIConnectionError):
+        url = str(exc.request.url) if getattr(exc, "request", None) is not None else "the model server"
+        return f"cannot connect to {url}: is the server running, and is --base-url right?"
+    if isinstance(exc, openai.AuthenticationError | openai.PermissionDeniedError):
+        return (
+            f"the model server refused the credentials (HTTP {exc.status_code}): "
+            "check OPENAI_API_KEY (and --base-url)"
+        )
+    if isinstance(exc, openai.NotFoundError):
+        return (
+            "the model server answered 404 (no such model or endpoint): check --model and --base-url "
+            "(an OpenAI-compatible endpoint usually ends in /v1)"
+        )
+    if isinstance(exc, openai.RateLimitError):
+        return "rate limited by the model server (HTTP 429) on every retry: lower --max-concurrency or wait"
+    if isinstance(exc, openai.BadRequestError):
+        detail = str(getattr(exc, "message", "") or exc).strip().splitlines()
+        return (
+            f"the model server rejected the request (HTTP 400: {detail[0][:160] if detail else ''}): "
+            "check --model, --max-tokens and the server's context size"
+        )
+    if isinstance(exc, openai.APIStatusError) and exc.status_code >= 500:
+        return (
+            f"the model server failed (HTTP {exc.status_code}) on every retry: check the server, "
+            "or raise --max-retries"
+        )
+    if isinstance(exc, openai.APIResponseValidationError | json.JSONDecodeError):
+        return "the model server sent a response that is not valid OpenAI JSON: check --base-url"
+    return None
+
+
 def reserve_tokens(messages: list[BaseMessage], extra: Any = None) -> int:
     """An upper bound on the input tokens of ``messages`` (plus e.g. tool schemas in ``extra``)."""
     size = sum(len(str(m.content).encode()) + PER_MESSAGE_TOKENS for m in messages)
@@ -196,7 +259,10 @@ class Ledger:
             self._reserved_tokens -= tokens
             self._reserved_usd -= usd
 
-    def _delay(self, retries: int) -> float:
+    def _delay(self, retries: int, exc: BaseException | None = None) -> float:
+        asked = retry_after(exc) if exc is not None else None
+        if asked is not None:  # the server said when: wait that long (a little jitter spreads the branches)
+            return min(RETRY_AFTER_MAX, asked) * (1 + 0.1 * random.random())
         # exponential backoff with jitter, so that parallel branches do not retry in lockstep
         return min(self.backoff_max, self.backoff * 2 ** (retries - 1)) * (0.5 + random.random())
 
@@ -222,7 +288,7 @@ class Ledger:
                         if not is_transient(exc) or retries >= self.max_retries:
                             raise CallFailed(exc, retries) from exc
                         retries += 1
-                        time.sleep(self._delay(retries))
+                        time.sleep(self._delay(retries, exc))
             self._settle(spec, message_of(out), reserve_in)
             return out, retries
         finally:
@@ -251,7 +317,7 @@ class Ledger:
                         if not is_transient(exc) or retries >= self.max_retries:
                             raise CallFailed(exc, retries) from exc
                         retries += 1
-                        await asyncio.sleep(self._delay(retries))
+                        await asyncio.sleep(self._delay(retries, exc))
             finally:
                 self.semaphore.release()
             self._settle(spec, message_of(out), reserve_in)

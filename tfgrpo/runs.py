@@ -22,8 +22,10 @@ from pathlib import Path
 from types import FrameType
 from typing import Any
 
+from langgraph.checkpoint.sqlite import SqliteSaver
 from langgraph.errors import GraphDrained
 from langgraph.runtime import RunControl
+from langgraph.store.sqlite import SqliteStore
 
 from tfgrpo.context import Context
 from tfgrpo.errors import ConfigError, StopRequested
@@ -61,9 +63,95 @@ def atomic_write(path: Path, text: str) -> None:
     os.replace(tmp, path)
 
 
-def open_sqlite(path: Path) -> sqlite3.Connection:
-    # The savers serialize access with their own lock; autocommit keeps every write durable at once.
-    return sqlite3.connect(str(path), check_same_thread=False, isolation_level=None)
+class DamagedRun(ConfigError):
+    """A run database that cannot be read: refused in one line, never replaced by a new run."""
+
+
+def open_sqlite(path: Path, *, option: str = "--run-dir") -> sqlite3.Connection:
+    """A connection for a saver or store, checked first (``PRAGMA quick_check``) so that a damaged file
+    is a one-line error instead of a traceback in the middle of a run, in WAL mode. The connection is
+    in autocommit mode: the saver and the store below open one explicit transaction per call.
+
+    WAL with ``synchronous=NORMAL``: a commit is durable when the process is killed (the WAL is in the
+    OS's hands); only a power cut can lose the last commits, and never corrupts the file."""
+    where = path.parent
+    fresh = f"start fresh with another {option} (or delete {where})"
+    if path.is_dir():
+        raise DamagedRun(f"{path} is a directory, not a database: {fresh}")
+    try:
+        conn = sqlite3.connect(str(path), check_same_thread=False, isolation_level=None)
+        verdict = str(conn.execute("PRAGMA quick_check").fetchone()[0])
+        if verdict == "ok":
+            conn.execute("PRAGMA journal_mode=WAL")
+            conn.execute("PRAGMA synchronous=NORMAL")
+    except sqlite3.DatabaseError as exc:
+        verdict = str(exc)
+    if verdict != "ok":
+        reason = verdict.splitlines()[0]
+        raise DamagedRun(f"{path} is damaged ({reason}): this run cannot resume from it; {fresh}")
+    return conn
+
+
+class TransactionalSqliteSaver(SqliteSaver):
+    """``SqliteSaver`` whose every call is one SQLite transaction: a kill in the middle of ``put_writes``
+    keeps all of a task's writes or none (on an autocommit connection each row was committed alone, so a
+    resumed step could silently miss some of a fan-out's sends), and an error rolls back."""
+
+    @contextmanager
+    def cursor(self, transaction: bool = True) -> Iterator[sqlite3.Cursor]:
+        with self.lock:
+            self.setup()
+            cur = self.conn.cursor()
+            if transaction:
+                cur.execute("BEGIN IMMEDIATE")
+            try:
+                yield cur
+            except BaseException:
+                if transaction:
+                    self.conn.rollback()
+                raise
+            else:
+                if transaction:
+                    self.conn.commit()
+            finally:
+                cur.close()
+
+
+class TransactionalSqliteStore(SqliteStore):
+    """``SqliteStore`` (one transaction per batch of operations) that rolls a failed batch back instead
+    of committing the part that ran."""
+
+    @contextmanager
+    def _cursor(self, *, transaction: bool = True) -> Iterator[sqlite3.Cursor]:
+        if not self.is_setup:
+            self.setup()
+        with self.lock:
+            cur = self.conn.cursor()
+            if transaction:
+                cur.execute("BEGIN IMMEDIATE")
+            try:
+                yield cur
+            except BaseException:
+                if transaction:
+                    self.conn.rollback()
+                raise
+            else:
+                if transaction:
+                    self.conn.commit()
+            finally:
+                cur.close()
+
+
+def open_checkpointer(path: Path, *, option: str = "--run-dir") -> TransactionalSqliteSaver:
+    saver = TransactionalSqliteSaver(open_sqlite(path, option=option))
+    saver.setup()
+    return saver
+
+
+def open_store(path: Path, *, option: str = "--run-dir") -> TransactionalSqliteStore:
+    store = TransactionalSqliteStore(open_sqlite(path, option=option))
+    store.setup()
+    return store
 
 
 def report_row(r: StepReport) -> list[str]:
@@ -146,7 +234,24 @@ class RunDir:
         return self.path / "store.sqlite"
 
     def create(self) -> None:
+        if self.path.exists() and not self.path.is_dir():
+            raise ConfigError(f"--run-dir {self.path} is a file, not a directory: pass a directory")
         (self.path / "libraries").mkdir(parents=True, exist_ok=True)
+
+    def has_outputs(self) -> bool:
+        """Whether a run already wrote its library or report here (written only after a checkpoint)."""
+        return any((self.path / name).exists() for name in ("library.json", "report.json")) or any(
+            (self.path / "libraries").glob("step-*.json")
+        )
+
+    def refuse_new_run_over_outputs(self) -> None:
+        """A run directory with outputs but no checkpoint (deleted, emptied) must not be overwritten."""
+        if self.has_outputs():
+            raise ConfigError(
+                f"{self.path} holds the outputs of an earlier run but no checkpoint to resume it "
+                f"({self.checkpoints.name} is missing or empty): start fresh with another --run-dir "
+                f"(or delete {self.path})"
+            )
 
     def write_settings(self, ctx: Context, seed: int) -> None:
         atomic_write(
@@ -212,17 +317,17 @@ def prune_checkpoints(saver: Any, thread_id: str, latest_checkpoint_id: str) -> 
     number of supersteps. Resume needs only the latest checkpoint (and its pending writes); per-step
     libraries and reports are kept as files. Checkpoint ids are time-ordered, so ``<`` is "older".
     """
-    with saver.lock:
-        cur = saver.conn.execute(
+    with saver.cursor() as cur:
+        cur.execute(
             "DELETE FROM checkpoints WHERE thread_id = ? AND checkpoint_id < ?",
             (thread_id, latest_checkpoint_id),
         )
-        saver.conn.execute(
+        deleted = int(cur.rowcount or 0)
+        cur.execute(
             "DELETE FROM writes WHERE thread_id = ? AND checkpoint_id < ?",
             (thread_id, latest_checkpoint_id),
         )
-        saver.conn.commit()
-    return int(cur.rowcount or 0)
+    return deleted
 
 
 def _hard_stop(signum: int, frame: FrameType | None) -> None:

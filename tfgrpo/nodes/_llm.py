@@ -23,7 +23,7 @@ from pydantic import BaseModel, ValidationError
 
 from tfgrpo.context import Context
 from tfgrpo.errors import StopRequested
-from tfgrpo.ledger import CallFailed, current_ledger, reserve_tokens, role_of
+from tfgrpo.ledger import CallFailed, current_ledger, explain, reserve_tokens, role_of
 from tfgrpo.models import ModelSettings, get_model, resolve_spec
 from tfgrpo.state.types import CallRecord
 
@@ -133,6 +133,8 @@ def make_record(
 
 
 def one_line(exc: BaseException | str) -> str:
+    if isinstance(exc, BaseException) and (sentence := explain(exc)) is not None:
+        return f"{type(exc).__name__}: {sentence}"[:300]
     text = str(exc) if not isinstance(exc, str) else exc
     first = text.strip().splitlines()[0] if text.strip() else type(exc).__name__
     name = type(exc).__name__ if isinstance(exc, BaseException) else "error"

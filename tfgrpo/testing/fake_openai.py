@@ -280,12 +280,15 @@ def _load_responder(spec: str) -> ResponderLike:
 
 
 class _Fault:
-    __slots__ = ("kind", "status", "seconds")
+    __slots__ = ("kind", "status", "seconds", "retry_after")
 
-    def __init__(self, kind: str, status: int = 500, seconds: float = 0.0) -> None:
+    def __init__(
+        self, kind: str, status: int = 500, seconds: float = 0.0, retry_after: str | None = None
+    ) -> None:
         self.kind = kind  # "fail" | "malformed" | "hang"
         self.status = status
         self.seconds = seconds
+        self.retry_after = retry_after  # a Retry-After header value to send with a "fail"
 
 
 class _Aborted(Exception):
@@ -362,9 +365,13 @@ class _Handler(BaseHTTPRequestHandler):
     def _send_json(self, status: int, obj: Any, headers: dict[str, str] | None = None) -> None:
         self._send(status, json.dumps(obj).encode("utf-8"), headers=headers)
 
-    def _send_error(self, status: int, message: str, code: str | None = None) -> None:
+    def _send_error(
+        self, status: int, message: str, code: str | None = None, retry_after: str | None = None
+    ) -> None:
         err_type = _ERROR_TYPES.get(status, "server_error")
         headers = {"retry-after": "0", "retry-after-ms": "0"} if status == 429 else None
+        if retry_after is not None:
+            headers = {"retry-after": retry_after}
         self._send_json(
             status,
             {
@@ -462,7 +469,8 @@ class _Handler(BaseHTTPRequestHandler):
             fake._sleep(fault.seconds)
             fault = None
         if fault is not None and fault.kind == "fail":
-            self._send_error(fault.status, f"injected failure ({fault.status})")
+            message = f"injected failure ({fault.status})"
+            self._send_error(fault.status, message, retry_after=fault.retry_after)
             return
         stream = bool(body.get("stream"))
         if fault is not None and fault.kind == "malformed":
@@ -695,10 +703,12 @@ class FakeOpenAIServer:
 
     # -- fault injection ---------------------------------------------------------
 
-    def fail_next(self, n: int = 1, status: int = 500) -> None:
-        """Answer the next ``n`` chat requests with HTTP ``status`` and an error body."""
+    def fail_next(self, n: int = 1, status: int = 500, retry_after: float | str | None = None) -> None:
+        """Answer the next ``n`` chat requests with HTTP ``status`` and an error body; with
+        ``retry_after``, also a ``Retry-After`` header of that value (seconds, or an HTTP date)."""
+        header = None if retry_after is None else str(retry_after)
         with self._lock:
-            self._faults.extend(_Fault("fail", status=status) for _ in range(n))
+            self._faults.extend(_Fault("fail", status=status, retry_after=header) for _ in range(n))
 
     def malformed_next(self, n: int = 1) -> None:
         """Answer the next ``n`` chat requests with a 200 whose body is invalid JSON."""
