@@ -4,6 +4,7 @@ domain's corpus present and readable. Each problem is one line naming the option
 from __future__ import annotations
 
 import math
+from typing import Any
 from urllib.parse import urlparse
 
 from tfgrpo.context import Context
@@ -59,6 +60,17 @@ def check_corpus(ctx: Context) -> None:
     from tfgrpo.tools.corpus import CorpusIndex
 
     CorpusIndex.load(paths)  # one-line errors naming the file and line; cached for the run
+
+
+def check_ledger_options(args: Any) -> None:
+    """The ledger's command-line options: retries, backoff and budgets."""
+    check_number("max_retries", args.max_retries, low=0)
+    check_number("retry_backoff", args.retry_backoff, low=0)
+    for name in ("budget_usd", "budget_tokens"):
+        value = getattr(args, name)
+        check_number(name, value, low=0)
+        if value is not None and value <= 0:
+            raise ConfigError(f"{_option(name)} must be positive, got {value!r}")
 
 
 def check_context(ctx: Context) -> None:

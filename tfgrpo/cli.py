@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 import signal
+import sqlite3
 import sys
 from dataclasses import asdict
 from pathlib import Path
@@ -230,19 +231,17 @@ def context_from_args(args: argparse.Namespace, *, preset: str, **override: Any)
 
 
 def ledger_from_args(args: argparse.Namespace, ctx: Context) -> Ledger:
+    from tfgrpo.checks import check_ledger_options
     from tfgrpo.ledger import Ledger, Prices
 
-    for name in ("budget_usd", "budget_tokens"):
-        value = getattr(args, name)
-        if value is not None and value <= 0:
-            raise TfgrpoError(f"--{name.replace('_', '-')} must be positive")
+    check_ledger_options(args)
     return Ledger(
         max_concurrency=ctx.max_concurrency,
         budget_usd=args.budget_usd,
         budget_tokens=args.budget_tokens,
         prices=Prices.load(args.prices),
-        max_retries=max(0, args.max_retries),
-        backoff=max(0.0, args.retry_backoff),
+        max_retries=args.max_retries,
+        backoff=args.retry_backoff,
     )
 
 
@@ -344,9 +343,11 @@ def cmd_demo(args: argparse.Namespace) -> int:
 def cmd_infer(args: argparse.Namespace) -> int:
     from langchain_core.messages import AIMessage, HumanMessage, ToolMessage
 
+    from tfgrpo.checks import check_context
     from tfgrpo.graphs.inference import build_inference_graph
 
     ctx = agent_context(args, reward=args.reward, max_tokens=args.max_tokens)
+    check_context(ctx)
     graph = build_inference_graph()
     out = graph.invoke(
         {"messages": [HumanMessage(args.question)]},
@@ -449,6 +450,18 @@ def main(argv: list[str] | None = None) -> int:
     except TfgrpoError as exc:
         print(f"tfgrpo: error: {exc}", file=sys.stderr)
         return 2
+    except sqlite3.DatabaseError as exc:  # e.g. a disk that filled up in the middle of a run
+        print(f"tfgrpo: error: the run's database failed ({exc}); finished work is kept, "
+              "run the same command again once the cause is fixed", file=sys.stderr)  # fmt: skip
+        return 2
+    except Exception as exc:
+        from tfgrpo.ledger import explain
+
+        sentence = explain(exc)  # a provider error (unreachable server, 401, 404, ...) as a sentence
+        if sentence is None:
+            raise
+        print(f"tfgrpo: error: {sentence}", file=sys.stderr)
+        return 1
     except KeyboardInterrupt:
         print("\ntfgrpo: interrupted", file=sys.stderr)
         return 130

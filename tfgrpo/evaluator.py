@@ -129,7 +129,10 @@ def run_eval(
     check_eval_resume(eval_dir, settings)
     if eval_dir.exists() and not eval_dir.is_dir():
         raise ConfigError(f"--eval-dir {eval_dir} is a file, not a directory: pass a directory")
-    eval_dir.mkdir(parents=True, exist_ok=True)
+    try:
+        eval_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise ConfigError(f"--eval-dir {eval_dir}: cannot create it ({exc.strerror or exc})") from None
     with lock_run_dir(eval_dir):  # one writer per eval directory
         return _evaluate(
             ctx, eval_dir, queries, arms, k, seed, settings, library, progress, ledger, retry_failed

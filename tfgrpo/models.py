@@ -110,6 +110,11 @@ def _init_chat_model(spec: str, settings: ModelSettings) -> BaseChatModel:
     except ImportError as exc:
         raise ConfigError(f"model {spec!r}: provider package missing ({exc})") from None
     except ValueError as exc:
+        if "infer model provider" in str(exc) or "Unsupported model_provider" in str(exc):
+            raise ConfigError(
+                f"model {spec!r}: unknown provider: use openai:NAME (with --base-url for any "
+                "OpenAI-compatible server) or PROVIDER:NAME of a LangChain provider package you installed"
+            ) from None
         raise ConfigError(f"model {spec!r}: {str(exc).splitlines()[0]}") from None
 
 

@@ -236,7 +236,10 @@ class RunDir:
     def create(self) -> None:
         if self.path.exists() and not self.path.is_dir():
             raise ConfigError(f"--run-dir {self.path} is a file, not a directory: pass a directory")
-        (self.path / "libraries").mkdir(parents=True, exist_ok=True)
+        try:
+            (self.path / "libraries").mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise ConfigError(f"--run-dir {self.path}: cannot create it ({exc.strerror or exc})") from None
 
     def has_outputs(self) -> bool:
         """Whether a run already wrote its library or report here (written only after a checkpoint)."""
