@@ -22,8 +22,8 @@ from typing import Any
 
 from langchain_core.caches import BaseCache
 from langchain_core.globals import get_llm_cache, set_llm_cache
-from langchain_core.load import dumps, loads
-from langchain_core.outputs import Generation
+from langchain_core.messages import message_to_dict, messages_from_dict
+from langchain_core.outputs import ChatGeneration, Generation
 from langgraph.store.base import BaseStore
 
 NAMESPACE = ("tfgrpo-llm-results",)
@@ -44,16 +44,31 @@ class StoreLLMCache(BaseCache):
         item = self.store.get(self.namespace, cache_key(prompt, llm_string))
         if item is None:
             return None
-        return [loads(g) for g in item.value["generations"]]
+        return [_generation(g) for g in item.value["generations"]]
 
     def update(self, prompt: str, llm_string: str, return_val: Sequence[Generation]) -> None:
-        value: dict[str, Any] = {"generations": [dumps(g) for g in return_val]}
+        value: dict[str, Any] = {"generations": [_plain(g) for g in return_val]}
         self.store.put(self.namespace, cache_key(prompt, llm_string), value, index=False)
 
     def clear(self, **kwargs: Any) -> None:
         while items := self.store.search(self.namespace, limit=500):
             for item in items:
                 self.store.delete(self.namespace, item.key)
+
+
+def _plain(gen: Generation) -> dict[str, Any]:
+    """A generation as plain JSON (messages in LangChain's message-dict form, no class loading)."""
+    if isinstance(gen, ChatGeneration):
+        return {"message": message_to_dict(gen.message), "info": gen.generation_info}
+    return {"text": gen.text, "info": gen.generation_info}
+
+
+def _generation(value: dict[str, Any]) -> Generation:
+    if "message" in value:
+        return ChatGeneration(
+            message=messages_from_dict([value["message"]])[0], generation_info=value["info"]
+        )
+    return Generation(text=value["text"], generation_info=value["info"])
 
 
 @contextmanager
