@@ -76,6 +76,7 @@ def _add_agent_args(p: argparse.ArgumentParser, *, demo: bool, temperature: floa
         help="direct (no tools) | math (Python tool) | search (search tools)",
     )
     p.add_argument("--corpus", default=d.corpus, help="JSONL corpus file(s), comma-separated (search)")
+    _add_unsafe_python_arg(p)
     p.add_argument("--max-model-calls", type=int, default=d.max_model_calls, help="per agent run")
     p.add_argument("--max-tool-calls", type=int, default=d.max_tool_calls, help="per agent run")
     p.add_argument("--max-tokens", type=int, default=None)
@@ -95,6 +96,36 @@ def _add_agent_args(p: argparse.ArgumentParser, *, demo: bool, temperature: floa
         p.add_argument("--learner-temperature", type=float, default=d.learner_temperature)
         p.add_argument("--base-url", default=d.base_url, help="OpenAI-compatible endpoint")
     p.add_argument("--config", default=None, help="JSON or TOML file of option values (flags override)")
+
+
+def _add_unsafe_python_arg(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--unsafe-python",
+        action="store_true",
+        help="--domain math without bubblewrap: run model-written code with in-process limits only (unsafe)",
+    )
+
+
+def check_python_sandbox(args: argparse.Namespace) -> None:
+    """``--domain math`` runs model-written code: refuse without the OS sandbox, unless ``--unsafe-python``."""
+    if getattr(args, "domain", None) != "math":
+        return
+    if getattr(args, "unsafe_python", False):
+        print(
+            "tfgrpo: warning: --unsafe-python: model-written Python runs WITHOUT the OS sandbox, with your "
+            "user's rights over files, processes and network (only time/memory limits and Python guards)",
+            file=sys.stderr,
+            flush=True,
+        )
+        return
+    from tfgrpo.tools.python_exec import sandbox_problem
+
+    problem = sandbox_problem()
+    if problem is not None:
+        raise TfgrpoError(
+            f"--domain math runs model-written Python in a sandbox, but {problem}; "
+            "or pass --unsafe-python to run it without one"
+        )
 
 
 def _add_learn_args(p: argparse.ArgumentParser, *, demo: bool) -> None:
@@ -165,6 +196,7 @@ def build_parser() -> argparse.ArgumentParser:
     inf.add_argument("--base-url", default=d.base_url)
     inf.add_argument("--domain", default=d.domain, choices=["direct", "math", "search"])
     inf.add_argument("--corpus", default=d.corpus, help="JSONL corpus file(s), comma-separated (search)")
+    _add_unsafe_python_arg(inf)
     inf.add_argument("--reward", default=d.reward, help="answer format: math (boxed) or other (Answer:)")
     inf.add_argument("--temperature", type=float, default=0.0)
     inf.add_argument("--max-tokens", type=int, default=d.max_tokens)
@@ -215,6 +247,7 @@ def context_from_args(args: argparse.Namespace, *, preset: str, **override: Any)
         "corpus": args.corpus,
         "max_model_calls": args.max_model_calls,
         "max_tool_calls": args.max_tool_calls,
+        "unsafe_python": args.unsafe_python,
     }
     for name in ("model", "learner_model", "judge_model", "base_url", "learner_temperature"):
         if hasattr(args, name):
@@ -270,6 +303,7 @@ def agent_context(args: argparse.Namespace, **settings: Any) -> Context:
         temperature=args.temperature,
         max_model_calls=args.max_model_calls,
         max_tool_calls=args.max_tool_calls,
+        unsafe_python=args.unsafe_python,
         **settings,
     )
 
@@ -432,6 +466,7 @@ def main(argv: list[str] | None = None) -> int:
     signal.signal(signal.SIGINT, _default_sigint)
     try:
         args = parse_args(argv)
+        check_python_sandbox(args)
         if args.command == "learn":
             embedded = not args.model
             if embedded:

@@ -10,6 +10,9 @@ import hashlib
 import json
 import os
 from dataclasses import asdict, dataclass, field
+from typing import Any
+
+from tfgrpo.errors import ConfigError
 
 # Settings that change the meaning of a run: a resumed run must use the same values.
 RUN_DEFINING = (
@@ -70,6 +73,10 @@ class Context:
     max_tool_calls: int = field(default=6, metadata={"description": "Agent: tool calls per question."})
     python_timeout: float = 10.0
     tool_max_chars: int = 2000
+    unsafe_python: bool = field(
+        default=False,
+        metadata={"description": "Run the Python tool without its OS sandbox (bubblewrap): unsafe."},
+    )
     # The paper's hyper-parameters
     epochs: int = 3
     batch_size: int = 8
@@ -118,3 +125,14 @@ class Context:
 
     def run_defining(self) -> dict[str, object]:
         return {k: asdict(self)[k] for k in RUN_DEFINING}
+
+
+def as_context(value: Any) -> Context:
+    """The run's :class:`Context` from what LangGraph hands a node or tool (a dict from Studio, or None)."""
+    if value is None:
+        return Context()
+    if isinstance(value, dict):
+        return Context(**value)
+    if isinstance(value, Context):
+        return value
+    raise ConfigError(f"unsupported context type {type(value).__name__}")

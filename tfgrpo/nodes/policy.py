@@ -33,7 +33,7 @@ from langgraph.runtime import Runtime
 from langgraph.store.base import BaseStore
 from langgraph.types import Checkpointer
 
-from tfgrpo.context import Context
+from tfgrpo.context import Context, as_context
 from tfgrpo.errors import ConfigError
 from tfgrpo.evals.rewards import extract_final_answer
 from tfgrpo.ledger import BudgetExceeded, CallFailed, Ledger, current_ledger, reserve_tokens
@@ -55,16 +55,6 @@ DOMAIN_TOOLS: dict[str, frozenset[str]] = {
     "search": frozenset({"search", "open_page", "web_search", "web_extract"}),
 }
 LIMIT_NOTE = "Tool budget used up: answer now with what you have."
-
-
-def as_context(value: Any) -> Context:
-    if value is None:
-        return Context()
-    if isinstance(value, dict):
-        return Context(**value)
-    if isinstance(value, Context):
-        return value
-    raise ConfigError(f"unsupported context type {type(value).__name__}")
 
 
 def policy_system_prompt(ctx: Context, experiences: str, *, with_tools: bool) -> str:
