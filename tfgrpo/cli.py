@@ -107,7 +107,7 @@ def _add_unsafe_python_arg(p: argparse.ArgumentParser) -> None:
 
 
 def check_python_sandbox(args: argparse.Namespace) -> None:
-    """``--domain math`` runs model-written code: refuse without the OS sandbox, unless ``--unsafe-python``."""
+    """``--domain math`` runs model-written code: no OS sandbox, no run (``--unsafe-python``: a warning)."""
     if getattr(args, "domain", None) != "math":
         return
     if getattr(args, "unsafe_python", False):

@@ -1,5 +1,6 @@
-"""The Python tool's OS boundary (bubblewrap): one test per escape that Python-level patching let through,
-and what happens where bubblewrap is missing (the CLI refuses ``--domain math``; ``--unsafe-python`` opts out).
+"""The Python tool's OS boundary (bubblewrap): one test per escape that Python-level patching let
+through, and what happens where bubblewrap is missing (``--domain math`` is refused; ``--unsafe-python``
+opts out).
 
 Each escape uses what the guards in the child do not cover (``posix.*``, ``_socket``, ``ctypes``), so only
 the namespaces, the cleared environment and the process filter stop it. Every test starts real processes.
@@ -8,6 +9,7 @@ the namespaces, the cleared environment and the process filter stop it. Every te
 from __future__ import annotations
 
 import ast
+import contextlib
 import os
 import shutil
 import socket
@@ -38,7 +40,9 @@ needs_bwrap = pytest.mark.skipif(
 def no_bwrap(monkeypatch: pytest.MonkeyPatch) -> None:
     """This machine without bubblewrap: ``bwrap`` is not on the PATH."""
     which = shutil.which
-    monkeypatch.setattr(shutil, "which", lambda name, *a, **k: None if name == "bwrap" else which(name, *a, **k))
+    monkeypatch.setattr(
+        shutil, "which", lambda name, *a, **k: None if name == "bwrap" else which(name, *a, **k)
+    )
 
 
 def _processes_with(marker: str) -> list[int]:
@@ -59,10 +63,8 @@ def _wait_until_gone(marker: str, seconds: float = 3.0) -> list[int]:
     while (alive := _processes_with(marker)) and time.monotonic() < deadline:
         time.sleep(0.05)
     for pid in alive:  # do not leave an escaped process behind, whatever the verdict
-        try:
+        with contextlib.suppress(OSError):
             os.kill(pid, 9)
-        except OSError:
-            pass
     return alive
 
 
@@ -214,6 +216,56 @@ def test_the_namespace_dies_with_the_timeout_even_without_the_process_filter(
     assert _wait_until_gone(marker) == []
 
 
+@needs_bwrap
+def test_the_host_filesystem_is_absent_or_read_only() -> None:
+    code = textwrap.dedent(
+        f"""
+        import os, sys
+        print(os.path.exists({str(REPO)!r}), os.path.exists({os.path.expanduser("~")!r} + '/.bashrc'))
+        for target in (sys.prefix + '/pwned', '/usr/pwned', '/etc/pwned', '/pwned', '/dev/shm/pwned'):
+            try:
+                open(target, 'w')
+                print('wrote', target)
+            except OSError as exc:
+                print(exc.errno)
+        """
+    )
+    r = run_python(code)
+    lines = r.stdout.splitlines()
+    assert lines[0] == "False False", r.render()  # the project, the run directory, the home: not there
+    assert lines[1:] == ["30"] * 5  # EROFS: system, Python and everything but the scratch are read-only
+    assert not os.path.exists(os.path.join(sys.prefix, "pwned"))
+
+
+@needs_bwrap
+def test_the_scratch_directory_is_private_and_bounded(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(python_exec.tempfile, "tempdir", str(tmp_path))  # where the parent keeps its files
+    code = textwrap.dedent(
+        """
+        import os
+        n = 0
+        try:
+            for i in range(20):
+                with open(f'f{i}', 'wb') as f:
+                    f.write(b'x' * 8 * 1024 * 1024)
+                n += 1
+        except OSError as exc:
+            print(exc.errno, n * 8, 'MB written')
+        """
+    )
+    r = run_python(code)
+    errno_, written, _ = r.stdout.split(maxsplit=2)
+    assert errno_ == "28" and int(written) <= python_exec.SCRATCH_LIMIT // 2**20  # ENOSPC at the limit
+    assert list(tmp_path.iterdir()) == []  # nothing of the run is left on the host
+    # bwrap < 0.7 has no --size: the scratch directory is then a private host directory, deleted afterwards
+    monkeypatch.setattr(python_exec, "_bwrap_version", lambda bwrap: (0, 6))
+    r = run_python("import os\nopen('note', 'w').write('hi')\nprint(os.getcwd(), os.listdir('.'))")
+    assert r.stdout == "/scratch ['note']\n", r.render()
+    assert list(tmp_path.iterdir()) == []
+
+
 def test_without_bwrap_the_math_domain_is_refused_in_one_line(
     no_bwrap: None, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
@@ -232,10 +284,32 @@ def test_without_bwrap_the_math_domain_is_refused_in_one_line(
     assert r.error.startswith("sandbox unavailable: bubblewrap (bwrap) is not installed")
 
 
+def test_a_bwrap_that_cannot_create_namespaces_is_refused_with_its_reason(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # e.g. Ubuntu 24.04 for an ordinary user, or Docker's default seccomp profile
+    fake = tmp_path / "bwrap"
+    fake.write_text(
+        "#!/bin/sh\n"
+        'if [ "$1" = --version ]; then echo "bubblewrap 0.9.0"; exit 0; fi\n'
+        "echo 'bwrap: setting up uid map: Permission denied' >&2\nexit 1\n"
+    )
+    fake.chmod(0o755)
+    monkeypatch.setenv("PATH", f"{tmp_path}{os.pathsep}{os.environ.get('PATH', '')}")
+    problem = sandbox_problem()
+    assert problem is not None and "setting up uid map: Permission denied" in problem
+    assert "apparmor" in problem.lower()
+    assert cli.main(["infer", "--question", "q", "--domain", "math", "--model", "openai:m"]) == 2
+    err = capsys.readouterr().err
+    assert len(err.strip().splitlines()) == 1 and "uid map" in err and "--unsafe-python" in err
+
+
 def test_unsafe_python_is_an_explicit_opt_in_with_a_warning(
     no_bwrap: None, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    args = cli.parse_args(["infer", "--question", "q", "--domain", "math", "--unsafe-python", "--model", "openai:m"])
+    args = cli.parse_args(
+        ["infer", "--question", "q", "--domain", "math", "--unsafe-python", "--model", "openai:m"]
+    )
     cli.check_python_sandbox(args)
     assert "warning: --unsafe-python" in capsys.readouterr().err
     ctx = cli.agent_context(args)

@@ -6,15 +6,15 @@ LangChain tool ``python``.
 
 The boundary (bubblewrap; :func:`sandbox_problem` says why it cannot run here, and how to install it)
     * new user, pid, network, ipc and uts namespaces: the code sees only its own processes (it is pid 2),
-      has no network but a down loopback, cannot ``setns()`` back into the parent's namespaces (no
+      has no network but a loopback of its own, cannot ``setns()`` back into the parent's namespaces (no
       capability in them) and cannot create user namespaces;
-    * a cleared environment (``--clearenv`` plus a fixed list: no key of the parent ever reaches the
-      child), all capabilities dropped, a new session (no terminal injection), ``--die-with-parent``;
-    * a private filesystem: read-only ``/usr`` (and ``/bin``, ``/lib*``), the few files of ``/etc`` the
-      dynamic loader needs, the interpreter's prefix read-only, fresh ``/proc`` and ``/dev``, and a private
-      writable ``tmpfs`` scratch directory (``/scratch``, also ``/tmp``, ``HOME`` and the cwd) of at most
-      ``SCRATCH_LIMIT`` bytes that vanishes with the sandbox. The run directory, the home directory, other
-      processes' ``/proc/PID/environ`` and the rest of the host are not there at all;
+    * an environment built from scratch (a fixed list, for bwrap too: no key of the parent ever reaches
+      the sandbox), all capabilities dropped, a new session (no terminal injection), ``--die-with-parent``;
+    * a private, read-only filesystem: ``/usr`` (and ``/bin``, ``/lib*``), the few files of ``/etc`` the
+      dynamic loader needs, the interpreter's prefix, fresh ``/proc`` and ``/dev``; the only writable
+      place is a private ``tmpfs`` scratch directory (``/scratch``, also ``/tmp``, ``HOME`` and the
+      cwd) of at most ``SCRATCH_LIMIT`` bytes that vanishes with the sandbox. The run directory, the
+      home directory, other processes' ``/proc/PID/environ`` and the rest of the host are not there;
     * a seccomp filter: no new process or thread (``clone``/``fork``/``vfork`` fail with ``EPERM``,
       ``clone3`` with ``ENOSYS``), no ``unshare``: a fork bomb or a shell never starts (RLIMIT_NPROC
       does not bind root, and the tool often runs as root in containers);
@@ -91,7 +91,9 @@ FILE_SIZE_LIMIT = 10 * 1024 * 1024
 SCRATCH_LIMIT = 64 * 1024 * 1024
 """Size of the sandbox's private scratch directory (a ``tmpfs``); writes beyond fail with ``ENOSPC``."""
 
-BWRAP_INSTALL_HINT = "install it with `apt-get install bubblewrap` (Debian/Ubuntu) or `dnf install bubblewrap` (Fedora)"
+BWRAP_INSTALL_HINT = (
+    "install it with `apt-get install bubblewrap` (Debian/Ubuntu) or `dnf install bubblewrap` (Fedora)"
+)
 OPEN_FILES_LIMIT = 256
 NPROC_MARGIN = 64
 _KILL_GRACE = 1.0  # seconds to drain the pipes after the child is gone or killed
@@ -295,8 +297,12 @@ def run_python(
     if not unsafe:
         problem = sandbox_problem()
         if problem is not None:
-            return PythonResult(ok=False, stdout="", stderr="", error=f"sandbox unavailable: {problem}", seconds=0.0)
-    return _run(code, timeout=timeout, memory_mb=memory_mb, max_output=max_output, netns=True, sandbox=not unsafe)
+            return PythonResult(
+                ok=False, stdout="", stderr="", error=f"sandbox unavailable: {problem}", seconds=0.0
+            )
+    return _run(
+        code, timeout=timeout, memory_mb=memory_mb, max_output=max_output, netns=True, sandbox=not unsafe
+    )
 
 
 def _run(
@@ -333,13 +339,8 @@ def _run(
                 with open(filter_path, "wb") as fb:
                     fb.write(program)
                 filter_fd = os.open(filter_path, os.O_RDONLY)
-            argv = [
-                *_bwrap_argv(code_path, filter_fd),
-                *python,
-                _CODE_PATH,
-                json.dumps(limits),
-            ]
-            cwd, env = root, {"PATH": os.defpath}  # bwrap itself gets no key either
+            argv = [*_bwrap_argv(code_path, scratch, filter_fd), *python, _CODE_PATH, json.dumps(limits)]
+            cwd, env = root, _sandbox_env()
         else:
             argv = [*python, code_path, json.dumps(limits)]
             cwd, env = scratch, _child_env(scratch)
@@ -435,9 +436,9 @@ def _probe(bwrap: str | None) -> str | None:
             with open(code_path, "w", encoding="utf-8") as f:
                 f.write("")
             done = subprocess.run(
-                [*_bwrap_argv(code_path, None, bwrap=bwrap), sys.executable, "-I", "-S", _CODE_PATH],
+                [*_bwrap_argv(code_path, root, None, bwrap=bwrap), sys.executable, "-I", "-S", _CODE_PATH],
                 cwd=root,
-                env={"PATH": os.defpath},
+                env=_sandbox_env(),
                 stdin=subprocess.DEVNULL,
                 capture_output=True,
                 timeout=_PROBE_TIMEOUT,
@@ -447,36 +448,37 @@ def _probe(bwrap: str | None) -> str | None:
     if done.returncode != 0:
         why = _last_line(done.stderr.decode("utf-8", "replace")) or f"exit code {done.returncode}"
         return (
-            f"bubblewrap ({bwrap}) cannot create its namespaces here ({why}); allow unprivileged user "
-            "namespaces (sysctl kernel.unprivileged_userns_clone=1, or the AppArmor profile for bwrap), or "
-            "run the container with them"
+            f"bubblewrap ({bwrap}) cannot create its sandbox here ({why}): it needs user namespaces "
+            "(Ubuntu 24.04: load the bwrap-userns-restrict AppArmor profile, or sysctl "
+            "kernel.apparmor_restrict_unprivileged_userns=0)"
         )
     return None
 
 
-def _bwrap_argv(code_path: str, filter_fd: int | None, *, bwrap: str | None = None) -> list[str]:
-    """The bwrap command line up to the program: namespaces, a cleared environment, the filesystem."""
+def _bwrap_argv(
+    code_path: str, scratch: str, filter_fd: int | None, *, bwrap: str | None = None
+) -> list[str]:
+    """The bwrap command line up to the program: namespaces and the filesystem. ``scratch`` is the host
+    directory used as ``/scratch`` by a bwrap older than 0.7 (no ``--size``: no bounded ``tmpfs``)."""
+    bwrap = bwrap or shutil.which("bwrap") or "bwrap"
+    version = _bwrap_version(bwrap)
     argv = [
-        bwrap or shutil.which("bwrap") or "bwrap",
+        bwrap,
         "--unshare-user",
         "--unshare-pid",
         "--unshare-net",
         "--unshare-ipc",
         "--unshare-uts",
         "--unshare-cgroup-try",
-        "--disable-userns",
         "--cap-drop",
         "ALL",
         "--die-with-parent",
         "--new-session",
         "--hostname",
         "sandbox",
-        "--clearenv",
     ]
-    env = _child_env(_SCRATCH)
-    env["PATH"] = os.pathsep.join([os.path.dirname(sys.executable), "/usr/local/bin", "/usr/bin", "/bin"])
-    for name, value in env.items():
-        argv += ["--setenv", name, value]
+    if version >= (0, 8):
+        argv.append("--disable-userns")  # the process filter also refuses unshare; this holds without it
     argv += ["--ro-bind", "/usr", "/usr"]
     for top in ("/bin", "/sbin", "/lib", "/lib32", "/lib64", "/libx32"):
         if os.path.islink(top):  # merged /usr: the same symlink inside
@@ -487,12 +489,33 @@ def _bwrap_argv(code_path: str, filter_fd: int | None, *, bwrap: str | None = No
         argv += ["--ro-bind-try", f"/etc/{name}", f"/etc/{name}"]
     for prefix in _python_dirs():
         argv += ["--ro-bind", prefix, prefix]
-    argv += ["--proc", "/proc", "--dev", "/dev"]
-    argv += ["--size", str(SCRATCH_LIMIT), "--tmpfs", _SCRATCH, "--symlink", _SCRATCH, "/tmp"]
-    argv += ["--ro-bind", code_path, _CODE_PATH, "--chdir", _SCRATCH]
+    argv += ["--proc", "/proc", "--dev", "/dev", "--remount-ro", "/dev"]  # /dev/shm: no unbounded tmpfs
+    if version >= (0, 7):
+        argv += ["--size", str(SCRATCH_LIMIT), "--tmpfs", _SCRATCH]
+    else:
+        argv += ["--bind", scratch, _SCRATCH]
+    argv += ["--symlink", _SCRATCH, "/tmp", "--ro-bind", code_path, _CODE_PATH]
+    argv += ["--remount-ro", "/", "--chdir", _SCRATCH]  # bwrap's root is a tmpfs without a size limit
     if filter_fd is not None:
         argv += ["--seccomp", str(filter_fd)]
     return [*argv, "--"]
+
+
+def _sandbox_env() -> dict[str, str]:
+    """bwrap's whole environment, which it hands on to the code: built here, nothing inherited."""
+    env = _child_env(_SCRATCH)
+    env["PATH"] = os.pathsep.join([os.path.dirname(sys.executable), "/usr/local/bin", "/usr/bin", "/bin"])
+    return env
+
+
+@functools.lru_cache(maxsize=4)
+def _bwrap_version(bwrap: str) -> tuple[int, ...]:
+    try:
+        out = subprocess.run([bwrap, "--version"], capture_output=True, text=True, timeout=10).stdout
+    except (OSError, subprocess.SubprocessError):
+        return (0,)
+    found = re.search(r"(\d+)\.(\d+)(?:\.(\d+))?", out)
+    return tuple(int(g) for g in found.groups() if g is not None) if found else (0,)
 
 
 def _python_dirs() -> list[str]:
@@ -735,7 +758,9 @@ def python_tool(
 
     def python(code: str) -> str:
         try:
-            result = run_python(code, timeout=timeout, memory_mb=memory_mb, max_output=max_output, unsafe=unsafe)
+            result = run_python(
+                code, timeout=timeout, memory_mb=memory_mb, max_output=max_output, unsafe=unsafe
+            )
             return result.render()
         except Exception as exc:  # run_python does not raise; belt and braces for the agent loop
             return f"[error] sandbox failure: {type(exc).__name__}: {exc}"
