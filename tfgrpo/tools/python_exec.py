@@ -364,6 +364,8 @@ def _run(
         if sandbox and rc is not None and rc > 128:  # bwrap reports a child killed by signal N as 128 + N
             rc = -(rc - 128)
         error = _diagnose(rc, timed_out, stderr, timeout=timeout, memory_mb=memory_mb)
+        if sandbox and rc == 1 and not stdout and stderr.startswith("bwrap: "):  # it could not set up
+            error = f"sandbox failure: {_last_line(stderr)}"
         return PythonResult(
             ok=error is None,
             stdout=stdout,
@@ -448,8 +450,8 @@ def _probe(bwrap: str | None) -> str | None:
     if done.returncode != 0:
         why = _last_line(done.stderr.decode("utf-8", "replace")) or f"exit code {done.returncode}"
         return (
-            f"bubblewrap ({bwrap}) cannot create its sandbox here ({why}): it needs user namespaces "
-            "(Ubuntu 24.04: load the bwrap-userns-restrict AppArmor profile, or sysctl "
+            f"bubblewrap ({bwrap}) cannot start its sandbox here: {why} (it needs user namespaces; on "
+            "Ubuntu 24.04 load the bwrap-userns-restrict AppArmor profile or set sysctl "
             "kernel.apparmor_restrict_unprivileged_userns=0)"
         )
     return None
