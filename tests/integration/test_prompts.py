@@ -70,6 +70,14 @@ def test_prompts_listing_is_what_the_server_receives(fake_server: FakeOpenAIServ
     assert listing.returncode == 0, listing.stderr
     shown = sections(listing.stdout)
     assert list(shown) == list(PROMPT_PLACEHOLDERS)  # policy, summarize, extract, update, judge
+    caps = {}
+    for body in fake_server.requests:
+        role = next(
+            n for n, (k, t) in shown.items() if k == "system" and t in str(body["messages"][0]["content"])
+        )
+        caps.setdefault(role.removesuffix("_system"), set()).add(body["max_completion_tokens"])
+    # the command's defaults: each role its own cap (learner 4096, judge 64, policy --max-tokens 1024)
+    assert caps == {"policy": {1024}, "summarize": {4096}, "extract": {4096}, "update": {4096}, "judge": {64}}
     systems, users = set(received(fake_server, "system")), received(fake_server, "user")
     for name, (kind, text) in shown.items():
         if kind == "system":
