@@ -35,7 +35,7 @@ PRESETS: dict[str, dict[str, Any]] = {
         "batch_size": 3,
         "group_size": 4,
         "max_tokens": 256,
-        "learner_max_tokens": 512,
+        "learner_max_tokens": 256,
     },
     "demo": {
         "dataset": "rg:basic_arithmetic:size=20:seed=1",
@@ -124,7 +124,7 @@ def _add_learn_args(p: argparse.ArgumentParser, *, demo: bool) -> None:
         "--learner-max-tokens",
         type=int,
         default=None,
-        help="cap per summarize / extract / update completion (default 4096; 512 on the embedded model)",
+        help="cap per summarize / extract / update completion (default 4096; 256 on the embedded model)",
     )
     p.add_argument("--max-library-items", type=int, default=d.max_library_items)
     p.add_argument(
