@@ -450,3 +450,21 @@ def test_top_p_reaches_the_server_only_when_set(serve) -> None:
     assert body["top_p"] == 0.95 and body["temperature"] == 0.3
     run_policy(Context(model="openai:fake", base_url=server.base_url), "Calculate 2 + 3.", "", seed=1)
     assert "top_p" not in server.requests[-1]
+
+
+def test_a_reply_cut_off_at_max_tokens_says_so() -> None:
+    from langchain_core.messages import AIMessage
+
+    from tfgrpo.nodes._llm import malformed_reason
+    from tfgrpo.nodes.update_library import LibraryUpdate
+
+    cut = AIMessage(
+        content="",
+        invalid_tool_calls=[
+            {"name": "LibraryUpdate", "args": '{"operations": [{"op"', "id": "1", "error": None}
+        ],
+        response_metadata={"finish_reason": "length"},
+    )
+    reason = malformed_reason(LibraryUpdate, cut, None, 1024)
+    assert reason.startswith("cut off at max_tokens=1024 (finish_reason 'length')")
+    assert "--learner-max-tokens" in reason
