@@ -106,7 +106,19 @@ class Context:
     )
     learner_temperature: float = 0.3
     judge_temperature: float = 0.0
-    max_tokens: int = field(default=1024, metadata={"description": "Cap on tokens per completion."})
+    max_tokens: int = field(default=1024, metadata={"description": "Cap on tokens per policy completion."})
+    top_p: float | None = field(
+        default=None, metadata={"description": "Nucleus sampling of the policy (None: the server's default)."}
+    )
+    learner_max_tokens: int = field(
+        default=4096,
+        metadata={"description": "Cap on tokens per summarize / extract / update completion."},
+    )
+    judge_max_tokens: int = field(default=64, metadata={"description": "Cap on tokens per judge verdict."})
+    prompts: str = field(
+        default="",
+        metadata={"description": "Directory of NAME.txt files replacing prompts (see `tfgrpo prompts`)."},
+    )
     request_timeout: float = 120.0
     # Robustness
     structured_retries: int = field(
