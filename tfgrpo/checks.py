@@ -84,6 +84,8 @@ def check_context(ctx: Context) -> None:
         "validation_k",
         "max_model_calls",
         "max_tokens",
+        "learner_max_tokens",
+        "judge_max_tokens",
         "max_concurrency",
         "tool_max_chars",
     )
