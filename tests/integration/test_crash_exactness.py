@@ -226,7 +226,8 @@ def test_a_second_process_on_the_same_run_dir_is_refused(
 def test_a_lock_left_by_a_dead_process_is_taken_over(fake_server: FakeOpenAIServer, tmp_path: Path) -> None:
     run_dir = tmp_path / "run"
     holder = subprocess.Popen([sys.executable, "-c", textwrap.dedent(f"""
-                from pathlib import Path
+        import time
+        from pathlib import Path
         from tfgrpo.runlock import FileRunLock
         Path({str(run_dir)!r}).mkdir(parents=True)
         FileRunLock(Path({str(run_dir)!r})).acquire()
