@@ -22,6 +22,7 @@ from tfgrpo.context import Context
 from tfgrpo.data import dataset_fingerprint, load_dataset
 from tfgrpo.errors import ConfigError
 from tfgrpo.evals.report import verdict, write_attribution_report, write_eval_report
+from tfgrpo.evals.rewards import warm_up
 from tfgrpo.graphs.evaluate import compile_eval_graph
 from tfgrpo.ledger import Ledger
 from tfgrpo.models import resolve_spec
@@ -109,6 +110,7 @@ def run_eval(
     if k < 1:
         raise ConfigError("--k must be at least 1")
     ground_truth_reward(ctx.reward)  # one-line errors on a bad reward or dataset, before any cost
+    warm_up(ctx.reward)  # math-verify helpers start while the first runs wait on the network
     queries = load_dataset(ctx.dataset)
     if not queries:
         raise ConfigError(f"{ctx.dataset}: no questions to evaluate")

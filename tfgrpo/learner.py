@@ -16,13 +16,15 @@ from tqdm import tqdm
 from tfgrpo.context import Context
 from tfgrpo.data import load_dataset
 from tfgrpo.errors import ConfigError
+from tfgrpo.evals.rewards import warm_up
 from tfgrpo.graphs.learn import compile_learn_graph
 from tfgrpo.ledger import Ledger
 from tfgrpo.models import resolve_spec
 from tfgrpo.nodes.reward import reward_function
-from tfgrpo.nodes.schedule import batches_per_epoch, check_resume, training_queries
+from tfgrpo.nodes.schedule import batches_per_epoch, check_resume, step_history, training_queries
 from tfgrpo.runs import RunDir, open_sqlite, prune_checkpoints, run_stoppably, table_header, table_line
 from tfgrpo.state.graph_state import LearnState
+from tfgrpo.state.types import StepReport
 
 THREAD_ID = "learn"
 SUPERSTEPS_PER_STEP = 10  # the six step nodes, select_batch, advance, validate, validation_gate
@@ -66,7 +68,8 @@ def spent_so_far(store: SqliteStore, run_id: str) -> tuple[int, float]:
     while True:
         items = store.search(("tfgrpo", run_id), limit=500, offset=offset)
         for item in items:
-            for call in item.value.get("calls", []):
+            calls = item.value.get("calls", [])
+            for call in calls if isinstance(calls, list) else []:  # (step reports count calls: an int)
                 tokens += call["input_tokens"] + call["output_tokens"]
                 usd += call.get("cost_usd") or 0.0
         if len(items) < 500:
@@ -74,12 +77,27 @@ def spent_so_far(store: SqliteStore, run_id: str) -> tuple[int, float]:
         offset += 500
 
 
-def _final_outputs(run: RunDir, values: dict[str, Any]) -> None:
+def stored_history(run: RunDir) -> list[StepReport]:
+    """The finished steps' reports from the run's ``store.sqlite`` (a killed run's too); [] without one."""
+    if not run.store.exists():
+        return []
+    conn = open_sqlite(run.store)
+    try:
+        store = SqliteStore(conn)
+        runs = store.list_namespaces(prefix=("tfgrpo",), suffix=("history",), max_depth=3)
+        return [report for ns in runs for report in step_history(store, ns[1])]
+    finally:
+        conn.close()
+
+
+def _final_outputs(run: RunDir, store: SqliteStore, values: dict[str, Any]) -> list[StepReport]:
     """The run's files plus its learning curve (plotted at the end only: matplotlib is not free)."""
     from tfgrpo.evals.report import write_learning_curve
 
-    run.write_outputs(values)
-    write_learning_curve(run.path, values.get("history") or [])
+    history = step_history(store, values.get("run_id", "")) if values else []
+    run.write_outputs(values, history)
+    write_learning_curve(run.path, history)
+    return history
 
 
 def run_learning(
@@ -94,6 +112,7 @@ def run_learning(
     # fail fast with one-line errors, before anything is paid for
     queries = training_queries(ctx)
     reward_function(ctx.reward)
+    warm_up(ctx.reward)  # math-verify helpers start while the first rollouts wait on the network
     if ctx.validation:
         if ctx.reward == "majority":
             raise ConfigError("--validation needs a ground-truth reward (not majority)")
@@ -114,8 +133,8 @@ def run_learning(
     values = dict(snapshot.values or {})
     check_resume(values, ctx, queries)
     if values and not snapshot.next:
-        print(f"run in {run_dir} is already complete ({len(values.get('history', []))} steps)")
-        _final_outputs(run, values)
+        history = _final_outputs(run, store, values)
+        print(f"run in {run_dir} is already complete ({len(history)} steps)")
         return 0
     graph_input: dict[str, Any] | None = None if values else {"seed": seed}
     if values:
@@ -130,12 +149,12 @@ def run_learning(
         ledger.spent_tokens, ledger.spent_usd = spent_so_far(store, values["run_id"])
     bars = Progress(progress, ctx.group_size)
     print(table_header(), flush=True)
-    for report in values.get("history", []):
+    for report in step_history(store, values["run_id"]) if values.get("run_id") else []:
         print(table_line(report), flush=True)
 
     def on_stop() -> None:
         bars.close()
-        _final_outputs(run, graph.get_state(config).values)
+        _final_outputs(run, store, graph.get_state(config).values)
 
     try:
         code = run_stoppably(
@@ -152,9 +171,9 @@ def run_learning(
         return code
 
     final = graph.get_state(config).values
-    _final_outputs(run, final)
+    history = _final_outputs(run, store, final)
     library = final.get("library", {"items": []})
-    print(f"\ndone: {len(final.get('history', []))} steps, {len(library['items'])} experiences")
+    print(f"\ndone: {len(history)} steps, {len(library['items'])} experiences")
     print(f"library: {run_dir / 'library.md'}   report: {run_dir / 'report.md'}")
     for item in library["items"]:
         print(f"  [{item['id']}] {item['text']}")
@@ -191,6 +210,7 @@ def _drive(
             snap = graph.get_state(config)
             if not keep_checkpoints:
                 prune_checkpoints(saver, THREAD_ID, snap.config["configurable"]["checkpoint_id"])
-            if node == "advance":
-                run.write_outputs(snap.values)
-                print(table_line(snap.values["history"][-1]), flush=True)
+            if node == "advance" and snap.values.get("report"):
+                report = snap.values["report"]
+                run.write_library(snap.values["library"], report["step"])
+                print(table_line(report), flush=True)

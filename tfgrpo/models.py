@@ -113,25 +113,59 @@ def _init_chat_model(spec: str, settings: ModelSettings) -> BaseChatModel:
         raise ConfigError(f"model {spec!r}: {str(exc).splitlines()[0]}") from None
 
 
+def _build(settings: ModelSettings) -> BaseChatModel:
+    prefix, _, name = settings.spec.partition(":")
+    with _lock:
+        factory = _providers.get(prefix)
+    if factory is not None:
+        return factory(name, settings)
+    if prefix == "openai" and name:
+        return _openai(name, settings)
+    if prefix == "local":
+        return _local(name, settings)
+    return _init_chat_model(settings.spec, settings)
+
+
+_building: dict[ModelSettings, threading.Lock] = {}
+
+
 def get_model(settings: ModelSettings) -> BaseChatModel:
-    """The chat model for ``settings``, built once per distinct settings."""
+    """The chat model for ``settings``, built once per distinct settings.
+
+    The build (importing langchain-openai takes about a second; the embedded model starts a server) runs
+    under a lock of its own settings only: other models, and every later call, never wait for it.
+    """
     if not settings.spec:
         settings = replace(settings, spec=DEFAULT_MODEL)
     with _lock:
         cached = _cache.get(settings)
         if cached is not None:
             return cached
-        prefix, _, name = settings.spec.partition(":")
-        if prefix in _providers:
-            model = _providers[prefix](name, settings)
-        elif prefix == "openai" and name:
-            model = _openai(name, settings)
-        elif prefix == "local":
-            model = _local(name, settings)
-        else:
-            model = _init_chat_model(settings.spec, settings)
-        _cache[settings] = model
-        return model
+        building = _building.setdefault(settings, threading.Lock())
+    with building:
+        with _lock:
+            cached = _cache.get(settings)
+        if cached is None:
+            cached = _build(settings)
+            with _lock:
+                _cache[settings] = cached
+        return cached
+
+
+def prepare_models(settings: list[ModelSettings]) -> threading.Thread:
+    """Build ``settings``' models in a background thread (the imports and clients a run's first calls
+    need), so that they overlap the run's other start-up work instead of its first wave of calls."""
+
+    def build() -> None:
+        for s in settings:
+            try:
+                get_model(s)
+            except Exception:  # noqa: BLE001 - the run's own first call reports it, in one line
+                return
+
+    thread = threading.Thread(target=build, name="tfgrpo-prepare-models", daemon=True)
+    thread.start()
+    return thread
 
 
 class UnconfiguredModel(BaseChatModel):

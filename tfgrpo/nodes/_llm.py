@@ -17,7 +17,7 @@ from typing import Any, TypeVar
 from langchain_core.language_models import BaseChatModel
 from langchain_core.messages import AIMessage, BaseMessage, HumanMessage
 from langgraph.runtime import Runtime
-from langgraph.store.base import BaseStore
+from langgraph.store.base import BaseStore, GetOp, Item
 from langgraph.store.memory import InMemoryStore
 from pydantic import BaseModel, ValidationError
 
@@ -44,18 +44,35 @@ def step_namespace(run_id: str, step: int, kind: str) -> tuple[str, ...]:
 def publish_library_text(store: BaseStore, run_id: str, text: str) -> str:
     """Store E's rendering once per content and return its key: map payloads carry the key, not E,
     so the checkpointed fan-out does not copy E B x G times."""
-    key = hashlib.sha256(text.encode()).hexdigest()[:16]
+    key = library_key(text)
     ns = ("tfgrpo", run_id or "default", "libraries")
     if store.get(ns, key) is None:
         store.put(ns, key, {"text": text}, index=False)
     return key
 
 
+def library_key(text: str) -> str:
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+# E's renderings read back by the map branches, by key: the key is a hash of the text, so an entry is
+# never stale, and every branch after the first skips a store read. Bounded (two renderings per step).
+_library_texts: dict[str, str] = {}
+_LIBRARY_TEXTS_MAX = 64
+
+
 def library_text_of(store: BaseStore, run_id: str, key: str) -> str:
-    item = store.get(("tfgrpo", run_id or "default", "libraries"), key)
-    if item is None:
-        raise LookupError(f"experience library {key} not found in the store")
-    return str(item.value["text"])
+    text = _library_texts.get(key)
+    if text is None:
+        item = store.get(("tfgrpo", run_id or "default", "libraries"), key)
+        if item is None:
+            raise LookupError(f"experience library {key} not found in the store")
+        text = str(item.value["text"])
+        if library_key(text) == key:  # (a hand-written store entry is not cached)
+            if len(_library_texts) >= _LIBRARY_TEXTS_MAX:
+                _library_texts.clear()
+            _library_texts[key] = text
+    return text
 
 
 def derived_seed(*parts: object) -> int:
@@ -78,6 +95,17 @@ def memo_get(store: BaseStore, namespace: tuple[str, ...], key: str) -> dict[str
 
 def memo_put(store: BaseStore, namespace: tuple[str, ...], key: str, value: dict[str, Any]) -> None:
     store.put(namespace, key, value, index=False)
+
+
+def memo_get_many(
+    store: BaseStore, namespace: tuple[str, ...], keys: list[str]
+) -> dict[str, dict[str, Any] | None]:
+    """Several results of one namespace in one store operation (one lock, one query)."""
+    items = store.batch([GetOp(namespace, key) for key in keys])
+    return {
+        key: dict(item.value) if isinstance(item, Item) else None
+        for key, item in zip(keys, items, strict=True)
+    }
 
 
 def context_of(runtime: Runtime[Any]) -> Context:
