@@ -3,7 +3,9 @@ outputs after every step, graceful Ctrl-C, and resume by running the same comman
 
 from __future__ import annotations
 
+import contextlib
 import sys
+import threading
 from pathlib import Path
 from typing import Any, cast
 
@@ -20,6 +22,8 @@ from tfgrpo.evals.rewards import warm_up
 from tfgrpo.graphs.learn import compile_learn_graph
 from tfgrpo.ledger import Ledger
 from tfgrpo.models import resolve_spec
+from tfgrpo.nodes._llm import learner_model, policy_model
+from tfgrpo.nodes.policy import rollout_agent
 from tfgrpo.nodes.reward import reward_function
 from tfgrpo.nodes.schedule import batches_per_epoch, check_resume, step_history, training_queries
 from tfgrpo.runs import RunDir, open_sqlite, prune_checkpoints, run_stoppably, table_header, table_line
@@ -100,6 +104,24 @@ def _final_outputs(run: RunDir, store: SqliteStore, values: dict[str, Any]) -> l
     return history
 
 
+def _start_in_background(ctx: Context) -> None:
+    """Start-up work that the run's first calls, or its end, would otherwise wait for, done in the
+    background while the run opens its databases and its first rollouts wait on the network: the models
+    (importing langchain-openai takes about a second), the policy agent, matplotlib for the curve."""
+
+    def work() -> None:
+        with contextlib.suppress(Exception):  # the run's own first call reports any error, in one line
+            if not resolve_spec(ctx.model).startswith("local:"):  # (the embedded server starts on demand)
+                policy_model(ctx)
+                learner_model(ctx)
+            rollout_agent()
+        with contextlib.suppress(Exception):
+            import matplotlib.backends.backend_agg  # noqa: F401
+            import matplotlib.figure  # noqa: F401
+
+    threading.Thread(target=work, name="tfgrpo-warm-up", daemon=True).start()
+
+
 def run_learning(
     ctx: Context,
     *,
@@ -112,11 +134,12 @@ def run_learning(
     # fail fast with one-line errors, before anything is paid for
     queries = training_queries(ctx)
     reward_function(ctx.reward)
-    warm_up(ctx.reward)  # math-verify helpers start while the first rollouts wait on the network
     if ctx.validation:
         if ctx.reward == "majority":
             raise ConfigError("--validation needs a ground-truth reward (not majority)")
         load_dataset(ctx.validation)
+    _start_in_background(ctx)
+    warm_up(ctx.reward)  # math-verify helpers start while the first rollouts wait on the network
     run = RunDir(run_dir)
     run.create()
     store = SqliteStore(open_sqlite(run.store))

@@ -152,22 +152,6 @@ def get_model(settings: ModelSettings) -> BaseChatModel:
         return cached
 
 
-def prepare_models(settings: list[ModelSettings]) -> threading.Thread:
-    """Build ``settings``' models in a background thread (the imports and clients a run's first calls
-    need), so that they overlap the run's other start-up work instead of its first wave of calls."""
-
-    def build() -> None:
-        for s in settings:
-            try:
-                get_model(s)
-            except Exception:  # noqa: BLE001 - the run's own first call reports it, in one line
-                return
-
-    thread = threading.Thread(target=build, name="tfgrpo-prepare-models", daemon=True)
-    thread.start()
-    return thread
-
-
 class UnconfiguredModel(BaseChatModel):
     """Placeholder for graphs built before a model is known (the policy middleware swaps in the model
     named by the run context, so ``langgraph.json`` graphs import without keys)."""
