@@ -8,6 +8,7 @@ covers the window between a response and its checkpoint write, and the per-group
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import re
@@ -16,6 +17,7 @@ from typing import Any, TypeVar
 
 from langchain_core.language_models import BaseChatModel
 from langchain_core.messages import AIMessage, BaseMessage, HumanMessage
+from langchain_core.runnables import Runnable
 from langgraph.runtime import Runtime
 from langgraph.store.base import BaseStore, GetOp, Item
 from langgraph.store.memory import InMemoryStore
@@ -226,6 +228,27 @@ def tolerant_parse(schema: type[T], raw: AIMessage | None) -> T | None:
     return None
 
 
+# ``with_structured_output`` converts the schema to a tool (pydantic's JSON schema, then OpenAI's format)
+# each time it is called: tens of ms of CPU, more than the call's own HTTP work. Built once per model,
+# schema and method instead; the model is kept with its runnable, so its id is never reused.
+_structured: dict[tuple[int, type[BaseModel], str], tuple[BaseChatModel, Runnable[Any, Any]]] = {}
+
+
+def structured_runnable(model: BaseChatModel, schema: type[BaseModel], method: str) -> Runnable[Any, Any]:
+    """``model.with_structured_output(schema, method=method, include_raw=True)``, built once."""
+    key = (id(model), schema, method)
+    hit = _structured.get(key)
+    if hit is None or hit[0] is not model:
+        runnable = model.with_structured_output(schema, method=method, include_raw=True)
+        hit = _structured[key] = (model, runnable)
+    return hit[1]
+
+
+@functools.lru_cache(maxsize=64)
+def json_schema_of(schema: type[BaseModel]) -> dict[str, Any]:
+    return schema.model_json_schema()
+
+
 def call_structured(
     ctx: Context,
     model: BaseChatModel,
@@ -241,7 +264,7 @@ def call_structured(
 
     Returns (parsed or None, one record per attempt, last error). The caller records failures.
     """
-    runnable = model.with_structured_output(schema, method=method, include_raw=True)
+    runnable = structured_runnable(model, schema, method)
     ledger = current_ledger(ctx.max_concurrency)
     records: list[CallRecord] = []
     error: str | None = None
@@ -252,7 +275,7 @@ def call_structured(
             out, n_retries = ledger.call(
                 lambda c=convo: runnable.invoke(c),  # type: ignore[misc]
                 spec=spec,
-                reserve_in=reserve_tokens(convo, schema.model_json_schema()),
+                reserve_in=reserve_tokens(convo, json_schema_of(schema)),
                 reserve_out=ctx.max_tokens,
                 message_of=lambda o: o.get("raw") if isinstance(o, dict) else None,
             )
