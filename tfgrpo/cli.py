@@ -397,6 +397,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
 
 def cmd_report(args: argparse.Namespace) -> int:
     from tfgrpo.evals.report import rebuild_eval_report, verdict, write_learning_curve
+    from tfgrpo.learner import stored_history
     from tfgrpo.runs import RunDir
 
     path = Path(args.dir)
@@ -410,11 +411,13 @@ def cmd_report(args: argparse.Namespace) -> int:
         return 0
     run = RunDir(path)
     run.require()
-    try:
-        steps = json.loads((path / "report.json").read_text(encoding="utf-8"))["steps"]
-    except (OSError, ValueError, KeyError) as exc:
-        raise TfgrpoError(f"{path / 'report.json'}: cannot read the run report ({exc})") from None
-    run.write_outputs({"library": run.library_at(None), "history": steps})
+    steps = stored_history(run)  # the steps a killed run finished, too
+    if not steps:
+        try:
+            steps = json.loads((path / "report.json").read_text(encoding="utf-8"))["steps"]
+        except (OSError, ValueError, KeyError) as exc:
+            raise TfgrpoError(f"{path / 'report.json'}: cannot read the run report ({exc})") from None
+    run.write_outputs({"library": run.library_at(None)}, steps)
     write_learning_curve(path, steps)
     print(f"wrote {path / 'report.md'}, {path / 'report.json'}, {path / 'learning_curve.png'}")
     return 0

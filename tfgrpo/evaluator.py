@@ -21,6 +21,7 @@ from tfgrpo.context import Context
 from tfgrpo.data import dataset_fingerprint, load_dataset
 from tfgrpo.errors import ConfigError
 from tfgrpo.evals.report import verdict, write_attribution_report, write_eval_report
+from tfgrpo.evals.rewards import warm_up
 from tfgrpo.graphs.evaluate import compile_eval_graph
 from tfgrpo.ledger import Ledger
 from tfgrpo.llm_cache import use_llm_cache
@@ -113,6 +114,7 @@ def run_eval(
         raise ConfigError("--k must be at least 1")
     check_context(ctx)
     ground_truth_reward(ctx.reward)  # one-line errors on a bad reward or dataset, before any cost
+    warm_up(ctx.reward)  # math-verify helpers start while the first runs wait on the network
     queries = load_dataset(ctx.dataset)
     if not queries:
         raise ConfigError(f"{ctx.dataset}: no questions to evaluate")

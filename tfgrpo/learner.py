@@ -3,7 +3,9 @@ outputs after every step, graceful Ctrl-C, and resume by running the same comman
 
 from __future__ import annotations
 
+import contextlib
 import sys
+import threading
 from pathlib import Path
 from typing import Any, cast
 
@@ -17,12 +19,15 @@ from tfgrpo.checks import check_context
 from tfgrpo.context import Context
 from tfgrpo.data import load_dataset
 from tfgrpo.errors import ConfigError
+from tfgrpo.evals.rewards import warm_up
 from tfgrpo.graphs.learn import compile_learn_graph
 from tfgrpo.ledger import Ledger
 from tfgrpo.llm_cache import use_llm_cache
 from tfgrpo.models import resolve_spec
+from tfgrpo.nodes._llm import learner_model, policy_model
+from tfgrpo.nodes.policy import rollout_agent
 from tfgrpo.nodes.reward import reward_function
-from tfgrpo.nodes.schedule import batches_per_epoch, check_resume, training_queries
+from tfgrpo.nodes.schedule import batches_per_epoch, check_resume, step_history, training_queries
 from tfgrpo.runlock import lock_run_dir
 from tfgrpo.runs import (
     RunDir,
@@ -78,7 +83,8 @@ def spent_so_far(store: SqliteStore, run_id: str) -> tuple[int, float]:
     while True:
         items = store.search(("tfgrpo", run_id), limit=500, offset=offset)
         for item in items:
-            for call in item.value.get("calls", []):
+            calls = item.value.get("calls", [])
+            for call in calls if isinstance(calls, list) else []:  # (step reports count calls: an int)
                 tokens += call["input_tokens"] + call["output_tokens"]
                 usd += call.get("cost_usd") or 0.0
         if len(items) < 500:
@@ -86,12 +92,44 @@ def spent_so_far(store: SqliteStore, run_id: str) -> tuple[int, float]:
         offset += 500
 
 
-def _final_outputs(run: RunDir, values: dict[str, Any]) -> None:
+def stored_history(run: RunDir) -> list[StepReport]:
+    """The finished steps' reports from the run's ``store.sqlite`` (a killed run's too); [] without one."""
+    if not run.store.exists():
+        return []
+    store = open_store(run.store)
+    try:
+        runs = store.list_namespaces(prefix=("tfgrpo",), suffix=("history",), max_depth=3)
+        return [report for ns in runs for report in step_history(store, ns[1])]
+    finally:
+        store.conn.close()
+
+
+def _final_outputs(run: RunDir, store: SqliteStore, values: dict[str, Any]) -> list[StepReport]:
     """The run's files plus its learning curve (plotted at the end only: matplotlib is not free)."""
     from tfgrpo.evals.report import write_learning_curve
 
-    run.write_outputs(values)
-    write_learning_curve(run.path, values.get("history") or [])
+    history = step_history(store, values.get("run_id", "")) if values else []
+    run.write_outputs(values, history)
+    write_learning_curve(run.path, history)
+    return history
+
+
+def _start_in_background(ctx: Context) -> None:
+    """Start-up work that the run's first calls, or its end, would otherwise wait for, done in the
+    background while the run opens its databases and its first rollouts wait on the network: the models
+    (importing langchain-openai takes about a second), the policy agent, matplotlib for the curve."""
+
+    def work() -> None:
+        with contextlib.suppress(Exception):  # the run's own first call reports any error, in one line
+            if not resolve_spec(ctx.model).startswith("local:"):  # (the embedded server starts on demand)
+                policy_model(ctx)
+                learner_model(ctx)
+            rollout_agent()
+        with contextlib.suppress(Exception):
+            import matplotlib.backends.backend_agg  # noqa: F401
+            import matplotlib.figure  # noqa: F401
+
+    threading.Thread(target=work, name="tfgrpo-warm-up", daemon=True).start()
 
 
 def run_learning(
@@ -111,6 +149,8 @@ def run_learning(
         if ctx.reward == "majority":
             raise ConfigError("--validation needs a ground-truth reward (not majority)")
         load_dataset(ctx.validation)
+    _start_in_background(ctx)
+    warm_up(ctx.reward)  # math-verify helpers start while the first rollouts wait on the network
     run = RunDir(run_dir)
     run.create()
     with lock_run_dir(run.path):  # one writer per run directory
@@ -143,8 +183,8 @@ def _learn(
     # ``snapshot.next`` is not enough: it is also empty when a task's writes are stored but the next
     # checkpoint is not (a kill there), and such a run must continue.
     if values.get("done"):
-        print(f"run in {run_dir} is already complete ({len(values.get('history', []))} steps)")
-        _final_outputs(run, values)
+        history = _final_outputs(run, store, values)
+        print(f"run in {run_dir} is already complete ({len(history)} steps)")
         return 0
     graph_input: dict[str, Any] | None = None if values else {"seed": seed}
     if values:
@@ -160,12 +200,12 @@ def _learn(
         ledger.spent_tokens, ledger.spent_usd = spent_so_far(store, values["run_id"])
     bars = Progress(progress, ctx.group_size)
     print(table_header(), flush=True)
-    for report in values.get("history", []):
+    for report in step_history(store, values["run_id"]) if values.get("run_id") else []:
         print(table_line(report), flush=True)
 
     def on_stop() -> None:
         bars.close()
-        _final_outputs(run, graph.get_state(config).values)
+        _final_outputs(run, store, graph.get_state(config).values)
 
     errors: list[str] = []
     try:
@@ -184,13 +224,13 @@ def _learn(
         return code
 
     final = graph.get_state(config).values
-    _final_outputs(run, final)
+    history = _final_outputs(run, store, final)
     library = final.get("library", {"items": []})
-    print(f"\ndone: {len(final.get('history', []))} steps, {len(library['items'])} experiences")
+    print(f"\ndone: {len(history)} steps, {len(library['items'])} experiences")
     print(f"library: {run_dir / 'library.md'}   report: {run_dir / 'report.md'}")
     for item in library["items"]:
         print(f"  [{item['id']}] {item['text']}")
-    failure = nothing_worked(final.get("history") or [], errors)
+    failure = nothing_worked(history, errors)
     if failure:
         print(f"tfgrpo: error: {failure}; what there is was saved in {run_dir}", file=sys.stderr)
         return 1
@@ -246,6 +286,7 @@ def _drive(
             snap = graph.get_state(config)
             if not keep_checkpoints:
                 prune_checkpoints(saver, THREAD_ID, snap.config["configurable"]["checkpoint_id"])
-            if node == "advance":
-                run.write_outputs(snap.values)
-                print(table_line(snap.values["history"][-1]), flush=True)
+            if node == "advance" and snap.values.get("report"):
+                report = snap.values["report"]
+                run.write_library(snap.values["library"], report["step"])
+                print(table_line(report), flush=True)

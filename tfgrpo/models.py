@@ -125,25 +125,43 @@ def _init_chat_model(spec: str, settings: ModelSettings) -> BaseChatModel:
         raise ConfigError(f"model {spec!r}: {str(exc).splitlines()[0]}") from None
 
 
+def _build(settings: ModelSettings) -> BaseChatModel:
+    prefix, _, name = settings.spec.partition(":")
+    with _lock:
+        factory = _providers.get(prefix)
+    if factory is not None:
+        return factory(name, settings)
+    if prefix == "openai" and name:
+        return _openai(name, settings)
+    if prefix == "local":
+        return _local(name, settings)
+    return _init_chat_model(settings.spec, settings)
+
+
+_building: dict[ModelSettings, threading.Lock] = {}
+
+
 def get_model(settings: ModelSettings) -> BaseChatModel:
-    """The chat model for ``settings``, built once per distinct settings."""
+    """The chat model for ``settings``, built once per distinct settings.
+
+    The build (importing langchain-openai takes about a second; the embedded model starts a server) runs
+    under a lock of its own settings only: other models, and every later call, never wait for it.
+    """
     if not settings.spec:
         settings = replace(settings, spec=DEFAULT_MODEL)
     with _lock:
         cached = _cache.get(settings)
         if cached is not None:
             return cached
-        prefix, _, name = settings.spec.partition(":")
-        if prefix in _providers:
-            model = _providers[prefix](name, settings)
-        elif prefix == "openai" and name:
-            model = _openai(name, settings)
-        elif prefix == "local":
-            model = _local(name, settings)
-        else:
-            model = _init_chat_model(settings.spec, settings)
-        _cache[settings] = model
-        return model
+        building = _building.setdefault(settings, threading.Lock())
+    with building:
+        with _lock:
+            cached = _cache.get(settings)
+        if cached is None:
+            cached = _build(settings)
+            with _lock:
+                _cache[settings] = cached
+        return cached
 
 
 class UnconfiguredModel(BaseChatModel):

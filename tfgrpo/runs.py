@@ -5,7 +5,7 @@ RUN_DIR/store.sqlite         LangGraph store: rollouts, summaries and LLM result
 RUN_DIR/run.json             the settings the run started with (no secrets)
 RUN_DIR/library.json|.md     the current experience library E
 RUN_DIR/libraries/step-NNNN.json   E after step NNNN (for ``library show/diff --step``)
-RUN_DIR/report.json|.md      the per-step report
+RUN_DIR/report.json|.md      the per-step report (written when the run stops; the history is in the store)
 """
 
 from __future__ import annotations
@@ -263,16 +263,20 @@ class RunDir:
             self.path / "run.json", json.dumps({"seed": seed, "context": asdict(ctx)}, indent=2) + "\n"
         )
 
-    def write_outputs(self, values: dict[str, Any]) -> None:
-        """Library, per-step snapshot and report from the graph state (idempotent)."""
-        library: Library = values.get("library") or empty_library()
-        history: list[StepReport] = values.get("history") or []
+    def write_library(self, library: Library, step: int | None = None) -> None:
+        """E now (``library.json``, ``library.md``) and, after step ``step``, its snapshot (idempotent)."""
         atomic_write(self.path / "library.json", json.dumps(library, indent=2, ensure_ascii=False) + "\n")
         atomic_write(self.path / "library.md", library_markdown(library))
-        if history:
-            snap = self.path / "libraries" / f"step-{history[-1]['step']:04d}.json"
+        if step is not None:
+            snap = self.path / "libraries" / f"step-{step:04d}.json"
             if not snap.exists():
                 atomic_write(snap, json.dumps(library, indent=2, ensure_ascii=False) + "\n")
+
+    def write_outputs(self, values: dict[str, Any], history: list[StepReport]) -> None:
+        """Library and report from the graph state and the run's step history (idempotent). The reports
+        are rewritten whole: the CLI does it when a run stops, not after every step (that would write
+        O(steps^2) bytes over a run)."""
+        self.write_library(values.get("library") or empty_library())
         report: dict[str, Any] = {"totals": totals(history), "steps": history}
         atomic_write(self.path / "report.json", json.dumps(report, indent=2, ensure_ascii=False) + "\n")
         lines = ["# Training-Free GRPO run report", "", "```", table_header()]

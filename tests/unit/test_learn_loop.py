@@ -18,7 +18,7 @@ from tfgrpo.data import dataset_fingerprint, load_dataset
 from tfgrpo.errors import ConfigError, DataError
 from tfgrpo.graphs.learn import compile_learn_graph
 from tfgrpo.models import register_provider
-from tfgrpo.nodes.schedule import batches_per_epoch, check_resume, epoch_order
+from tfgrpo.nodes.schedule import batches_per_epoch, check_resume, epoch_order, step_history
 from tfgrpo.state.library import Library
 from tfgrpo.state.types import Query
 from tfgrpo.testing.fake_openai import forced_tool_name, message_text
@@ -111,8 +111,10 @@ def context(fake: Fake, dataset: str, **settings: Any) -> Context:
 def run_learn(
     fake: Fake, dataset: str, state: dict[str, Any] | None = None, **settings: Any
 ) -> tuple[dict[str, Any], list[list[Query]]]:
-    """Run the learn graph; returns (final state, the batches select_batch chose, in order)."""
-    graph = compile_learn_graph(store=InMemoryStore())
+    """Run the learn graph; returns (final state plus its step ``history``, the batches select_batch
+    chose, in order)."""
+    store = InMemoryStore()
+    graph = compile_learn_graph(store=store)
     batches: list[list[Query]] = []
     final: dict[str, Any] = {}
     for mode, chunk in graph.stream(
@@ -125,7 +127,7 @@ def run_learn(
             batches.append(chunk["select_batch"]["batch"])
         elif mode == "values":
             final = chunk
-    return final, batches
+    return {**final, "history": step_history(store, final["run_id"])}, batches
 
 
 # --------------------------------------------------------------------------- epochs x batches
@@ -253,10 +255,11 @@ def test_resume_with_changed_dataset_is_refused(tmp_path: Path) -> None:
     first = write_dataset(tmp_path / "a.jsonl", 4)
     other = write_dataset(tmp_path / "b.jsonl", 4, offset=100)
     fake = Fake()
-    graph = compile_learn_graph(checkpointer=InMemorySaver(), store=InMemoryStore())
+    store = InMemoryStore()
+    graph = compile_learn_graph(checkpointer=InMemorySaver(), store=store)
     config = {**CONFIG, "configurable": {"thread_id": "t1"}}
     done = graph.invoke({"seed": 1}, context=context(fake, first, epochs=1), config=config)
-    assert len(done["history"]) == 1
+    assert len(step_history(store, done["run_id"])) == 1
     with pytest.raises(ConfigError, match="differs"):
         graph.invoke({}, context=context(fake, other, epochs=1), config=config)
 
@@ -286,26 +289,30 @@ def test_resume_with_changed_group_size_is_refused(tmp_path: Path) -> None:
 def test_reinvoking_a_finished_run_with_same_settings_does_no_new_work(tmp_path: Path) -> None:
     dataset = write_dataset(tmp_path / "a.jsonl", 4)
     fake = Fake()
-    graph = compile_learn_graph(checkpointer=InMemorySaver(), store=InMemoryStore())
+    store = InMemoryStore()
+    graph = compile_learn_graph(checkpointer=InMemorySaver(), store=store)
     config = {**CONFIG, "configurable": {"thread_id": "t4"}}
     first = graph.invoke({}, context=context(fake, dataset, epochs=1), config=config)
+    history = step_history(store, first["run_id"])
     calls = len(fake.bodies())
     again = graph.invoke({}, context=context(fake, dataset, epochs=1), config=config)
     assert len(fake.bodies()) == calls
-    assert again["history"] == first["history"]
+    assert again["run_id"] == first["run_id"] and again["report"] == first["report"]
+    assert step_history(store, first["run_id"]) == history and len(history) == 1
 
 
 def test_reinvoking_an_interrupted_step_with_input_counts_each_rollout_once(tmp_path: Path) -> None:
     dataset = write_dataset(tmp_path / "a.jsonl", 4)
     fake = Fake(rollout=alternating_policy())
-    graph = compile_learn_graph(checkpointer=InMemorySaver(), store=InMemoryStore())
+    store = InMemoryStore()
+    graph = compile_learn_graph(checkpointer=InMemorySaver(), store=store)
     config = {**CONFIG, "configurable": {"thread_id": "t5"}}
     ctx = context(fake, dataset, epochs=1)
     graph.invoke({}, context=ctx, config=config, interrupt_before=["reward"])  # a breakpoint mid-step
     assert len(fake.bodies("rollout")) == 8
     final = graph.invoke({}, context=ctx, config=config)
     assert len(fake.bodies("rollout")) == 8  # the memo answered the repeated rollouts
-    (report,) = final["history"]
+    (report,) = step_history(store, final["run_id"])
     assert report["rollouts"] == 8
     assert report["calls"] == len(fake.bodies())
 
@@ -458,3 +465,26 @@ def test_validation_is_skipped_when_the_step_changed_nothing(tmp_path: Path) -> 
     final, _ = run_learn(fake, write_dataset(tmp_path / "train.jsonl", 2), validation=validation, epochs=1)
     assert "validation" not in final["history"][0]
     assert "validate" not in final["history"][0]["usage"]
+
+
+# ------------------------------------------------------------------------------ checkpoint size
+
+
+def test_checkpoint_does_not_grow_with_the_number_of_steps(tmp_path: Path) -> None:
+    """The step history lives in the store: the checkpoint after 6 steps is as big as after 2."""
+    dataset = write_dataset(tmp_path / "a.jsonl", 4)
+
+    def last_checkpoint_bytes(epochs: int) -> tuple[int, int]:
+        saver, store = InMemorySaver(), InMemoryStore()
+        graph = compile_learn_graph(checkpointer=saver, store=store)
+        config = {**CONFIG, "configurable": {"thread_id": f"size-{epochs}"}}
+        final = graph.invoke({}, context=context(Fake(), dataset, epochs=epochs, batch_size=2), config=config)
+        checkpoint = saver.get_tuple(config)
+        assert checkpoint is not None
+        size = len(saver.serde.dumps_typed(checkpoint.checkpoint)[1])
+        return size, len(step_history(store, final["run_id"]))
+
+    small, steps_small = last_checkpoint_bytes(1)
+    big, steps_big = last_checkpoint_bytes(3)
+    assert (steps_small, steps_big) == (2, 6)
+    assert big <= small + 64  # counters gain a digit at most; no per-step record

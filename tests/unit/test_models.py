@@ -40,3 +40,35 @@ def test_importing_every_module_needs_no_key(monkeypatch: pytest.MonkeyPatch) ->
     monkeypatch.delenv("OPENAI_API_KEY", raising=False)
     for info in pkgutil.walk_packages(tfgrpo.__path__, "tfgrpo."):
         importlib.import_module(info.name)
+
+
+def test_a_slow_model_build_does_not_block_other_models() -> None:
+    """Building one model (an import, a server start) holds only that model's lock: other models are
+    returned at once, and every caller of the slow one gets the same instance once it exists."""
+    import threading
+    import uuid
+    from concurrent.futures import ThreadPoolExecutor
+
+    from tfgrpo.models import register_provider
+    from tfgrpo.testing.scripted import ScriptedChatModel
+
+    release, building = threading.Event(), threading.Event()
+    slow_prefix, fast_prefix = "slow" + uuid.uuid4().hex[:8], "fast" + uuid.uuid4().hex[:8]
+    builds: list[str] = []
+
+    def slow(name: str, settings: ModelSettings) -> ScriptedChatModel:
+        builds.append(name)
+        building.set()
+        assert release.wait(10)
+        return ScriptedChatModel()
+
+    register_provider(slow_prefix, slow)
+    register_provider(fast_prefix, lambda name, settings: ScriptedChatModel())
+    with ThreadPoolExecutor(max_workers=4) as pool:
+        waiting = [pool.submit(get_model, ModelSettings(spec=f"{slow_prefix}:m")) for _ in range(3)]
+        assert building.wait(10)
+        fast = pool.submit(get_model, ModelSettings(spec=f"{fast_prefix}:m"))
+        assert fast.result(timeout=5) is not None  # not stuck behind the slow build
+        release.set()
+        models = {id(f.result(timeout=10)) for f in waiting}
+    assert len(models) == 1 and builds == ["m"]

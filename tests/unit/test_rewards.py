@@ -6,6 +6,7 @@ import os
 import subprocess
 import sys
 import textwrap
+import time
 import uuid
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -14,7 +15,7 @@ from pathlib import Path
 import pytest
 
 from tfgrpo.errors import ConfigError
-from tfgrpo.evals import rewards
+from tfgrpo.evals import math_verify_pool, rewards
 from tfgrpo.evals.rewards import (
     exact_match_reward,
     extract_final_answer,
@@ -193,7 +194,7 @@ def test_in_thread_fallback(monkeypatch: pytest.MonkeyPatch) -> None:
 
 def test_shutdown_kills_helpers() -> None:
     assert math_reward(r"\boxed{1}", "1") == 1.0
-    pool = rewards._pool_instance
+    pool = math_verify_pool._pool_instance
     assert pool is not None
     pids = [w.proc.pid for w in pool._all]
     assert pids
@@ -202,16 +203,32 @@ def test_shutdown_kills_helpers() -> None:
     assert math_reward(r"\boxed{1}", "1") == 1.0  # restarts on demand
 
 
+def test_pool_has_one_helper_per_core_and_warm_up_starts_them_without_a_check() -> None:
+    shutdown_math_workers()
+    assert max(1, min(8, len(os.sched_getaffinity(0)))) == math_verify_pool.POOL_SIZE
+    rewards.warm_up("math")
+    pool = math_verify_pool._pool_instance
+    assert pool is not None
+    deadline = time.monotonic() + 60
+    while len(pool._idle) < math_verify_pool.POOL_SIZE and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert len(pool._idle) == math_verify_pool.POOL_SIZE  # all started, none used yet
+    with ThreadPoolExecutor(max_workers=2 * math_verify_pool.POOL_SIZE) as threads:
+        assert all(threads.map(lambda _: math_reward(r"\boxed{3}", "3") == 1.0, range(8)))
+    assert len(pool._all) == math_verify_pool.POOL_SIZE  # concurrent checks never start more
+
+
 def test_import_is_side_effect_free_and_exit_leaves_no_helper() -> None:
     code = textwrap.dedent(
         """
         import sys
+        import tfgrpo.evals.math_verify_pool as pool
         import tfgrpo.evals.rewards as r
-        assert r._pool_instance is None
+        assert pool._pool_instance is None
         assert "math_verify" not in sys.modules and "sympy" not in sys.modules
         assert r.math_reward(r"\\boxed{1/2}", "0.5") == 1.0
         assert "sympy" not in sys.modules
-        print(*[w.proc.pid for w in r._pool_instance._all])
+        print(*[w.proc.pid for w in pool._pool_instance._all])
         """
     )
     env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(REPO_ROOT), os.environ.get("PYTHONPATH", "")]))

@@ -8,6 +8,7 @@ covers the window between a response and its checkpoint write, and the per-group
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import re
@@ -16,8 +17,9 @@ from typing import Any, TypeVar
 
 from langchain_core.language_models import BaseChatModel
 from langchain_core.messages import AIMessage, BaseMessage, HumanMessage
+from langchain_core.runnables import Runnable
 from langgraph.runtime import Runtime
-from langgraph.store.base import BaseStore
+from langgraph.store.base import BaseStore, GetOp, Item
 from langgraph.store.memory import InMemoryStore
 from pydantic import BaseModel, ValidationError
 
@@ -44,18 +46,35 @@ def step_namespace(run_id: str, step: int, kind: str) -> tuple[str, ...]:
 def publish_library_text(store: BaseStore, run_id: str, text: str) -> str:
     """Store E's rendering once per content and return its key: map payloads carry the key, not E,
     so the checkpointed fan-out does not copy E B x G times."""
-    key = hashlib.sha256(text.encode()).hexdigest()[:16]
+    key = library_key(text)
     ns = ("tfgrpo", run_id or "default", "libraries")
     if store.get(ns, key) is None:
         store.put(ns, key, {"text": text}, index=False)
     return key
 
 
+def library_key(text: str) -> str:
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+# E's renderings read back by the map branches, by key: the key is a hash of the text, so an entry is
+# never stale, and every branch after the first skips a store read. Bounded (two renderings per step).
+_library_texts: dict[str, str] = {}
+_LIBRARY_TEXTS_MAX = 64
+
+
 def library_text_of(store: BaseStore, run_id: str, key: str) -> str:
-    item = store.get(("tfgrpo", run_id or "default", "libraries"), key)
-    if item is None:
-        raise LookupError(f"experience library {key} not found in the store")
-    return str(item.value["text"])
+    text = _library_texts.get(key)
+    if text is None:
+        item = store.get(("tfgrpo", run_id or "default", "libraries"), key)
+        if item is None:
+            raise LookupError(f"experience library {key} not found in the store")
+        text = str(item.value["text"])
+        if library_key(text) == key:  # (a hand-written store entry is not cached)
+            if len(_library_texts) >= _LIBRARY_TEXTS_MAX:
+                _library_texts.clear()
+            _library_texts[key] = text
+    return text
 
 
 def derived_seed(*parts: object) -> int:
@@ -78,6 +97,17 @@ def memo_get(store: BaseStore, namespace: tuple[str, ...], key: str) -> dict[str
 
 def memo_put(store: BaseStore, namespace: tuple[str, ...], key: str, value: dict[str, Any]) -> None:
     store.put(namespace, key, value, index=False)
+
+
+def memo_get_many(
+    store: BaseStore, namespace: tuple[str, ...], keys: list[str]
+) -> dict[str, dict[str, Any] | None]:
+    """Several results of one namespace in one store operation (one lock, one query)."""
+    items = store.batch([GetOp(namespace, key) for key in keys])
+    return {
+        key: dict(item.value) if isinstance(item, Item) else None
+        for key, item in zip(keys, items, strict=True)
+    }
 
 
 def context_of(runtime: Runtime[Any]) -> Context:
@@ -243,6 +273,27 @@ def malformed_reason(schema: type[BaseModel], raw: AIMessage | None, parsing_err
     return f"no tool call, and the text reply holds no {schema.__name__} JSON ({content[:60]!r})"
 
 
+# ``with_structured_output`` converts the schema to a tool (pydantic's JSON schema, then OpenAI's format)
+# each time it is called: tens of ms of CPU, more than the call's own HTTP work. Built once per model,
+# schema and method instead; the model is kept with its runnable, so its id is never reused.
+_structured: dict[tuple[int, type[BaseModel], str], tuple[BaseChatModel, Runnable[Any, Any]]] = {}
+
+
+def structured_runnable(model: BaseChatModel, schema: type[BaseModel], method: str) -> Runnable[Any, Any]:
+    """``model.with_structured_output(schema, method=method, include_raw=True)``, built once."""
+    key = (id(model), schema, method)
+    hit = _structured.get(key)
+    if hit is None or hit[0] is not model:
+        runnable = model.with_structured_output(schema, method=method, include_raw=True)
+        hit = _structured[key] = (model, runnable)
+    return hit[1]
+
+
+@functools.lru_cache(maxsize=64)
+def json_schema_of(schema: type[BaseModel]) -> dict[str, Any]:
+    return schema.model_json_schema()
+
+
 def call_structured(
     ctx: Context,
     model: BaseChatModel,
@@ -258,7 +309,7 @@ def call_structured(
 
     Returns (parsed or None, one record per attempt, last error). The caller records failures.
     """
-    runnable = model.with_structured_output(schema, method=method, include_raw=True)
+    runnable = structured_runnable(model, schema, method)
     ledger = current_ledger(ctx.max_concurrency)
     records: list[CallRecord] = []
     error: str | None = None
@@ -269,7 +320,7 @@ def call_structured(
             out, n_retries = ledger.call(
                 lambda c=convo: runnable.invoke(c),  # type: ignore[misc]
                 spec=spec,
-                reserve_in=reserve_tokens(convo, schema.model_json_schema()),
+                reserve_in=reserve_tokens(convo, json_schema_of(schema)),
                 reserve_out=completion_cap(ctx, node),
                 message_of=lambda o: o.get("raw") if isinstance(o, dict) else None,
             )

@@ -105,6 +105,20 @@ def inference_experiences(ctx: Context, store: BaseStore | None) -> str:
     return ""
 
 
+# OpenAI schemas of the tools, for the budget's reservation: converting a tool is not free and the tools
+# live as long as the process. The tool object is kept with its schema, so its id is never reused.
+_schemas: dict[int, tuple[BaseTool, dict[str, Any]]] = {}
+
+
+def tool_schema(tool: BaseTool | dict[str, Any]) -> dict[str, Any]:
+    if isinstance(tool, dict):
+        return convert_to_openai_tool(tool)
+    cached = _schemas.get(id(tool))
+    if cached is None or cached[0] is not tool:
+        cached = _schemas[id(tool)] = (tool, convert_to_openai_tool(tool))
+    return cached[1]
+
+
 CALLS_KEY = "tfgrpo_calls"  # configurable key: a list that collects the ledger records of the policy
 NODE_KEY = "tfgrpo_node"  # configurable key: the node those records are booked under (default rollout)
 
@@ -154,7 +168,7 @@ class PolicyMiddleware(AgentMiddleware[PolicyState, Context]):
         configurable = get_config().get("configurable") or {}
         if configurable.get("tfgrpo_seed") is not None:
             settings["seed"] = configurable["tfgrpo_seed"]
-        schemas = [convert_to_openai_tool(t) for t in tools]
+        schemas = [tool_schema(t) for t in tools]
         return _Prepared(
             request=request.override(
                 model=model, system_message=SystemMessage(prompt), tools=tools, model_settings=settings

@@ -20,10 +20,19 @@ from tfgrpo.context import Context
 from tfgrpo.errors import ConfigError
 from tfgrpo.evals.rewards import GROUP_REWARDS, RewardFn, extract_final_answer, get_reward, majority_rewards
 from tfgrpo.models import ModelSettings, get_model, resolve_spec
-from tfgrpo.nodes._llm import call_text, context_of, memo_get, memo_put, one_line, step_namespace, store_of
+from tfgrpo.nodes._llm import (
+    call_text,
+    context_of,
+    memo_get,
+    memo_get_many,
+    memo_put,
+    one_line,
+    step_namespace,
+    store_of,
+)
 from tfgrpo.nodes._prompts import prompt_text
 from tfgrpo.nodes.policy import final_text, run_policy
-from tfgrpo.nodes.rollout import load_rollout, rollout_key
+from tfgrpo.nodes.rollout import rollout_key
 from tfgrpo.state.graph_state import StepState
 from tfgrpo.state.types import CallRecord, Dropped, Group, Query, Rollout, usage_of
 
@@ -95,15 +104,9 @@ def judge_score(
     return done["value"], done["error"], done["calls"]
 
 
-def majority_of_group(
-    runtime: Runtime[Context], run_id: str, step: int, keys: list[str], refs: dict[str, Any]
-) -> list[float | None]:
+def majority_of_group(keys: list[str], stored: dict[str, Rollout]) -> list[float | None]:
     """No ground truth: agreement with the group's majority answer (the paper's self-judged ablation)."""
-    responses: list[str | None] = []
-    for key in keys:
-        stored = load_rollout(runtime, run_id, step, key) if refs.get(key, {}).get("ok") else None
-        responses.append(stored["response"] if stored is not None else None)
-    return majority_rewards(responses)[0]
+    return majority_rewards([stored[key]["response"] if key in stored else None for key in keys])[0]
 
 
 def reward_function(name: str) -> RewardFn | None:
@@ -141,20 +144,22 @@ def reward(state: StepState, runtime: Runtime[Context]) -> dict[str, Any]:
     reward_fn = reward_function(ctx.reward)
     refs = {ref["key"]: ref for ref in state.get("rollouts", [])}
     run_id, step = state.get("run_id", ""), state.get("step", 0)
+    jobs = [(q, rollout_key(q["id"], g)) for q in state.get("batch", []) for g in range(ctx.group_size)]
+    # every usable rollout of the batch in one store operation
+    usable = [key for _, key in jobs if key in refs and refs[key]["ok"]]
+    found = memo_get_many(store_of(runtime), step_namespace(run_id, step, "rollouts"), usable)
+    stored = {key: done["rollout"] for key, done in found.items() if done is not None}
 
     def score(job: tuple[Query, str]) -> tuple[float | None, str | None, list[CallRecord]]:
         query, key = job
         if ctx.reward == "majority":
             return None, None, []  # scored per group below
-        ref = refs.get(key)
-        stored = load_rollout(runtime, run_id, step, key)
-        if ref is None or not ref["ok"] or stored is None:
+        if key not in stored:
             return None, None, []  # a failed rollout, already counted as dropped by ``rollout``
         if reward_fn is None:
-            return judge_score(runtime, ctx, state, query, key, stored)
-        return score_response(ctx, reward_fn, query, stored["response"])
+            return judge_score(runtime, ctx, state, query, key, stored[key])
+        return score_response(ctx, reward_fn, query, stored[key]["response"])
 
-    jobs = [(q, rollout_key(q["id"], g)) for q in state.get("batch", []) for g in range(ctx.group_size)]
     with ContextThreadPoolExecutor(max_workers=max(1, ctx.max_concurrency)) as pool:
         scored = dict(zip((key for _, key in jobs), pool.map(score, jobs), strict=True))
 
@@ -170,7 +175,7 @@ def reward(state: StepState, runtime: Runtime[Context]) -> dict[str, Any]:
                 dropped.append({"stage": "reward", "item": key, "reason": error})
         rewards = [scored[key][0] for key in keys]
         if ctx.reward == "majority":
-            rewards = majority_of_group(runtime, run_id, step, keys, refs)
+            rewards = majority_of_group(keys, stored)
         groups.append(
             {"query_id": query["id"], "keys": keys, "rewards": rewards, "kept": False, "reason": "unjudged"}
         )

@@ -3,7 +3,9 @@
 ``start`` initialises a run (id, empty E, counters) and refuses a changed dataset; ``select_batch``
 takes batch ``batch_index`` of epoch ``epoch`` from a seeded shuffle that differs per epoch (the
 reference code's shuffle has no effect) and keeps the last partial batch; ``advance`` records the step's
-report, clears the per-step channels so checkpoints do not grow with B x G, and moves the counters.
+report in the store (the run's history: :func:`step_history`; in state it would make every checkpoint
+grow with the number of steps), clears the per-step channels so checkpoints do not grow with B x G, and
+moves the counters.
 """
 
 from __future__ import annotations
@@ -15,16 +17,17 @@ from typing import Any
 
 from langgraph.graph import END
 from langgraph.runtime import Runtime
+from langgraph.store.base import BaseStore
 from langgraph.types import Overwrite
 
 from tfgrpo.context import Context
 from tfgrpo.data import dataset_fingerprint, load_dataset
 from tfgrpo.errors import ConfigError, DataError
-from tfgrpo.nodes._llm import context_of
+from tfgrpo.nodes._llm import context_of, store_of
 from tfgrpo.nodes._prompts import validate_prompts
 from tfgrpo.state.graph_state import LearnState
 from tfgrpo.state.library import empty_library
-from tfgrpo.state.types import Query
+from tfgrpo.state.types import Query, StepReport
 
 
 def cleared_step_channels() -> dict[str, Any]:
@@ -109,9 +112,15 @@ def advance(state: LearnState, runtime: Runtime[Context]) -> dict[str, Any]:
     epoch, batch_index = state.get("epoch", 0), state.get("batch_index", 0) + 1
     if batch_index >= n_batches:
         epoch, batch_index = epoch + 1, 0
-    history = [state["report"]] if state.get("report") else []
+    report = state.get("report")
+    if report:  # idempotent: a re-run of this node after a crash writes the same record again
+        store_of(runtime).put(
+            history_namespace(state.get("run_id", "")),
+            f"step-{report['step']:05d}",
+            dict(report),
+            index=False,
+        )
     return {
-        "history": history,
         "step": state.get("step", 0) + 1,
         "epoch": epoch,
         "batch_index": batch_index,
@@ -119,6 +128,20 @@ def advance(state: LearnState, runtime: Runtime[Context]) -> dict[str, Any]:
         # per-step channels: cleared so the checkpoint stays the same size whatever B x G is
         **cleared_step_channels(),
     }
+
+
+def history_namespace(run_id: str) -> tuple[str, ...]:
+    return ("tfgrpo", run_id or "default", "history")
+
+
+def step_history(store: BaseStore, run_id: str) -> list[StepReport]:
+    """The reports of a run's finished steps, in order (from the store, where ``advance`` puts them)."""
+    reports: list[StepReport] = []
+    while True:
+        page = store.search(history_namespace(run_id), limit=500, offset=len(reports))
+        reports += [item.value for item in page]  # type: ignore[misc]
+        if len(page) < 500:
+            return sorted(reports, key=lambda r: r["step"])
 
 
 def route_next(state: LearnState) -> str:

@@ -42,12 +42,12 @@ class StepState(TypedDict):
 
 
 class LearnState(StepState):
-    """The learning loop: E, the epoch/batch counters, the seed and a compact per-step history."""
+    """The learning loop: E, the epoch/batch counters and the seed. The per-step history is in the store
+    (:func:`tfgrpo.nodes.schedule.step_history`): in state, every checkpoint would grow with the steps."""
 
     seed: NotRequired[int]
     dataset_fingerprint: NotRequired[str]
     settings_fingerprint: NotRequired[str]
-    history: NotRequired[Annotated[list[StepReport], operator.add]]
     done: NotRequired[bool]
     # validation-gated updates (optional): E at the start of the step, and the held-out runs
     library_before: NotRequired[Library]

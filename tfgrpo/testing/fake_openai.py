@@ -311,6 +311,9 @@ class _HTTPServer(ThreadingHTTPServer):
 
     def __init__(self, addr: tuple[str, int], fake: FakeOpenAIServer) -> None:
         self.fake = fake
+        # listen() backlog: a fan-out of hundreds of simultaneous connections overflows the default 5
+        # (the kernel then drops SYNs and clients wait a 1 s retransmit)
+        self.request_queue_size = fake.backlog
         super().__init__(addr, _Handler)
 
 
@@ -624,6 +627,8 @@ class FakeOpenAIServer:
         fail_status: int = 500,
         seed: int = 0,
         port: int = 0,
+        backlog: int = 128,
+        record: str | None = None,
     ) -> None:
         if not 0.0 <= fail_rate <= 1.0:
             raise ValueError("fail_rate must be within [0, 1]")
@@ -632,7 +637,9 @@ class FakeOpenAIServer:
         self.fail_rate = float(fail_rate)
         self.fail_status = int(fail_status)
         self.seed = seed
+        self.backlog = int(backlog)
         self._port = port
+        self._record = open(record, "a", encoding="utf-8") if record else None  # noqa: SIM115
         self._lock = threading.Lock()
         self._cond = threading.Condition(self._lock)
         self._rng = random.Random(seed)
@@ -679,6 +686,9 @@ class FakeOpenAIServer:
             self._thread.join(timeout=5)
         self._httpd = None
         self._thread = None
+        if self._record is not None:
+            self._record.close()
+            self._record = None
 
     def __enter__(self) -> FakeOpenAIServer:
         return self.start()
@@ -797,6 +807,9 @@ class FakeOpenAIServer:
 
     def _enter(self, body: dict) -> None:
         with self._lock:
+            if self._record is not None:  # one JSON line per chat request (benchmarks replay them)
+                self._record.write(json.dumps(body) + "\n")
+                self._record.flush()
             self._requests.append(body)
             self._in_flight += 1
             self._max_in_flight = max(self._max_in_flight, self._in_flight)
@@ -859,6 +872,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--fail-rate", type=float, default=0.0)
     parser.add_argument("--fail-status", type=int, default=500)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--backlog", type=int, default=128, help="listen() backlog for big fan-outs")
+    parser.add_argument("--record", default=None, help="append every chat request body to this JSONL file")
     parser.add_argument(
         "--responder",
         default=None,
@@ -873,6 +888,8 @@ def main(argv: list[str] | None = None) -> int:
         fail_status=args.fail_status,
         seed=args.seed,
         port=args.port,
+        backlog=args.backlog,
+        record=args.record,
     )
     server.start()
 
