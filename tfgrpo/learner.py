@@ -11,7 +11,7 @@ from langchain_core.runnables import RunnableConfig
 from langgraph.checkpoint.sqlite import SqliteSaver
 from langgraph.runtime import RunControl
 from langgraph.store.sqlite import SqliteStore
-from tqdm import tqdm
+from tqdm.auto import tqdm
 
 from tfgrpo.context import Context
 from tfgrpo.data import load_dataset
@@ -21,7 +21,15 @@ from tfgrpo.ledger import Ledger
 from tfgrpo.models import resolve_spec
 from tfgrpo.nodes.reward import reward_function
 from tfgrpo.nodes.schedule import batches_per_epoch, check_resume, training_queries
-from tfgrpo.runs import RunDir, open_sqlite, prune_checkpoints, run_stoppably, table_header, table_line
+from tfgrpo.runs import (
+    RunDir,
+    open_sqlite,
+    prune_checkpoints,
+    run_stoppably,
+    show_progress,
+    table_header,
+    table_line,
+)
 from tfgrpo.state.graph_state import LearnState
 
 THREAD_ID = "learn"
@@ -33,7 +41,7 @@ class Progress:
     """One bar per map stage of the current step (rollout, summarize); a table row per finished step."""
 
     def __init__(self, enabled: bool, group_size: int) -> None:
-        self.enabled = enabled and sys.stderr.isatty()
+        self.enabled = show_progress(enabled)
         self.group_size = group_size
         self.bar: tqdm[Any] | None = None
 
@@ -90,6 +98,7 @@ def run_learning(
     progress: bool = True,
     keep_checkpoints: bool = False,
     ledger: Ledger | None = None,
+    callbacks: Any = None,
 ) -> int:
     # fail fast with one-line errors, before anything is paid for
     queries = training_queries(ctx)
@@ -110,6 +119,8 @@ def run_learning(
         "recursion_limit": (n_steps + 2) * SUPERSTEPS_PER_STEP,
         "max_concurrency": ctx.max_concurrency,
     }
+    if callbacks is not None:  # e.g. a tracer: every LLM call of the run nests under the learn run
+        config["callbacks"] = callbacks
     snapshot = graph.get_state(config)
     values = dict(snapshot.values or {})
     check_resume(values, ctx, queries)
