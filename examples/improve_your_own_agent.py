@@ -61,10 +61,14 @@ def make_agent(middleware: Sequence[AgentMiddleware[Any, Any]] = ()) -> Any:
 
 
 # -- questions with known answers --------------------------------------------------------------------
-TRAIN = [{"question": f"Calculate {a} * {b} - {c}.", "answer": str(a * b - c)} for a, b, c in
-         [(12, 7, 5), (23, 4, 9), (31, 3, 14), (8, 17, 6), (15, 15, 25), (9, 26, 11), (44, 2, 19), (6, 38, 7)]]  # fmt: skip
-TEST = [{"question": f"Calculate {a} * {b} - {c}.", "answer": str(a * b - c)} for a, b, c in
-        [(13, 6, 4), (27, 3, 8), (19, 5, 12), (7, 24, 9)]]  # fmt: skip
+def rows(triples: list[tuple[int, int, int]]) -> list[dict[str, str]]:
+    return [{"question": f"Calculate {a} * {b} - {c}.", "answer": str(a * b - c)} for a, b, c in triples]
+
+
+TRAIN = rows(
+    [(12, 7, 5), (23, 4, 9), (31, 3, 14), (8, 17, 6), (15, 15, 25), (9, 26, 11), (44, 2, 19), (6, 38, 7)]
+)
+TEST = rows([(13, 6, 4), (27, 3, 8), (19, 5, 12), (7, 24, 9)])
 
 
 def main(run_dir: str) -> None:

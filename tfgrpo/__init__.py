@@ -15,9 +15,13 @@ from typing import TYPE_CHECKING, Any
 __version__ = "0.1.0"
 
 if TYPE_CHECKING:
-    from tfgrpo.api import ExperiencedAgent, experienced_agent, load_library
-    from tfgrpo.middleware import ExperienceMiddleware
-    from tfgrpo.python_api import LearnResult, evaluate, learn
+    from tfgrpo.api import ExperiencedAgent as ExperiencedAgent
+    from tfgrpo.api import experienced_agent as experienced_agent
+    from tfgrpo.api import load_library as load_library
+    from tfgrpo.middleware import ExperienceMiddleware as ExperienceMiddleware
+    from tfgrpo.python_api import LearnResult as LearnResult
+    from tfgrpo.python_api import evaluate as evaluate
+    from tfgrpo.python_api import learn as learn
 
 _EXPORTS = {
     "ExperienceMiddleware": "tfgrpo.middleware",

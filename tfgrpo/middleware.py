@@ -70,7 +70,7 @@ def append_experiences(system: SystemMessage | None, experiences: str) -> System
     return SystemMessage(blocks, additional_kwargs=system.additional_kwargs)
 
 
-def _library_file(path: str | Path) -> Path:
+def _library_file(path: str | os.PathLike[str]) -> Path:
     file = Path(path)
     return file / "library.json" if file.is_dir() else file
 
@@ -279,9 +279,7 @@ class ExperienceMiddleware(AgentMiddleware[ExperienceState, Any]):
         plan = self._reservation(request, hooks)
         started = time.time()
         try:
-            response, retries = hooks.ledger.call(
-                lambda: handler(request), message_of=_ai_message, **plan
-            )
+            response, retries = hooks.ledger.call(lambda: handler(request), message_of=_ai_message, **plan)
         except CallFailed as failed:
             hooks.sink.append(make_record(hooks.node, plan["spec"], False, started, None, failed.retries))
             raise failed.cause from None

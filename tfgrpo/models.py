@@ -121,9 +121,15 @@ def register_model_object(model: BaseChatModel) -> str:
     """A spec (``instance:NAME``) for a chat-model object, usable wherever a model spec is. The object
     is used as it is: its own temperature, token cap and endpoint apply. The ledger prices it by NAME."""
     if not isinstance(model, BaseChatModel):
-        raise ConfigError(f"expected a model spec string or a LangChain chat model, got {type(model).__name__}")
+        raise ConfigError(
+            f"expected a model spec string or a LangChain chat model, got {type(model).__name__}"
+        )
     name = next(
-        (v for v in (getattr(model, a, None) for a in ("model_name", "model", "model_id")) if isinstance(v, str)),
+        (
+            v
+            for v in (getattr(model, a, None) for a in ("model_name", "model", "model_id"))
+            if isinstance(v, str)
+        ),
         type(model).__name__,
     )
     with _lock:

@@ -51,7 +51,7 @@ def _dataset_spec(data: Dataset, folder: Path, name: str) -> str:
     """A dataset spec for the context: paths and specs as they are, rows saved as JSONL in ``folder``."""
     if isinstance(data, str | os.PathLike):
         return os.fspath(data)
-    if isinstance(data, Mapping) or isinstance(data, bytes):
+    if isinstance(data, Mapping | bytes):
         raise ConfigError(f"{name}: expected a path, a list of dicts or an iterable of rows")
     lines = []
     for index, row in enumerate(data):
@@ -91,19 +91,27 @@ def _agent_spec(agent: Any) -> str | None:
     return spec
 
 
-def _ledger(ctx: Context, budget_usd: float | None, budget_tokens: int | None, prices: Any, **kw: Any) -> Ledger:
+def _ledger(
+    ctx: Context, budget_usd: float | None, budget_tokens: int | None, prices: Any, **kw: Any
+) -> Ledger:
     for name, value in (("budget_usd", budget_usd), ("budget_tokens", budget_tokens)):
         if value is not None and value <= 0:
             raise ConfigError(f"{name} must be positive")
     table = prices if isinstance(prices, Prices) else Prices.load(prices)
     return Ledger(
-        max_concurrency=ctx.max_concurrency, budget_usd=budget_usd, budget_tokens=budget_tokens, prices=table, **kw
+        max_concurrency=ctx.max_concurrency,
+        budget_usd=budget_usd,
+        budget_tokens=budget_tokens,
+        prices=table,
+        **kw,
     )
 
 
 def _raise_for(code: int, what: str, where: Path) -> None:
     if code == 3:
-        raise BudgetExceeded(f"{what} stopped at the budget; finished work in {where} is kept: call again to resume")
+        raise BudgetExceeded(
+            f"{what} stopped at the budget; finished work in {where} is kept: call again to resume"
+        )
     if code == 130:
         raise KeyboardInterrupt(f"{what} interrupted; finished work in {where} is kept: call again to resume")
     if code:
@@ -162,7 +170,9 @@ def learn(
         learner_model=learner,
         reward=reward,
     )
-    require_positive(ctx, "epochs", "batch_size", "group_size", "max_concurrency", "max_tokens", "validation_k")
+    require_positive(
+        ctx, "epochs", "batch_size", "group_size", "max_concurrency", "max_tokens", "validation_k"
+    )
     if ctx.group_size < 2:
         raise ConfigError("group_size must be at least 2 (a group of 1 has no relative advantage)")
     ledger = _ledger(ctx, budget_usd, budget_tokens, prices, max_retries=max_retries, backoff=retry_backoff)

@@ -140,7 +140,9 @@ def test_learn_on_the_users_agent_survives_sigkill(server: FakeOpenAIServer, tmp
     # step 0 has 12 rollouts of 2 calls each; freeze the 2nd calls of step 1 after 5 of them finished,
     # so a finished step, finished rollouts and first calls of unfinished rollouts must all survive
     hold_after(server, 12 + 5, is_agent_followup)
-    proc = subprocess.Popen(cmd, env=env, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    proc = subprocess.Popen(
+        cmd, env=env, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+    )
     finished = sigkill_once_held(proc, server)
     server.hold(None)
     server.release()
@@ -182,7 +184,9 @@ class Calls(BaseCallbackHandler):
     def __init__(self) -> None:
         self.models: list[UUID | None] = []
 
-    def on_chat_model_start(self, serialized: Any, messages: Any, *, run_id: UUID, parent_run_id: UUID | None = None, **kw: Any) -> None:  # fmt: skip
+    def on_chat_model_start(
+        self, serialized: Any, messages: Any, *, run_id: UUID, parent_run_id: UUID | None = None, **kw: Any
+    ) -> None:
         self.models.append(parent_run_id)
 
 
@@ -226,7 +230,9 @@ def test_experienced_agent_takes_model_objects_context_and_configurable(server: 
     other = ChatOpenAI(model="ctx-model", base_url=server.base_url, api_key="x", max_retries=0)  # type: ignore[arg-type]
     agent.invoke("Calculate 2 + 3.", context={"model": other})
     assert server.requests[-1]["model"] == "ctx-model"
-    agent.with_config(configurable={"model": "openai:cfg-model", "base_url": server.base_url}).invoke("Calculate 1.")
+    agent.with_config(configurable={"model": "openai:cfg-model", "base_url": server.base_url}).invoke(
+        "Calculate 1."
+    )
     assert server.requests[-1]["model"] == "cfg-model"
     with pytest.raises(ConfigError, match="did you mean 'model'"):
         agent.with_config(configurable={"modle": "openai:x"}).invoke("Calculate 1.")
@@ -246,3 +252,15 @@ def test_the_own_agent_example_runs_and_resumes(server: FakeOpenAIServer, tmp_pa
     assert out.returncode == 0, out.stdout + out.stderr
     assert len(server.requests) - n == 2, "a second run paid for learning or evaluation again"
     assert time.time() - started < 300
+
+
+def test_callbacks_see_every_call_of_tfgrpos_own_agent(server: FakeOpenAIServer, tmp_path: Path) -> None:
+    handler = Calls()
+    rows = [{"question": f"Calculate {a} + 4.", "answer": str(a + 4)} for a in range(4)]
+    tfgrpo.learn(
+        dataset=rows, model="openai:fake", base_url=server.base_url, run_dir=tmp_path / "run",
+        epochs=1, batch_size=2, group_size=4, progress=False, callbacks=[handler],
+    )  # fmt: skip
+    assert len(server.requests) > 8
+    assert len(handler.models) == len(server.requests)  # rollouts included
+    assert None not in handler.models  # each nested under the learn run: one trace in LangSmith
