@@ -295,7 +295,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
 
     if not args.dataset:
         raise TfgrpoError("--dataset is required (on the command line or as 'dataset' in --config)")
-    embedded = not args.model
+    embedded = not args.model and not args.agent
     if embedded:
         print(EMBEDDED_NOTE.replace("learning with", "evaluating with"), flush=True)
     max_tokens = args.max_tokens or PRESETS["embedded" if embedded else "model"]["max_tokens"]

@@ -24,6 +24,7 @@ import tfgrpo
 from tests.conftest import PYTHON, REPO, cli_env, hold_after, sigkill_once_held
 from tests.integration import acme_agent
 from tfgrpo.errors import ConfigError
+from tfgrpo.ledger import BudgetExceeded
 from tfgrpo.state.library import apply_operations, empty_library, render_library
 from tfgrpo.testing.fake_openai import FakeOpenAIServer, request_key
 from tfgrpo.testing.responders import tool_agent_responder
@@ -264,3 +265,22 @@ def test_callbacks_see_every_call_of_tfgrpos_own_agent(server: FakeOpenAIServer,
     assert len(server.requests) > 8
     assert len(handler.models) == len(server.requests)  # rollouts included
     assert None not in handler.models  # each nested under the learn run: one trace in LangSmith
+
+
+def test_cap_retries_and_budget_apply_to_the_users_agent(server: FakeOpenAIServer, tmp_path: Path) -> None:
+    rows = [{"question": f"Calculate {a} * 5.", "answer": str(a * 5)} for a in range(2, 6)]
+    options: dict[str, Any] = dict(
+        agent=acme_agent.factory, learner="openai:fake", base_url=server.base_url, epochs=1, batch_size=4,
+        group_size=4, max_concurrency=2, retry_backoff=0.01, progress=False,
+    )  # fmt: skip
+    server.fail_next(2, status=500)  # the run's first calls are the user's agent's
+    result = tfgrpo.learn(dataset=rows, run_dir=tmp_path / "run", **options)
+    assert server.max_in_flight <= 2  # the run-wide cap holds for the user's model calls
+    policy = result.report["totals"]["by_role"]["policy"]
+    assert policy["retries"] == 2 and result.report["totals"]["rollouts_failed"] == 0
+    assert policy["calls"] == 4 * 4 * 2
+
+    server.reset_stats()
+    with pytest.raises(BudgetExceeded, match="call again to resume"):
+        tfgrpo.learn(dataset=rows, run_dir=tmp_path / "budget", budget_tokens=2500, **options)
+    assert 0 < len(server.requests) < 4 * 4 * 2  # stopped before the rollouts were all paid for

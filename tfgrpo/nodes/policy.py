@@ -294,5 +294,6 @@ def run_policy(
 
 
 def final_text(messages: Sequence[BaseMessage]) -> str:
+    """The final answer's text: the last AI message (content blocks joined, e.g. a user's Anthropic agent)."""
     last = next((m for m in reversed(messages) if isinstance(m, AIMessage)), None)
-    return last.content if last is not None and isinstance(last.content, str) else ""
+    return last.text if last is not None else ""
