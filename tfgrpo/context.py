@@ -127,10 +127,12 @@ class Context:
         return {k: asdict(self)[k] for k in RUN_DEFINING}
 
 
-def apply_configurable(ctx: Context, configurable: dict[str, object] | None) -> Context:
+def apply_configurable(
+    ctx: Context, configurable: dict[str, object] | None, *, strict: bool = True
+) -> Context:
     """``ctx`` with the Context fields found in a Runnable's ``configurable`` honoured (``with_config(
-    configurable={"model": ...})``). A key that is a near miss of a field (``modle``) is refused loudly;
-    other keys (``thread_id``, the caller's own) are left to their owners."""
+    configurable={"model": ...})``). With ``strict``, a key that is a near miss of a field (``modle``) is
+    refused loudly; other keys (``thread_id``, the caller's own) are left to their owners."""
     import difflib
     from dataclasses import fields, replace
 
@@ -138,7 +140,7 @@ def apply_configurable(ctx: Context, configurable: dict[str, object] | None) -> 
 
     names = {f.name for f in fields(Context)}
     found = {k: v for k, v in (configurable or {}).items() if k in names}
-    for key in configurable or {}:
+    for key in configurable or {} if strict else {}:
         if key in names or key.startswith("__"):
             continue
         close = difflib.get_close_matches(key, names, n=1, cutoff=0.8)

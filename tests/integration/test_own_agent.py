@@ -284,3 +284,16 @@ def test_cap_retries_and_budget_apply_to_the_users_agent(server: FakeOpenAIServe
     with pytest.raises(BudgetExceeded, match="call again to resume"):
         tfgrpo.learn(dataset=rows, run_dir=tmp_path / "budget", budget_tokens=2500, **options)
     assert 0 < len(server.requests) < 4 * 4 * 2  # stopped before the rollouts were all paid for
+
+
+def test_inference_graph_honours_context_and_configurable(server: FakeOpenAIServer) -> None:
+    from tfgrpo.context import Context
+    from tfgrpo.graphs.inference import build_inference_graph
+
+    graph = build_inference_graph()
+    question = {"messages": [("user", "Calculate 3 + 3.")]}
+    graph.invoke(question, context=Context(model="openai:ctx-model", base_url=server.base_url))
+    assert server.requests[-1]["model"] == "ctx-model"
+    config: Any = {"configurable": {"model": "openai:cfg-model", "base_url": server.base_url}}
+    graph.invoke(question, config, context=Context(model="openai:ctx-model", base_url=server.base_url))
+    assert server.requests[-1]["model"] == "cfg-model"

@@ -144,7 +144,8 @@ class PolicyMiddleware(AgentMiddleware[PolicyState, Context]):
     def _prepare(self, request: ModelRequest[Context]) -> _Prepared:
         """Everything before the call: model, E, tools allowed now, prompt, seed (blocking I/O inside)."""
         configurable = get_config().get("configurable") or {}
-        ctx = apply_configurable(as_context(request.runtime.context), configurable)
+        # honour Context fields in configurable; the graph does not police keys that servers add
+        ctx = apply_configurable(as_context(request.runtime.context), configurable, strict=False)
         model, spec = policy_model(ctx)
         given = request.state.get("experiences")
         experiences = str(given) if given is not None else inference_experiences(ctx, request.runtime.store)
