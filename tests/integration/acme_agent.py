@@ -41,3 +41,12 @@ def factory(middleware: Sequence[AgentMiddleware[Any, Any]] = ()) -> Any:
 def plain() -> Any:
     """A factory without ``middleware=`` whose agent lacks ExperienceMiddleware: refused."""
     return create_agent(make_model(), [calculator], system_prompt=SYSTEM_PROMPT)
+
+
+def compiled() -> Any:
+    """The compiled-graph form: the user put ExperienceMiddleware in the agent's middleware themselves."""
+    from tfgrpo import ExperienceMiddleware
+
+    return create_agent(
+        make_model(), [calculator], system_prompt=SYSTEM_PROMPT, middleware=[ExperienceMiddleware()]
+    )

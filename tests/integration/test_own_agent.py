@@ -297,3 +297,16 @@ def test_inference_graph_honours_context_and_configurable(server: FakeOpenAIServ
     config: Any = {"configurable": {"model": "openai:cfg-model", "base_url": server.base_url}}
     graph.invoke(question, config, context=Context(model="openai:ctx-model", base_url=server.base_url))
     assert server.requests[-1]["model"] == "cfg-model"
+
+
+def test_learn_on_a_compiled_user_graph(server: FakeOpenAIServer, tmp_path: Path) -> None:
+    rows = [{"question": f"Calculate {a} - 9.", "answer": str(a - 9)} for a in range(3)]
+    result = tfgrpo.learn(
+        dataset=rows, agent=acme_agent.compiled(), learner="openai:fake", base_url=server.base_url,
+        run_dir=tmp_path / "run", epochs=2, batch_size=3, group_size=4, progress=False,
+    )  # fmt: skip
+    assert result.report["totals"]["by_role"]["policy"]["calls"] == 2 * 3 * 4 * 2
+    step2 = [b for b in server.requests if b["model"] == "acme-model"][-1]
+    assert system_text(step2) == acme_agent.SYSTEM_PROMPT + "\n\n" + render_library(
+        json.loads((tmp_path / "run" / "libraries" / "step-0000.json").read_text())
+    )  # E of step 0, rendered as ExperienceMiddleware renders it in production
