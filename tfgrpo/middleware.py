@@ -21,6 +21,7 @@ resumed run pays for no finished call.
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import json
 import os
@@ -184,11 +185,14 @@ class ExperienceMiddleware(AgentMiddleware[ExperienceState, Any]):
             self._cache = (stamp, _render_checked(data, str(self._path)))
         return self._cache[1]
 
-    def _from_store(self, store: BaseStore | None) -> str:
-        assert self._namespace is not None
+    def _store_of(self, request: ModelRequest[Any]) -> BaseStore:
+        store = request.runtime.store if request.runtime is not None else None
         if store is None:
             raise ConfigError("ExperienceMiddleware(namespace=...) needs an agent with a store")
-        item = store.get(self._namespace, self._key)
+        return store
+
+    def _render_item(self, item: Any) -> str:
+        assert self._namespace is not None
         if item is None:
             raise ConfigError(f"no experience library in store namespace {'/'.join(self._namespace)!r}")
         stamp = (item.updated_at, self._namespace)
@@ -196,19 +200,37 @@ class ExperienceMiddleware(AgentMiddleware[ExperienceState, Any]):
             self._cache = (stamp, _render_checked(item.value, "/".join(self._namespace)))
         return self._cache[1]
 
+    @staticmethod
+    def _given(request: ModelRequest[Any]) -> str | None:
+        given = request.state.get(EXPERIENCES_KEY) if isinstance(request.state, dict) else None
+        return None if given is None else str(given)
+
     def experiences(self, request: ModelRequest[Any]) -> str:
         """Rendered E for this call: the learning run's (state key), else the configured library."""
-        given = request.state.get(EXPERIENCES_KEY) if isinstance(request.state, dict) else None
+        given = self._given(request)
         if given is not None:
-            return str(given)
+            return given
         if self._path is not None:
             return self._from_file()
         if self._namespace is not None:
-            return self._from_store(request.runtime.store if request.runtime is not None else None)
+            return self._render_item(self._store_of(request).get(self._namespace, self._key))
         return self._static
 
-    def _prepare(self, request: ModelRequest[Any]) -> tuple[ModelRequest[Any], RolloutHooks | None]:
-        system = append_experiences(request.system_message, self.experiences(request))
+    async def aexperiences(self, request: ModelRequest[Any]) -> str:
+        """:meth:`experiences` without blocking the event loop (async stores, file reads in a thread)."""
+        given = self._given(request)
+        if given is not None:
+            return given
+        if self._path is not None:
+            return await asyncio.to_thread(self._from_file)
+        if self._namespace is not None:
+            return self._render_item(await self._store_of(request).aget(self._namespace, self._key))
+        return self._static
+
+    def _prepare(
+        self, request: ModelRequest[Any], experiences: str
+    ) -> tuple[ModelRequest[Any], RolloutHooks | None]:
+        system = append_experiences(request.system_message, experiences)
         if system is not request.system_message:
             request = request.override(system_message=system)
         hooks = _hooks()
@@ -267,7 +289,7 @@ class ExperienceMiddleware(AgentMiddleware[ExperienceState, Any]):
     def wrap_model_call(
         self, request: ModelRequest[Any], handler: Callable[[ModelRequest[Any]], ModelResponse]
     ) -> ModelResponse:
-        request, hooks = self._prepare(request)
+        request, hooks = self._prepare(request, self.experiences(request))
         if hooks is None:
             return handler(request)
         from tfgrpo.nodes._llm import make_record
@@ -292,7 +314,7 @@ class ExperienceMiddleware(AgentMiddleware[ExperienceState, Any]):
         request: ModelRequest[Any],
         handler: Callable[[ModelRequest[Any]], Awaitable[ModelResponse]],
     ) -> ModelResponse:
-        request, hooks = self._prepare(request)
+        request, hooks = self._prepare(request, await self.aexperiences(request))
         if hooks is None:
             return await handler(request)
         from tfgrpo.nodes._llm import make_record

@@ -112,6 +112,9 @@ def test_middleware_takes_a_library_object_or_a_store_namespace(server: FakeOpen
     store.put(("acme", "e"), "library", make_library("A new lesson."))  # updated in place: seen at once
     agent.invoke({"messages": [("user", "Calculate 1 + 1.")]})
     assert "[G1] A new lesson." in system_text(server.requests[-1])
+    store.put(("acme", "e"), "library", make_library("An async lesson."))
+    asyncio.run(agent.ainvoke({"messages": [("user", "Calculate 1 + 1.")]}))  # async store read
+    assert "[G1] An async lesson." in system_text(server.requests[-1])
 
     with pytest.raises(ConfigError, match="no experience library there"):
         tfgrpo.ExperienceMiddleware(library="/nonexistent/run")
