@@ -131,6 +131,10 @@ def experienced_agent(library: str | Path | None = None, **settings: Any) -> Exp
     ``settings`` are :class:`tfgrpo.context.Context` fields: ``model``, ``base_url``, ``domain``
     (direct | math | search), ``corpus``, ``temperature``, ``max_model_calls``, ...
     """
+    if settings.get("prompts"):
+        from tfgrpo.nodes._prompts import validate_prompts
+
+        validate_prompts(settings["prompts"])  # a bad prompt override fails here, before any call
     if library is not None:
         load_library(library)  # fail early, with a clear message
         settings["library"] = str(library)
