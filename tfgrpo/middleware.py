@@ -257,8 +257,13 @@ class ExperienceMiddleware(AgentMiddleware[ExperienceState, Any]):
         item = hooks.store.get(hooks.namespace, key)
         if item is None:
             return None
-        hooks.sink.append(item.value["record"])  # paid before the interruption: booked once, here
-        return ModelResponse(result=messages_from_dict([item.value["message"]]))
+        record: CallRecord = item.value["record"]
+        result = messages_from_dict([item.value["message"]])
+        hooks.sink.append(record)  # paid before the interruption: booked once, here
+        # ... and spent: a resumed ledger starts from the finished rollouts only
+        msg = next((m for m in result if isinstance(m, AIMessage)), None)
+        hooks.ledger._settle(record["model"], msg, record["input_tokens"])
+        return ModelResponse(result=result)
 
     @staticmethod
     def _remember(hooks: RolloutHooks, key: str, msg: AIMessage | None, record: CallRecord) -> None:
