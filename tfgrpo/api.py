@@ -26,8 +26,9 @@ from langchain_core.runnables import Runnable, RunnableConfig
 from langchain_core.tools import BaseTool, StructuredTool
 from pydantic import BaseModel, Field
 
-from tfgrpo.context import Context
+from tfgrpo.context import Context, apply_configurable
 from tfgrpo.errors import ConfigError
+from tfgrpo.models import as_spec
 from tfgrpo.state.library import Library, render_library
 
 __all__ = ["ExperiencedAgent", "experienced_agent", "load_library", "render_library"]
@@ -67,34 +68,48 @@ class ExperiencedAgent(Runnable[Any, dict[str, Any]]):
         self.context = context
         self.graph = build_inference_graph()
 
-    def _config(self, config: RunnableConfig | None) -> RunnableConfig:
+    def _resolve(self, config: RunnableConfig | None, context: Any) -> tuple[RunnableConfig, Context]:
+        """The call's config and context: ``context=`` (a Context, or a dict of settings) and Context
+        fields in ``configurable`` override the bound settings; a near-miss key is refused."""
+        ctx = self.context
+        if isinstance(context, Context):
+            ctx = context
+        elif isinstance(context, dict):
+            ctx = _with_settings(ctx, context)
+        elif context is not None:
+            raise ConfigError(f"context must be a tfgrpo Context or a dict, not {type(context).__name__}")
+        ctx = apply_configurable(ctx, dict((config or {}).get("configurable") or {}))
         merged: RunnableConfig = dict(config or {})  # type: ignore[assignment]
-        merged.setdefault("recursion_limit", 4 * self.context.max_model_calls + 8)
-        return merged
+        merged.setdefault("recursion_limit", 4 * ctx.max_model_calls + 8)
+        return merged, ctx
 
-    def invoke(self, input: Any, config: RunnableConfig | None = None, **kwargs: Any) -> dict[str, Any]:
-        out = self.graph.invoke(_as_input(input), self._config(config), context=self.context, **kwargs)
-        return dict(out)
+    def invoke(
+        self, input: Any, config: RunnableConfig | None = None, *, context: Any = None, **kwargs: Any
+    ) -> dict[str, Any]:
+        cfg, ctx = self._resolve(config, context)
+        return dict(self.graph.invoke(_as_input(input), cfg, context=ctx, **kwargs))
 
     async def ainvoke(
-        self, input: Any, config: RunnableConfig | None = None, **kwargs: Any
+        self, input: Any, config: RunnableConfig | None = None, *, context: Any = None, **kwargs: Any
     ) -> dict[str, Any]:
-        out = await self.graph.ainvoke(_as_input(input), self._config(config), context=self.context, **kwargs)
-        return dict(out)
+        cfg, ctx = self._resolve(config, context)
+        return dict(await self.graph.ainvoke(_as_input(input), cfg, context=ctx, **kwargs))
 
-    def stream(self, input: Any, config: RunnableConfig | None = None, **kwargs: Any) -> Iterator[Any]:
-        yield from self.graph.stream(_as_input(input), self._config(config), context=self.context, **kwargs)
+    def stream(
+        self, input: Any, config: RunnableConfig | None = None, *, context: Any = None, **kwargs: Any
+    ) -> Iterator[Any]:
+        cfg, ctx = self._resolve(config, context)
+        yield from self.graph.stream(_as_input(input), cfg, context=ctx, **kwargs)
 
     async def astream(
-        self, input: Any, config: RunnableConfig | None = None, **kwargs: Any
+        self, input: Any, config: RunnableConfig | None = None, *, context: Any = None, **kwargs: Any
     ) -> AsyncIterator[Any]:
-        async for chunk in self.graph.astream(
-            _as_input(input), self._config(config), context=self.context, **kwargs
-        ):
+        cfg, ctx = self._resolve(config, context)
+        async for chunk in self.graph.astream(_as_input(input), cfg, context=ctx, **kwargs):
             yield chunk
 
     def with_settings(self, **settings: Any) -> ExperiencedAgent:
-        return ExperiencedAgent(replace(self.context, **settings))
+        return ExperiencedAgent(_with_settings(self.context, settings))
 
     def as_answer_tool(self, name: str, description: str) -> BaseTool:
         """A tool (``question -> answer``) for another agent: the experienced agent as a specialist."""
@@ -116,10 +131,6 @@ def experienced_agent(library: str | Path | None = None, **settings: Any) -> Exp
     ``settings`` are :class:`tfgrpo.context.Context` fields: ``model``, ``base_url``, ``domain``
     (direct | math | search), ``corpus``, ``temperature``, ``max_model_calls``, ...
     """
-    known = set(asdict(Context()))
-    unknown = sorted(set(settings) - known)
-    if unknown:
-        raise ConfigError(f"unknown agent setting(s): {', '.join(unknown)}")
     if settings.get("prompts"):
         from tfgrpo.nodes._prompts import validate_prompts
 
@@ -128,4 +139,17 @@ def experienced_agent(library: str | Path | None = None, **settings: Any) -> Exp
         load_library(library)  # fail early, with a clear message
         settings["library"] = str(library)
     settings.setdefault("temperature", 0.0)
-    return ExperiencedAgent(Context(**settings))
+    return ExperiencedAgent(_with_settings(Context(), settings))
+
+
+def _with_settings(ctx: Context, settings: dict[str, Any]) -> Context:
+    """``ctx`` with ``settings`` (Context fields; models as spec strings or chat-model objects)."""
+    known = set(asdict(Context()))
+    unknown = sorted(set(settings) - known)
+    if unknown:
+        raise ConfigError(f"unknown agent setting(s): {', '.join(unknown)}")
+    values = dict(settings)
+    for name in ("model", "learner_model", "judge_model"):
+        if name in values:
+            values[name] = as_spec(values[name])
+    return replace(ctx, **values)

@@ -106,6 +106,12 @@ def _add_agent_args(p: argparse.ArgumentParser, *, demo: bool, temperature: floa
         p.add_argument("--judge-model", default=d.judge_model, help="model for LLM-judge rewards")
         p.add_argument("--learner-temperature", type=float, default=d.learner_temperature)
         p.add_argument("--base-url", default=d.base_url, help="OpenAI-compatible endpoint")
+        p.add_argument(
+            "--agent",
+            default=d.agent,
+            help="your own agent as the policy: module:attr or file.py:attr of a create_agent graph "
+            "with tfgrpo.ExperienceMiddleware, or of a factory taking middleware=",
+        )
     p.add_argument("--config", default=None, help="JSON or TOML file of option values (flags override)")
 
 
@@ -284,7 +290,7 @@ def context_from_args(args: argparse.Namespace, *, preset: str, **override: Any)
         "judge_max_tokens": args.judge_max_tokens,
         "prompts": args.prompts,
     }
-    for name in ("model", "learner_model", "judge_model", "base_url", "learner_temperature"):
+    for name in ("model", "learner_model", "judge_model", "base_url", "learner_temperature", "agent"):
         if hasattr(args, name):
             values[name] = getattr(args, name)
     values.update(override)
@@ -330,9 +336,18 @@ def ledger_from_args(args: argparse.Namespace, ctx: Context) -> Ledger:
     )
 
 
+def check_agent(ctx: Context) -> None:
+    """Load ``--agent`` now: a one-line error before anything is paid for."""
+    if ctx.agent:
+        from tfgrpo.user_agent import prepare_agent
+
+        prepare_agent(ctx.agent)
+
+
 def cmd_learn(args: argparse.Namespace, ctx: Context) -> int:
     from tfgrpo.learner import run_learning
 
+    check_agent(ctx)
     return run_learning(
         ctx,
         run_dir=Path(args.run_dir),
@@ -354,6 +369,7 @@ def agent_context(args: argparse.Namespace, **settings: Any) -> Context:
         temperature=args.temperature,
         max_model_calls=args.max_model_calls,
         max_tool_calls=args.max_tool_calls,
+        agent=getattr(args, "agent", ""),
         unsafe_python=args.unsafe_python,
         top_p=args.top_p,
         prompts=args.prompts,
@@ -366,7 +382,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
 
     if not args.dataset:
         raise TfgrpoError("--dataset is required (on the command line or as 'dataset' in --config)")
-    embedded = not args.model
+    embedded = not args.model and not args.agent
     if embedded:
         print(EMBEDDED_NOTE.replace("learning with", "evaluating with"), flush=True)
     max_tokens = args.max_tokens or PRESETS["embedded" if embedded else "model"]["max_tokens"]
@@ -382,6 +398,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
     )
     require_positive(ctx, "max_concurrency", "max_tokens", "judge_max_tokens")
     check_sampling(ctx)
+    check_agent(ctx)
     return run_eval(
         ctx,
         eval_dir=Path(args.eval_dir),
@@ -553,7 +570,7 @@ def main(argv: list[str] | None = None) -> int:
         check_python_sandbox(args)
         if args.command == "learn":
             embedded = not args.model
-            if embedded:
+            if embedded and not args.agent:
                 print(EMBEDDED_NOTE, flush=True)
             return cmd_learn(args, context_from_args(args, preset="embedded" if embedded else "model"))
         if args.command == "demo":

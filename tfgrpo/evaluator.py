@@ -13,7 +13,7 @@ from typing import Any, cast
 
 from langchain_core.runnables import RunnableConfig
 from langgraph.runtime import RunControl
-from tqdm import tqdm
+from tqdm.auto import tqdm
 
 from tfgrpo.api import load_library
 from tfgrpo.checks import check_context
@@ -31,7 +31,7 @@ from tfgrpo.nodes.attempt import attempt_key, attempt_namespace
 from tfgrpo.nodes.policy import inference_experiences
 from tfgrpo.nodes.reward import ground_truth_reward
 from tfgrpo.runlock import lock_run_dir
-from tfgrpo.runs import atomic_write, open_checkpointer, open_store, run_stoppably
+from tfgrpo.runs import atomic_write, open_checkpointer, open_store, run_stoppably, show_progress
 from tfgrpo.state.graph_state import EvalState
 from tfgrpo.state.library import Library, render_library
 
@@ -310,7 +310,7 @@ def _drive(
     """Stream the graph with a progress bar; 0 when finished, 3 on a budget stop, 130 on Ctrl-C."""
     done = len(graph.get_state(config).values.get("results", []))
     bar = None
-    if progress and sys.stderr.isatty():
+    if show_progress(progress):
         bar = tqdm(total=total, initial=done, desc="eval", file=sys.stderr, dynamic_ncols=True)
 
     def drive(control: RunControl) -> None:

@@ -13,7 +13,7 @@ from langchain_core.runnables import RunnableConfig
 from langgraph.checkpoint.sqlite import SqliteSaver
 from langgraph.runtime import RunControl
 from langgraph.store.sqlite import SqliteStore
-from tqdm import tqdm
+from tqdm.auto import tqdm
 
 from tfgrpo.checks import check_context
 from tfgrpo.context import Context
@@ -35,6 +35,7 @@ from tfgrpo.runs import (
     open_store,
     prune_checkpoints,
     run_stoppably,
+    show_progress,
     table_header,
     table_line,
 )
@@ -50,7 +51,7 @@ class Progress:
     """One bar per map stage of the current step (rollout, summarize); a table row per finished step."""
 
     def __init__(self, enabled: bool, group_size: int) -> None:
-        self.enabled = enabled and sys.stderr.isatty()
+        self.enabled = show_progress(enabled)
         self.group_size = group_size
         self.bar: tqdm[Any] | None = None
 
@@ -140,6 +141,7 @@ def run_learning(
     progress: bool = True,
     keep_checkpoints: bool = False,
     ledger: Ledger | None = None,
+    callbacks: Any = None,
 ) -> int:
     # fail fast with one-line errors, before anything is paid for
     check_context(ctx)
@@ -154,7 +156,7 @@ def run_learning(
     run = RunDir(run_dir)
     run.create()
     with lock_run_dir(run.path):  # one writer per run directory
-        return _learn(ctx, queries, run, seed, progress, keep_checkpoints, ledger)
+        return _learn(ctx, queries, run, seed, progress, keep_checkpoints, ledger, callbacks)
 
 
 def _learn(
@@ -165,6 +167,7 @@ def _learn(
     progress: bool,
     keep_checkpoints: bool,
     ledger: Ledger | None,
+    callbacks: Any,
 ) -> int:
     run_dir = run.path
     store = open_store(run.store)
@@ -176,6 +179,8 @@ def _learn(
         "recursion_limit": (n_steps + 2) * SUPERSTEPS_PER_STEP,
         "max_concurrency": ctx.max_concurrency,
     }
+    if callbacks is not None:  # e.g. a tracer: every LLM call of the run nests under the learn run
+        config["callbacks"] = callbacks
     snapshot = graph.get_state(config)
     values = dict(snapshot.values or {})
     check_resume(values, ctx, queries)

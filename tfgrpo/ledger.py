@@ -68,7 +68,8 @@ def role_of(node: str) -> str:
 
 
 def _model_name(spec: str) -> str:
-    return spec.split(":", 1)[1] if ":" in spec else spec
+    name = spec.split(":", 1)[1] if ":" in spec else spec
+    return name.split("@", 1)[0]  # instance:NAME@2, a second object of one model (tfgrpo.models)
 
 
 @dataclass
@@ -294,6 +295,15 @@ class Ledger:
         finally:
             self._release(tokens, usd)
 
+    async def _aacquire(self) -> None:
+        """Take a permit without blocking the event loop. Never a blocking acquire in a worker thread: a
+        cancelled caller would leave that thread to take a permit nobody releases (every later call of
+        the process then hangs). A non-blocking try holds nothing while it sleeps, so cancelling is safe."""
+        delay = 0.001
+        while not self.semaphore.acquire(blocking=False):
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, 0.05)
+
     async def acall(
         self,
         fn: Callable[[], Awaitable[T]],
@@ -307,7 +317,7 @@ class Ledger:
         tokens, usd = self._reserve(spec, reserve_in, reserve_out)
         retries = 0
         try:
-            await asyncio.to_thread(self.semaphore.acquire)
+            await self._aacquire()
             try:
                 while True:
                     try:

@@ -141,6 +141,44 @@ def _build(settings: ModelSettings) -> BaseChatModel:
 _building: dict[ModelSettings, threading.Lock] = {}
 
 
+INSTANCE_PREFIX = "instance:"  # models handed over as objects (tfgrpo.learn(model=ChatOpenAI(...)))
+_instances: dict[str, BaseChatModel] = {}
+
+
+def register_model_object(model: BaseChatModel) -> str:
+    """A spec (``instance:NAME``) for a chat-model object, usable wherever a model spec is. The object
+    is used as it is: its own temperature, token cap and endpoint apply. The ledger prices it by NAME."""
+    if not isinstance(model, BaseChatModel):
+        raise ConfigError(
+            f"expected a model spec string or a LangChain chat model, got {type(model).__name__}"
+        )
+    name = next(
+        (
+            v
+            for v in (getattr(model, a, None) for a in ("model_name", "model", "model_id"))
+            if isinstance(v, str)
+        ),
+        type(model).__name__,
+    )
+    with _lock:
+        for key, known in _instances.items():
+            if known is model:
+                return INSTANCE_PREFIX + key
+        key, n = name, 1
+        while key in _instances:  # another object of the same model (e.g. another temperature)
+            n += 1
+            key = f"{name}@{n}"
+        _instances[key] = model
+    return INSTANCE_PREFIX + key
+
+
+def as_spec(model: str | BaseChatModel | None) -> str:
+    """A model given as a spec string or as an object, as a spec string ("" for None)."""
+    if model is None:
+        return ""
+    return model if isinstance(model, str) else register_model_object(model)
+
+
 def get_model(settings: ModelSettings) -> BaseChatModel:
     """The chat model for ``settings``, built once per distinct settings.
 
@@ -149,6 +187,11 @@ def get_model(settings: ModelSettings) -> BaseChatModel:
     """
     if not settings.spec:
         settings = replace(settings, spec=DEFAULT_MODEL)
+    if settings.spec.startswith(INSTANCE_PREFIX):
+        found = _instances.get(settings.spec[len(INSTANCE_PREFIX) :])
+        if found is None:
+            raise ConfigError(f"model {settings.spec!r}: no such model object in this process")
+        return found
     with _lock:
         cached = _cache.get(settings)
         if cached is not None:

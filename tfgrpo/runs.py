@@ -383,3 +383,17 @@ def run_stoppably(
         print(stopped, file=sys.stderr)
         return 130
     return 0
+
+
+def show_progress(enabled: bool) -> bool:
+    """Progress bars on a terminal, and in Jupyter (``tqdm.auto`` draws widgets there)."""
+    if not enabled:
+        return False
+    if sys.stderr.isatty():
+        return True
+    try:
+        from IPython import get_ipython  # type: ignore[import-not-found,unused-ignore]
+    except ImportError:
+        return False
+    shell = get_ipython()
+    return shell is not None and type(shell).__name__ == "ZMQInteractiveShell"

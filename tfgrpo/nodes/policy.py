@@ -33,7 +33,7 @@ from langgraph.runtime import Runtime
 from langgraph.store.base import BaseStore
 from langgraph.types import Checkpointer
 
-from tfgrpo.context import Context, as_context
+from tfgrpo.context import Context, apply_configurable, as_context
 from tfgrpo.errors import ConfigError
 from tfgrpo.evals.rewards import extract_final_answer
 from tfgrpo.ledger import BudgetExceeded, CallFailed, Ledger, current_ledger, reserve_tokens
@@ -150,7 +150,9 @@ class PolicyMiddleware(AgentMiddleware[PolicyState, Context]):
 
     def _prepare(self, request: ModelRequest[Context]) -> _Prepared:
         """Everything before the call: model, E, tools allowed now, prompt, seed (blocking I/O inside)."""
-        ctx = as_context(request.runtime.context)
+        configurable = get_config().get("configurable") or {}
+        # honour Context fields in configurable; the graph does not police keys that servers add
+        ctx = apply_configurable(as_context(request.runtime.context), configurable, strict=False)
         model, spec = policy_model(ctx)
         given = request.state.get("experiences")
         experiences = str(given) if given is not None else inference_experiences(ctx, request.runtime.store)
@@ -165,7 +167,6 @@ class PolicyMiddleware(AgentMiddleware[PolicyState, Context]):
         if not tools and (model_calls or tool_calls):
             prompt += "\n\n" + LIMIT_NOTE
         settings = dict(request.model_settings)
-        configurable = get_config().get("configurable") or {}
         if configurable.get("tfgrpo_seed") is not None:
             settings["seed"] = configurable["tfgrpo_seed"]
         schemas = [tool_schema(t) for t in tools]
@@ -261,7 +262,13 @@ def rollout_agent() -> CompiledStateGraph[Any, Context, Any, Any]:
 
 
 def run_policy(
-    ctx: Context, question: str, experiences: str, seed: int, *, node: str = "rollout"
+    ctx: Context,
+    question: str,
+    experiences: str,
+    seed: int,
+    *,
+    node: str = "rollout",
+    memo: tuple[BaseStore, tuple[str, ...], str] | None = None,
 ) -> tuple[list[BaseMessage], str | None, list[CallRecord]]:
     """One whole agent run for ``question`` with E rendered as ``experiences``.
 
@@ -269,13 +276,19 @@ def run_policy(
     calling graph (an empty contextvars context): it keeps no checkpoints of its own turns, so a run's
     checkpoint database does not grow with the number of runs; the caller memoizes the result. Budget and
     configuration errors propagate (they must stop the run); any other failure comes back as a one-line
-    error.
+    error. With ``ctx.agent`` set, the policy is the user's own agent (:mod:`tfgrpo.user_agent`), whose
+    every model call is also memoized under ``memo`` (store, namespace, key prefix).
     """
+    from tfgrpo.user_agent import parent_callbacks, run_user_agent
+
+    if ctx.agent:
+        return run_user_agent(ctx, question, experiences, seed, node=node, memo=memo)
     messages: list[BaseMessage] = [HumanMessage(question)]
     records: list[CallRecord] = []
     config: RunnableConfig = {
         "configurable": {"tfgrpo_seed": seed, CALLS_KEY: records, NODE_KEY: node},
         "recursion_limit": 4 * ctx.max_model_calls + 8,
+        "callbacks": parent_callbacks(),  # traces nest the run under the calling node
     }
     try:
         out = contextvars.Context().run(
@@ -289,5 +302,6 @@ def run_policy(
 
 
 def final_text(messages: Sequence[BaseMessage]) -> str:
+    """The final answer's text: the last AI message (content blocks joined, e.g. a user's Anthropic agent)."""
     last = next((m for m in reversed(messages) if isinstance(m, AIMessage)), None)
-    return last.content if last is not None and isinstance(last.content, str) else ""
+    return last.text if last is not None else ""

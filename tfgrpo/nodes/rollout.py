@@ -68,7 +68,10 @@ def rollout(task: RolloutTask, runtime: Runtime[Context]) -> dict[str, Any]:
         library_text = library_text_of(store, task["run_id"], task["library_key"])
         seed = sample_seed(task.get("seed", 0), task["step"], query["id"], g)
         # the branch is the unit of resume; its result is memoized in the store
-        messages, error, records = run_policy(ctx, query["question"], library_text, seed)
+        calls_ns = step_namespace(task["run_id"], task["step"], "policy_calls")
+        messages, error, records = run_policy(
+            ctx, query["question"], library_text, seed, memo=(store, calls_ns, key)
+        )
         record_: Rollout = {
             "query_id": query["id"],
             "g": g,

@@ -182,3 +182,18 @@ def eval_responder(request: dict[str, Any]) -> dict[str, Any]:
     final = value if value is None or int(seed) % 4 else solve_arithmetic(f"{value} + 1")
     shown = f"\\boxed{{{final}}}" if "boxed" in system else f"Answer: {final}"
     return {"content": f"Following the experiences, step by step.\nThe result is {shown}"}
+
+
+def tool_agent_responder(request: dict[str, Any]) -> dict[str, Any]:
+    """:func:`grpo_responder` for a user's agent with a tool of its own (``tfgrpo learn --agent``): it
+    calls the offered tool once, then answers from the tool's result -- right, or off by one when the
+    request's ``seed`` is odd, so a group's rollouts differ and there is something to learn."""
+    reply = grpo_responder(request)
+    messages = request.get("messages", [])
+    seed = request.get("seed")
+    followup = any(m.get("role") == "tool" for m in messages) and not _forced_tool(request)
+    if not followup or reply.get("tool_calls") or seed is None or int(seed) % 2 == 0:
+        return reply
+    value = solve_arithmetic(_text([m for m in messages if m.get("role") == "user"][-1]))
+    wrong = solve_arithmetic(f"{value} + 1") if value is not None else "unknown"
+    return {"content": f"The tool says {value}; adding it up again.\nAnswer: {wrong}"}

@@ -1,0 +1,342 @@
+"""``ExperienceMiddleware``: add a learned experience library E to *your own* ``create_agent`` agent.
+
+    from langchain.agents import create_agent
+    from tfgrpo import ExperienceMiddleware
+
+    agent = create_agent(model, tools, system_prompt="You are ...",
+                         middleware=[ExperienceMiddleware(library="runs/x")])
+
+Before every model call the middleware appends E, rendered exactly as in training (``[G3] text`` lines
+under a short header, after a blank line), to the agent's own system prompt. Model, tools, prompt and the
+other middleware stay the user's. E comes from a ``library.json`` / run directory (re-read when the file
+changes), a ``Library`` dict, or a LangGraph store namespace (read from the agent's store on every call,
+so an update there takes effect at once).
+
+Learning on the user's agent uses the same middleware: a learning rollout passes E in the state key
+``tfgrpo_experiences`` (which wins over the configured library) and its bookkeeping in the configurable
+key ``tfgrpo_rollout``; the middleware then routes each model call through the run's ledger (budget,
+concurrency cap, retries, per-call records) and memoizes each response in the run's store so that a
+resumed run pays for no finished call.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import json
+import os
+import time
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, NotRequired
+
+from langchain.agents.middleware import AgentMiddleware, AgentState, ModelRequest, ModelResponse
+from langchain_core.messages import (
+    AIMessage,
+    SystemMessage,
+    convert_to_openai_messages,
+    message_to_dict,
+    messages_from_dict,
+)
+from langchain_core.utils.function_calling import convert_to_openai_tool
+from langgraph.config import get_config
+from langgraph.store.base import BaseStore
+
+from tfgrpo.errors import ConfigError
+from tfgrpo.ledger import CallFailed, Ledger, reserve_tokens
+from tfgrpo.state.library import Library, render_library
+from tfgrpo.state.types import CallRecord
+
+__all__ = ["EXPERIENCES_KEY", "ExperienceMiddleware", "ExperienceState", "append_experiences"]
+
+EXPERIENCES_KEY = "tfgrpo_experiences"  # state key: rendered E for this run (learning passes it)
+HOOKS_KEY = "tfgrpo_rollout"  # configurable key: the learning run's bookkeeping (RolloutHooks)
+
+
+class ExperienceState(AgentState[Any]):
+    tfgrpo_experiences: NotRequired[str]
+
+
+def append_experiences(system: SystemMessage | None, experiences: str) -> SystemMessage | None:
+    """The user's system message with E appended after a blank line (E alone when there is none)."""
+    if not experiences:
+        return system
+    if system is None:
+        return SystemMessage(experiences)
+    if isinstance(system.content, str):
+        text = f"{system.content}\n\n{experiences}" if system.content else experiences
+        return SystemMessage(text, additional_kwargs=system.additional_kwargs)
+    blocks = [*system.content, {"type": "text", "text": f"\n\n{experiences}"}]
+    return SystemMessage(blocks, additional_kwargs=system.additional_kwargs)
+
+
+def _library_file(path: str | os.PathLike[str]) -> Path:
+    file = Path(path)
+    return file / "library.json" if file.is_dir() else file
+
+
+def _render_checked(library: Any, where: str) -> str:
+    if not isinstance(library, dict) or not isinstance(library.get("items"), list):
+        raise ConfigError(f"{where}: not an experience library (no 'items')")
+    try:
+        return render_library(library)  # type: ignore[arg-type]
+    except (KeyError, TypeError) as exc:
+        raise ConfigError(f"{where}: not an experience library ({exc})") from None
+
+
+def model_spec(model: Any) -> str:
+    """The name the ledger books a user's model under (its price is looked up by this name)."""
+    for attr in ("model_name", "model", "model_id"):
+        value = getattr(model, attr, None)
+        if isinstance(value, str) and value:
+            return value
+    return type(model).__name__
+
+
+def _takes_seed(model: Any) -> bool:
+    try:
+        from langchain_openai.chat_models.base import BaseChatOpenAI
+    except ImportError:  # pragma: no cover - langchain-openai is a dependency
+        return False
+    return isinstance(model, BaseChatOpenAI)
+
+
+@dataclass
+class RolloutHooks:
+    """What a learning rollout hands the middleware (configurable ``tfgrpo_rollout``)."""
+
+    ledger: Ledger
+    sink: list[CallRecord]
+    node: str = "rollout"
+    seed: int | None = None
+    max_tokens: int = 1024
+    store: BaseStore | None = None  # memo of finished calls (resume pays for none of them)
+    namespace: tuple[str, ...] = ()
+    prefix: str = ""
+
+
+def _hooks() -> RolloutHooks | None:
+    try:
+        configurable = get_config().get("configurable") or {}
+    except RuntimeError:  # called outside a runnable context
+        return None
+    hooks = configurable.get(HOOKS_KEY)
+    return hooks if isinstance(hooks, RolloutHooks) else None
+
+
+def _ai_message(response: Any) -> AIMessage | None:
+    result = getattr(response, "result", None) or []
+    return next((m for m in result if isinstance(m, AIMessage)), None)
+
+
+class ExperienceMiddleware(AgentMiddleware[ExperienceState, Any]):
+    """Appends a learned experience library E to the agent's system prompt (see the module docstring).
+
+    Args:
+        library: a ``library.json`` file or run directory (re-read when it changes), or a ``Library``
+            dict (as returned by ``tfgrpo.learn`` or ``tfgrpo.api.load_library``). None: no E of its
+            own (a learning run passes E in the ``tfgrpo_experiences`` state key).
+        namespace: instead of ``library``, a LangGraph store namespace (``"a/b"`` or a tuple) holding
+            the library under ``key``; read from the agent's store at every model call.
+    """
+
+    state_schema = ExperienceState
+
+    def __init__(
+        self,
+        library: str | os.PathLike[str] | Library | None = None,
+        *,
+        namespace: str | Sequence[str] | None = None,
+        key: str = "library",
+    ) -> None:
+        super().__init__()
+        if library is not None and namespace is not None:
+            raise ConfigError("ExperienceMiddleware: give a library or a store namespace, not both")
+        self._path: Path | None = None
+        self._static = ""
+        self._cache: tuple[Any, str] | None = None
+        self._namespace: tuple[str, ...] | None = None
+        self._key = key
+        if isinstance(library, dict):
+            self._static = _render_checked(library, "ExperienceMiddleware(library=...)")
+        elif library is not None:
+            self._path = _library_file(library)
+            self._from_file()  # fail now, with a clear message, not at the first question
+        if namespace is not None:
+            parts = tuple(namespace.split("/")) if isinstance(namespace, str) else tuple(namespace)
+            if not parts or not all(isinstance(p, str) and p for p in parts):
+                raise ConfigError(f"ExperienceMiddleware: bad store namespace {namespace!r}")
+            self._namespace = parts
+
+    # -- where E comes from ---------------------------------------------------------------------------
+    def _from_file(self) -> str:
+        assert self._path is not None
+        try:
+            st = self._path.stat()
+        except OSError:
+            raise ConfigError(f"{self._path}: no experience library there (library.json)") from None
+        stamp = (st.st_mtime_ns, st.st_size)
+        if self._cache is None or self._cache[0] != stamp:
+            try:
+                data = json.loads(self._path.read_text(encoding="utf-8"))
+            except (OSError, ValueError) as exc:
+                raise ConfigError(f"{self._path}: cannot read the experience library ({exc})") from None
+            self._cache = (stamp, _render_checked(data, str(self._path)))
+        return self._cache[1]
+
+    def _store_of(self, request: ModelRequest[Any]) -> BaseStore:
+        store = request.runtime.store if request.runtime is not None else None
+        if store is None:
+            raise ConfigError("ExperienceMiddleware(namespace=...) needs an agent with a store")
+        return store
+
+    def _render_item(self, item: Any) -> str:
+        assert self._namespace is not None
+        if item is None:
+            raise ConfigError(f"no experience library in store namespace {'/'.join(self._namespace)!r}")
+        stamp = (item.updated_at, self._namespace)
+        if self._cache is None or self._cache[0] != stamp:
+            self._cache = (stamp, _render_checked(item.value, "/".join(self._namespace)))
+        return self._cache[1]
+
+    @staticmethod
+    def _given(request: ModelRequest[Any]) -> str | None:
+        given = request.state.get(EXPERIENCES_KEY) if isinstance(request.state, dict) else None
+        return None if given is None else str(given)
+
+    def experiences(self, request: ModelRequest[Any]) -> str:
+        """Rendered E for this call: the learning run's (state key), else the configured library."""
+        given = self._given(request)
+        if given is not None:
+            return given
+        if self._path is not None:
+            return self._from_file()
+        if self._namespace is not None:
+            return self._render_item(self._store_of(request).get(self._namespace, self._key))
+        return self._static
+
+    async def aexperiences(self, request: ModelRequest[Any]) -> str:
+        """:meth:`experiences` without blocking the event loop (async stores, file reads in a thread)."""
+        given = self._given(request)
+        if given is not None:
+            return given
+        if self._path is not None:
+            return await asyncio.to_thread(self._from_file)
+        if self._namespace is not None:
+            return self._render_item(await self._store_of(request).aget(self._namespace, self._key))
+        return self._static
+
+    def _prepare(
+        self, request: ModelRequest[Any], experiences: str
+    ) -> tuple[ModelRequest[Any], RolloutHooks | None]:
+        system = append_experiences(request.system_message, experiences)
+        if system is not request.system_message:
+            request = request.override(system_message=system)
+        hooks = _hooks()
+        if hooks is not None and hooks.seed is not None and _takes_seed(request.model):
+            request = request.override(model_settings={**request.model_settings, "seed": hooks.seed})
+        return request, hooks
+
+    # -- learning: ledger and memo --------------------------------------------------------------------
+    @staticmethod
+    def _memo_key(request: ModelRequest[Any], hooks: RolloutHooks) -> str:
+        msgs = ([request.system_message] if request.system_message else []) + list(request.messages)
+        payload = {
+            "messages": convert_to_openai_messages(msgs),  # no message ids: they differ per process
+            "tools": sorted(str(getattr(t, "name", t)) for t in request.tools),
+            "seed": hooks.seed,
+        }
+        digest = hashlib.sha256(json.dumps(payload, sort_keys=True, default=str).encode()).hexdigest()
+        return f"{hooks.prefix}/{digest[:24]}"
+
+    @staticmethod
+    def _recall(hooks: RolloutHooks, key: str) -> ModelResponse | None:
+        if hooks.store is None:
+            return None
+        item = hooks.store.get(hooks.namespace, key)
+        if item is None:
+            return None
+        record: CallRecord = item.value["record"]
+        result = messages_from_dict([item.value["message"]])
+        hooks.sink.append(record)  # paid before the interruption: booked once, here
+        # ... and spent: a resumed ledger starts from the finished rollouts only
+        msg = next((m for m in result if isinstance(m, AIMessage)), None)
+        hooks.ledger._settle(record["model"], msg, record["input_tokens"])
+        return ModelResponse(result=result)
+
+    @staticmethod
+    def _remember(hooks: RolloutHooks, key: str, msg: AIMessage | None, record: CallRecord) -> None:
+        hooks.sink.append(record)
+        if hooks.store is not None and msg is not None:
+            hooks.store.put(
+                hooks.namespace, key, {"message": message_to_dict(msg), "record": record}, index=False
+            )
+
+    @staticmethod
+    def _reservation(request: ModelRequest[Any], hooks: RolloutHooks) -> dict[str, Any]:
+        spec = model_spec(request.model)
+        ledger = hooks.ledger
+        if ledger.budget_usd is not None and ledger.prices.rate(spec) is None:
+            raise ConfigError(
+                f"--budget-usd needs a price for your agent's model {spec!r}: pass --prices FILE "
+                '({"MODEL": {"input": USD per 1M tokens, "output": USD per 1M tokens}})'
+            )
+        system = [request.system_message] if request.system_message else []
+        schemas = [t if isinstance(t, dict) else convert_to_openai_tool(t) for t in request.tools]
+        return {
+            "spec": spec,
+            "reserve_in": reserve_tokens([*system, *request.messages], schemas),
+            "reserve_out": hooks.max_tokens,
+        }
+
+    # -- the hooks ------------------------------------------------------------------------------------
+    def wrap_model_call(
+        self, request: ModelRequest[Any], handler: Callable[[ModelRequest[Any]], ModelResponse]
+    ) -> ModelResponse:
+        request, hooks = self._prepare(request, self.experiences(request))
+        if hooks is None:
+            return handler(request)
+        from tfgrpo.nodes._llm import make_record
+
+        key = self._memo_key(request, hooks)
+        recalled = self._recall(hooks, key)
+        if recalled is not None:
+            return recalled
+        plan = self._reservation(request, hooks)
+        started = time.time()
+        try:
+            response, retries = hooks.ledger.call(lambda: handler(request), message_of=_ai_message, **plan)
+        except CallFailed as failed:
+            hooks.sink.append(make_record(hooks.node, plan["spec"], False, started, None, failed.retries))
+            raise failed.cause from None
+        msg = _ai_message(response)
+        self._remember(hooks, key, msg, make_record(hooks.node, plan["spec"], True, started, msg, retries))
+        return response
+
+    async def awrap_model_call(
+        self,
+        request: ModelRequest[Any],
+        handler: Callable[[ModelRequest[Any]], Awaitable[ModelResponse]],
+    ) -> ModelResponse:
+        request, hooks = self._prepare(request, await self.aexperiences(request))
+        if hooks is None:
+            return await handler(request)
+        from tfgrpo.nodes._llm import make_record
+
+        key = self._memo_key(request, hooks)
+        recalled = self._recall(hooks, key)
+        if recalled is not None:
+            return recalled
+        plan = self._reservation(request, hooks)
+        started = time.time()
+        try:
+            response, retries = await hooks.ledger.acall(
+                lambda: handler(request), message_of=_ai_message, **plan
+            )
+        except CallFailed as failed:
+            hooks.sink.append(make_record(hooks.node, plan["spec"], False, started, None, failed.retries))
+            raise failed.cause from None
+        msg = _ai_message(response)
+        self._remember(hooks, key, msg, make_record(hooks.node, plan["spec"], True, started, msg, retries))
+        return response

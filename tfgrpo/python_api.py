@@ -1,0 +1,249 @@
+"""``tfgrpo.learn`` and ``tfgrpo.evaluate``: the CLI's ``learn`` and ``eval`` for notebooks and apps.
+
+    import tfgrpo
+    result = tfgrpo.learn(dataset=rows, agent=make_agent, learner=ChatOpenAI(...), run_dir="runs/x")
+    result.library            # the learned E (a Library dict; ExperienceMiddleware(result.library))
+    result.report["totals"]   # the run report (report.json)
+    metrics = tfgrpo.evaluate(dataset=test_rows, agent=make_agent, library="runs/x", baseline=True)
+
+Both are resumable: call again with the same arguments (and directory) and finished work is kept.
+Models may be spec strings (``openai:gpt-4o-mini``) or LangChain chat-model objects (used as they are);
+datasets a file path or ``rg:`` spec, a list of dicts or any iterable of rows (``question``, ``answer``,
+optional ``id``), saved as JSONL in the run directory. Progress bars use ``tqdm.auto`` (Jupyter widgets).
+A budget stop raises :class:`tfgrpo.ledger.BudgetExceeded` after saving; call again to resume.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Iterable, Mapping
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from langchain_core.language_models import BaseChatModel
+
+from tfgrpo.context import Context
+from tfgrpo.errors import ConfigError, TfgrpoError
+from tfgrpo.ledger import BudgetExceeded, Ledger, Prices
+from tfgrpo.models import as_spec
+from tfgrpo.state.library import Library
+
+__all__ = ["LearnResult", "evaluate", "learn"]
+
+Dataset = str | os.PathLike[str] | Iterable[Mapping[str, Any]]
+Model = str | BaseChatModel | None
+MODEL_FIELDS = ("model", "learner_model", "judge_model")
+
+
+@dataclass
+class LearnResult:
+    """What :func:`learn` returns: the library, the run report and where the run lives."""
+
+    library: Library
+    report: dict[str, Any]
+    run_dir: Path
+    steps: list[dict[str, Any]] = field(default_factory=list)
+
+
+def _dataset_spec(data: Dataset, folder: Path, name: str) -> str:
+    """A dataset spec for the context: paths and specs as they are, rows saved as JSONL in ``folder``."""
+    if isinstance(data, str | os.PathLike):
+        return os.fspath(data)
+    if isinstance(data, Mapping | bytes):
+        raise ConfigError(f"{name}: expected a path, a list of dicts or an iterable of rows")
+    lines = []
+    for index, row in enumerate(data):
+        if not isinstance(row, Mapping):
+            raise ConfigError(f"{name}: row {index}: expected a dict, got {type(row).__name__}")
+        try:
+            lines.append(json.dumps(dict(row), ensure_ascii=False, sort_keys=True))
+        except (TypeError, ValueError) as exc:
+            raise ConfigError(f"{name}: row {index}: not JSON-serializable ({exc})") from None
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / f"{name}.jsonl"
+    text = "\n".join(lines) + "\n"
+    if not path.exists() or path.read_text(encoding="utf-8") != text:
+        path.write_text(text, encoding="utf-8")
+    return str(path)
+
+
+def _context(options: dict[str, Any], **values: Any) -> Context:
+    known = set(asdict(Context()))
+    unknown = sorted(set(options) - known)
+    if unknown:
+        raise ConfigError(f"unknown setting(s): {', '.join(unknown)} (see tfgrpo.context.Context)")
+    merged = {**options, **{k: v for k, v in values.items() if v is not None}}
+    for name in MODEL_FIELDS:
+        if name in merged:
+            merged[name] = as_spec(merged[name])
+    return Context(**merged)
+
+
+def _agent_spec(agent: Any) -> str | None:
+    if agent is None:
+        return None
+    from tfgrpo.user_agent import prepare_agent, register_agent
+
+    spec = agent if isinstance(agent, str) else register_agent(agent)
+    prepare_agent(spec)  # a one-line error now, before anything is paid for
+    return spec
+
+
+def _ledger(
+    ctx: Context, budget_usd: float | None, budget_tokens: int | None, prices: Any, **kw: Any
+) -> Ledger:
+    for name, value in (("budget_usd", budget_usd), ("budget_tokens", budget_tokens)):
+        if value is not None and value <= 0:
+            raise ConfigError(f"{name} must be positive")
+    table = prices if isinstance(prices, Prices) else Prices.load(prices)
+    return Ledger(
+        max_concurrency=ctx.max_concurrency,
+        budget_usd=budget_usd,
+        budget_tokens=budget_tokens,
+        prices=table,
+        **kw,
+    )
+
+
+def _raise_for(code: int, what: str, where: Path) -> None:
+    if code == 3:
+        raise BudgetExceeded(
+            f"{what} stopped at the budget; finished work in {where} is kept: call again to resume"
+        )
+    if code == 130:
+        raise KeyboardInterrupt(f"{what} interrupted; finished work in {where} is kept: call again to resume")
+    if code:
+        raise TfgrpoError(f"{what} failed (exit code {code}); see the messages above")
+
+
+def learn(
+    dataset: Dataset,
+    *,
+    agent: Any = None,
+    model: Model = None,
+    learner: Model = None,
+    reward: str | None = None,
+    run_dir: str | os.PathLike[str] = "runs/learn",
+    validation: Dataset | None = None,
+    seed: int = 0,
+    progress: bool = True,
+    budget_usd: float | None = None,
+    budget_tokens: int | None = None,
+    prices: str | Prices | None = None,
+    max_retries: int = 4,
+    retry_backoff: float = 1.0,
+    keep_checkpoints: bool = False,
+    callbacks: Any = None,
+    **options: Any,
+) -> LearnResult:
+    """Learn an experience library E (Training-Free GRPO), like ``tfgrpo learn``; resumable.
+
+    Args:
+        dataset: training questions (path / ``rg:`` spec, list of dicts, or iterable of rows).
+        agent: your own agent as the policy: a compiled ``create_agent`` graph that includes
+            ``ExperienceMiddleware()``, a factory taking ``middleware=``, or a ``module:attr`` /
+            ``file.py:attr`` string. Without it the policy is tfgrpo's agent on ``model``.
+        model: the policy model of tfgrpo's agent (and the default ``learner``), spec or object.
+        learner: the model that summarizes rollouts and extracts experiences, spec or object.
+        reward: ``math`` (default), ``exact_match``, ``f1``, ``judge``, ``majority`` or ``module:function``.
+        run_dir: where checkpoints, E and reports go; the same directory resumes.
+        callbacks: LangChain callback handlers (e.g. a LangSmith tracer) for the learn run; every
+            LLM call of the run, rollouts of your agent included, nests under it.
+        options: any :class:`tfgrpo.context.Context` field (``epochs``, ``batch_size``, ``group_size``,
+            ``max_concurrency``, ``domain``, ``temperature``, ...).
+    """
+    from tfgrpo.cli import require_positive
+    from tfgrpo.learner import run_learning
+
+    folder = Path(run_dir)
+    spec = _agent_spec(agent)
+    if agent is not None and learner is None and model is None and not options.get("learner_model"):
+        raise ConfigError("learn(agent=...) needs learner= (or model=): the model that learns from its runs")
+    ctx = _context(
+        options,
+        dataset=_dataset_spec(dataset, folder, "dataset"),
+        validation=_dataset_spec(validation, folder, "validation") if validation is not None else None,
+        agent=spec,
+        model=model,
+        learner_model=learner,
+        reward=reward,
+    )
+    require_positive(
+        ctx, "epochs", "batch_size", "group_size", "max_concurrency", "max_tokens", "validation_k"
+    )
+    if ctx.group_size < 2:
+        raise ConfigError("group_size must be at least 2 (a group of 1 has no relative advantage)")
+    ledger = _ledger(ctx, budget_usd, budget_tokens, prices, max_retries=max_retries, backoff=retry_backoff)
+    code = run_learning(
+        ctx,
+        run_dir=folder,
+        seed=seed,
+        progress=progress,
+        keep_checkpoints=keep_checkpoints,
+        ledger=ledger,
+        callbacks=callbacks,
+    )
+    _raise_for(code, "learning", folder)
+    library: Library = json.loads((folder / "library.json").read_text(encoding="utf-8"))
+    report: dict[str, Any] = json.loads((folder / "report.json").read_text(encoding="utf-8"))
+    return LearnResult(library=library, report=report, run_dir=folder, steps=list(report.get("steps", [])))
+
+
+def evaluate(
+    dataset: Dataset,
+    *,
+    library: str | os.PathLike[str] | Library | None = None,
+    agent: Any = None,
+    model: Model = None,
+    judge: Model = None,
+    reward: str | None = None,
+    k: int = 4,
+    baseline: bool = False,
+    eval_dir: str | os.PathLike[str] = "runs/eval",
+    seed: int = 0,
+    progress: bool = True,
+    budget_usd: float | None = None,
+    budget_tokens: int | None = None,
+    prices: str | Prices | None = None,
+    max_retries: int = 4,
+    retry_backoff: float = 1.0,
+    retry_failed: bool = False,
+    **options: Any,
+) -> dict[str, Any]:
+    """Mean@k / Pass@k with E (and, with ``baseline=True``, without it, paired), like ``tfgrpo eval``;
+    resumable. Returns the evaluation report (``report.json`` of ``eval_dir``). ``library`` is a
+    library.json / run directory or a Library dict (e.g. ``learn(...).library``)."""
+    from tfgrpo.evaluator import run_eval
+
+    folder = Path(eval_dir)
+    if isinstance(library, dict):
+        folder.mkdir(parents=True, exist_ok=True)
+        (folder / "input-library.json").write_text(json.dumps(library, indent=2), encoding="utf-8")
+        library = folder / "input-library.json"
+    if k < 1:
+        raise ConfigError("k must be at least 1")
+    ctx = _context(
+        options,
+        dataset=_dataset_spec(dataset, folder, "dataset"),
+        library=os.fspath(library) if library is not None else None,
+        agent=_agent_spec(agent),
+        model=model,
+        judge_model=judge,
+        reward=reward,
+    )
+    ledger = _ledger(ctx, budget_usd, budget_tokens, prices, max_retries=max_retries, backoff=retry_backoff)
+    code = run_eval(
+        ctx,
+        eval_dir=folder,
+        k=k,
+        seed=seed,
+        baseline=baseline,
+        progress=progress,
+        ledger=ledger,
+        retry_failed=retry_failed,
+    )
+    _raise_for(code, "evaluation", folder)
+    report: dict[str, Any] = json.loads((folder / "report.json").read_text(encoding="utf-8"))
+    return report
