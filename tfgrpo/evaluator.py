@@ -12,12 +12,11 @@ from pathlib import Path
 from typing import Any, cast
 
 from langchain_core.runnables import RunnableConfig
-from langgraph.checkpoint.sqlite import SqliteSaver
 from langgraph.runtime import RunControl
-from langgraph.store.sqlite import SqliteStore
 from tqdm import tqdm
 
 from tfgrpo.api import load_library
+from tfgrpo.backends import Backend, open_backend
 from tfgrpo.context import Context
 from tfgrpo.data import dataset_fingerprint, load_dataset
 from tfgrpo.errors import ConfigError
@@ -29,7 +28,7 @@ from tfgrpo.nodes._llm import publish_library_text
 from tfgrpo.nodes.attempt import attempt_key, attempt_namespace
 from tfgrpo.nodes.policy import inference_experiences
 from tfgrpo.nodes.reward import ground_truth_reward
-from tfgrpo.runs import atomic_write, open_sqlite, run_stoppably
+from tfgrpo.runs import atomic_write, run_stoppably
 from tfgrpo.state.graph_state import EvalState
 from tfgrpo.state.library import Library, render_library
 
@@ -103,6 +102,8 @@ def run_eval(
     ledger: Ledger | None = None,
     retry_failed: bool = False,
     attribute: bool = False,
+    db: str = "",
+    run_id: str = "",
 ) -> int:
     """``tfgrpo eval`` (library vs baseline) or, with ``attribute``, ``tfgrpo attribute``: E against E
     without each of its experiences (leave-one-out), on the same questions and seeds."""
@@ -126,14 +127,31 @@ def run_eval(
         print(f"note: {ctx.library} holds no experience: both arms get the same prompt", flush=True)
     check_eval_resume(eval_dir, settings)
     eval_dir.mkdir(parents=True, exist_ok=True)
-    store = SqliteStore(open_sqlite(eval_dir / "store.sqlite"))
-    store.setup()
-    graph = compile_eval_graph(
-        checkpointer=SqliteSaver(open_sqlite(eval_dir / "checkpoints.sqlite")), store=store
-    )
+    with open_backend(db, local_dir=eval_dir, run_id=run_id or eval_dir.resolve().name) as backend:
+        with backend.lock():
+            return _evaluate(ctx, backend, eval_dir, settings, queries, library, arms, k, seed, progress,
+                             ledger, retry_failed)  # fmt: skip
+
+
+def _evaluate(
+    ctx: Context,
+    backend: Backend,
+    eval_dir: Path,
+    settings: dict[str, Any],
+    queries: list[Any],
+    library: Library | None,
+    arms: list[str],
+    k: int,
+    seed: int,
+    progress: bool,
+    ledger: Ledger | None,
+    retry_failed: bool,
+) -> int:
+    store = backend.store
+    graph = compile_eval_graph(checkpointer=backend.saver, store=store)
     fresh_input: EvalState = {"questions": queries, "arms": arms, "k": k, "seed": seed}
     total = len(queries) * k * len(arms)
-    config, graph_input, spent = _plan_round(graph, store, eval_dir, ctx, fresh_input, retry_failed)
+    config, graph_input, spent = _plan_round(graph, backend, eval_dir, ctx, fresh_input, retry_failed)
     if config is not None:
         if graph_input is not None and "eval_id" not in graph_input:  # a new evaluation
             atomic_write(eval_dir / "eval.json", json.dumps(settings, indent=2) + "\n")
@@ -149,7 +167,7 @@ def run_eval(
         code = _drive(graph, graph_input, config, ctx, ledger, total, progress, eval_dir)
         if code:
             return code
-    results = graph.get_state(_config(eval_dir, ctx)).values.get("results", [])
+    results = graph.get_state(_config(eval_dir, ctx, backend)).values.get("results", [])
     if library is not None:
         _print_attribution(write_attribution_report(eval_dir, settings, queries, results, library), eval_dir)
     else:
@@ -157,24 +175,25 @@ def run_eval(
     return 0
 
 
-def _config(eval_dir: Path, ctx: Context) -> RunnableConfig:
+def _config(eval_dir: Path, ctx: Context, backend: Backend) -> RunnableConfig:
     """The checkpoint thread of the current round (``thread.txt``; a retry round gets a new thread)."""
     thread_file = eval_dir / "thread.txt"
     thread = thread_file.read_text().strip() if thread_file.exists() else THREAD_ID
     return {
-        "configurable": {"thread_id": thread},
+        "configurable": {"thread_id": backend.thread(thread)},
         "recursion_limit": 16,
         "max_concurrency": ctx.max_concurrency,
     }
 
 
 def _plan_round(
-    graph: Any, store: Any, eval_dir: Path, ctx: Context, fresh_input: EvalState, retry_failed: bool
+    graph: Any, backend: Backend, eval_dir: Path, ctx: Context, fresh_input: EvalState, retry_failed: bool
 ) -> tuple[RunnableConfig | None, EvalState | None, tuple[int, float]]:
     """What to run now: (config, input, already spent). Config None: complete, nothing to run. Input
     None: resume the interrupted round. A retry round starts on a new thread with the same eval id, so
     every finished run comes back from the memo for free and only the failed ones (memo deleted) run."""
-    config = _config(eval_dir, ctx)
+    store = backend.store
+    config = _config(eval_dir, ctx, backend)
     snapshot = graph.get_state(config)
     values = dict(snapshot.values or {})
     spent = _spent(values.get("results", []))
@@ -190,14 +209,14 @@ def _plan_round(
         return None, None, spent
     for r in failed:
         store.delete(attempt_namespace(values["eval_id"], r["arm"]), attempt_key(r["query_id"], r["i"]))
-    thread = str(config["configurable"]["thread_id"])
+    thread = str(config["configurable"]["thread_id"]).rsplit("/", 1)[-1]
     rounds = int(thread.split("-retry")[1]) if "-retry" in thread else 0
     atomic_write(eval_dir / "thread.txt", f"{THREAD_ID}-retry{rounds + 1}\n")
     print(f"retrying {len(failed)} failed run(s) of {eval_dir}", flush=True)
     graph_input: EvalState = {**fresh_input, "eval_id": values["eval_id"]}
     if values.get("arm_libraries"):
         graph_input["arm_libraries"] = values["arm_libraries"]
-    return _config(eval_dir, ctx), graph_input, spent
+    return _config(eval_dir, ctx, backend), graph_input, spent
 
 
 def _print_comparison(report: dict[str, Any], eval_dir: Path, k: int) -> None:

@@ -8,11 +8,11 @@ from pathlib import Path
 from typing import Any, cast
 
 from langchain_core.runnables import RunnableConfig
-from langgraph.checkpoint.sqlite import SqliteSaver
 from langgraph.runtime import RunControl
-from langgraph.store.sqlite import SqliteStore
+from langgraph.store.base import BaseStore
 from tqdm import tqdm
 
+from tfgrpo.backends import Backend, open_backend
 from tfgrpo.context import Context
 from tfgrpo.data import load_dataset
 from tfgrpo.errors import ConfigError
@@ -21,7 +21,7 @@ from tfgrpo.ledger import Ledger
 from tfgrpo.models import resolve_spec
 from tfgrpo.nodes.reward import reward_function
 from tfgrpo.nodes.schedule import batches_per_epoch, check_resume, training_queries
-from tfgrpo.runs import RunDir, open_sqlite, prune_checkpoints, run_stoppably, table_header, table_line
+from tfgrpo.runs import RunDir, run_stoppably, table_header, table_line
 from tfgrpo.state.graph_state import LearnState
 
 THREAD_ID = "learn"
@@ -60,7 +60,7 @@ class Progress:
             self.close()
 
 
-def spent_so_far(store: SqliteStore, run_id: str) -> tuple[int, float]:
+def spent_so_far(store: BaseStore, run_id: str) -> tuple[int, float]:
     """Tokens and dollars of every finished call of a run, from the result memo (exact after a crash)."""
     tokens, usd, offset = 0, 0.0, 0
     while True:
@@ -90,7 +90,11 @@ def run_learning(
     progress: bool = True,
     keep_checkpoints: bool = False,
     ledger: Ledger | None = None,
+    db: str = "",
+    run_id: str = "",
 ) -> int:
+    """Learn (or resume) the run in ``run_dir``; ``db`` is ``--db`` (see :mod:`tfgrpo.backends`) and
+    ``run_id`` names the run there (default: the run directory's name)."""
     # fail fast with one-line errors, before anything is paid for
     queries = training_queries(ctx)
     reward_function(ctx.reward)
@@ -100,13 +104,27 @@ def run_learning(
         load_dataset(ctx.validation)
     run = RunDir(run_dir)
     run.create()
-    store = SqliteStore(open_sqlite(run.store))
-    store.setup()
-    saver = SqliteSaver(open_sqlite(run.checkpoints))
-    graph = compile_learn_graph(checkpointer=saver, store=store)
+    with open_backend(db, local_dir=run.path, run_id=run_id or run.path.resolve().name) as backend:
+        with backend.lock():
+            return _learn(ctx, run, backend, queries, seed, progress, keep_checkpoints, ledger)
+
+
+def _learn(
+    ctx: Context,
+    run: RunDir,
+    backend: Backend,
+    queries: list[Any],
+    seed: int,
+    progress: bool,
+    keep_checkpoints: bool,
+    ledger: Ledger | None,
+) -> int:
+    run_dir, store = run.path, backend.store
+    thread = backend.thread(THREAD_ID)
+    graph = compile_learn_graph(checkpointer=backend.saver, store=store)
     n_steps = ctx.epochs * batches_per_epoch(len(queries), ctx.batch_size)
     config: RunnableConfig = {
-        "configurable": {"thread_id": THREAD_ID},
+        "configurable": {"thread_id": thread},
         "recursion_limit": (n_steps + 2) * SUPERSTEPS_PER_STEP,
         "max_concurrency": ctx.max_concurrency,
     }
@@ -118,6 +136,8 @@ def run_learning(
         _final_outputs(run, values)
         return 0
     graph_input: dict[str, Any] | None = None if values else {"seed": seed}
+    if graph_input is not None and backend.shared:  # the run id keys its store items in a shared database
+        graph_input["run_id"] = backend.run_id
     if values:
         print(f"resuming {run_dir} at step {values.get('step', 0)} of {n_steps}", flush=True)
     else:
@@ -140,7 +160,7 @@ def run_learning(
     try:
         code = run_stoppably(
             lambda control: _drive(
-                graph, graph_input, config, ctx, run, saver, bars, control, keep_checkpoints
+                graph, graph_input, config, ctx, run, backend, bars, control, keep_checkpoints
             ),
             ledger,
             on_stop=on_stop,
@@ -167,7 +187,7 @@ def _drive(
     config: RunnableConfig,
     ctx: Context,
     run: RunDir,
-    saver: SqliteSaver,
+    backend: Backend,
     bars: Progress,
     control: RunControl,
     keep_checkpoints: bool,
@@ -190,7 +210,9 @@ def _drive(
             # a single node finished a superstep: older checkpoints are no longer needed to resume
             snap = graph.get_state(config)
             if not keep_checkpoints:
-                prune_checkpoints(saver, THREAD_ID, snap.config["configurable"]["checkpoint_id"])
+                backend.prune(
+                    config["configurable"]["thread_id"], snap.config["configurable"]["checkpoint_id"]
+                )
             if node == "advance":
                 run.write_outputs(snap.values)
                 print(table_line(snap.values["history"][-1]), flush=True)

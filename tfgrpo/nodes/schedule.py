@@ -11,6 +11,7 @@ from __future__ import annotations
 import math
 import random
 import uuid
+from dataclasses import replace
 from typing import Any
 
 from langgraph.graph import END
@@ -20,7 +21,8 @@ from langgraph.types import Overwrite
 from tfgrpo.context import Context
 from tfgrpo.data import dataset_fingerprint, load_dataset
 from tfgrpo.errors import ConfigError, DataError
-from tfgrpo.nodes._llm import context_of
+from tfgrpo.nodes._llm import context_of, store_of
+from tfgrpo.nodes.publish import publish_library
 from tfgrpo.state.graph_state import LearnState
 from tfgrpo.state.library import empty_library
 from tfgrpo.state.types import Query
@@ -55,6 +57,13 @@ def batches_per_epoch(n_queries: int, batch_size: int) -> int:
     return math.ceil(n_queries / max(1, batch_size))
 
 
+def run_context(state: LearnState, runtime: Runtime[Context]) -> Context:
+    """The run's settings; a dataset given as graph input (Studio's learn form) replaces the context's."""
+    ctx = context_of(runtime)
+    dataset = state.get("dataset")
+    return replace(ctx, dataset=dataset) if dataset and dataset != ctx.dataset else ctx
+
+
 def check_resume(values: dict[str, Any], ctx: Context, queries: list[Query]) -> None:
     """Raise a one-line error when a run would continue with another dataset or other settings."""
     fingerprint = values.get("dataset_fingerprint")
@@ -69,7 +78,7 @@ def check_resume(values: dict[str, Any], ctx: Context, queries: list[Query]) -> 
 
 
 def start(state: LearnState, runtime: Runtime[Context]) -> dict[str, Any]:
-    ctx = context_of(runtime)
+    ctx = run_context(state, runtime)
     queries = training_queries(ctx)
     if not queries:
         raise DataError(f"{ctx.dataset}: no rows")
@@ -90,7 +99,7 @@ def start(state: LearnState, runtime: Runtime[Context]) -> dict[str, Any]:
 
 
 def select_batch(state: LearnState, runtime: Runtime[Context]) -> dict[str, Any]:
-    ctx = context_of(runtime)
+    ctx = run_context(state, runtime)
     order = epoch_order(
         training_queries(ctx),
         state.get("seed", 0),
@@ -102,7 +111,14 @@ def select_batch(state: LearnState, runtime: Runtime[Context]) -> dict[str, Any]
 
 
 def advance(state: LearnState, runtime: Runtime[Context]) -> dict[str, Any]:
-    ctx = context_of(runtime)
+    ctx = run_context(state, runtime)
+    # E after this step (after any validation rollback), where inference and eval find it by run id
+    publish_library(
+        store_of(runtime),
+        state.get("run_id", ""),
+        state.get("step", 0),
+        state.get("library") or empty_library(),
+    )
     n_batches = batches_per_epoch(len(training_queries(ctx)), ctx.batch_size)
     epoch, batch_index = state.get("epoch", 0), state.get("batch_index", 0) + 1
     if batch_index >= n_batches:
