@@ -127,10 +127,13 @@ def run_eval(
         print(f"note: {ctx.library} holds no experience: both arms get the same prompt", flush=True)
     check_eval_resume(eval_dir, settings)
     eval_dir.mkdir(parents=True, exist_ok=True)
-    with open_backend(db, local_dir=eval_dir, run_id=run_id or eval_dir.resolve().name) as backend:
-        with backend.lock():
-            return _evaluate(ctx, backend, eval_dir, settings, queries, library, arms, k, seed, progress,
-                             ledger, retry_failed)  # fmt: skip
+    with (
+        open_backend(db, local_dir=eval_dir, run_id=run_id or eval_dir.resolve().name) as backend,
+        backend.lock(),
+    ):
+        return _evaluate(
+            ctx, backend, eval_dir, settings, queries, library, arms, k, seed, progress, ledger, retry_failed
+        )
 
 
 def _evaluate(

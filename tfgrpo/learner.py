@@ -104,9 +104,11 @@ def run_learning(
         load_dataset(ctx.validation)
     run = RunDir(run_dir)
     run.create()
-    with open_backend(db, local_dir=run.path, run_id=run_id or run.path.resolve().name) as backend:
-        with backend.lock():
-            return _learn(ctx, run, backend, queries, seed, progress, keep_checkpoints, ledger)
+    with (
+        open_backend(db, local_dir=run.path, run_id=run_id or run.path.resolve().name) as backend,
+        backend.lock(),
+    ):
+        return _learn(ctx, run, backend, queries, seed, progress, keep_checkpoints, ledger)
 
 
 def _learn(

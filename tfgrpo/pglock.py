@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import hashlib
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 
 from tfgrpo.errors import ConfigError
 
@@ -47,9 +47,8 @@ def advisory_lock(url: str, run_id: str) -> Iterator[None]:
         try:
             yield
         finally:
-            try:
+            # if the connection is gone, the server has released the lock already
+            with suppress(psycopg.Error):
                 conn.execute("SELECT pg_advisory_unlock(%s)", (key,))
-            except psycopg.Error:
-                pass  # the connection is gone: the server has released the lock already
     finally:
         conn.close()
