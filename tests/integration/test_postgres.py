@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import subprocess
+import time
 from pathlib import Path
 
 import pytest
@@ -40,8 +41,8 @@ def test_sigkill_and_resume_elsewhere_repeats_no_finished_call(
     fake_server: FakeOpenAIServer, postgres_url: str, tmp_path: Path
 ) -> None:
     hold_after(fake_server, 12 + 5, is_rollout)  # freeze inside step 1's rollouts
-    proc = subprocess.Popen(learn_cmd(fake_server, tmp_path / "machine-a", postgres_url, "arith"),
-                            env=cli_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)  # fmt: skip
+    cmd = learn_cmd(fake_server, tmp_path / "machine-a", postgres_url, "arith")
+    proc = subprocess.Popen(cmd, env=cli_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     finished = sigkill_once_held(proc, fake_server)
     fake_server.hold(None)
     fake_server.release()
@@ -75,8 +76,6 @@ def test_two_runs_share_one_database_and_the_run_lock_refuses_a_second_process(
     first = subprocess.Popen(learn_cmd(fake_server, tmp_path / "a", postgres_url, "run-a"), env=cli_env(),
                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)  # fmt: skip
     try:
-        import time
-
         deadline = time.time() + 60
         while fake_server.held_count() < 1:
             assert time.time() < deadline and first.poll() is None, "run-a never reached the model"
@@ -98,7 +97,8 @@ def test_two_runs_share_one_database_and_the_run_lock_refuses_a_second_process(
     steps_a = json.loads((tmp_path / "a" / "report.json").read_text())["steps"]
     steps_b = json.loads((tmp_path / "b" / "report.json").read_text())["steps"]
     assert len(steps_a) == 4 and len(steps_b) == 2
-    assert checkpoints_of(postgres_url, "run-a/learn") <= 2 and checkpoints_of(postgres_url, "run-b/learn") <= 2
+    assert checkpoints_of(postgres_url, "run-a/learn") <= 2
+    assert checkpoints_of(postgres_url, "run-b/learn") <= 2
 
     # a finished run resumed by id is complete, not restarted; --keep-checkpoints keeps them all
     again = subprocess.run(learn_cmd(fake_server, tmp_path / "a3", postgres_url, "run-a"), env=cli_env(),
