@@ -82,6 +82,22 @@ class EvalState(TypedDict):
 # the CLI drives the same graphs with their full state). Settings (model, sizes, budget...) are context.
 
 
+class StepInput(TypedDict):
+    """One GRPO step: a batch of questions (id, question, answer), E before it (default: empty), and a
+    run id (default: a new one; the step's results are kept in the store under it)."""
+
+    batch: list[Query]
+    library: NotRequired[Library]
+    run_id: NotRequired[str]
+
+
+class StepOutput(TypedDict):
+    """E after the step and the step's report."""
+
+    library: NotRequired[Library]
+    report: NotRequired[StepReport]
+
+
 class LearnInput(TypedDict):
     """Learn an experience library. All optional: the context's dataset, seed 0, a new run id."""
 
