@@ -403,7 +403,7 @@ def cmd_library(args: argparse.Namespace) -> int:
     from tfgrpo.state.library import diff_libraries, library_markdown
 
     db = database_url(args.db)
-    if db:
+    if db and not (Path(args.run_dir) / "library.json").exists():  # a run id in the database
         return _library_from_db(args, db)
     run = RunDir(args.run_dir)
     if args.library_command == "show":

@@ -11,7 +11,7 @@ writes them to files. The module's ``graph`` (langgraph.json) takes :class:`Eval
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, cast
 
 from langgraph.graph import END, START, StateGraph
 from langgraph.graph.state import CompiledStateGraph
@@ -33,7 +33,7 @@ def build_eval_graph(*, studio: bool = False) -> StateGraph[EvalState, Context, 
         output_schema=EvalOutput if studio else EvalState,
     )
     builder.add_node("prepare", prepare)
-    builder.add_node("attempt", attempt)  # type: ignore[call-overload]
+    builder.add_node("attempt", cast(Any, attempt))  # a map worker: takes its Send payload
     builder.add_node("score", score)
     builder.add_edge(START, "prepare")
     builder.add_conditional_edges("prepare", fan_out_attempts, ["attempt"])
