@@ -303,7 +303,7 @@ def current_ledger(max_concurrency: int = 4) -> Ledger:
 # retries and concurrency come from the run context; its totals are kept in the store, so a thread resumed
 # after a server restart (or on another server sharing PostgreSQL) keeps its budget.
 LEDGER_NAMESPACE = ("tfgrpo-ledger",)
-_threads: dict[str, Ledger] = {}
+_threads: dict[tuple[int, str], Ledger] = {}
 
 
 def ledger_from_context(ctx: Any) -> Ledger:
@@ -340,8 +340,9 @@ def _thread_ledger() -> Ledger | None:
 
     raw = runtime.context
     ctx = raw if isinstance(raw, Context) else Context(**raw) if isinstance(raw, dict) else Context()
+    slot = (id(store), str(thread))  # a thread id is unique within one store (server, database)
     with _default_lock:
-        ledger = _threads.get(str(thread))
+        ledger = _threads.get(slot)
         if ledger is None:
             ledger = ledger_from_context(ctx)
             item = store.get(LEDGER_NAMESPACE, str(thread))
@@ -358,7 +359,7 @@ def _thread_ledger() -> Ledger | None:
                     loop.create_task(store.aput(LEDGER_NAMESPACE, key, value, index=False))
 
             ledger.on_spend = persist
-            _threads[str(thread)] = ledger
+            _threads[slot] = ledger
         _apply_budget(ledger, ctx)  # a resumed thread may come with a raised budget
         if ctx.model and ledger.budget_usd is not None:
             from tfgrpo.models import resolve_spec

@@ -19,6 +19,8 @@ from langchain_core.messages import AnyMessage, HumanMessage
 from langgraph.graph import END, START, StateGraph
 from langgraph.graph.message import add_messages
 from langgraph.graph.state import CompiledStateGraph
+from langgraph.store.base import BaseStore
+from langgraph.types import Checkpointer
 from typing_extensions import TypedDict
 
 from tfgrpo.context import Context
@@ -56,7 +58,9 @@ def ask(state: InferenceState) -> dict[str, Any]:
     return {}
 
 
-def build_studio_inference_graph() -> CompiledStateGraph[InferenceState, Context, Any, Any]:
+def build_studio_inference_graph(
+    checkpointer: Checkpointer = None, store: BaseStore | None = None
+) -> CompiledStateGraph[InferenceState, Context, Any, Any]:
     builder = StateGraph(
         InferenceState, context_schema=Context, input_schema=InferenceInput, output_schema=InferenceOutput
     )
@@ -65,7 +69,7 @@ def build_studio_inference_graph() -> CompiledStateGraph[InferenceState, Context
     builder.add_edge(START, "ask")
     builder.add_edge("ask", "agent")
     builder.add_edge("agent", END)
-    return builder.compile(name="tfgrpo-inference")
+    return builder.compile(checkpointer=checkpointer, store=store, name="tfgrpo-inference")
 
 
 # For langgraph.json / Studio: no checkpointer compiled in (the server brings its own).
