@@ -78,14 +78,14 @@ class Backend:
 
         return prune_checkpoints(self.saver, thread_id, latest_checkpoint_id)
 
-    def lock(self) -> AbstractContextManager[None]:
+    def lock(self) -> AbstractContextManager[Any]:
         """Held while the run runs: a second process on the same run is refused. PostgreSQL: a session
         advisory lock (released by the server if the process dies). SQLite: the run directory's file lock
         is the caller's (``tfgrpo.runlock``)."""
         if self.kind == "postgres":
-            from tfgrpo.pglock import advisory_lock
+            from tfgrpo.pglock import PostgresRunLock
 
-            return advisory_lock(self.url, self.run_id)
+            return PostgresRunLock(self.url, self.run_id)
         return nullcontext()
 
     def close(self) -> None:

@@ -148,3 +148,37 @@ def test_eval_of_a_published_library_and_a_budget_that_moves_with_the_run(
     spent_first = int(first.stderr.split("spent so far: ")[1].split()[0])
     assert int(second.stderr.split("spent so far: ")[1].split()[0]) >= spent_first > 0
     assert calls_second <= 2 < calls_first
+
+
+def test_advisory_lock_is_released_when_its_holder_dies(postgres_url: str) -> None:
+    from tfgrpo.errors import ConfigError
+    from tfgrpo.pglock import PostgresRunLock
+
+    script = (
+        "import time\nfrom tfgrpo.pglock import PostgresRunLock\n"
+        f"lock = PostgresRunLock({postgres_url!r}, 'x')\n"
+        "lock.acquire()\nprint('held', flush=True)\ntime.sleep(60)\n"
+    )
+    holder = subprocess.Popen([PYTHON, "-c", script], env=cli_env(), stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout is not None and holder.stdout.readline().strip() == "held"
+        with (
+            pytest.raises(ConfigError, match="being run by another process"),
+            PostgresRunLock(postgres_url, "x"),
+        ):
+            pass
+        with PostgresRunLock(postgres_url, "y"):  # another run id: free
+            pass
+        holder.kill()
+        holder.wait(timeout=10)
+        deadline = time.time() + 10
+        while True:  # the server notices the dropped connection at once, or nearly
+            try:
+                with PostgresRunLock(postgres_url, "x"):
+                    break
+            except ConfigError:
+                assert time.time() < deadline, "the lock of a killed process was never released"
+                time.sleep(0.2)
+    finally:
+        if holder.poll() is None:
+            holder.kill()
