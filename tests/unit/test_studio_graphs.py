@@ -37,6 +37,9 @@ def test_learn_takes_the_documented_input_and_publishes_e_after_every_step(
     assert published_library(store, "r1", 1) == out["library"]
     latest = store.get(library_namespace("r1"), "latest")
     assert latest is not None and latest.value["step"] == 1
+    # a new thread (here: no checkpointer) may not reuse the run id of a run that has published E
+    with pytest.raises(ConfigError, match="run id 'r1' is taken"):
+        graph.invoke({"dataset": DATASET, "run_id": "r1"}, context=Context(**SMALL))
 
 
 def test_inference_and_eval_read_e_by_run_id(scripted: list[ScriptedChatModel]) -> None:

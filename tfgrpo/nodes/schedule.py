@@ -22,7 +22,7 @@ from tfgrpo.context import Context
 from tfgrpo.data import dataset_fingerprint, load_dataset
 from tfgrpo.errors import ConfigError, DataError
 from tfgrpo.nodes._llm import context_of, store_of
-from tfgrpo.nodes.publish import publish_library
+from tfgrpo.nodes.publish import LATEST, library_namespace, publish_library
 from tfgrpo.state.graph_state import LearnState
 from tfgrpo.state.library import empty_library
 from tfgrpo.state.types import Query
@@ -83,8 +83,21 @@ def start(state: LearnState, runtime: Runtime[Context]) -> dict[str, Any]:
     if not queries:
         raise DataError(f"{ctx.dataset}: no rows")
     check_resume(dict(state), ctx, queries)
+    run_id = state.get("run_id")
+    store = runtime.store
+    # a run id given as input names one run: a new thread must not mix its results with another's
+    if (
+        run_id
+        and not state.get("step")
+        and store is not None
+        and store.get(library_namespace(run_id), LATEST)
+    ):
+        raise ConfigError(
+            f"run id {run_id!r} is taken: that run has already published E; continue its thread "
+            "(run it again with no input) or pick another run_id"
+        )
     return {
-        "run_id": state.get("run_id") or uuid.uuid4().hex,
+        "run_id": run_id or uuid.uuid4().hex,
         "seed": state.get("seed", 0),
         "library": state.get("library") or empty_library(),
         "epoch": state.get("epoch", 0),
