@@ -377,7 +377,8 @@ def cmd_infer(args: argparse.Namespace) -> int:
 
     db = database_url(args.db)
     if db and args.library and not Path(args.library).exists():  # a learn run's id in the database
-        args.library = str(fetch_published_library(db, args.library, Path(tempfile.mkdtemp())))
+        into = Path(tempfile.gettempdir()) / "tfgrpo-published" / args.library
+        args.library = str(fetch_published_library(db, args.library, into))
     ctx = agent_context(args, reward=args.reward, max_tokens=args.max_tokens)
     graph = build_inference_graph()
     out = graph.invoke(
@@ -445,7 +446,7 @@ def _library_from_db(args: argparse.Namespace, db: str) -> int:
     from tfgrpo.state.library import diff_libraries, empty_library, library_markdown
 
     run_id = args.run_dir
-    with open_backend(db, local_dir=Path(tempfile.mkdtemp()), run_id=run_id) as backend:
+    with open_backend(db, local_dir=Path(run_id), run_id=run_id) as backend:  # db given: no local files
         steps = published_steps(backend.store, run_id)
         if args.library_command == "show":
             library = published_library(backend.store, run_id, args.step)

@@ -132,6 +132,16 @@ def test_eval_of_a_published_library_and_a_budget_that_moves_with_the_run(
     published = json.loads((tmp_path / "run" / "library.json").read_text())
     assert report["settings"]["library_items"] == len(published["items"])
 
+    # the agent with that run's E, from any machine that reaches the database
+    fake_server.reset_stats()
+    infer = subprocess.run([PYTHON, "-m", "tfgrpo.cli", "infer", "--library", "lib", "--db", postgres_url,
+                            "--question", "Calculate 2 + 2.", "--model", "openai:fake",
+                            "--base-url", fake_server.base_url], env=cli_env(), capture_output=True, text=True,
+                           timeout=120)  # fmt: skip
+    assert infer.returncode == 0 and "answer: " in infer.stdout, infer.stdout + infer.stderr
+    system = fake_server.requests[-1]["messages"][0]["content"]
+    assert all(f"[{item['id']}] {item['text']}" in system for item in published["items"])
+
     # a budget-stopped run resumed on another machine keeps what it spent: it stops again almost at once,
     # where the same budget on a fresh run pays for many calls
     def budget_run(run_dir: str, run_id: str) -> tuple[subprocess.CompletedProcess[str], int]:
