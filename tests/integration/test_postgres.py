@@ -134,8 +134,8 @@ def test_eval_of_a_published_library_and_a_budget_that_moves_with_the_run(
 
     # the agent with that run's E, from any machine that reaches the database
     fake_server.reset_stats()
-    cmd = [PYTHON, "-m", "tfgrpo.cli", "infer", "--library", "lib", "--db", postgres_url,
-           "--question", "Calculate 2 + 2.", "--model", "openai:fake", "--base-url", fake_server.base_url]  # fmt: skip
+    cmd = [PYTHON, "-m", "tfgrpo.cli", "infer", "--library", "lib", "--db", postgres_url, "--question",
+           "Calculate 2 + 2.", "--model", "openai:fake", "--base-url", fake_server.base_url]  # fmt: skip
     infer = subprocess.run(cmd, env=cli_env(), capture_output=True, text=True, timeout=120)
     assert infer.returncode == 0 and "answer: " in infer.stdout, infer.stdout + infer.stderr
     system = fake_server.requests[-1]["messages"][0]["content"]
