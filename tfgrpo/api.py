@@ -120,6 +120,10 @@ def experienced_agent(library: str | Path | None = None, **settings: Any) -> Exp
     unknown = sorted(set(settings) - known)
     if unknown:
         raise ConfigError(f"unknown agent setting(s): {', '.join(unknown)}")
+    if settings.get("prompts"):
+        from tfgrpo.nodes._prompts import validate_prompts
+
+        validate_prompts(settings["prompts"])  # a bad prompt override fails here, before any call
     if library is not None:
         load_library(library)  # fail early, with a clear message
         settings["library"] = str(library)

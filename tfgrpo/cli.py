@@ -1,4 +1,4 @@
-"""``tfgrpo`` command line: learn (resumable), demo, and library show/diff."""
+"""``tfgrpo`` command line: learn (resumable), demo, eval, infer, prompts, and library show/diff."""
 
 from __future__ import annotations
 
@@ -28,6 +28,7 @@ PRESETS: dict[str, dict[str, Any]] = {
         "batch_size": 8,
         "group_size": 5,
         "max_tokens": 1024,
+        "learner_max_tokens": 4096,
     },
     "embedded": {
         # one-digit, two-term sums: within reach of a 135M model often enough for groups to differ
@@ -36,6 +37,7 @@ PRESETS: dict[str, dict[str, Any]] = {
         "batch_size": 3,
         "group_size": 4,
         "max_tokens": 256,
+        "learner_max_tokens": 256,
     },
     "demo": {
         "dataset": "rg:basic_arithmetic:size=20:seed=1",
@@ -43,6 +45,7 @@ PRESETS: dict[str, dict[str, Any]] = {
         "batch_size": 4,
         "group_size": 4,
         "max_tokens": 1024,
+        "learner_max_tokens": 4096,
     },
 }
 EMBEDDED_NOTE = (
@@ -78,9 +81,17 @@ def _add_agent_args(p: argparse.ArgumentParser, *, demo: bool, temperature: floa
         help="direct (no tools) | math (Python tool) | search (search tools)",
     )
     p.add_argument("--corpus", default=d.corpus, help="JSONL corpus file(s), comma-separated (search)")
+    _add_unsafe_python_arg(p)
     p.add_argument("--max-model-calls", type=int, default=d.max_model_calls, help="per agent run")
     p.add_argument("--max-tool-calls", type=int, default=d.max_tool_calls, help="per agent run")
-    p.add_argument("--max-tokens", type=int, default=None)
+    p.add_argument("--max-tokens", type=int, default=None, help="cap per policy completion")
+    p.add_argument(
+        "--top-p", type=float, default=None, help="nucleus sampling of the policy (default: not sent)"
+    )
+    p.add_argument("--judge-max-tokens", type=int, default=d.judge_max_tokens, help="cap per judge verdict")
+    p.add_argument(
+        "--prompts", default=d.prompts, help="directory of NAME.txt prompt overrides (tfgrpo prompts)"
+    )
     p.add_argument("--max-concurrency", type=int, default=d.max_concurrency)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--request-timeout", type=float, default=d.request_timeout, help="seconds per LLM call")
@@ -113,6 +124,36 @@ def _add_db_args(p: argparse.ArgumentParser, *, run_id: bool) -> None:
         )
 
 
+def _add_unsafe_python_arg(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--unsafe-python",
+        action="store_true",
+        help="--domain math without bubblewrap: run model-written code with in-process limits only (unsafe)",
+    )
+
+
+def check_python_sandbox(args: argparse.Namespace) -> None:
+    """``--domain math`` runs model-written code: no OS sandbox, no run (``--unsafe-python``: a warning)."""
+    if getattr(args, "domain", None) != "math":
+        return
+    if getattr(args, "unsafe_python", False):
+        print(
+            "tfgrpo: warning: --unsafe-python: model-written Python runs WITHOUT the OS sandbox, with your "
+            "user's rights over files, processes and network (only time/memory limits and Python guards)",
+            file=sys.stderr,
+            flush=True,
+        )
+        return
+    from tfgrpo.tools.python_exec import sandbox_problem
+
+    problem = sandbox_problem()
+    if problem is not None:
+        raise TfgrpoError(
+            f"--domain math runs model-written Python in a sandbox, but {problem}; "
+            "or pass --unsafe-python to run it without one"
+        )
+
+
 def _add_learn_args(p: argparse.ArgumentParser, *, demo: bool) -> None:
     d = Context()
     # None = "not given": the preset of the mode fills it in (see PRESETS)
@@ -126,6 +167,12 @@ def _add_learn_args(p: argparse.ArgumentParser, *, demo: bool) -> None:
     p.add_argument("--batch-size", type=int, default=None)
     p.add_argument("--group-size", type=int, default=None, help="G")
     p.add_argument("--experiences-per-group", type=int, default=d.experiences_per_group, help="K")
+    p.add_argument(
+        "--learner-max-tokens",
+        type=int,
+        default=None,
+        help="cap per summarize / extract / update completion (default 4096; 256 on the embedded model)",
+    )
     p.add_argument("--max-library-items", type=int, default=d.max_library_items)
     p.add_argument(
         "--max-library-tokens", type=int, default=d.max_library_tokens, help="cap on E's size (estimated)"
@@ -185,9 +232,12 @@ def build_parser() -> argparse.ArgumentParser:
     inf.add_argument("--base-url", default=d.base_url)
     inf.add_argument("--domain", default=d.domain, choices=["direct", "math", "search"])
     inf.add_argument("--corpus", default=d.corpus, help="JSONL corpus file(s), comma-separated (search)")
+    _add_unsafe_python_arg(inf)
     inf.add_argument("--reward", default=d.reward, help="answer format: math (boxed) or other (Answer:)")
     inf.add_argument("--temperature", type=float, default=0.0)
     inf.add_argument("--max-tokens", type=int, default=d.max_tokens)
+    inf.add_argument("--top-p", type=float, default=None, help="nucleus sampling (default: not sent)")
+    inf.add_argument("--prompts", default="", help="directory of NAME.txt prompt overrides")
     inf.add_argument("--max-model-calls", type=int, default=d.max_model_calls)
     inf.add_argument("--max-tool-calls", type=int, default=d.max_tool_calls)
     inf.add_argument("--trajectory", action="store_true", help="print every message and tool call")
@@ -199,6 +249,19 @@ def build_parser() -> argparse.ArgumentParser:
         sub.add_parser("attribute", help="leave-one-out contribution of each experience (resumable)"),
         attribute=True,
     )
+    pr = sub.add_parser("prompts", help="print every prompt as the model receives it (or --write them)")
+    pr.add_argument("--prompts", default="", help="directory of NAME.txt overrides to apply (validated)")
+    pr.add_argument(
+        "--write", default=None, metavar="DIR", help="write the default templates to DIR/NAME.txt"
+    )
+    pr.add_argument("--domain", default=d.domain, choices=sorted(DOMAIN_REWARDS))
+    pr.add_argument("--reward", default=None, help="answer format of the policy prompt (as for learn)")
+    pr.add_argument("--library", default="", help="show E from this library.json or run directory")
+    pr.add_argument("--experiences-per-group", type=int, default=d.experiences_per_group, help="K")
+    pr.add_argument("--max-library-items", type=int, default=d.max_library_items)
+    pr.add_argument("--max-library-tokens", type=int, default=d.max_library_tokens)
+    pr.add_argument("--config", default=None, help="JSON or TOML file of option values (flags override)")
+
     rep = sub.add_parser("report", help="rebuild the reports and plots of a run or eval directory")
     rep.add_argument("dir", help="a learning run directory or an eval directory")
 
@@ -237,6 +300,10 @@ def context_from_args(args: argparse.Namespace, *, preset: str, **override: Any)
         "corpus": args.corpus,
         "max_model_calls": args.max_model_calls,
         "max_tool_calls": args.max_tool_calls,
+        "unsafe_python": args.unsafe_python,
+        "top_p": args.top_p,
+        "judge_max_tokens": args.judge_max_tokens,
+        "prompts": args.prompts,
     }
     for name in ("model", "learner_model", "judge_model", "base_url", "learner_temperature"):
         if hasattr(args, name):
@@ -244,11 +311,29 @@ def context_from_args(args: argparse.Namespace, *, preset: str, **override: Any)
     values.update(override)
     ctx = Context(**values)
     require_positive(
-        ctx, "epochs", "batch_size", "group_size", "max_concurrency", "max_tokens", "validation_k"
+        ctx,
+        "epochs",
+        "batch_size",
+        "group_size",
+        "max_concurrency",
+        "max_tokens",
+        "validation_k",
+        "learner_max_tokens",
+        "judge_max_tokens",
     )
+    check_sampling(ctx)
     if ctx.group_size < 2:
         raise TfgrpoError("--group-size must be at least 2 (a group of 1 has no relative advantage)")
     return ctx
+
+
+def check_sampling(ctx: Context) -> None:
+    """The prompt overrides and the sampling settings, checked before anything is paid for."""
+    from tfgrpo.nodes._prompts import validate_prompts
+
+    if ctx.top_p is not None and not 0 < ctx.top_p <= 1:
+        raise TfgrpoError("--top-p must be in (0, 1]")
+    validate_prompts(ctx.prompts)
 
 
 def ledger_from_args(args: argparse.Namespace, ctx: Context) -> Ledger:
@@ -294,6 +379,9 @@ def agent_context(args: argparse.Namespace, **settings: Any) -> Context:
         temperature=args.temperature,
         max_model_calls=args.max_model_calls,
         max_tool_calls=args.max_tool_calls,
+        unsafe_python=args.unsafe_python,
+        top_p=args.top_p,
+        prompts=args.prompts,
         **settings,
     )
 
@@ -318,8 +406,10 @@ def cmd_eval(args: argparse.Namespace) -> int:
         max_tokens=max_tokens,
         max_concurrency=args.max_concurrency,
         request_timeout=args.request_timeout,
+        judge_max_tokens=args.judge_max_tokens,
     )
-    require_positive(ctx, "max_concurrency", "max_tokens")
+    require_positive(ctx, "max_concurrency", "max_tokens", "judge_max_tokens")
+    check_sampling(ctx)
     return run_eval(
         ctx,
         eval_dir=Path(args.eval_dir),
@@ -360,6 +450,29 @@ def cmd_report(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_prompts(args: argparse.Namespace) -> int:
+    from tfgrpo.api import load_library
+    from tfgrpo.prompts import format_listing, rendered_prompts, write_prompts
+
+    if args.write:
+        files = write_prompts(args.write)
+        print(
+            f"wrote {len(files)} prompt templates to {args.write}; edit them and pass --prompts {args.write}"
+        )
+        return 0
+    ctx = Context(
+        domain=args.domain,
+        reward=args.reward or DOMAIN_REWARDS[args.domain],
+        experiences_per_group=args.experiences_per_group,
+        max_library_items=args.max_library_items,
+        max_library_tokens=args.max_library_tokens,
+        prompts=args.prompts,
+    )
+    library = load_library(args.library) if args.library else None
+    print(format_listing(rendered_prompts(ctx, library)), end="")
+    return 0
+
+
 def cmd_demo(args: argparse.Namespace) -> int:
     from tfgrpo.testing.fake_openai import FakeOpenAIServer
     from tfgrpo.testing.responders import grpo_responder
@@ -380,6 +493,7 @@ def cmd_infer(args: argparse.Namespace) -> int:
         into = Path(tempfile.gettempdir()) / "tfgrpo-published" / args.library
         args.library = str(fetch_published_library(db, args.library, into))
     ctx = agent_context(args, reward=args.reward, max_tokens=args.max_tokens)
+    check_sampling(ctx)
     graph = build_inference_graph()
     out = graph.invoke(
         {"messages": [HumanMessage(args.question)]},
@@ -511,6 +625,7 @@ def main(argv: list[str] | None = None) -> int:
     signal.signal(signal.SIGINT, _default_sigint)
     try:
         args = parse_args(argv)
+        check_python_sandbox(args)
         if args.command == "learn":
             embedded = not args.model
             if embedded:
@@ -524,6 +639,8 @@ def main(argv: list[str] | None = None) -> int:
             return cmd_eval(args)
         if args.command == "report":
             return cmd_report(args)
+        if args.command == "prompts":
+            return cmd_prompts(args)
         return cmd_library(args)
     except TfgrpoError as exc:
         print(f"tfgrpo: error: {exc}", file=sys.stderr)

@@ -10,6 +10,9 @@ import hashlib
 import json
 import os
 from dataclasses import asdict, dataclass, field
+from typing import Any
+
+from tfgrpo.errors import ConfigError
 
 # Settings that change the meaning of a run: a resumed run must use the same values.
 RUN_DEFINING = (
@@ -77,6 +80,10 @@ class Context:
     max_tool_calls: int = field(default=6, metadata={"description": "Agent: tool calls per question."})
     python_timeout: float = 10.0
     tool_max_chars: int = 2000
+    unsafe_python: bool = field(
+        default=False,
+        metadata={"description": "Run the Python tool without its OS sandbox (bubblewrap): unsafe."},
+    )
     # The paper's hyper-parameters
     epochs: int = 3
     batch_size: int = 8
@@ -106,7 +113,19 @@ class Context:
     )
     learner_temperature: float = 0.3
     judge_temperature: float = 0.0
-    max_tokens: int = field(default=1024, metadata={"description": "Cap on tokens per completion."})
+    max_tokens: int = field(default=1024, metadata={"description": "Cap on tokens per policy completion."})
+    top_p: float | None = field(
+        default=None, metadata={"description": "Nucleus sampling of the policy (None: the server's default)."}
+    )
+    learner_max_tokens: int = field(
+        default=4096,
+        metadata={"description": "Cap on tokens per summarize / extract / update completion."},
+    )
+    judge_max_tokens: int = field(default=64, metadata={"description": "Cap on tokens per judge verdict."})
+    prompts: str = field(
+        default="",
+        metadata={"description": "Directory of NAME.txt files replacing prompts (see `tfgrpo prompts`)."},
+    )
     request_timeout: float = 120.0
     # Robustness
     structured_retries: int = field(
@@ -148,3 +167,14 @@ class Context:
 
     def run_defining(self) -> dict[str, object]:
         return {k: asdict(self)[k] for k in RUN_DEFINING}
+
+
+def as_context(value: Any) -> Context:
+    """The run's :class:`Context` from what LangGraph hands a node or tool (a dict from Studio, or None)."""
+    if value is None:
+        return Context()
+    if isinstance(value, dict):
+        return Context(**value)
+    if isinstance(value, Context):
+        return value
+    raise ConfigError(f"unsupported context type {type(value).__name__}")

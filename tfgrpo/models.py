@@ -25,6 +25,7 @@ class ModelSettings:
     temperature: float = 0.7
     max_tokens: int = 1024
     timeout: float = 120.0
+    top_p: float | None = None  # None: not sent (the server's default)
 
 
 ProviderFactory = Callable[[str, ModelSettings], BaseChatModel]
@@ -50,6 +51,10 @@ def register_provider(prefix: str, factory: ProviderFactory) -> None:
             del _cache[key]
 
 
+def _sampling(settings: ModelSettings) -> dict[str, Any]:
+    return {} if settings.top_p is None else {"top_p": settings.top_p}
+
+
 def _openai(name: str, settings: ModelSettings) -> BaseChatModel:
     from langchain_openai import ChatOpenAI
 
@@ -60,7 +65,7 @@ def _openai(name: str, settings: ModelSettings) -> BaseChatModel:
                 f"model {settings.spec!r} needs OPENAI_API_KEY, or --base-url for a local server"
             )
         key = "not-needed"  # local OpenAI-compatible servers ignore the key
-    kwargs: dict[str, Any] = {}
+    kwargs: dict[str, Any] = _sampling(settings)
     if settings.base_url:
         # llama.cpp and some other servers ignore max_completion_tokens: also send max_tokens
         kwargs["extra_body"] = {"max_tokens": settings.max_tokens}
@@ -94,6 +99,7 @@ def _local(name: str, settings: ModelSettings) -> BaseChatModel:
         extra_body={"max_tokens": settings.max_tokens},  # llama.cpp ignores max_completion_tokens
         timeout=settings.timeout,
         max_retries=0,
+        **_sampling(settings),
     )
 
 
@@ -106,6 +112,7 @@ def _init_chat_model(spec: str, settings: ModelSettings) -> BaseChatModel:
             temperature=settings.temperature,
             max_tokens=settings.max_tokens,
             timeout=settings.timeout,
+            **_sampling(settings),
         )
     except ImportError as exc:
         raise ConfigError(f"model {spec!r}: provider package missing ({exc})") from None

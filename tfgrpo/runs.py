@@ -15,6 +15,7 @@ import os
 import signal
 import sqlite3
 import sys
+from collections import Counter
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import asdict
@@ -130,6 +131,7 @@ def totals(history: list[StepReport]) -> dict[str, Any]:
         "operations_rejected": sum(r["operations_rejected"] for r in history),
         "validation_rollbacks": sum(1 for r in history if "validation" in r and not r["validation"]["kept"]),
         "dropped": dropped,
+        "malformed": dict(sum((Counter(r.get("malformed", {})) for r in history), Counter())),
     }
 
 

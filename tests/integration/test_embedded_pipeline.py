@@ -27,7 +27,8 @@ def tfgrpo(*args: str) -> subprocess.CompletedProcess[str]:
 def test_learn_then_eval_on_the_embedded_model(tmp_path: Path) -> None:
     run_dir, eval_dir = tmp_path / "run", tmp_path / "eval"
     learned = tfgrpo("learn", "--dataset", DATASET, "--epochs", "1", "--batch-size", "2", "--group-size", "2",
-                     "--max-tokens", "48", "--run-dir", str(run_dir), "--no-progress")  # fmt: skip
+                     "--max-tokens", "48", "--learner-max-tokens", "48", "--run-dir", str(run_dir),
+                     "--no-progress")  # fmt: skip
     assert learned.returncode == 0, learned.stdout + learned.stderr
     assert "SmolLM2-135M-Instruct" in learned.stdout and "does not learn much" in learned.stdout
     report = json.loads((run_dir / "report.json").read_text())

@@ -14,7 +14,13 @@ from langgraph.store.memory import InMemoryStore
 from tfgrpo.context import Context
 from tfgrpo.graphs.step import compile_step_graph
 from tfgrpo.models import register_provider
-from tfgrpo.state.library import INJECTION_HEADER, Library, empty_library, render_library
+from tfgrpo.state.library import (
+    INJECTION_HEADER,
+    Library,
+    empty_library,
+    render_library,
+    render_library_for_review,
+)
 from tfgrpo.state.types import Query
 from tfgrpo.testing.fake_openai import forced_tool_name, message_text
 from tfgrpo.testing.responders import grpo_responder, solve_arithmetic
@@ -469,7 +475,8 @@ def test_consolidation_sees_current_library_and_all_proposals() -> None:
     run_step(fake, library=seeded_library())
     (body,) = fake.bodies("update")
     user = question_of(body)
-    assert render_library(seeded_library()) in user
+    assert render_library_for_review(seeded_library()) in user  # E as the library under review
+    assert INJECTION_HEADER not in user
     proposed = json.loads(user.split("(JSON, with the problem each came from):\n", 1)[1])
     assert sorted({s for op in proposed for s in op["sources"]}) == ["q1", "q2"]
 

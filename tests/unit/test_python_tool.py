@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import asyncio
+import functools
 import importlib.util
 import os
 import resource
 import subprocess
+import sys
 import textwrap
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -14,7 +16,20 @@ from concurrent.futures import ThreadPoolExecutor
 import pytest
 
 from tfgrpo.tools import python_exec
-from tfgrpo.tools.python_exec import PythonResult, python_tool, run_python
+from tfgrpo.tools.python_exec import PythonResult, python_tool, run_python, sandbox_problem
+
+
+@pytest.fixture(autouse=True, params=["sandbox", "unsafe"])
+def mode(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
+    """Every test runs twice: in the bubblewrap sandbox (skipped where it cannot run) and unsandboxed
+    (``--unsafe-python``): the limits, the guards and the output handling are the same in both."""
+    unsafe = request.param == "unsafe"
+    if not unsafe and (problem := sandbox_problem()) is not None:
+        pytest.skip(f"no bubblewrap sandbox here ({problem})")
+    module = sys.modules[__name__]
+    monkeypatch.setattr(module, "run_python", functools.partial(python_exec.run_python, unsafe=unsafe))
+    monkeypatch.setattr(module, "python_tool", functools.partial(python_exec.python_tool, unsafe=unsafe))
+    return str(request.param)
 
 
 def test_prints_and_big_integers() -> None:
@@ -95,20 +110,24 @@ def test_network_is_disabled(code: str) -> None:
     assert "refused" not in r.render().lower()
 
 
-def test_network_namespace_is_used_when_available() -> None:
+def test_network_namespace_is_used_when_available(mode: str) -> None:
     try:
         usable = subprocess.run(["unshare", "-n", "true"], capture_output=True, timeout=10).returncode == 0
     except (OSError, subprocess.SubprocessError):
         usable = False
     r = run_python("import os\nprint(os.readlink('/proc/self/ns/net'), os.environ['TFGRPO_SANDBOX_NETNS'])")
     assert r.ok, r.render()
-    child_ns, mode = r.stdout.split()
-    if not usable:
+    child_ns, netns = r.stdout.split()
+    if mode == "sandbox":
+        assert netns == "bwrap"
+    elif not usable:
         pytest.skip("no network namespaces here (unshare -n fails); only the Python-level guard applies")
-    assert mode in ("net", "user+net")
+    else:
+        assert netns in ("net", "user+net")
     assert child_ns != os.readlink("/proc/self/ns/net")
-    # a bypass of the Python guard finds no network either
-    r = run_python("import _socket\ns = _socket.socket()\ns.settimeout(3)\ns.connect(('127.0.0.1', 9))")
+    # a bypass of the Python guard finds no network either (bwrap brings up the sandbox's own loopback)
+    host = "192.0.2.1" if mode == "sandbox" else "127.0.0.1"
+    r = run_python(f"import _socket\ns = _socket.socket()\ns.settimeout(3)\ns.connect(('{host}', 9))")
     assert r.error is not None and "Network is unreachable" in r.error
 
 
@@ -151,7 +170,7 @@ def test_huge_single_print_does_not_hurt() -> None:
     assert r.error == "memory limit 256 MB exceeded"
 
 
-def test_scratch_dir_is_deleted_and_env_is_minimal(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_scratch_dir_is_deleted_and_env_is_minimal(monkeypatch: pytest.MonkeyPatch, mode: str) -> None:
     monkeypatch.setenv("OPENAI_API_KEY", "sk-fake-parent-secret")
     monkeypatch.setenv("HTTPS_PROXY", "http://proxy.invalid:3128")
     code = textwrap.dedent(
@@ -169,7 +188,9 @@ def test_scratch_dir_is_deleted_and_env_is_minimal(monkeypatch: pytest.MonkeyPat
     cwd, env_line, leaked = r.stdout.splitlines()
     assert env_line == "None None True" and leaked == "False"
     assert os.path.basename(cwd) == "scratch"
-    assert not os.path.exists(cwd) and not os.path.exists(os.path.dirname(cwd))
+    assert not os.path.exists(cwd)
+    if mode == "unsafe":  # the sandbox's scratch is a tmpfs at /scratch, gone with its mount namespace
+        assert not os.path.exists(os.path.dirname(cwd))
     # nothing is kept between calls
     assert run_python("import os\nprint(os.path.exists('note.txt'))").stdout == "False\n"
 

@@ -96,6 +96,7 @@ def policy_model(ctx: Context) -> tuple[BaseChatModel, str]:
         temperature=ctx.temperature,
         max_tokens=ctx.max_tokens,
         timeout=ctx.request_timeout,
+        top_p=ctx.top_p,
     )
     return get_model(settings), settings.spec
 
@@ -106,10 +107,20 @@ def learner_model(ctx: Context) -> tuple[BaseChatModel, str]:
         spec=spec,
         base_url=ctx.base_url,
         temperature=ctx.learner_temperature,
-        max_tokens=ctx.max_tokens,
+        max_tokens=ctx.learner_max_tokens,  # its own cap: a consolidation of a big batch is long
         timeout=ctx.request_timeout,
     )
     return get_model(settings), spec
+
+
+def completion_cap(ctx: Context, node: str) -> int:
+    """The ``max_tokens`` of the model a node calls: the learner and the judge have their own."""
+    role = role_of(node)
+    if role == "learner":
+        return ctx.learner_max_tokens
+    if role == "judge":
+        return ctx.judge_max_tokens
+    return ctx.max_tokens
 
 
 def make_record(
@@ -154,7 +165,7 @@ def call_text(
             lambda: model.invoke(messages, **kwargs),
             spec=spec,
             reserve_in=reserve_tokens(messages),
-            reserve_out=ctx.max_tokens,
+            reserve_out=completion_cap(ctx, node),
         )
     except CallFailed as failed:
         return None, make_record(node, spec, False, started, None, failed.retries), one_line(failed.cause)
@@ -198,6 +209,38 @@ def tolerant_parse(schema: type[T], raw: AIMessage | None) -> T | None:
     return None
 
 
+def _validation_summary(exc: ValidationError) -> str:
+    parts = []
+    for err in exc.errors()[:3]:
+        where = ".".join(str(p) for p in err["loc"]) or "(top level)"
+        parts.append(f"missing field {where}" if err["type"] == "missing" else f"{where}: {err['msg']}")
+    more = f" (+{exc.error_count() - 3} more)" if exc.error_count() > 3 else ""
+    return "; ".join(parts) + more
+
+
+def malformed_reason(schema: type[BaseModel], raw: AIMessage | None, parsing_error: Any, cap: int) -> str:
+    """What was wrong with a structured reply, precisely: cut off, invalid JSON, which field, or no call."""
+    if raw is None:
+        return "no reply message"
+    finish = (raw.response_metadata or {}).get("finish_reason")
+    if finish == "length":
+        return f"cut off at max_tokens={cap} (finish_reason 'length'); raise --learner-max-tokens"
+    if raw.invalid_tool_calls:
+        bad = raw.invalid_tool_calls[0]
+        args = str(bad.get("args") or "")
+        detail = f": {bad['error']}" if bad.get("error") else ""
+        return f"invalid JSON in the {bad.get('name') or 'tool'} call arguments{detail} ({args[:60]!r}...)"
+    for call in raw.tool_calls:
+        try:
+            schema.model_validate(call.get("args"))
+        except ValidationError as exc:
+            return f"{call.get('name')} call does not match the schema: {_validation_summary(exc)}"
+    if parsing_error:
+        return one_line(parsing_error)
+    content = raw.content if isinstance(raw.content, str) else json.dumps(raw.content)
+    return f"no tool call, and the text reply holds no {schema.__name__} JSON ({content[:60]!r})"
+
+
 def call_structured(
     ctx: Context,
     model: BaseChatModel,
@@ -225,7 +268,7 @@ def call_structured(
                 lambda c=convo: runnable.invoke(c),  # type: ignore[misc]
                 spec=spec,
                 reserve_in=reserve_tokens(convo, schema.model_json_schema()),
-                reserve_out=ctx.max_tokens,
+                reserve_out=completion_cap(ctx, node),
                 message_of=lambda o: o.get("raw") if isinstance(o, dict) else None,
             )
         except CallFailed as failed:
@@ -241,7 +284,10 @@ def call_structured(
         if repaired is not None:
             return repaired, records, None
         perr = out.get("parsing_error") if isinstance(out, dict) else None
-        error = f"unparseable {schema.__name__}: " + (one_line(perr) if perr else "no tool call")
+        error = f"malformed {schema.__name__}: " + malformed_reason(
+            schema, raw if isinstance(raw, AIMessage) else None, perr, completion_cap(ctx, node)
+        )
+        records[-1]["malformed"] = 1
         convo = [
             *messages,
             HumanMessage(

@@ -33,6 +33,7 @@ from tfgrpo.nodes._llm import (
     stop_if_draining,
     store_of,
 )
+from tfgrpo.nodes._prompts import validate_prompts
 from tfgrpo.nodes.policy import final_text, inference_experiences
 from tfgrpo.nodes.reward import ground_truth_reward, scored_run
 from tfgrpo.state.graph_state import EvalState
@@ -111,6 +112,7 @@ def prepare(state: EvalState, runtime: Runtime[Context]) -> dict[str, Any]:
     """Fill in what the input left out: an id, the questions (``dataset`` of the context), the arms, and
     E's rendering, published once in the store (``library`` / ``library_namespace`` of the context)."""
     ctx = eval_context(state, context_of(runtime))
+    validate_prompts(ctx.prompts)  # a bad prompt override fails before any call
     store = store_of(runtime)
     eval_id = state.get("eval_id") or uuid.uuid4().hex[:12]
     given = state.get("arm_libraries")  # arms with their own E (attribution), already in the store

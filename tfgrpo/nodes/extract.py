@@ -1,9 +1,12 @@
 """Step 5 of Training-Free GRPO: **extract** the semantic advantage of each kept group.
 
 One learner call per kept group compares the G summaries (with rewards, the ground truth and the
-current E) and proposes at most K operations on E: the natural-language counterpart of GRPO's
-group-relative advantage. Calls run in parallel; each result is memoized in the store so a resumed run
-never pays for a finished group twice. Unparseable output is retried, then recorded as dropped.
+current E, labelled as the library under review), reasons in free text first (``analysis``, the first
+field of the schema), then proposes at most K operations on E: the natural-language counterpart of
+GRPO's group-relative advantage. A lesson has a shape -- trigger, action, pitfall, at most ~35 words --
+and NONE is the answer when nothing transfers. Calls run in parallel; each result is memoized in the
+store so a resumed run never pays for a finished group twice. Unparseable output is retried, then
+recorded as dropped.
 """
 
 from __future__ import annotations
@@ -25,9 +28,10 @@ from tfgrpo.nodes._llm import (
     step_namespace,
     store_of,
 )
+from tfgrpo.nodes._prompts import prompt_text
 from tfgrpo.nodes.summarize import NO_GROUND_TRUTH, load_summary
 from tfgrpo.state.graph_state import StepState
-from tfgrpo.state.library import Operation, render_library
+from tfgrpo.state.library import Operation, render_library_for_review
 from tfgrpo.state.types import CallRecord, Dropped, Group, Proposal, Query, usage_of
 
 
@@ -40,6 +44,10 @@ def _ask_for_text(schema: dict[str, Any]) -> None:
     schema["properties"]["content"] = {"type": "string", "description": content.get("description", "")}
 
 
+# A lesson's length: short enough to read before every problem, long enough for trigger, action, pitfall.
+WORD_CAP = 35
+
+
 class ProposedOperation(BaseModel):
     """One change to the experience library."""
 
@@ -49,7 +57,8 @@ class ProposedOperation(BaseModel):
     id: str | None = Field(default=None, description="Experience id (e.g. G3) for UPDATE and DELETE.")
     content: str | None = Field(
         default=None,
-        description="For ADD/UPDATE: one concise, general, reusable lesson (1-2 sentences); else empty.",
+        description=f"For ADD/UPDATE: the whole lesson, at most {WORD_CAP} words: when it applies (a "
+        "feature of the problem), what to do, the pitfall seen. Empty for DELETE/NONE.",
     )
     reason: str = Field(default="", description="Why, in one sentence.")
 
@@ -57,29 +66,47 @@ class ProposedOperation(BaseModel):
 class ExtractedExperiences(BaseModel):
     """The semantic advantage of one group of attempts, as operations on the experience library."""
 
-    analysis: str = Field(description="What the better attempts did that the worse ones did not.")
+    # first in the schema, so the model reasons before it commits to operations
+    analysis: str = Field(
+        description="Written first, free text: which decision separated the better attempts from the "
+        "worse, where and why the worse went wrong, whether a library experience helped, was ignored or "
+        "misled, and whether the lesson would help on a different problem before its answer is known."
+    )
     # minItems only in the schema (an empty list still validates): asks for an explicit NONE, and stops
     # grammar-constrained small models from answering every group with "operations": []
     operations: list[ProposedOperation] = Field(
-        description="At most K operations on the library (NONE if nothing general was learned).",
+        description="At most K operations on the library (NONE if nothing transfers to other problems).",
         json_schema_extra={"minItems": 1},
     )
 
 
-SYSTEM_PROMPT = (
-    "You compare several attempts at the same problem and extract what made the better ones better. "
-    "Propose at most {k} operations on the experience library: ADD a new general lesson, UPDATE an "
-    "existing one (give its id) to make it more precise, DELETE one (give its id) that misled the "
-    "attempts, or NONE. Lessons must be general strategies or pitfalls that help on OTHER problems of "
-    "this kind, not facts about this problem or its answer. Call the ExtractedExperiences tool."
-)
+SYSTEM_PROMPT = """You are the learner of a team that improves by comparing its own attempts. You get a \
+problem, its ground truth, the experience library under review and several attempts at the problem \
+(summaries with rewards).
+
+First reason in `analysis` (free text, before any operation): which decision separated the better \
+attempts from the worse ones; at which step the worse ones went wrong and why; whether an experience of \
+the library helped, was ignored or misled; and whether what you learned would help on a DIFFERENT \
+problem, before its answer is known.
+
+Then write at most {k} operation(s) in `operations`:
+- ADD a new lesson; UPDATE an existing one (give its id) with a full replacement text that makes it \
+sharper; DELETE one (give its id) that misled the attempts; or NONE.
+- A lesson has three parts, in at most {word_cap} words: when it applies (the trigger: a feature of the \
+problem visible before solving it), what to do, and the pitfall the attempts fell into. Example shape: \
+"When <feature of the problem>, <do this>; <pitfall> led to wrong answers."
+- Never the answer, a quantity or object that only this problem has, or words copied from the question.
+- Generic advice ("double-check your work", "be careful") does not help: say what to check, and when.
+- NONE when nothing transfers (a lucky guess, a one-off slip with no pattern): NONE is better than a \
+vague lesson.
+
+Call the ExtractedExperiences tool."""
 
 USER_TEMPLATE = """Problem:
 {question}
 
 Ground-truth answer: {answer}
 
-Current experience library:
 {library}
 
 Attempts (summaries, with rewards):
@@ -115,15 +142,16 @@ def _extract_group(
                 "over_k": 0,
             }
         else:
-            library = state.get("library")
             model, spec = learner_model(ctx)
+            system = prompt_text(ctx.prompts, "extract_system", SYSTEM_PROMPT)
+            user = prompt_text(ctx.prompts, "extract_user", USER_TEMPLATE)
             messages = [
-                SystemMessage(SYSTEM_PROMPT.format(k=ctx.experiences_per_group)),
+                SystemMessage(system.format(k=ctx.experiences_per_group, word_cap=WORD_CAP)),
                 HumanMessage(
-                    USER_TEMPLATE.format(
+                    user.format(
                         question=query["question"],
                         answer=query["answer"] or NO_GROUND_TRUTH,
-                        library=(render_library(library) if library else "") or "(empty)",
+                        library=render_library_for_review(state.get("library")),
                         attempts="\n\n".join(attempts),
                     )
                 ),

@@ -33,17 +33,20 @@ from langgraph.runtime import Runtime
 from langgraph.store.base import BaseStore
 from langgraph.types import Checkpointer
 
-from tfgrpo.context import Context
+from tfgrpo.context import Context, as_context
 from tfgrpo.errors import ConfigError
 from tfgrpo.evals.rewards import extract_final_answer
 from tfgrpo.ledger import BudgetExceeded, CallFailed, Ledger, current_ledger, reserve_tokens
 from tfgrpo.models import UnconfiguredModel
 from tfgrpo.nodes._llm import make_record, one_line, policy_model
+from tfgrpo.nodes._prompts import prompt_text
 from tfgrpo.nodes.publish import published_library
 from tfgrpo.state.library import Library, render_library
 from tfgrpo.state.types import CallRecord
 
-BASE_PROMPT = "You are a careful problem solver. Think step by step, then give the final answer {fmt}."
+BASE_PROMPT = (
+    "You are a careful problem solver. Think step by step, then give the final answer {answer_format}."
+)
 ANSWER_FORMATS = {"math": "in \\boxed{}", "default": "on a last line of the form 'Answer: <answer>'"}
 TOOL_HINTS = {
     "math": "You can run Python 3 with the `python` tool to compute or check results (print what you "
@@ -58,19 +61,9 @@ DOMAIN_TOOLS: dict[str, frozenset[str]] = {
 LIMIT_NOTE = "Tool budget used up: answer now with what you have."
 
 
-def as_context(value: Any) -> Context:
-    if value is None:
-        return Context()
-    if isinstance(value, dict):
-        return Context(**value)
-    if isinstance(value, Context):
-        return value
-    raise ConfigError(f"unsupported context type {type(value).__name__}")
-
-
 def policy_system_prompt(ctx: Context, experiences: str, *, with_tools: bool) -> str:
     fmt = ANSWER_FORMATS["math"] if ctx.reward == "math" else ANSWER_FORMATS["default"]
-    parts = [BASE_PROMPT.format(fmt=fmt)]
+    parts = [prompt_text(ctx.prompts, "policy_system", BASE_PROMPT).format(answer_format=fmt)]
     if with_tools and ctx.domain in TOOL_HINTS:
         parts.append(TOOL_HINTS[ctx.domain])
     if experiences:

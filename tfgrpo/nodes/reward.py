@@ -21,6 +21,7 @@ from tfgrpo.errors import ConfigError
 from tfgrpo.evals.rewards import GROUP_REWARDS, RewardFn, extract_final_answer, get_reward, majority_rewards
 from tfgrpo.models import ModelSettings, get_model, resolve_spec
 from tfgrpo.nodes._llm import call_text, context_of, memo_get, memo_put, one_line, step_namespace, store_of
+from tfgrpo.nodes._prompts import prompt_text
 from tfgrpo.nodes.policy import final_text, run_policy
 from tfgrpo.nodes.rollout import load_rollout, rollout_key
 from tfgrpo.state.graph_state import StepState
@@ -44,14 +45,15 @@ def judge_grade(ctx: Context, query: Query, response: str) -> tuple[float | None
             spec=spec,
             base_url=ctx.base_url,
             temperature=ctx.judge_temperature,
-            max_tokens=16,
+            max_tokens=ctx.judge_max_tokens,
             timeout=ctx.request_timeout,
         )
     )
     answer = extract_final_answer(response) or response[-500:]
+    user = prompt_text(ctx.prompts, "judge_user", JUDGE_USER)
     messages = [
-        SystemMessage(JUDGE_SYSTEM),
-        HumanMessage(JUDGE_USER.format(question=query["question"], answer=query["answer"], response=answer)),
+        SystemMessage(prompt_text(ctx.prompts, "judge_system", JUDGE_SYSTEM)),
+        HumanMessage(user.format(question=query["question"], answer=query["answer"], response=answer)),
     ]
     msg, record, error = call_text(ctx, model, spec, "judge", messages)
     value: float | None = None
@@ -59,6 +61,7 @@ def judge_grade(ctx: Context, query: Query, response: str) -> tuple[float | None
         verdict = _VERDICT.search(str(msg.content).upper())
         if verdict is None:
             error = f"judge verdict is neither CORRECT nor INCORRECT: {str(msg.content)[:80]!r}"
+            record["malformed"] = 1
         else:
             value = 1.0 if verdict.group(1) == "CORRECT" else 0.0
     return value, error, record

@@ -22,6 +22,7 @@ from tfgrpo.context import Context
 from tfgrpo.data import dataset_fingerprint, load_dataset
 from tfgrpo.errors import ConfigError, DataError
 from tfgrpo.nodes._llm import context_of, store_of
+from tfgrpo.nodes._prompts import validate_prompts
 from tfgrpo.nodes.publish import LATEST, library_namespace, publish_library
 from tfgrpo.state.graph_state import LearnState
 from tfgrpo.state.library import empty_library
@@ -79,6 +80,7 @@ def check_resume(values: dict[str, Any], ctx: Context, queries: list[Query]) -> 
 
 def start(state: LearnState, runtime: Runtime[Context]) -> dict[str, Any]:
     ctx = run_context(state, runtime)
+    validate_prompts(ctx.prompts)  # a bad prompt override fails before any call
     queries = training_queries(ctx)
     if not queries:
         raise DataError(f"{ctx.dataset}: no rows")

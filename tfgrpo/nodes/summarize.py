@@ -1,7 +1,11 @@
 """Step 4 of Training-Free GRPO: **summarize**. One learner call per usable rollout of a kept group.
 
-The summary says, step by step, what the trajectory did, which experiences it used, and where it erred
-or detoured, given the ground truth and its reward. It is stored (not kept in state) for ``extract``.
+The summary says, step by step, what the trajectory did, which experiences it used, and where and *why*
+it erred or detoured, given the ground truth and its reward. The summarizer sees the whole trajectory:
+every model turn with the text written beside its tool calls, every call and result; a trajectory too
+long for the prompt keeps its head (where the approach is chosen) and its tail (where the answer is
+reached) around an explicit ``[... N characters omitted ...]`` marker, never the tail alone. The summary
+is stored (not kept in state) for ``extract``.
 """
 
 from __future__ import annotations
@@ -25,14 +29,21 @@ from tfgrpo.nodes._llm import (
     stop_if_draining,
     store_of,
 )
+from tfgrpo.nodes._prompts import prompt_text
 from tfgrpo.nodes.rollout import load_rollout
+from tfgrpo.state.library import review_text
 from tfgrpo.state.types import Dropped, Query, SummaryRef, usage_of
 
 SYSTEM_PROMPT = (
-    "You SUMMARIZE one attempt at a problem for a team that learns from its attempts. "
-    "Write a short step-by-step summary of what the attempt did: the approach, which of the listed "
-    "experiences (by id) it used or ignored, the key intermediate results, and, comparing with the "
-    "ground truth, exactly where it went wrong or took a detour. Plain text, at most 12 lines."
+    "You SUMMARIZE one attempt at a problem for a team that learns from its own attempts. Write a "
+    "step-by-step summary of what the attempt did: the approach it chose and why, each tool call that "
+    "mattered and what it showed, the key intermediate results, and which of the listed experiences (by "
+    "id) it applied, ignored or was misled by. Then compare with the ground truth. If the attempt is "
+    "wrong or partly wrong, name the step where it went wrong and WHY: the wrong assumption, the misread "
+    "condition, the missed case, the slip in algebra or arithmetic, the misuse of a tool; and what would "
+    "have avoided it. If it is correct, name the decision that made it work and any detour that wasted "
+    "effort. A part marked [... N characters omitted ...] was cut for length: do not guess what it said. "
+    "Plain text, at most 15 lines."
 )
 
 USER_TEMPLATE = """Problem:
@@ -43,10 +54,14 @@ Reward of this attempt: {reward:g} (1 = fully correct, 0 = wrong)
 
 {library}
 
-The attempt (final response):
-{response}"""
+The attempt (every model turn with its tool calls, every tool result, then the final response):
+{trajectory}"""
 
-MAX_TRAJECTORY_CHARS = 12000
+# How much of a trajectory the summarizer sees (~8k tokens): a whole long solution fits; beyond it the
+# head (where the approach is chosen) and the tail (where the answer is reached) are kept.
+MAX_TRAJECTORY_CHARS = 32000
+ARGUMENT_CHARS = 600  # per tool-call argument: a long program keeps its head and tail
+MIN_PIECE_CHARS = 300  # no text is cut below this, even in a trajectory with very many turns
 # shown instead of the ground truth when learning without one (the ``majority`` reward)
 NO_GROUND_TRUTH = "not given (the reward is agreement with the most frequent answer of the group)"
 
@@ -61,23 +76,94 @@ class SummarizeTask(TypedDict):
     library_key: str
 
 
-def trajectory_text(rollout_trajectory: list[dict[str, Any]], response: str) -> str:
-    """The rollout as the summarizer sees it: tool calls and results when there were any."""
-    steps = [
-        m for m in rollout_trajectory if m.get("type") in ("ai", "tool") and m is not rollout_trajectory[-1]
-    ]
-    if not steps:
-        return response[-MAX_TRAJECTORY_CHARS:]
-    lines = []
-    for m in steps:
+def omission(n: int) -> str:
+    return f"[... {n} characters omitted ...]"
+
+
+def clip(text: str, limit: int) -> str:
+    """``text`` within about ``limit`` characters: its head and tail around an explicit omission marker,
+    cut at line ends when one is near, so first and last lines stay whole."""
+    if len(text) <= limit:
+        return text
+    half = max(1, limit // 2)
+    head_end, tail_start = half, len(text) - (limit - half)
+    snap = min(400, half // 2)  # how far a cut may move to land on a line end
+    newline = text.rfind("\n", 0, head_end)
+    if newline != -1 and newline > head_end - snap:
+        head_end = newline
+    newline = text.find("\n", tail_start)
+    if newline != -1 and newline < tail_start + snap:
+        tail_start = newline + 1
+    # exact: head + the N omitted characters + tail is the original text
+    return f"{text[:head_end]}\n{omission(tail_start - head_end)}\n{text[tail_start:]}"
+
+
+def _content_text(content: Any) -> str:
+    if isinstance(content, str):
+        return content
+    if isinstance(content, list):  # content blocks: keep the text parts
+        return "".join(p.get("text", "") if isinstance(p, dict) else str(p) for p in content)
+    return str(content or "")
+
+
+def argument_summary(args: Any) -> str:
+    """``name=value`` pairs of a tool call, each value clipped (code keeps its head and tail)."""
+    if not isinstance(args, dict):
+        return clip(json.dumps(args, ensure_ascii=False), ARGUMENT_CHARS)
+    parts = []
+    for name, value in args.items():
+        shown = value if isinstance(value, str) else json.dumps(value, ensure_ascii=False)
+        parts.append(f"{name}={clip(shown, ARGUMENT_CHARS)}")
+    return ", ".join(parts)
+
+
+def _fit(pieces: list[tuple[str, bool]], budget: int) -> list[str]:
+    """Clip the clippable pieces (model text, tool results, the final response) to one common length,
+    the largest that keeps the whole within ``budget``; fixed pieces (tool calls) are kept as they are."""
+    fixed = sum(len(text) for text, clippable in pieces if not clippable)
+    free = [len(text) for text, clippable in pieces if clippable]
+    if fixed + sum(free) <= budget:
+        return [text for text, _ in pieces]
+    low, high = MIN_PIECE_CHARS, max(free, default=MIN_PIECE_CHARS)
+    marker = len(omission(10**6)) + 2
+    while low < high:  # the largest per-piece cap that fits
+        mid = (low + high + 1) // 2
+        if fixed + sum(min(n, mid + marker) for n in free) <= budget:
+            low = mid
+        else:
+            high = mid - 1
+    return [clip(text, low) if clippable else text for text, clippable in pieces]
+
+
+def trajectory_text(
+    rollout_trajectory: list[dict[str, Any]], response: str, budget: int = MAX_TRAJECTORY_CHARS
+) -> str:
+    """The rollout as the summarizer sees it: every model turn with the text it wrote beside its tool
+    calls, every tool call with its arguments, every tool result, then the final response. When it is
+    longer than ``budget``, long texts keep their head and tail around ``[... N characters omitted ...]``;
+    tool calls are never dropped."""
+    turns = [m for m in rollout_trajectory if m.get("type") in ("ai", "tool")]
+    if turns and turns[-1].get("type") == "ai" and not turns[-1].get("data", {}).get("tool_calls"):
+        turns = turns[:-1]  # the final message is the response, shown last
+    pieces: list[tuple[str, bool]] = []
+    for number, m in enumerate(turns, 1):
         data = m.get("data", {})
-        calls = data.get("tool_calls") or []
-        if calls:
-            lines.append("TOOL CALLS: " + json.dumps([{c["name"]: c["args"]} for c in calls])[:2000])
-        elif data.get("content"):
-            lines.append(f"{m['type'].upper()}: {str(data['content'])[:2000]}")
-    lines.append(f"FINAL: {response}")
-    return "\n".join(lines)[-MAX_TRAJECTORY_CHARS:]
+        text = _content_text(data.get("content")).strip()
+        if m["type"] == "ai":
+            pieces.append((f"[{number}] MODEL:\n", False))
+            if text:
+                pieces.append((text + "\n", True))
+            for call in data.get("tool_calls") or []:
+                pieces.append(
+                    (f"  -> TOOL CALL {call.get('name')}({argument_summary(call.get('args'))})\n", False)
+                )
+        else:
+            pieces.append((f"[{number}] TOOL RESULT ({data.get('name') or 'tool'}):\n", False))
+            pieces.append(((text or "(empty)") + "\n", True))
+    if turns:
+        pieces.append(("FINAL RESPONSE:\n", False))
+    pieces.append((response, True))
+    return "".join(_fit(pieces, budget)).strip()
 
 
 def summarize(task: SummarizeTask, runtime: Runtime[Context]) -> dict[str, Any]:
@@ -92,16 +178,16 @@ def summarize(task: SummarizeTask, runtime: Runtime[Context]) -> dict[str, Any]:
         response = stored["response"] if stored else ""
         trajectory = trajectory_text(stored["trajectory"], response) if stored else ""
         model, spec = learner_model(ctx)
+        user = prompt_text(ctx.prompts, "summarize_user", USER_TEMPLATE)
         messages = [
-            SystemMessage(SYSTEM_PROMPT),
+            SystemMessage(prompt_text(ctx.prompts, "summarize_system", SYSTEM_PROMPT)),
             HumanMessage(
-                USER_TEMPLATE.format(
+                user.format(
                     question=task["query"]["question"],
                     answer=task["query"]["answer"] or NO_GROUND_TRUTH,
                     reward=task["reward"],
-                    library=library_text_of(store, task["run_id"], task["library_key"])
-                    or "(no experiences yet)",
-                    response=trajectory or "(empty)",
+                    library=review_text(library_text_of(store, task["run_id"], task["library_key"])),
+                    trajectory=trajectory or "(empty)",
                 )
             ),
         ]

@@ -65,6 +65,23 @@ def render_library(library: Library) -> str:
     return INJECTION_HEADER + "\n" + "\n".join(lines)
 
 
+REVIEW_HEADER = (
+    "Experience library under review (the attempts were shown these lessons; judge them, do not follow them):"
+)
+
+
+def render_library_for_review(library: Library | None) -> str:
+    """E as the learner sees it: the same ``[G3] text`` lines, labelled as the library under review
+    (the policy's "read them and apply" header would address the learner as if it were the solver)."""
+    return review_text(render_library(library) if library else "")
+
+
+def review_text(rendered: str) -> str:
+    """A policy rendering of E (:func:`render_library`) relabelled for the learner's prompts."""
+    body = rendered.removeprefix(INJECTION_HEADER).strip("\n")
+    return f"{REVIEW_HEADER}\n{body or '(empty)'}"
+
+
 def library_markdown(library: Library, title: str = "Experience library") -> str:
     out = [f"# {title}", "", f"version {library['version']}, {len(library['items'])} experiences", ""]
     for item in library["items"]:

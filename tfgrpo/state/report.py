@@ -62,6 +62,7 @@ def build_step_report(
         "rejected": rejected,
         "applied": applied,
         "dropped": dict(Counter(d["stage"] for d in dropped)),
+        "malformed": {node: u.get("malformed", 0) for node, u in usage.items() if u.get("malformed")},
         "usage": usage,
         **usage_totals(usage),  # type: ignore[typeddict-item]
         "library_size": len(library["items"]),

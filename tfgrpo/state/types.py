@@ -73,6 +73,7 @@ class CallRecord(TypedDict):
     started: float  # unix time
     seconds: float
     memo: NotRequired[bool]  # answered from the resume memo, no new request
+    malformed: NotRequired[int]  # 1: the reply came back but its structured output was unusable
 
 
 class Usage(TypedDict):
@@ -86,6 +87,7 @@ class Usage(TypedDict):
     output_tokens: int
     cost_usd: float
     unpriced: int  # calls whose model has no price
+    malformed: NotRequired[int]  # replies whose structured output was unusable (retried or dropped)
     first_started: float
     last_ended: float
 
@@ -101,6 +103,7 @@ def usage_of(records: list[CallRecord]) -> dict[str, Usage]:
             "output_tokens": r["output_tokens"],
             "cost_usd": r.get("cost_usd") or 0.0,
             "unpriced": 1 if r.get("cost_usd") is None else 0,
+            "malformed": r.get("malformed", 0),
             "first_started": r["started"],
             "last_ended": r["started"] + r["seconds"],
         }
@@ -124,6 +127,7 @@ def merge_usage(left: dict[str, Usage] | None, right: dict[str, Usage] | None) -
             "output_tokens": m["output_tokens"] + u["output_tokens"],
             "cost_usd": m["cost_usd"] + u["cost_usd"],
             "unpriced": m["unpriced"] + u["unpriced"],
+            "malformed": m.get("malformed", 0) + u.get("malformed", 0),
             "first_started": min(m["first_started"], u["first_started"]),
             "last_ended": max(m["last_ended"], u["last_ended"]),
         }
@@ -173,6 +177,7 @@ class StepReport(TypedDict):
     rejected: list[RejectedOperation]
     applied: list[Operation]
     dropped: dict[str, int]  # stage -> count
+    malformed: NotRequired[dict[str, int]]  # stage -> replies with unusable structured output
     calls: int
     calls_failed: int
     retries: int

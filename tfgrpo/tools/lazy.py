@@ -14,13 +14,11 @@ from typing import Any
 from langchain.tools import ToolRuntime
 from langchain_core.tools import BaseTool, tool
 
-from tfgrpo.context import Context
+from tfgrpo.context import Context, as_context
 from tfgrpo.errors import TfgrpoError
 
 
 def _ctx(runtime: ToolRuntime[Context]) -> Context:
-    from tfgrpo.nodes.policy import as_context
-
     return as_context(runtime.context)
 
 
@@ -35,7 +33,9 @@ def python(code: str, runtime: ToolRuntime[Context]) -> str:
     from tfgrpo.tools.python_exec import run_python
 
     ctx = _ctx(runtime)
-    return run_python(code, timeout=ctx.python_timeout, max_output=ctx.tool_max_chars).render()
+    return run_python(
+        code, timeout=ctx.python_timeout, max_output=ctx.tool_max_chars, unsafe=ctx.unsafe_python
+    ).render()
 
 
 def _corpus(ctx: Context) -> Any:

@@ -1,12 +1,32 @@
-"""Run untrusted, model-written Python in a separate, limited process (the paper's "code interpreter").
+"""Run untrusted, model-written Python in an OS sandbox (the paper's "code interpreter").
 
-``run_python(code)`` starts ``sys.executable -I -X utf8 -u -c <bootstrap> <code file> <limits>`` and
-returns a :class:`PythonResult`; :func:`python_tool` wraps it as the LangChain tool ``python``.
+``run_python(code)`` runs ``sys.executable -I -X utf8 -u -c <bootstrap> <code file> <limits>`` inside a
+bubblewrap (``bwrap``) sandbox and returns a :class:`PythonResult`; :func:`python_tool` wraps it as the
+LangChain tool ``python``.
 
-The child process
-    * runs in a fresh temporary scratch directory (its cwd, ``HOME`` and ``TMPDIR``), deleted afterwards;
-    * gets a minimal environment (``PATH``, ``LD_LIBRARY_PATH``, ``TZ``, a UTF-8 locale, one BLAS thread):
-      no proxies, no API keys; stdin is ``/dev/null``;
+The boundary (bubblewrap; :func:`sandbox_problem` says why it cannot run here, and how to install it)
+    * new user, pid, network, ipc and uts namespaces: the code sees only its own processes (it is pid 2),
+      has no network but a loopback of its own, cannot ``setns()`` back into the parent's namespaces (no
+      capability in them) and cannot create user namespaces;
+    * an environment built from scratch (a fixed list, for bwrap too: no key of the parent ever reaches
+      the sandbox), all capabilities dropped, a new session (no terminal injection), ``--die-with-parent``;
+    * a private, read-only filesystem: ``/usr`` (and ``/bin``, ``/lib*``), the few files of ``/etc`` the
+      dynamic loader needs, the interpreter's prefix, fresh ``/proc`` and ``/dev``; the only writable
+      place is a private ``tmpfs`` scratch directory (``/scratch``, also ``/tmp``, ``HOME`` and the
+      cwd) of at most ``SCRATCH_LIMIT`` bytes that vanishes with the sandbox. The run directory, the
+      home directory, other processes' ``/proc/PID/environ`` and the rest of the host are not there;
+    * a seccomp filter: no new process or thread (``clone``/``fork``/``vfork`` fail with ``EPERM``,
+      ``clone3`` with ``ENOSYS``), no ``unshare``: a fork bomb or a shell never starts (RLIMIT_NPROC
+      does not bind root, and the tool often runs as root in containers);
+    * at the timeout the parent kills bwrap; ``--die-with-parent`` then kills the sandbox's pid 1 and
+      the kernel kills every process of the pid namespace, ``setsid`` or not.
+
+``run_python(code, unsafe=True)`` (the CLI's ``--unsafe-python``) skips the boundary and runs the same
+bootstrap as a plain child process: the guards below and the resource limits only. Where bwrap is
+missing and ``unsafe`` is not given, the call returns an error result naming the fix.
+
+In both modes the child
+    * gets a minimal environment (``PATH``, ``TZ``, a UTF-8 locale, one BLAS thread), stdin ``/dev/null``;
     * runs with ``-I`` (isolated mode: ignores ``PYTHON*`` variables, the user site directory and the
       current directory) but *not* ``-S``: the interpreter's own ``site-packages`` stay importable, so
       math code can use numpy / sympy when they are installed;
@@ -15,24 +35,20 @@ The child process
       the whole group with ``SIGKILL``;
     * sets its own limits in the bootstrap, before the model's code runs: ``RLIMIT_AS`` (memory),
       ``RLIMIT_CPU`` (timeout + 1 s), ``RLIMIT_FSIZE`` (10 MB), ``RLIMIT_NOFILE`` (256), ``RLIMIT_CORE``
-      0 and, when not root, ``RLIMIT_NPROC`` (current task count of the user + 64; root ignores it).
+      0 and, unsandboxed and not root, ``RLIMIT_NPROC`` (current task count of the user + 64).
 
-Guards, *not* a security boundary: they stop accidents (a model trying ``pip install``, ``requests.get``,
-a fork loop), not a determined attacker (``ctypes`` can call libc directly; the code runs with the
-parent's uid and can read and write what the parent can):
+Python-level guards give the model a clear message for the common cases; unsandboxed they are *not* a
+security boundary (``posix.*``, ``_socket`` and ``ctypes`` go around them):
 
     * network: ``socket.socket.connect/connect_ex/bind/sendto/sendmsg`` and ``socket.create_connection``,
       ``create_server``, ``getaddrinfo``, ``gethostbyname(_ex)``, ``gethostbyaddr``, ``getnameinfo`` raise
       ``PermissionError("network access is disabled")``; ``socketpair`` (asyncio's self-pipe) still works.
-      In addition the bootstrap tries ``unshare(CLONE_NEWNET)`` (works as root / with ``CAP_SYS_ADMIN``),
-      then ``unshare(CLONE_NEWUSER | CLONE_NEWNET)`` (unprivileged user namespaces), and silently goes on
-      without a namespace when both fail. In an empty network namespace even bypasses of the Python guard
-      (``_socket``, ``ctypes``) find no interface but a down loopback. The child's ``TFGRPO_SANDBOX_NETNS``
-      says which applied (``net``, ``user+net`` or ``none``).
+      Unsandboxed, the bootstrap also tries ``unshare(CLONE_NEWNET)`` (as root), then
+      ``unshare(CLONE_NEWUSER | CLONE_NEWNET)``, and goes on without when both fail. The child's
+      ``TFGRPO_SANDBOX_NETNS`` says which applied (``bwrap``, ``net``, ``user+net`` or ``none``).
     * processes: ``os.fork/forkpty/system/posix_spawn(p)/execv(e)`` and ``_posixsubprocess.fork_exec``
       (so ``subprocess``, ``multiprocessing``, ``os.spawn*``, ``os.popen``) raise
-      ``PermissionError("subprocesses are disabled")``: a fork loop is contained even as root, where
-      ``RLIMIT_NPROC`` is not enforced.
+      ``PermissionError("subprocesses are disabled")``.
     * signals: ``os.kill/killpg`` and ``signal.pidfd_send_signal`` only reach the child itself.
 
 Output is read from pipes while the child runs, keeping at most ``4 * max_output`` bytes per stream (the
@@ -44,15 +60,19 @@ from __future__ import annotations
 
 import codecs
 import contextlib
+import errno
+import functools
 import importlib.util
 import json
 import math
 import os
+import platform
 import re
 import selectors
 import shutil
 import signal
 import stat
+import struct
 import subprocess
 import sys
 import tempfile
@@ -63,11 +83,17 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:
     from langchain_core.tools import BaseTool
 
-__all__ = ["PythonResult", "python_tool", "run_python"]
+__all__ = ["BWRAP_INSTALL_HINT", "PythonResult", "python_tool", "run_python", "sandbox_problem"]
 
 FILE_SIZE_LIMIT = 10 * 1024 * 1024
 """Largest file the code may write (``RLIMIT_FSIZE``); bigger writes fail with ``OSError: File too large``."""
 
+SCRATCH_LIMIT = 64 * 1024 * 1024
+"""Size of the sandbox's private scratch directory (a ``tmpfs``); writes beyond fail with ``ENOSPC``."""
+
+BWRAP_INSTALL_HINT = (
+    "install it with `apt-get install bubblewrap` (Debian/Ubuntu) or `dnf install bubblewrap` (Fedora)"
+)
 OPEN_FILES_LIMIT = 256
 NPROC_MARGIN = 64
 _KILL_GRACE = 1.0  # seconds to drain the pipes after the child is gone or killed
@@ -76,6 +102,9 @@ _CODE_NAME = "<code>"
 _NETWORK_MSG = "network access is disabled"
 _PROCESS_MSG = "subprocesses are disabled"
 _MARKER = "\n[... {n} characters truncated]\n"
+_SCRATCH = "/scratch"  # the sandbox's cwd, HOME and TMPDIR
+_CODE_PATH = "/run/tfgrpo/code.py"  # where the sandbox sees the code file (read-only)
+_PROBE_TIMEOUT = 30.0
 _MARKER_RE = re.compile(r"\n?\[\.\.\. (\d+) characters truncated\]\n?")
 
 # Runs in the child (``python -I -X utf8 -u -c``) before the model's code; argv: code file, JSON limits.
@@ -134,12 +163,15 @@ def _user_tasks(uid):
     return n
 
 
-os.environ["TFGRPO_SANDBOX_NETNS"] = _netns() if _cfg["netns"] else "off"
+if _cfg["sandbox"]:
+    os.environ["TFGRPO_SANDBOX_NETNS"] = "bwrap"
+else:
+    os.environ["TFGRPO_SANDBOX_NETNS"] = _netns() if _cfg["netns"] else "off"
 _limit("RLIMIT_CORE", 0)
 _limit("RLIMIT_CPU", _cfg["cpu"], _cfg["cpu"] + 1)
 _limit("RLIMIT_FSIZE", _cfg["fsize"])
 _limit("RLIMIT_NOFILE", _cfg["nofile"])
-if os.getuid() != 0:
+if not _cfg["sandbox"] and os.getuid() != 0:  # in the sandbox no process can be created at all
     try:
         _limit("RLIMIT_NPROC", _user_tasks(os.getuid()) + _cfg["nproc_margin"])
     except OSError:
@@ -248,21 +280,39 @@ class PythonResult:
 
 
 def run_python(
-    code: str, *, timeout: float = 10.0, memory_mb: int = 512, max_output: int = 4000
+    code: str,
+    *,
+    timeout: float = 10.0,
+    memory_mb: int = 512,
+    max_output: int = 4000,
+    unsafe: bool = False,
 ) -> PythonResult:
-    """Run ``code`` in a fresh, limited Python process.
+    """Run ``code`` in a fresh, limited Python process inside the bubblewrap sandbox.
 
+    ``unsafe=True`` runs it without the OS sandbox (in-process guards and limits only). Without it, where
+    the sandbox cannot run, the result is an error naming the fix (see :func:`sandbox_problem`).
     Never raises (parent-side failures become ``error="sandbox failure: ..."``) and returns within
     ``timeout`` plus a few seconds of clean-up at worst (usually a fraction of a second after the end).
     """
-    return _run(code, timeout=timeout, memory_mb=memory_mb, max_output=max_output, netns=True)
+    if not unsafe:
+        problem = sandbox_problem()
+        if problem is not None:
+            return PythonResult(
+                ok=False, stdout="", stderr="", error=f"sandbox unavailable: {problem}", seconds=0.0
+            )
+    return _run(
+        code, timeout=timeout, memory_mb=memory_mb, max_output=max_output, netns=True, sandbox=not unsafe
+    )
 
 
-def _run(code: str, *, timeout: float, memory_mb: int, max_output: int, netns: bool) -> PythonResult:
+def _run(
+    code: str, *, timeout: float, memory_mb: int, max_output: int, netns: bool, sandbox: bool
+) -> PythonResult:
     start = time.monotonic()
     max_output = max(int(max_output), 100)
     root: str | None = None
     proc: subprocess.Popen[bytes] | None = None
+    filter_fd: int | None = None
     try:
         root = tempfile.mkdtemp(prefix="tfgrpo-python-")
         scratch = os.path.join(root, "scratch")
@@ -277,24 +327,45 @@ def _run(code: str, *, timeout: float, memory_mb: int, max_output: int, netns: b
             "nofile": OPEN_FILES_LIMIT,
             "nproc_margin": NPROC_MARGIN,
             "netns": netns,
+            "sandbox": sandbox,
             "network_msg": _NETWORK_MSG,
             "process_msg": _PROCESS_MSG,
         }
-        argv = [sys.executable, "-I", "-X", "utf8", "-u", "-c", _BOOTSTRAP, code_path, json.dumps(limits)]
+        python = [sys.executable, "-I", "-X", "utf8", "-u", "-c", _BOOTSTRAP]
+        if sandbox:
+            program = _process_filter()
+            if program is not None:
+                filter_path = os.path.join(root, "seccomp.bpf")
+                with open(filter_path, "wb") as fb:
+                    fb.write(program)
+                filter_fd = os.open(filter_path, os.O_RDONLY)
+            argv = [*_bwrap_argv(code_path, scratch, filter_fd), *python, _CODE_PATH, json.dumps(limits)]
+            cwd, env = root, _sandbox_env()
+        else:
+            argv = [*python, code_path, json.dumps(limits)]
+            cwd, env = scratch, _child_env(scratch)
         proc = subprocess.Popen(
             argv,
-            cwd=scratch,
-            env=_child_env(scratch),
+            cwd=cwd,
+            env=env,
             stdin=subprocess.DEVNULL,
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
             start_new_session=True,
             close_fds=True,
+            pass_fds=() if filter_fd is None else (filter_fd,),
         )
+        if filter_fd is not None:
+            os.close(filter_fd)
+            filter_fd = None
         out, err, timed_out = _communicate(proc, timeout, cap=4 * max_output)
         rc = proc.returncode
         stdout, stderr = out.text(), err.text()
+        if sandbox and rc is not None and rc > 128:  # bwrap reports a child killed by signal N as 128 + N
+            rc = -(rc - 128)
         error = _diagnose(rc, timed_out, stderr, timeout=timeout, memory_mb=memory_mb)
+        if sandbox and rc == 1 and not stdout and stderr.startswith("bwrap: "):  # it could not set up
+            error = f"sandbox failure: {_last_line(stderr)}"
         return PythonResult(
             ok=error is None,
             stdout=stdout,
@@ -314,6 +385,9 @@ def _run(code: str, *, timeout: float, memory_mb: int, max_output: int, netns: b
             max_output=max_output,
         )
     finally:
+        if filter_fd is not None:
+            with contextlib.suppress(OSError):
+                os.close(filter_fd)
         if proc is not None:
             _kill_group(proc)
             for stream in (proc.stdout, proc.stderr):
@@ -344,6 +418,154 @@ def _child_env(scratch: str) -> dict[str, str]:
         if os.environ.get(name):
             env[name] = os.environ[name]
     return env
+
+
+def sandbox_problem() -> str | None:
+    """``None`` when the bubblewrap sandbox works on this machine, else one line saying why not and how to
+    fix it. Checked once per process and bwrap path (a trial run of the full flag set, ~0.1 s)."""
+    return _probe(shutil.which("bwrap"))
+
+
+@functools.lru_cache(maxsize=4)
+def _probe(bwrap: str | None) -> str | None:
+    if bwrap is None:
+        return f"bubblewrap (bwrap) is not installed: {BWRAP_INSTALL_HINT}"
+    if not sys.platform.startswith("linux"):
+        return "the bubblewrap sandbox needs Linux"
+    try:
+        with tempfile.TemporaryDirectory(prefix="tfgrpo-probe-") as root:
+            code_path = os.path.join(root, "code.py")
+            with open(code_path, "w", encoding="utf-8") as f:
+                f.write("")
+            done = subprocess.run(
+                [*_bwrap_argv(code_path, root, None, bwrap=bwrap), sys.executable, "-I", "-S", _CODE_PATH],
+                cwd=root,
+                env=_sandbox_env(),
+                stdin=subprocess.DEVNULL,
+                capture_output=True,
+                timeout=_PROBE_TIMEOUT,
+            )
+    except (OSError, subprocess.SubprocessError) as exc:
+        return f"bubblewrap ({bwrap}) cannot run: {type(exc).__name__}: {exc}".replace("\n", " ")
+    if done.returncode != 0:
+        why = _last_line(done.stderr.decode("utf-8", "replace")) or f"exit code {done.returncode}"
+        return (
+            f"bubblewrap ({bwrap}) cannot start its sandbox here: {why} (it needs user namespaces; on "
+            "Ubuntu 24.04 load the bwrap-userns-restrict AppArmor profile or set sysctl "
+            "kernel.apparmor_restrict_unprivileged_userns=0)"
+        )
+    return None
+
+
+def _bwrap_argv(
+    code_path: str, scratch: str, filter_fd: int | None, *, bwrap: str | None = None
+) -> list[str]:
+    """The bwrap command line up to the program: namespaces and the filesystem. ``scratch`` is the host
+    directory used as ``/scratch`` by a bwrap older than 0.7 (no ``--size``: no bounded ``tmpfs``)."""
+    bwrap = bwrap or shutil.which("bwrap") or "bwrap"
+    version = _bwrap_version(bwrap)
+    argv = [
+        bwrap,
+        "--unshare-user",
+        "--unshare-pid",
+        "--unshare-net",
+        "--unshare-ipc",
+        "--unshare-uts",
+        "--unshare-cgroup-try",
+        "--cap-drop",
+        "ALL",
+        "--die-with-parent",
+        "--new-session",
+        "--hostname",
+        "sandbox",
+    ]
+    if version >= (0, 8):
+        argv.append("--disable-userns")  # the process filter also refuses unshare; this holds without it
+    argv += ["--ro-bind", "/usr", "/usr"]
+    for top in ("/bin", "/sbin", "/lib", "/lib32", "/lib64", "/libx32"):
+        if os.path.islink(top):  # merged /usr: the same symlink inside
+            argv += ["--symlink", os.readlink(top), top]
+        elif os.path.isdir(top):
+            argv += ["--ro-bind", top, top]
+    for name in ("ld.so.cache", "ld.so.conf", "ld.so.conf.d", "alternatives", "localtime"):
+        argv += ["--ro-bind-try", f"/etc/{name}", f"/etc/{name}"]
+    for prefix in _python_dirs():
+        argv += ["--ro-bind", prefix, prefix]
+    argv += ["--proc", "/proc", "--dev", "/dev", "--remount-ro", "/dev"]  # /dev/shm: no unbounded tmpfs
+    if version >= (0, 7):
+        argv += ["--size", str(SCRATCH_LIMIT), "--tmpfs", _SCRATCH]
+    else:
+        argv += ["--bind", scratch, _SCRATCH]
+    argv += ["--symlink", _SCRATCH, "/tmp", "--ro-bind", code_path, _CODE_PATH]
+    argv += ["--remount-ro", "/", "--chdir", _SCRATCH]  # bwrap's root is a tmpfs without a size limit
+    if filter_fd is not None:
+        argv += ["--seccomp", str(filter_fd)]
+    return [*argv, "--"]
+
+
+def _sandbox_env() -> dict[str, str]:
+    """bwrap's whole environment, which it hands on to the code: built here, nothing inherited."""
+    env = _child_env(_SCRATCH)
+    env["PATH"] = os.pathsep.join([os.path.dirname(sys.executable), "/usr/local/bin", "/usr/bin", "/bin"])
+    return env
+
+
+@functools.lru_cache(maxsize=4)
+def _bwrap_version(bwrap: str) -> tuple[int, ...]:
+    try:
+        out = subprocess.run([bwrap, "--version"], capture_output=True, text=True, timeout=10).stdout
+    except (OSError, subprocess.SubprocessError):
+        return (0,)
+    found = re.search(r"(\d+)\.(\d+)(?:\.(\d+))?", out)
+    return tuple(int(g) for g in found.groups() if g is not None) if found else (0,)
+
+
+def _python_dirs() -> list[str]:
+    """The interpreter's installation(s) outside ``/usr`` (a venv and its base, pyenv, conda, ...)."""
+    dirs: list[str] = []
+    for path in (sys.prefix, sys.exec_prefix, sys.base_prefix, sys.base_exec_prefix):
+        real = os.path.realpath(path)
+        if real in ("/", "/usr") or real.startswith("/usr/") or not os.path.isdir(real):
+            continue
+        for candidate in {path, real}:
+            if candidate not in dirs:
+                dirs.append(candidate)
+    executable = os.path.realpath(sys.executable)
+    if not any(executable.startswith(d + os.sep) for d in dirs) and not executable.startswith("/usr/"):
+        dirs.append(os.path.dirname(executable))
+    return sorted(dirs)
+
+
+# Syscall numbers of what the filter refuses; other architectures run without the filter (the namespaces
+# and the timeout still hold, RLIMIT_NPROC bounds a non-root user).
+_AUDIT_ARCH = {"x86_64": 0xC000003E, "aarch64": 0xC00000B7}
+_SYSCALLS = {
+    "x86_64": {"clone": 56, "fork": 57, "vfork": 58, "unshare": 272, "clone3": 435},
+    "aarch64": {"clone": 220, "unshare": 97, "clone3": 435},
+}
+
+
+def _process_filter() -> bytes | None:
+    """A classic-BPF seccomp program for ``bwrap --seccomp``: no new process or thread, no ``unshare``.
+
+    ``clone3`` gets ``ENOSYS`` so that the C library falls back to ``clone``, which gets ``EPERM`` like
+    ``fork``/``vfork``/``unshare``; a foreign ABI (i386 or x32 calls on x86_64) kills the process.
+    """
+    machine = platform.machine()
+    if machine not in _AUDIT_ARCH:
+        return None
+    load, jeq, jge, ret = 0x20, 0x15, 0x35, 0x06  # BPF_LD|W|ABS, BPF_JMP|JEQ|K, BPF_JMP|JGE|K, BPF_RET|K
+    allow, kill = 0x7FFF0000, 0x80000000  # SECCOMP_RET_ALLOW, SECCOMP_RET_KILL_PROCESS
+    fail = 0x00050000  # SECCOMP_RET_ERRNO | errno
+    nrs = _SYSCALLS[machine]
+    program = [(load, 0, 0, 4), (jeq, 1, 0, _AUDIT_ARCH[machine]), (ret, 0, 0, kill), (load, 0, 0, 0)]
+    if machine == "x86_64":
+        program += [(jge, 0, 1, 0x40000000), (ret, 0, 0, kill)]  # x32 system calls
+    for name, nr in nrs.items():
+        code = errno.ENOSYS if name == "clone3" else errno.EPERM
+        program += [(jeq, 0, 1, nr), (ret, 0, 0, fail | code)]
+    program.append((ret, 0, 0, allow))
+    return b"".join(struct.pack("=HBBI", *insn) for insn in program)
 
 
 class _Capture:
@@ -520,7 +742,9 @@ def _available(*modules: str) -> list[str]:
     return found
 
 
-def python_tool(*, timeout: float = 10.0, memory_mb: int = 512, max_output: int = 4000) -> BaseTool:
+def python_tool(
+    *, timeout: float = 10.0, memory_mb: int = 512, max_output: int = 4000, unsafe: bool = False
+) -> BaseTool:
     """The LangChain tool ``python`` (input ``{"code": str}``) returning ``run_python(...).render()``.
 
     Errors come back as text (never raised), so the agent loop continues; safe to call from several
@@ -536,7 +760,10 @@ def python_tool(*, timeout: float = 10.0, memory_mb: int = 512, max_output: int 
 
     def python(code: str) -> str:
         try:
-            return run_python(code, timeout=timeout, memory_mb=memory_mb, max_output=max_output).render()
+            result = run_python(
+                code, timeout=timeout, memory_mb=memory_mb, max_output=max_output, unsafe=unsafe
+            )
+            return result.render()
         except Exception as exc:  # run_python does not raise; belt and braces for the agent loop
             return f"[error] sandbox failure: {type(exc).__name__}: {exc}"
 

@@ -1,0 +1,129 @@
+"""Prompt overrides: any prompt of the policy, the learner or the judge can be replaced from a directory.
+
+``--prompts DIR`` (``Context.prompts``) names a directory of ``NAME.txt`` files, one per prompt to
+replace (``tfgrpo prompts --write DIR`` writes the defaults there to start from). The default texts live
+beside their nodes; this module only knows each prompt's name and the placeholders it may use, loads the
+directory and validates it as a whole: an unknown file name, an unknown placeholder or a broken ``{``
+is a one-line error naming the file, raised before any model call (the CLI and the Python API validate
+at start; every node reading a prompt goes through the same check).
+"""
+
+from __future__ import annotations
+
+import string
+import threading
+from pathlib import Path
+
+from tfgrpo.errors import ConfigError
+
+# name -> the placeholders its template may use ({name} in the text; write {{ and }} for literal braces)
+PROMPT_PLACEHOLDERS: dict[str, frozenset[str]] = {
+    "policy_system": frozenset({"answer_format"}),
+    "summarize_system": frozenset(),
+    "summarize_user": frozenset({"question", "answer", "reward", "library", "trajectory"}),
+    "extract_system": frozenset({"k", "word_cap"}),
+    "extract_user": frozenset({"question", "answer", "library", "attempts"}),
+    "update_system": frozenset({"word_cap"}),
+    "update_user": frozenset({"library", "proposals", "capacity"}),
+    "judge_system": frozenset(),
+    "judge_user": frozenset({"question", "answer", "response"}),
+}
+PROMPT_ROLES = {
+    "policy_system": "policy",
+    "summarize_system": "summarize",
+    "summarize_user": "summarize",
+    "extract_system": "extract",
+    "extract_user": "extract",
+    "update_system": "update",
+    "update_user": "update",
+    "judge_system": "judge",
+    "judge_user": "judge",
+}
+
+_cache: dict[tuple[str, tuple[tuple[str, float], ...]], dict[str, str]] = {}
+_lock = threading.Lock()
+
+
+def placeholders_of(text: str, where: str) -> set[str]:
+    """The ``{name}`` fields of a template; a one-line ConfigError when it is not a valid template."""
+    names: set[str] = set()
+    try:
+        for _, field, _, _ in string.Formatter().parse(text):
+            if field is None:
+                continue
+            if not field.isidentifier():
+                raise ConfigError(
+                    f"{where}: placeholder {{{field}}} is not a name (write {{{{ and }}}} for literal braces)"
+                )
+            names.add(field)
+    except ValueError as exc:
+        raise ConfigError(f"{where}: not a valid template ({exc}; write {{{{ and }}}} for braces)") from None
+    return names
+
+
+# what a trial formatting fills in: the values' types decide which format specs work ({reward:g})
+_SAMPLES: dict[str, object] = {"reward": 1.0, "k": 1, "word_cap": 35}
+
+
+def check_template(name: str, text: str, where: str) -> None:
+    allowed = PROMPT_PLACEHOLDERS[name]
+    unknown = sorted(placeholders_of(text, where) - allowed)
+    if unknown:
+        shown = ", ".join("{" + n + "}" for n in sorted(allowed)) or "none"
+        raise ConfigError(f"{where}: unknown placeholder {{{unknown[0]}}} (allowed in {name}: {shown})")
+    try:
+        text.format(**{n: _SAMPLES.get(n, "text") for n in allowed})
+    except (ValueError, TypeError, KeyError, IndexError) as exc:
+        raise ConfigError(f"{where}: not a valid template ({exc})") from None
+
+
+def _signature(folder: Path) -> tuple[tuple[str, float], ...]:
+    try:
+        return tuple(sorted((p.name, p.stat().st_mtime) for p in folder.iterdir() if p.suffix == ".txt"))
+    except OSError as exc:
+        raise ConfigError(f"{folder}: cannot read the prompts directory ({exc.strerror})") from None
+
+
+def load_prompt_dir(path: str) -> dict[str, str]:
+    """The overrides in ``path`` (name -> text), validated; cached until a file changes."""
+    folder = Path(path)
+    if not folder.is_dir():
+        raise ConfigError(f"{path}: --prompts must be a directory of NAME.txt files")
+    key = (str(folder.resolve()), _signature(folder))
+    with _lock:
+        if key in _cache:
+            return _cache[key]
+    overrides: dict[str, str] = {}
+    for file_name, _ in key[1]:
+        name = file_name[: -len(".txt")]
+        where = str(folder / file_name)
+        if name not in PROMPT_PLACEHOLDERS:
+            raise ConfigError(
+                f"{where}: unknown prompt name {name!r} (known: {', '.join(PROMPT_PLACEHOLDERS)})"
+            )
+        try:
+            text = (folder / file_name).read_text(encoding="utf-8")
+        except (OSError, UnicodeDecodeError) as exc:
+            raise ConfigError(f"{where}: cannot read ({exc})") from None
+        if not text.strip():
+            raise ConfigError(f"{where}: empty prompt")
+        check_template(name, text, where)
+        overrides[name] = text.rstrip("\n")
+    with _lock:
+        _cache[key] = overrides
+    return overrides
+
+
+def validate_prompts(path: str) -> None:
+    """Call at start: a bad prompts directory fails before anything is paid for."""
+    if path:
+        load_prompt_dir(path)
+
+
+def prompt_text(prompts_dir: str, name: str, default: str) -> str:
+    """Prompt ``name``: the override in ``prompts_dir`` when there is one, else ``default``."""
+    if name not in PROMPT_PLACEHOLDERS:
+        raise KeyError(name)
+    if not prompts_dir:
+        return default
+    return load_prompt_dir(prompts_dir).get(name, default)
