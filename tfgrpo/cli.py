@@ -7,11 +7,13 @@ import json
 import signal
 import sqlite3
 import sys
+import tempfile
 from dataclasses import asdict
 from pathlib import Path
 from types import FrameType
 from typing import TYPE_CHECKING, Any
 
+from tfgrpo.backends import database_url
 from tfgrpo.context import Context
 from tfgrpo.errors import TfgrpoError
 
@@ -115,6 +117,20 @@ def _add_agent_args(p: argparse.ArgumentParser, *, demo: bool, temperature: floa
     p.add_argument("--config", default=None, help="JSON or TOML file of option values (flags override)")
 
 
+def _add_db_args(p: argparse.ArgumentParser, *, run_id: bool) -> None:
+    """``--db`` (and ``--run-id``): where checkpoints and the store live (see tfgrpo.backends)."""
+    p.add_argument(
+        "--db",
+        default=None,
+        help="a SQLite file or postgresql://USER@HOST/DB shared by several runs (default: "
+        "$TFGRPO_DATABASE_URL, else SQLite files in the run directory)",
+    )
+    if run_id:
+        p.add_argument(
+            "--run-id", default=None, help="the run's name in a shared --db (default: the directory's name)"
+        )
+
+
 def _add_unsafe_python_arg(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--unsafe-python",
@@ -182,6 +198,7 @@ def _add_learn_args(p: argparse.ArgumentParser, *, demo: bool) -> None:
         action="store_true",
         help="keep every checkpoint (time travel) instead of only those needed to resume",
     )
+    _add_db_args(p, run_id=True)
     _add_agent_args(p, demo=demo, temperature=d.temperature)
 
 
@@ -201,6 +218,7 @@ def _add_eval_args(p: argparse.ArgumentParser, *, attribute: bool = False) -> No
     p.add_argument(
         "--retry-failed", action="store_true", help="run the failed runs of a finished evaluation again"
     )
+    _add_db_args(p, run_id=True)
     _add_agent_args(p, demo=False, temperature=Context().temperature)
 
 
@@ -214,7 +232,9 @@ def build_parser() -> argparse.ArgumentParser:
     inf = sub.add_parser("infer", help="answer a question with the agent and a learned library")
     d = Context()
     inf.add_argument("--question", required=True)
-    inf.add_argument("--library", default="", help="library.json or a run directory (default: no E)")
+    inf.add_argument(
+        "--library", default="", help="library.json, a run directory, or a run id in --db (default: no E)"
+    )
     inf.add_argument("--model", default=d.model, help="openai:NAME or provider:NAME (or $TFGRPO_MODEL)")
     inf.add_argument("--base-url", default=d.base_url)
     inf.add_argument("--domain", default=d.domain, choices=["direct", "math", "search"])
@@ -229,6 +249,7 @@ def build_parser() -> argparse.ArgumentParser:
     inf.add_argument("--max-tool-calls", type=int, default=d.max_tool_calls)
     inf.add_argument("--trajectory", action="store_true", help="print every message and tool call")
     inf.add_argument("--config", default=None, help="JSON or TOML file of option values (flags override)")
+    _add_db_args(inf, run_id=False)
 
     _add_eval_args(sub.add_parser("eval", help="Mean@k / Pass@k with and without E (resumable)"))
     _add_eval_args(
@@ -255,9 +276,10 @@ def build_parser() -> argparse.ArgumentParser:
     lib_sub = lib.add_subparsers(dest="library_command", required=True)
     for name, text in (("show", "print the library"), ("diff", "print the change made by a step")):
         p = lib_sub.add_parser(name, help=text)
-        p.add_argument("run_dir")
+        p.add_argument("run_dir", help="a run directory, or a run id with --db")
         p.add_argument("--step", type=int, default=None, help="step number (default: the latest)")
         p.add_argument("--json", action="store_true", help="machine-readable output")
+        _add_db_args(p, run_id=False)
     return parser
 
 
@@ -355,6 +377,8 @@ def cmd_learn(args: argparse.Namespace, ctx: Context) -> int:
         progress=not args.no_progress,
         keep_checkpoints=args.keep_checkpoints,
         ledger=ledger_from_args(args, ctx),
+        db=database_url(args.db),
+        run_id=args.run_id or "",
     )
 
 
@@ -382,6 +406,9 @@ def cmd_eval(args: argparse.Namespace) -> int:
 
     if not args.dataset:
         raise TfgrpoError("--dataset is required (on the command line or as 'dataset' in --config)")
+    db = database_url(args.db)
+    if db and args.library and not Path(args.library).exists():  # a learn run's id in the database
+        args.library = str(fetch_published_library(db, args.library, Path(args.eval_dir)))
     embedded = not args.model and not args.agent
     if embedded:
         print(EMBEDDED_NOTE.replace("learning with", "evaluating with"), flush=True)
@@ -409,6 +436,8 @@ def cmd_eval(args: argparse.Namespace) -> int:
         ledger=ledger_from_args(args, ctx),
         retry_failed=args.retry_failed,
         attribute=args.command == "attribute",
+        db=db,
+        run_id=args.run_id or "",
     )
 
 
@@ -479,6 +508,10 @@ def cmd_infer(args: argparse.Namespace) -> int:
     from tfgrpo.checks import check_context
     from tfgrpo.graphs.inference import build_inference_graph
 
+    db = database_url(args.db)
+    if db and args.library and not Path(args.library).exists():  # a learn run's id in the database
+        into = Path(tempfile.gettempdir()) / "tfgrpo-published" / args.library
+        args.library = str(fetch_published_library(db, args.library, into))
     ctx = agent_context(args, reward=args.reward, max_tokens=args.max_tokens)
     check_sampling(ctx)
     check_context(ctx)
@@ -505,6 +538,9 @@ def cmd_library(args: argparse.Namespace) -> int:
     from tfgrpo.runs import RunDir
     from tfgrpo.state.library import diff_libraries, library_markdown
 
+    db = database_url(args.db)
+    if db and not (Path(args.run_dir) / "library.json").exists():  # a run id in the database
+        return _library_from_db(args, db)
     run = RunDir(args.run_dir)
     if args.library_command == "show":
         library = run.library_at(args.step)
@@ -521,6 +557,49 @@ def cmd_library(args: argparse.Namespace) -> int:
         print(json.dumps({"step": step, "changes": lines}, indent=2, ensure_ascii=False))
     else:
         print(f"step {step}: {len(lines) and sum(1 for x in lines if x[0] in '+-~')} change(s)")
+        print("\n".join(lines) if lines else "(no change)")
+    return 0
+
+
+def fetch_published_library(db: str, run_id: str, into: Path) -> Path:
+    """Write the latest E that run ``run_id`` published in ``db`` to ``into/library.json``."""
+    from tfgrpo.backends import open_backend
+    from tfgrpo.nodes.publish import published_library
+
+    with open_backend(db, local_dir=into, run_id=run_id) as backend:
+        library = published_library(backend.store, run_id)
+    into.mkdir(parents=True, exist_ok=True)
+    path = into / "library.json"
+    path.write_text(json.dumps(library, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+    return path
+
+
+def _library_from_db(args: argparse.Namespace, db: str) -> int:
+    """``tfgrpo library show|diff RUN_ID --db URL``: E as the run published it after each step."""
+    from tfgrpo.backends import open_backend
+    from tfgrpo.nodes.publish import published_library, published_steps
+    from tfgrpo.state.library import diff_libraries, empty_library, library_markdown
+
+    run_id = args.run_dir
+    with open_backend(db, local_dir=Path(run_id), run_id=run_id) as backend:  # db given: no local files
+        steps = published_steps(backend.store, run_id)
+        if args.library_command == "show":
+            library = published_library(backend.store, run_id, args.step)
+            print(
+                json.dumps(library, indent=2, ensure_ascii=False) if args.json else library_markdown(library)
+            )
+            return 0
+        step = args.step if args.step is not None else (steps[-1] if steps else None)
+        if step is None:
+            print("no step has finished yet")
+            return 0
+        before = [s for s in steps if s < step]
+        old = published_library(backend.store, run_id, before[-1]) if before else empty_library()
+        lines = diff_libraries(old, published_library(backend.store, run_id, step))
+    if args.json:
+        print(json.dumps({"step": step, "changes": lines}, indent=2, ensure_ascii=False))
+    else:
+        print(f"step {step}: {sum(1 for x in lines if x[0] in '+-~')} change(s)")
         print("\n".join(lines) if lines else "(no change)")
     return 0
 

@@ -76,6 +76,13 @@ class Context:
             "create_agent graph with ExperienceMiddleware, or of a factory taking middleware=."
         },
     )
+    library_run: str = field(
+        default="",
+        metadata={
+            "description": "Inference/eval: the run id of a learn run (its output's run_id) whose latest "
+            "E, published in the store after every step, is injected."
+        },
+    )
     max_model_calls: int = field(default=8, metadata={"description": "Agent: model calls per question."})
     max_tool_calls: int = field(default=6, metadata={"description": "Agent: tool calls per question."})
     python_timeout: float = 10.0
@@ -135,7 +142,30 @@ class Context:
         default="function_calling",
         metadata={"description": "function_calling | json_mode | json_schema for extract/update."},
     )
-    max_concurrency: int = 4
+    max_concurrency: int = field(
+        default=4, metadata={"description": "Cap on LLM calls in flight at once (per run)."}
+    )
+    # Spending and retries (the CLI's --budget-usd/--budget-tokens/--prices/--max-retries set its ledger;
+    # under the LangGraph server these fields make one ledger per thread, persisted in the store)
+    budget_usd: float = field(
+        default=0.0,
+        metadata={"description": "Stop (resumably) before spending more dollars than this; 0: no cap."},
+    )
+    budget_tokens: int = field(
+        default=0,
+        metadata={"description": "Stop (resumably) before using more tokens than this; 0: no cap."},
+    )
+    prices: str = field(
+        default="",
+        metadata={
+            "description": 'Model prices: a JSON file or inline JSON {"MODEL": {"input": USD per 1M '
+            'tokens, "output": USD per 1M}} (built-in list prices otherwise).'
+        },
+    )
+    max_retries: int = field(
+        default=4, metadata={"description": "Retries of a transient LLM error (429, 5xx, timeout)."}
+    )
+    retry_backoff: float = field(default=1.0, metadata={"description": "First retry delay, seconds."})
 
     def settings_fingerprint(self) -> str:
         """Hash of the run-defining settings, stored in state to refuse an inconsistent resume."""

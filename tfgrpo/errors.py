@@ -1,8 +1,13 @@
 """User-facing errors: one line, naming the file, row or field at fault."""
 
 
-class TfgrpoError(Exception):
-    """An error the CLI prints as a single line (no traceback)."""
+class TfgrpoError(ValueError):
+    """An error the CLI prints as a single line (no traceback).
+
+    A ``ValueError`` because the LangGraph API server (``langgraph dev``, Studio) passes the message of a
+    ``ValueError`` to the client and replaces any other exception's with "An internal error occurred"
+    (``langgraph_api.serde``): this way a Studio user reads the same line as a CLI user.
+    """
 
 
 class DataError(TfgrpoError):

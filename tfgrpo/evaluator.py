@@ -16,6 +16,7 @@ from langgraph.runtime import RunControl
 from tqdm.auto import tqdm
 
 from tfgrpo.api import load_library
+from tfgrpo.backends import Backend, open_backend
 from tfgrpo.checks import check_context
 from tfgrpo.context import Context
 from tfgrpo.data import dataset_fingerprint, load_dataset
@@ -31,7 +32,7 @@ from tfgrpo.nodes.attempt import attempt_key, attempt_namespace
 from tfgrpo.nodes.policy import inference_experiences
 from tfgrpo.nodes.reward import ground_truth_reward
 from tfgrpo.runlock import lock_run_dir
-from tfgrpo.runs import atomic_write, open_checkpointer, open_store, run_stoppably, show_progress
+from tfgrpo.runs import atomic_write, run_stoppably, show_progress
 from tfgrpo.state.graph_state import EvalState
 from tfgrpo.state.library import Library, render_library
 
@@ -107,6 +108,8 @@ def run_eval(
     ledger: Ledger | None = None,
     retry_failed: bool = False,
     attribute: bool = False,
+    db: str = "",
+    run_id: str = "",
 ) -> int:
     """``tfgrpo eval`` (library vs baseline) or, with ``attribute``, ``tfgrpo attribute``: E against E
     without each of its experiences (leave-one-out), on the same questions and seeds."""
@@ -137,32 +140,37 @@ def run_eval(
         eval_dir.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
         raise ConfigError(f"--eval-dir {eval_dir}: cannot create it ({exc.strerror or exc})") from None
-    with lock_run_dir(eval_dir):  # one writer per eval directory
+    with (
+        lock_run_dir(eval_dir),  # one writer per eval directory
+        open_backend(
+            db, local_dir=eval_dir, run_id=run_id or eval_dir.resolve().name, local_option="--eval-dir"
+        ) as backend,
+        backend.lock(),
+    ):
         return _evaluate(
-            ctx, eval_dir, queries, arms, k, seed, settings, library, progress, ledger, retry_failed
+            ctx, backend, eval_dir, settings, queries, library, arms, k, seed, progress, ledger, retry_failed
         )
 
 
 def _evaluate(
     ctx: Context,
+    backend: Backend,
     eval_dir: Path,
+    settings: dict[str, Any],
     queries: list[Any],
+    library: Library | None,
     arms: list[str],
     k: int,
     seed: int,
-    settings: dict[str, Any],
-    library: Library | None,
     progress: bool,
     ledger: Ledger | None,
     retry_failed: bool,
 ) -> int:
-    store = open_store(eval_dir / "store.sqlite", option="--eval-dir")
-    graph = compile_eval_graph(
-        checkpointer=open_checkpointer(eval_dir / "checkpoints.sqlite", option="--eval-dir"), store=store
-    )
+    store = backend.store
+    graph = compile_eval_graph(checkpointer=backend.saver, store=store)
     fresh_input: EvalState = {"questions": queries, "arms": arms, "k": k, "seed": seed}
     total = len(queries) * k * len(arms)
-    config, graph_input, spent = _plan_round(graph, store, eval_dir, ctx, fresh_input, retry_failed)
+    config, graph_input, spent = _plan_round(graph, backend, eval_dir, ctx, fresh_input, retry_failed)
     if config is not None:
         if graph_input is not None and "eval_id" not in graph_input:  # a new evaluation
             if any((eval_dir / name).exists() for name in ("results.json", "report.json")):
@@ -185,7 +193,7 @@ def _evaluate(
             code = _drive(graph, graph_input, config, ctx, ledger, total, progress, eval_dir)
         if code:
             return code
-    results = graph.get_state(_config(eval_dir, ctx)).values.get("results", [])
+    results = graph.get_state(_config(eval_dir, ctx, backend)).values.get("results", [])
     if library is not None:
         _print_attribution(write_attribution_report(eval_dir, settings, queries, results, library), eval_dir)
     else:
@@ -213,24 +221,25 @@ def eval_complete(values: dict[str, Any]) -> bool:
     return len(done) >= planned
 
 
-def _config(eval_dir: Path, ctx: Context) -> RunnableConfig:
+def _config(eval_dir: Path, ctx: Context, backend: Backend) -> RunnableConfig:
     """The checkpoint thread of the current round (``thread.txt``; a retry round gets a new thread)."""
     thread_file = eval_dir / "thread.txt"
     thread = thread_file.read_text().strip() if thread_file.exists() else THREAD_ID
     return {
-        "configurable": {"thread_id": thread},
+        "configurable": {"thread_id": backend.thread(thread)},
         "recursion_limit": 16,
         "max_concurrency": ctx.max_concurrency,
     }
 
 
 def _plan_round(
-    graph: Any, store: Any, eval_dir: Path, ctx: Context, fresh_input: EvalState, retry_failed: bool
+    graph: Any, backend: Backend, eval_dir: Path, ctx: Context, fresh_input: EvalState, retry_failed: bool
 ) -> tuple[RunnableConfig | None, EvalState | None, tuple[int, float]]:
     """What to run now: (config, input, already spent). Config None: complete, nothing to run. Input
     None: resume the interrupted round. A retry round starts on a new thread with the same eval id, so
     every finished run comes back from the memo for free and only the failed ones (memo deleted) run."""
-    config = _config(eval_dir, ctx)
+    store = backend.store
+    config = _config(eval_dir, ctx, backend)
     snapshot = graph.get_state(config)
     values = dict(snapshot.values or {})
     spent = _spent(values.get("results", []))
@@ -246,14 +255,14 @@ def _plan_round(
         return None, None, spent
     for r in failed:
         store.delete(attempt_namespace(values["eval_id"], r["arm"]), attempt_key(r["query_id"], r["i"]))
-    thread = str(config["configurable"]["thread_id"])
+    thread = str(config["configurable"]["thread_id"]).rsplit("/", 1)[-1]
     rounds = int(thread.split("-retry")[1]) if "-retry" in thread else 0
     atomic_write(eval_dir / "thread.txt", f"{THREAD_ID}-retry{rounds + 1}\n")
     print(f"retrying {len(failed)} failed run(s) of {eval_dir}", flush=True)
     graph_input: EvalState = {**fresh_input, "eval_id": values["eval_id"]}
     if values.get("arm_libraries"):
         graph_input["arm_libraries"] = values["arm_libraries"]
-    return _config(eval_dir, ctx), graph_input, spent
+    return _config(eval_dir, ctx, backend), graph_input, spent
 
 
 def _print_comparison(report: dict[str, Any], eval_dir: Path, k: int) -> None:

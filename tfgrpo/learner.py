@@ -10,11 +10,11 @@ from pathlib import Path
 from typing import Any, cast
 
 from langchain_core.runnables import RunnableConfig
-from langgraph.checkpoint.sqlite import SqliteSaver
 from langgraph.runtime import RunControl
-from langgraph.store.sqlite import SqliteStore
+from langgraph.store.base import BaseStore
 from tqdm.auto import tqdm
 
+from tfgrpo.backends import Backend, open_backend
 from tfgrpo.checks import check_context
 from tfgrpo.context import Context
 from tfgrpo.data import load_dataset
@@ -31,9 +31,7 @@ from tfgrpo.nodes.schedule import batches_per_epoch, check_resume, step_history,
 from tfgrpo.runlock import lock_run_dir
 from tfgrpo.runs import (
     RunDir,
-    open_checkpointer,
     open_store,
-    prune_checkpoints,
     run_stoppably,
     show_progress,
     table_header,
@@ -78,7 +76,7 @@ class Progress:
             self.close()
 
 
-def spent_so_far(store: SqliteStore, run_id: str) -> tuple[int, float]:
+def spent_so_far(store: BaseStore, run_id: str) -> tuple[int, float]:
     """Tokens and dollars of every finished call of a run, from the result memo (exact after a crash)."""
     tokens, usd, offset = 0, 0.0, 0
     while True:
@@ -105,7 +103,7 @@ def stored_history(run: RunDir) -> list[StepReport]:
         store.conn.close()
 
 
-def _final_outputs(run: RunDir, store: SqliteStore, values: dict[str, Any]) -> list[StepReport]:
+def _final_outputs(run: RunDir, store: BaseStore, values: dict[str, Any]) -> list[StepReport]:
     """The run's files plus its learning curve (plotted at the end only: matplotlib is not free)."""
     from tfgrpo.evals.report import write_learning_curve
 
@@ -142,7 +140,11 @@ def run_learning(
     keep_checkpoints: bool = False,
     ledger: Ledger | None = None,
     callbacks: Any = None,
+    db: str = "",
+    run_id: str = "",
 ) -> int:
+    """Learn (or resume) the run in ``run_dir``; ``db`` is ``--db`` (see :mod:`tfgrpo.backends`) and
+    ``run_id`` names the run there (default: the run directory's name)."""
     # fail fast with one-line errors, before anything is paid for
     check_context(ctx)
     queries = training_queries(ctx)
@@ -155,27 +157,31 @@ def run_learning(
     warm_up(ctx.reward)  # math-verify helpers start while the first rollouts wait on the network
     run = RunDir(run_dir)
     run.create()
-    with lock_run_dir(run.path):  # one writer per run directory
-        return _learn(ctx, queries, run, seed, progress, keep_checkpoints, ledger, callbacks)
+    with (
+        lock_run_dir(run.path),  # one writer per run directory
+        open_backend(db, local_dir=run.path, run_id=run_id or run.path.resolve().name) as backend,
+        backend.lock(),  # and, in a shared database, one writer per run id
+    ):
+        return _learn(ctx, run, backend, queries, seed, progress, keep_checkpoints, ledger, callbacks)
 
 
 def _learn(
     ctx: Context,
-    queries: list[Any],
     run: RunDir,
+    backend: Backend,
+    queries: list[Any],
     seed: int,
     progress: bool,
     keep_checkpoints: bool,
     ledger: Ledger | None,
     callbacks: Any,
 ) -> int:
-    run_dir = run.path
-    store = open_store(run.store)
-    saver = open_checkpointer(run.checkpoints)
-    graph = compile_learn_graph(checkpointer=saver, store=store)
+    run_dir, store = run.path, backend.store
+    thread = backend.thread(THREAD_ID)
+    graph = compile_learn_graph(checkpointer=backend.saver, store=store)
     n_steps = ctx.epochs * batches_per_epoch(len(queries), ctx.batch_size)
     config: RunnableConfig = {
-        "configurable": {"thread_id": THREAD_ID},
+        "configurable": {"thread_id": thread},
         "recursion_limit": (n_steps + 2) * SUPERSTEPS_PER_STEP,
         "max_concurrency": ctx.max_concurrency,
     }
@@ -192,6 +198,8 @@ def _learn(
         print(f"run in {run_dir} is already complete ({len(history)} steps)")
         return 0
     graph_input: dict[str, Any] | None = None if values else {"seed": seed}
+    if graph_input is not None and backend.shared:  # the run id keys its store items in a shared database
+        graph_input["run_id"] = backend.run_id
     if values:
         print(f"resuming {run_dir} at step {values.get('step', 0)} of {n_steps}", flush=True)
     else:
@@ -217,7 +225,7 @@ def _learn(
         with use_llm_cache(store):  # every response is kept the moment it arrives
             code = run_stoppably(
                 lambda control: _drive(
-                    graph, graph_input, config, ctx, run, saver, bars, control, keep_checkpoints, errors
+                    graph, graph_input, config, ctx, run, backend, bars, control, keep_checkpoints, errors
                 ),
                 ledger,
                 on_stop=on_stop,
@@ -262,7 +270,7 @@ def _drive(
     config: RunnableConfig,
     ctx: Context,
     run: RunDir,
-    saver: SqliteSaver,
+    backend: Backend,
     bars: Progress,
     control: RunControl,
     keep_checkpoints: bool,
@@ -290,7 +298,9 @@ def _drive(
             # a single node finished a superstep: older checkpoints are no longer needed to resume
             snap = graph.get_state(config)
             if not keep_checkpoints:
-                prune_checkpoints(saver, THREAD_ID, snap.config["configurable"]["checkpoint_id"])
+                backend.prune(
+                    config["configurable"]["thread_id"], snap.config["configurable"]["checkpoint_id"]
+                )
             if node == "advance" and snap.values.get("report"):
                 report = snap.values["report"]
                 run.write_library(snap.values["library"], report["step"])

@@ -82,7 +82,8 @@ class Prices:
         if not path:
             return prices
         try:
-            data = json.loads(Path(path).read_text(encoding="utf-8"))
+            text = path if path.lstrip().startswith("{") else Path(path).read_text(encoding="utf-8")
+            data = json.loads(text)  # a file, or the table itself (Studio's context field)
         except (OSError, json.JSONDecodeError) as exc:
             raise ConfigError(f"{path}: cannot read price table ({exc})") from None
         if not isinstance(data, dict):
@@ -216,6 +217,9 @@ class Ledger:
         self._reserved_usd = 0.0
         self._reserved_tokens = 0
         self._lock = threading.Lock()
+        # called with the totals after every call (the server's per-thread ledgers persist them)
+        self.on_spend: Callable[[int, float], None] | None = None
+        self._persist_lock = threading.Lock()
 
     def check_prices(self, specs: list[str]) -> None:
         if self.budget_usd is None:
@@ -254,6 +258,11 @@ class Ledger:
         with self._lock:
             self.spent_tokens += used_in + used_out
             self.spent_usd += self.prices.cost(spec, used_in, used_out) or 0.0
+        if self.on_spend is not None:
+            with self._persist_lock:  # one writer at a time: the stored totals never go back
+                with self._lock:
+                    totals = (self.spent_tokens, self.spent_usd)
+                self.on_spend(*totals)
 
     def _release(self, tokens: int, usd: float) -> None:
         with self._lock:
@@ -353,10 +362,83 @@ def use_ledger(ledger: Ledger) -> Iterator[Ledger]:
 
 
 def current_ledger(max_concurrency: int = 4) -> Ledger:
-    """The active ledger, or a shared unlimited one per concurrency level (library and Studio use)."""
+    """The active ledger (the CLI's), else the thread's under a checkpointer and store (the LangGraph
+    server, Studio), else a shared unlimited one per concurrency level (library use)."""
     if _active is not None:
         return _active
+    thread = _thread_ledger()
+    if thread is not None:
+        return thread
     with _default_lock:
         if max_concurrency not in _defaults:
             _defaults[max_concurrency] = Ledger(max_concurrency=max_concurrency)
         return _defaults[max_concurrency]
+
+
+# One ledger per checkpoint thread when graphs run under the LangGraph server: its budget, prices,
+# retries and concurrency come from the run context; its totals are kept in the store, so a thread resumed
+# after a server restart (or on another server sharing PostgreSQL) keeps its budget.
+LEDGER_NAMESPACE = ("tfgrpo-ledger",)
+_threads: dict[tuple[int, str], Ledger] = {}
+
+
+def ledger_from_context(ctx: Any) -> Ledger:
+    """A ledger from the context's ``budget_usd``, ``budget_tokens`` (0: no cap), ``prices``,
+    ``max_retries``, ``retry_backoff`` and ``max_concurrency``."""
+    ledger = Ledger(
+        max_concurrency=ctx.max_concurrency,
+        prices=Prices.load(ctx.prices or None),
+        max_retries=max(0, ctx.max_retries),
+        backoff=max(0.0, ctx.retry_backoff),
+    )
+    _apply_budget(ledger, ctx)
+    return ledger
+
+
+def _apply_budget(ledger: Ledger, ctx: Any) -> None:
+    ledger.budget_usd = ctx.budget_usd if ctx.budget_usd and ctx.budget_usd > 0 else None
+    ledger.budget_tokens = ctx.budget_tokens if ctx.budget_tokens and ctx.budget_tokens > 0 else None
+
+
+def _thread_ledger() -> Ledger | None:
+    try:
+        from langgraph.config import get_config
+        from langgraph.runtime import get_runtime
+
+        thread = (get_config().get("configurable") or {}).get("thread_id")
+        runtime = get_runtime()
+    except (RuntimeError, KeyError, ImportError):
+        return None  # not inside a graph run
+    store = runtime.store
+    if not thread or store is None:
+        return None
+    from tfgrpo.context import Context
+
+    raw = runtime.context
+    ctx = raw if isinstance(raw, Context) else Context(**raw) if isinstance(raw, dict) else Context()
+    slot = (id(store), str(thread))  # a thread id is unique within one store (server, database)
+    with _default_lock:
+        ledger = _threads.get(slot)
+        if ledger is None:
+            ledger = ledger_from_context(ctx)
+            item = store.get(LEDGER_NAMESPACE, str(thread))
+            if item is not None:
+                ledger.spent_tokens, ledger.spent_usd = int(item.value["tokens"]), float(item.value["usd"])
+
+            def persist(tokens: int, usd: float, key: str = str(thread)) -> None:
+                value = {"tokens": tokens, "usd": usd}
+                try:
+                    loop = asyncio.get_running_loop()
+                except RuntimeError:
+                    store.put(LEDGER_NAMESPACE, key, value, index=False)
+                else:  # an async node: the store's sync API must not block the event loop
+                    loop.create_task(store.aput(LEDGER_NAMESPACE, key, value, index=False))
+
+            ledger.on_spend = persist
+            _threads[slot] = ledger
+        _apply_budget(ledger, ctx)  # a resumed thread may come with a raised budget
+        if ctx.model and ledger.budget_usd is not None:
+            from tfgrpo.models import resolve_spec
+
+            ledger.check_prices([resolve_spec(ctx.model)])
+        return ledger

@@ -121,6 +121,111 @@ def test_studio_runs_the_eval_graph(studio: str, tmp_path: Path) -> None:
             },
         )
         assert isinstance(result, dict), result
-        assert result["arms"] == ["library", "baseline"] and len(result["results"]) == 3 * 2 * 2
-        assert all(r["reward"] in (0.0, 1.0) for r in result["results"])
+        assert list(result["metrics"]) == ["library", "baseline"]
+        assert all(m["runs_done"] == 3 * 2 and m["runs_failed"] == 0 for m in result["metrics"].values())
         assert len(server.requests) == 12
+
+
+# -- what a Studio user does: the documented inputs only, errors as text, learn then use
+
+
+def small_learn_context(server: FakeOpenAIServer, **more: object) -> dict[str, object]:
+    return {"model": "openai:fake", "base_url": server.base_url, "epochs": 1, "batch_size": 2,
+            "group_size": 2, **more}  # fmt: skip
+
+
+def test_studio_forms_show_only_what_a_user_gives(studio: str) -> None:
+    from langgraph_sdk import get_sync_client
+
+    client = get_sync_client(url=studio)
+    by_graph = {a["graph_id"]: a for a in client.assistants.search(limit=20)}
+    inputs = {g: set(client.assistants.get_schemas(by_graph[g]["assistant_id"])["input_schema"]["properties"])
+              for g in ("learn", "step", "eval", "inference")}  # fmt: skip
+    assert inputs == {
+        "learn": {"dataset", "seed", "run_id"},
+        "step": {"batch", "library", "run_id"},
+        "eval": {"dataset", "library", "k", "baseline", "seed"},
+        "inference": {"question", "messages"},
+    }
+    context = client.assistants.get_schemas(by_graph["learn"]["assistant_id"])["context_schema"]["properties"]
+    assert {"budget_usd", "budget_tokens", "prices", "max_retries", "max_concurrency"} <= set(context)
+
+
+def test_studio_learn_then_infer_and_eval_with_the_published_library(
+    studio: str, fake_server: FakeOpenAIServer
+) -> None:
+    from langgraph_sdk import get_sync_client
+
+    client = get_sync_client(url=studio)
+    learn_thread = client.threads.create()
+    learned = client.runs.wait(
+        learn_thread["thread_id"],
+        "learn",
+        input={"dataset": "rg:basic_arithmetic:size=4:seed=1", "seed": 3},  # the documented input only
+        context=small_learn_context(fake_server),
+    )
+    assert isinstance(learned, dict) and "__error__" not in learned, learned
+    assert set(learned) <= {"run_id", "library", "history", "done"}
+    assert [s["step"] for s in learned["history"]] == [0, 1]
+    items = learned["library"]["items"]
+    assert items, "the scripted learner always proposes experiences"
+
+    # another thread, the inference graph, E found by the learn run's id
+    answer = client.runs.wait(
+        None,
+        "inference",
+        input={"question": "Calculate 7 + 5."},
+        context={"model": "openai:fake", "base_url": fake_server.base_url, "library_run": learned["run_id"]},
+    )
+    assert isinstance(answer, dict) and set(answer) == {"answer", "messages"}, answer
+    assert answer["answer"] in {"11", "12", "13"}  # the scripted policy is right or off by one
+    assert [m["type"] for m in answer["messages"]] == ["human", "ai"]  # the trajectory
+    system = fake_server.requests[-1]["messages"][0]["content"]
+    assert all(f"[{item['id']}] {item['text']}" in system for item in items)
+
+    # the eval graph with the same run's E: Mean@k and the paired CI in its output
+    scored = client.runs.wait(
+        client.threads.create()["thread_id"],
+        "eval",
+        input={"dataset": "rg:basic_arithmetic:size=3:seed=4", "library": learned["run_id"], "k": 2},
+        context={"model": "openai:fake", "base_url": fake_server.base_url},
+    )
+    assert isinstance(scored, dict) and "__error__" not in scored, scored
+    assert set(scored["metrics"]) == {"library", "baseline"}
+    assert 0.0 <= scored["metrics"]["library"]["mean_at_k"] <= 1.0
+    assert scored["metrics"]["library"]["runs_done"] == 3 * 2
+    assert {"diff", "ci_low", "ci_high", "p_value"} <= set(scored["comparison"])
+    assert len(scored["per_question"]) == 3
+
+
+def test_studio_errors_reach_the_client_as_one_line(studio: str, fake_server: FakeOpenAIServer,
+                                                    tmp_path: Path) -> None:  # fmt: skip
+    from langgraph_sdk import get_sync_client
+
+    client = get_sync_client(url=studio)
+    missing = tmp_path / "nope.jsonl"
+    failed = client.runs.wait(
+        client.threads.create()["thread_id"],
+        "learn",
+        input={"dataset": str(missing)},
+        context=small_learn_context(fake_server),
+        raise_error=False,
+    )
+    error = failed["__error__"]
+    assert error["error"] == "DataError"
+    assert str(missing) in error["message"] and "\n" not in error["message"]
+    assert "internal error" not in error["message"]
+
+    # the context's budget caps a Studio run: it stops with the ledger's line, resumably
+    thread = client.threads.create()["thread_id"]
+    capped = client.runs.wait(
+        thread,
+        "learn",
+        input={"dataset": "rg:basic_arithmetic:size=4:seed=1"},
+        context=small_learn_context(fake_server, budget_tokens=3000),
+        raise_error=False,
+    )
+    assert capped["__error__"]["error"] == "BudgetExceeded", capped
+    assert "token budget reached" in capped["__error__"]["message"]
+    done = client.runs.wait(thread, "learn", input=None, context=small_learn_context(fake_server))
+    assert isinstance(done, dict) and len(done["history"]) == 2, done

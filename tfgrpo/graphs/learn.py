@@ -4,7 +4,8 @@
     with a validation set, between update_library and advance:  validate (map) -> validation_gate
 
 The step's nodes are added flat (not as a subgraph) so that resume after a crash re-runs only the
-unfinished branches of the interrupted fan-out.
+unfinished branches of the interrupted fan-out. After every step ``advance`` publishes E in the store
+under ``("tfgrpo", RUN_ID, "library")`` (:mod:`tfgrpo.nodes.publish`).
 """
 
 from __future__ import annotations
@@ -20,11 +21,17 @@ from tfgrpo.context import Context
 from tfgrpo.graphs.step import add_step
 from tfgrpo.nodes.schedule import advance, route_next, select_batch, start
 from tfgrpo.nodes.validate import fan_out_validation, validate, validation_gate
-from tfgrpo.state.graph_state import LearnState
+from tfgrpo.state.graph_state import LearnInput, LearnOutput, LearnState
 
 
-def build_learn_graph() -> StateGraph[LearnState, Context, LearnState, LearnState]:
-    builder = StateGraph(LearnState, context_schema=Context)
+def build_learn_graph(*, studio: bool = False) -> StateGraph[LearnState, Context, Any, Any]:
+    """``studio``: the user-facing input and output schemas instead of the full state."""
+    builder = StateGraph(
+        LearnState,
+        context_schema=Context,
+        input_schema=LearnInput if studio else LearnState,
+        output_schema=LearnOutput if studio else LearnState,
+    )
     builder.add_node("start", start)
     builder.add_node("select_batch", select_batch)
     builder.add_node("advance", advance)
@@ -41,10 +48,13 @@ def build_learn_graph() -> StateGraph[LearnState, Context, LearnState, LearnStat
 
 
 def compile_learn_graph(
-    checkpointer: Checkpointer = None, store: BaseStore | None = None
-) -> CompiledStateGraph[LearnState, Context, LearnState, LearnState]:
-    return build_learn_graph().compile(checkpointer=checkpointer, store=store, name="tfgrpo-learn")
+    checkpointer: Checkpointer = None, store: BaseStore | None = None, *, studio: bool = False
+) -> CompiledStateGraph[LearnState, Context, Any, Any]:
+    return build_learn_graph(studio=studio).compile(
+        checkpointer=checkpointer, store=store, name="tfgrpo-learn"
+    )
 
 
-# For langgraph.json / Studio: no checkpointer compiled in (the server brings its own).
-graph = compile_learn_graph()
+# For langgraph.json / Studio: no checkpointer compiled in (the server brings its own). Input: dataset,
+# seed, run id; output: the run id, E and the per-step report (see tfgrpo.state.graph_state).
+graph = compile_learn_graph(studio=True)

@@ -6,7 +6,8 @@ rollout (map over batch x G) -> reward -> variance_gate -> summarize (map) -> ex
 
 from __future__ import annotations
 
-from typing import Any
+import uuid
+from typing import Any, cast
 
 from langgraph.graph import END, START, StateGraph
 from langgraph.graph.state import CompiledStateGraph
@@ -20,7 +21,7 @@ from tfgrpo.nodes.rollout import fan_out_rollouts, rollout
 from tfgrpo.nodes.summarize import summarize
 from tfgrpo.nodes.update_library import update_library
 from tfgrpo.nodes.variance_gate import route_after_gate, variance_gate
-from tfgrpo.state.graph_state import StepState
+from tfgrpo.state.graph_state import StepInput, StepOutput, StepState
 
 STEP_NODES = ("rollout", "reward", "variance_gate", "summarize", "extract", "update_library")
 
@@ -28,7 +29,7 @@ STEP_NODES = ("rollout", "reward", "variance_gate", "summarize", "extract", "upd
 def add_step(builder: StateGraph[Any, Any, Any, Any], *, entry: str) -> str:
     """Add the six step nodes to ``builder``, fanned out from ``entry``; returns the exit node."""
     # map workers take their Send payload (RolloutTask / SummarizeTask), not the graph state
-    builder.add_node("rollout", rollout)  # type: ignore[call-overload]
+    builder.add_node("rollout", cast(Any, rollout))
     builder.add_node("reward", reward)
     builder.add_node("variance_gate", variance_gate)
     builder.add_node("summarize", summarize)  # type: ignore[arg-type]
@@ -44,18 +45,34 @@ def add_step(builder: StateGraph[Any, Any, Any, Any], *, entry: str) -> str:
     return "update_library"
 
 
-def build_step_graph() -> StateGraph[StepState, Context, StepState, StepState]:
-    builder = StateGraph(StepState, context_schema=Context)
-    exit_node = add_step(builder, entry=START)
+def begin(state: StepState) -> dict[str, Any]:
+    """Studio: a step without a run id gets a fresh one, so its results are never another thread's."""
+    return {} if state.get("run_id") else {"run_id": uuid.uuid4().hex}
+
+
+def build_step_graph(*, studio: bool = False) -> StateGraph[StepState, Context, Any, Any]:
+    """``studio``: the user-facing input (batch, E, run id) and output (E, the step's report)."""
+    builder = StateGraph(
+        StepState,
+        context_schema=Context,
+        input_schema=StepInput if studio else StepState,
+        output_schema=StepOutput if studio else StepState,
+    )
+    entry = START
+    if studio:
+        builder.add_node("begin", begin)
+        builder.add_edge(START, "begin")
+        entry = "begin"
+    exit_node = add_step(builder, entry=entry)
     builder.add_edge(exit_node, END)
     return builder
 
 
 def compile_step_graph(
-    checkpointer: Checkpointer = None, store: BaseStore | None = None
-) -> CompiledStateGraph[StepState, Context, StepState, StepState]:
-    return build_step_graph().compile(checkpointer=checkpointer, store=store, name="tfgrpo-step")
+    checkpointer: Checkpointer = None, store: BaseStore | None = None, *, studio: bool = False
+) -> CompiledStateGraph[StepState, Context, Any, Any]:
+    return build_step_graph(studio=studio).compile(checkpointer=checkpointer, store=store, name="tfgrpo-step")
 
 
 # For langgraph.json / Studio: no checkpointer compiled in (the server brings its own).
-graph = compile_step_graph()
+graph = compile_step_graph(studio=True)

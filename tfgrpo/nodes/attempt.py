@@ -10,6 +10,8 @@ a killed evaluation resumes without repeating finished runs.
 from __future__ import annotations
 
 import uuid
+from dataclasses import replace
+from pathlib import Path
 from typing import Any
 
 from langchain_core.messages import messages_to_dict
@@ -94,17 +96,31 @@ def attempt(task: AttemptTask, runtime: Runtime[Context]) -> dict[str, Any]:
     return {"results": [done["result"]]}
 
 
+def eval_context(state: EvalState, ctx: Context) -> Context:
+    """The context with the input's ``dataset`` and ``library`` (a file or run directory that exists, else
+    a learn run's id: its published E) in place of the context's."""
+    if state.get("dataset"):
+        ctx = replace(ctx, dataset=state["dataset"])
+    library = state.get("library")
+    if library:
+        found = Path(library).exists()
+        ctx = replace(ctx, library=library if found else "", library_run="" if found else library)
+    return ctx
+
+
 def prepare(state: EvalState, runtime: Runtime[Context]) -> dict[str, Any]:
     """Fill in what the input left out: an id, the questions (``dataset`` of the context), the arms, and
     E's rendering, published once in the store (``library`` / ``library_namespace`` of the context)."""
-    ctx = context_of(runtime)
+    ctx = eval_context(state, context_of(runtime))
     validate_prompts(ctx.prompts)  # a bad prompt override fails before any call
     store = store_of(runtime)
     eval_id = state.get("eval_id") or uuid.uuid4().hex[:12]
     given = state.get("arm_libraries")  # arms with their own E (attribution), already in the store
     experiences = "" if given else inference_experiences(ctx, runtime.store)
-    has_library = bool(ctx.library or ctx.library_namespace)  # an empty E is still a library to test
-    arms = list(given) if given else state.get("arms") or (list(ARMS) if has_library else ["baseline"])
+    # an empty E is still a library to test
+    has_library = bool(ctx.library or ctx.library_namespace or ctx.library_run)
+    default_arms = ["library"] if state.get("baseline") is False else list(ARMS)
+    arms = list(given) if given else state.get("arms") or (default_arms if has_library else ["baseline"])
     unknown = sorted(set(arms) - set(ARMS))
     if unknown and not given:
         raise ConfigError(f"unknown evaluation arm(s) {', '.join(unknown)} (expected library, baseline)")
@@ -116,6 +132,7 @@ def prepare(state: EvalState, runtime: Runtime[Context]) -> dict[str, Any]:
     return {
         "eval_id": eval_id,
         "questions": state.get("questions") or load_dataset(ctx.dataset),
+        "seed": state.get("seed", 0),
         "arms": arms,
         "k": state.get("k", 1),
         "library_key": publish_library_text(store, eval_id, experiences),

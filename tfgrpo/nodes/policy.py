@@ -40,6 +40,7 @@ from tfgrpo.ledger import BudgetExceeded, CallFailed, Ledger, current_ledger, re
 from tfgrpo.models import UnconfiguredModel
 from tfgrpo.nodes._llm import make_record, one_line, policy_model
 from tfgrpo.nodes._prompts import prompt_text
+from tfgrpo.nodes.publish import published_library
 from tfgrpo.state.library import Library, render_library
 from tfgrpo.state.types import CallRecord
 
@@ -79,7 +80,8 @@ _library_cache: dict[tuple[str, float], str] = {}
 
 
 def inference_experiences(ctx: Context, store: BaseStore | None) -> str:
-    """E for inference: from a library file / run directory, or from a store namespace."""
+    """E for inference: from a library file / run directory, a learn run's published E, or a store
+    namespace."""
     if ctx.library:
         path = Path(ctx.library)
         if path.is_dir():
@@ -95,6 +97,10 @@ def inference_experiences(ctx: Context, store: BaseStore | None) -> str:
             except (ValueError, KeyError, TypeError) as exc:
                 raise ConfigError(f"{path}: not an experience library ({exc})") from None
         return _library_cache[key]
+    if ctx.library_run:
+        if store is None:
+            raise ConfigError("library_run needs a LangGraph store (the server's, or --db)")
+        return render_library(published_library(store, ctx.library_run))
     if ctx.library_namespace:
         if store is None:
             raise ConfigError("library_namespace needs a LangGraph store")
@@ -120,6 +126,7 @@ def tool_schema(tool: BaseTool | dict[str, Any]) -> dict[str, Any]:
 
 
 CALLS_KEY = "tfgrpo_calls"  # configurable key: a list that collects the ledger records of the policy
+LEDGER_KEY = "tfgrpo_ledger"  # configurable key: the ledger of the run a detached agent run belongs to
 NODE_KEY = "tfgrpo_node"  # configurable key: the node those records are booked under (default rollout)
 
 
@@ -175,7 +182,7 @@ class PolicyMiddleware(AgentMiddleware[PolicyState, Context]):
                 model=model, system_message=SystemMessage(prompt), tools=tools, model_settings=settings
             ),
             spec=spec,
-            ledger=current_ledger(ctx.max_concurrency),
+            ledger=configurable.get(LEDGER_KEY) or current_ledger(ctx.max_concurrency),
             reserve_in=reserve_tokens([SystemMessage(prompt), *request.messages], schemas),
             reserve_out=ctx.max_tokens,
             sink=configurable.get(CALLS_KEY),
@@ -286,7 +293,12 @@ def run_policy(
     messages: list[BaseMessage] = [HumanMessage(question)]
     records: list[CallRecord] = []
     config: RunnableConfig = {
-        "configurable": {"tfgrpo_seed": seed, CALLS_KEY: records, NODE_KEY: node},
+        "configurable": {
+            "tfgrpo_seed": seed,
+            CALLS_KEY: records,
+            NODE_KEY: node,
+            LEDGER_KEY: current_ledger(ctx.max_concurrency),  # the caller's run: the agent runs detached
+        },
         "recursion_limit": 4 * ctx.max_model_calls + 8,
         "callbacks": parent_callbacks(),  # traces nest the run under the calling node
     }

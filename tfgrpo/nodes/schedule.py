@@ -13,6 +13,7 @@ from __future__ import annotations
 import math
 import random
 import uuid
+from dataclasses import replace
 from typing import Any
 
 from langgraph.graph import END
@@ -25,6 +26,7 @@ from tfgrpo.data import dataset_fingerprint, load_dataset
 from tfgrpo.errors import ConfigError, DataError
 from tfgrpo.nodes._llm import context_of, store_of
 from tfgrpo.nodes._prompts import validate_prompts
+from tfgrpo.nodes.publish import LATEST, library_namespace, publish_library
 from tfgrpo.state.graph_state import LearnState
 from tfgrpo.state.library import empty_library
 from tfgrpo.state.types import Query, StepReport
@@ -59,6 +61,13 @@ def batches_per_epoch(n_queries: int, batch_size: int) -> int:
     return math.ceil(n_queries / max(1, batch_size))
 
 
+def run_context(state: LearnState, runtime: Runtime[Context]) -> Context:
+    """The run's settings; a dataset given as graph input (Studio's learn form) replaces the context's."""
+    ctx = context_of(runtime)
+    dataset = state.get("dataset")
+    return replace(ctx, dataset=dataset) if dataset and dataset != ctx.dataset else ctx
+
+
 def check_resume(values: dict[str, Any], ctx: Context, queries: list[Query]) -> None:
     """Raise a one-line error when a run would continue with another dataset or other settings."""
     fingerprint = values.get("dataset_fingerprint")
@@ -73,14 +82,27 @@ def check_resume(values: dict[str, Any], ctx: Context, queries: list[Query]) -> 
 
 
 def start(state: LearnState, runtime: Runtime[Context]) -> dict[str, Any]:
-    ctx = context_of(runtime)
+    ctx = run_context(state, runtime)
     validate_prompts(ctx.prompts)  # a bad prompt override fails before any call
     queries = training_queries(ctx)
     if not queries:
         raise DataError(f"{ctx.dataset}: no rows")
     check_resume(dict(state), ctx, queries)
+    run_id = state.get("run_id")
+    store = runtime.store
+    # a run id given as input names one run: a new thread must not mix its results with another's
+    if (
+        run_id
+        and not state.get("step")
+        and store is not None
+        and store.get(library_namespace(run_id), LATEST)
+    ):
+        raise ConfigError(
+            f"run id {run_id!r} is taken: that run has already published E; continue its thread "
+            "(run it again with no input) or pick another run_id"
+        )
     return {
-        "run_id": state.get("run_id") or uuid.uuid4().hex,
+        "run_id": run_id or uuid.uuid4().hex,
         "seed": state.get("seed", 0),
         "library": state.get("library") or empty_library(),
         "epoch": state.get("epoch", 0),
@@ -95,7 +117,7 @@ def start(state: LearnState, runtime: Runtime[Context]) -> dict[str, Any]:
 
 
 def select_batch(state: LearnState, runtime: Runtime[Context]) -> dict[str, Any]:
-    ctx = context_of(runtime)
+    ctx = run_context(state, runtime)
     order = epoch_order(
         training_queries(ctx),
         state.get("seed", 0),
@@ -107,7 +129,14 @@ def select_batch(state: LearnState, runtime: Runtime[Context]) -> dict[str, Any]
 
 
 def advance(state: LearnState, runtime: Runtime[Context]) -> dict[str, Any]:
-    ctx = context_of(runtime)
+    ctx = run_context(state, runtime)
+    # E after this step (after any validation rollback), where inference and eval find it by run id
+    publish_library(
+        store_of(runtime),
+        state.get("run_id", ""),
+        state.get("step", 0),
+        state.get("library") or empty_library(),
+    )
     n_batches = batches_per_epoch(len(training_queries(ctx)), ctx.batch_size)
     epoch, batch_index = state.get("epoch", 0), state.get("batch_index", 0) + 1
     if batch_index >= n_batches:
@@ -120,11 +149,15 @@ def advance(state: LearnState, runtime: Runtime[Context]) -> dict[str, Any]:
             dict(report),
             index=False,
         )
+    done = epoch >= ctx.epochs
+    # the whole history enters state once, in the last checkpoint only (the run's output, e.g. in Studio)
+    final = {"history": step_history(store_of(runtime), state.get("run_id", ""))} if done else {}
     return {
         "step": state.get("step", 0) + 1,
         "epoch": epoch,
         "batch_index": batch_index,
-        "done": epoch >= ctx.epochs,
+        "done": done,
+        **final,
         # per-step channels: cleared so the checkpoint stays the same size whatever B x G is
         **cleared_step_channels(),
     }

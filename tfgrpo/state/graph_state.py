@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import operator
-from typing import Annotated, NotRequired
+from typing import Annotated, Any, NotRequired
 
 from typing_extensions import TypedDict
 
@@ -46,9 +46,11 @@ class LearnState(StepState):
     (:func:`tfgrpo.nodes.schedule.step_history`): in state, every checkpoint would grow with the steps."""
 
     seed: NotRequired[int]
+    dataset: NotRequired[str]  # given as input (Studio): replaces the context's dataset
     dataset_fingerprint: NotRequired[str]
     settings_fingerprint: NotRequired[str]
     done: NotRequired[bool]
+    history: NotRequired[list[StepReport]]  # written once, by the last ``advance`` (the run's output)
     # validation-gated updates (optional): E at the start of the step, and the held-out runs
     library_before: NotRequired[Library]
     validation: NotRequired[Annotated[list[ValidationRun], operator.add]]
@@ -67,3 +69,70 @@ class EvalState(TypedDict):
     # instead of library/baseline: arms that each inject their own E (store keys), e.g. leave-one-out
     arm_libraries: NotRequired[dict[str, str]]
     results: NotRequired[Annotated[list[AttemptResult], operator.add]]
+    # given as input (Studio): replace the context's dataset / library; baseline adds the no-E arm
+    dataset: NotRequired[str]
+    library: NotRequired[str]
+    baseline: NotRequired[bool]
+    # the scores, once every run is done
+    metrics: NotRequired[dict[str, Any]]
+    comparison: NotRequired[dict[str, Any] | None]
+    per_question: NotRequired[list[dict[str, Any]]]
+
+
+# What a LangGraph Studio user gives and gets (the graphs' input_schema / output_schema in langgraph.json;
+# the CLI drives the same graphs with their full state). Settings (model, sizes, budget...) are context.
+
+
+class StepInput(TypedDict):
+    """One GRPO step: a batch of questions (id, question, answer), E before it (default: empty), and a
+    run id (default: a new one; the step's results are kept in the store under it)."""
+
+    batch: list[Query]
+    library: NotRequired[Library]
+    run_id: NotRequired[str]
+
+
+class StepOutput(TypedDict):
+    """E after the step and the step's report."""
+
+    library: NotRequired[Library]
+    report: NotRequired[StepReport]
+
+
+class LearnInput(TypedDict):
+    """Learn an experience library. All optional: the context's dataset, seed 0, a new run id."""
+
+    dataset: NotRequired[str]
+    seed: NotRequired[int]
+    run_id: NotRequired[str]
+
+
+class LearnOutput(TypedDict):
+    """The run id (E is published under it), the library E and the per-step report."""
+
+    run_id: NotRequired[str]
+    library: NotRequired[Library]
+    history: NotRequired[list[StepReport]]
+    done: NotRequired[bool]
+
+
+class EvalInput(TypedDict):
+    """Mean@k / Pass@k of the agent on ``dataset`` (default: the context's), k runs per question, with E
+    from ``library`` (library.json, a run directory, or a learn run's id) and, with ``baseline`` (default
+    true), without E on the same seeds."""
+
+    dataset: NotRequired[str]
+    library: NotRequired[str]
+    k: NotRequired[int]
+    baseline: NotRequired[bool]
+    seed: NotRequired[int]
+
+
+class EvalOutput(TypedDict):
+    """Per arm: Mean@k with its 95% CI, Pass@k, failures, cost; the paired library-vs-baseline CI; and a
+    row per question."""
+
+    eval_id: NotRequired[str]
+    metrics: NotRequired[dict[str, Any]]
+    comparison: NotRequired[dict[str, Any] | None]
+    per_question: NotRequired[list[dict[str, Any]]]

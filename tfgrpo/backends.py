@@ -1,0 +1,161 @@
+"""Where a run's checkpoints and store live: ``--db URL`` / ``$TFGRPO_DATABASE_URL``.
+
+* nothing given: the run directory's own SQLite files (``checkpoints.sqlite``, ``store.sqlite``), one
+  run per directory, thread ``learn`` / ``eval`` as always;
+* a file path (or ``sqlite:///PATH``): one SQLite file that several runs share;
+* a ``postgresql://`` URL: ``PostgresSaver`` + ``PostgresStore`` (``pip install 'tfgrpo[postgres]'``),
+  tables created on first use; several machines can share it, each running its own runs.
+
+In a shared database every run is keyed by its run id (``--run-id``, default: the run directory's name):
+its checkpoint threads are ``RUN_ID/learn`` (``RUN_ID/eval``), its store items live under
+``("tfgrpo", RUN_ID, ...)``. The same run id on another machine resumes the run, with its budget: the
+ledger is rebuilt from the result memo in the store (:func:`tfgrpo.learner.spent_so_far`).
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from collections.abc import Iterator
+from contextlib import AbstractContextManager, ExitStack, contextmanager, nullcontext
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from tfgrpo.errors import ConfigError
+
+if TYPE_CHECKING:
+    from langgraph.store.base import BaseStore
+
+ENV_VAR = "TFGRPO_DATABASE_URL"
+POSTGRES_SCHEMES = ("postgresql://", "postgres://")
+POSTGRES_HINT = "PostgreSQL support is an extra: pip install 'tfgrpo[postgres]'"
+
+
+def database_url(flag: str | None) -> str:
+    """``--db`` if given, else ``$TFGRPO_DATABASE_URL``, else "" (the run directory's SQLite files)."""
+    return (flag or os.environ.get(ENV_VAR, "")).strip()
+
+
+def is_postgres(url: str) -> bool:
+    return url.startswith(POSTGRES_SCHEMES)
+
+
+def redacted(url: str) -> str:
+    """The URL without its password, for messages and run.json."""
+    return re.sub(r"(://[^:/@]+):[^@/]*@", r"\1:***@", url)
+
+
+def check_run_id(run_id: str) -> str:
+    if not run_id or "/" in run_id or len(run_id) > 200:
+        raise ConfigError(f"run id {run_id!r}: expected 1-200 characters without '/'")
+    return run_id
+
+
+@dataclass
+class Backend:
+    """A checkpointer and a store for one run, plus what differs per database: pruning and the lock."""
+
+    kind: str  # "sqlite" | "postgres"
+    saver: Any
+    store: BaseStore
+    run_id: str
+    shared: bool  # several runs in one database: threads are prefixed with the run id
+    url: str = ""
+    _stack: ExitStack = field(default_factory=ExitStack, repr=False)
+
+    def thread(self, name: str) -> str:
+        """The checkpoint thread ``name`` of this run (``learn``, ``eval``, ``eval-retry1``...)."""
+        return f"{self.run_id}/{name}" if self.shared else name
+
+    def prune(self, thread_id: str, latest_checkpoint_id: str) -> int:
+        """Delete the thread's checkpoints older than ``latest_checkpoint_id`` (resume needs the latest);
+        returns how many went (0 when the backend does not say)."""
+        if self.kind == "postgres":
+            prune_postgres(self.saver, thread_id)
+            return 0
+        from tfgrpo.runs import prune_checkpoints
+
+        return prune_checkpoints(self.saver, thread_id, latest_checkpoint_id)
+
+    def lock(self) -> AbstractContextManager[Any]:
+        """Held while the run runs: a second process on the same run is refused. PostgreSQL: a session
+        advisory lock (released by the server if the process dies). SQLite: the run directory's file lock
+        is the caller's (``tfgrpo.runlock``)."""
+        if self.kind == "postgres":
+            from tfgrpo.pglock import PostgresRunLock
+
+            return PostgresRunLock(self.url, self.run_id)
+        return nullcontext()
+
+    def close(self) -> None:
+        self._stack.close()
+
+
+def _sqlite_path(url: str) -> Path:
+    return Path(url[len("sqlite:///") :] if url.startswith("sqlite:///") else url)
+
+
+@contextmanager
+def open_backend(
+    url: str, *, local_dir: Path, run_id: str, local_option: str = "--run-dir"
+) -> Iterator[Backend]:
+    """Open (and set up on first use) the database for run ``run_id``; ``local_dir`` holds the default
+    SQLite files when ``url`` is empty."""
+    from tfgrpo.runs import open_checkpointer, open_store
+
+    stack = ExitStack()
+    try:
+        if is_postgres(url):
+            backend = _open_postgres(url, run_id, stack)
+        else:
+            if url:
+                path = _sqlite_path(url)
+                path.parent.mkdir(parents=True, exist_ok=True)
+                saver_file, store_file, option = path, path, "--db"
+            else:
+                local_dir.mkdir(parents=True, exist_ok=True)
+                saver_file, store_file = local_dir / "checkpoints.sqlite", local_dir / "store.sqlite"
+                option = local_option  # the flag that names local_dir, for one-line errors
+            # one transaction per saver call and per batch of store puts, WAL (tfgrpo.runs)
+            saver = open_checkpointer(saver_file, option=option)
+            stack.callback(saver.conn.close)
+            store = open_store(store_file, option=option)
+            stack.callback(store.conn.close)
+            backend = Backend("sqlite", saver, store, check_run_id(run_id), bool(url), url, stack)
+        yield backend
+    finally:
+        stack.close()
+
+
+def _open_postgres(url: str, run_id: str, stack: ExitStack) -> Backend:
+    try:
+        import psycopg
+        from langgraph.checkpoint.postgres import PostgresSaver
+        from langgraph.store.postgres import PostgresStore
+    except ImportError:
+        raise ConfigError(POSTGRES_HINT) from None
+    try:
+        saver = stack.enter_context(PostgresSaver.from_conn_string(url))
+        store = stack.enter_context(PostgresStore.from_conn_string(url))
+        saver.setup()  # creates or migrates the tables: safe on every start
+        store.setup()
+    except psycopg.Error as exc:
+        raise ConfigError(f"{redacted(url)}: cannot use the database ({_first_line(exc)})") from None
+    return Backend("postgres", saver, store, check_run_id(run_id), True, url, stack)
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__
+
+
+def prune_postgres(saver: Any, thread_id: str) -> None:
+    """:func:`tfgrpo.runs.prune_checkpoints` for PostgreSQL: ``PostgresSaver.prune`` keeps the latest
+    checkpoint with its pending writes and blobs, in one transaction on a snapshot of the thread."""
+    saver.prune([thread_id], strategy="keep_latest")
+
+
+def count_checkpoints(backend: Backend, thread_id: str) -> int:
+    """How many checkpoints a thread keeps (for tests and ``--keep-checkpoints`` checks)."""
+    return sum(1 for _ in backend.saver.list({"configurable": {"thread_id": thread_id}}))
