@@ -29,8 +29,9 @@ class ModelSettings:
 
 ProviderFactory = Callable[[str, ModelSettings], BaseChatModel]
 
-# With no model configured, tfgrpo uses SmolLM2-135M-Instruct served locally by llama.cpp.
-DEFAULT_MODEL = "local:smollm2-135m-instruct"
+# With no model configured, tfgrpo uses Qwen2.5-Coder-0.5B-Instruct served locally by llama.cpp
+# (tfgrpo.local_model.EMBEDDED_MODELS lists the local:NAME models).
+DEFAULT_MODEL = "local:qwen2.5-coder-0.5b-instruct"
 
 
 def resolve_spec(spec: str) -> str:
@@ -83,8 +84,8 @@ def _local(name: str, settings: ModelSettings) -> BaseChatModel:
 
     from tfgrpo.local_model import get_local_server, require_runtime
 
-    require_runtime()  # one-line error with the install command when the runtime is missing
-    server = get_local_server()
+    require_runtime(name)  # one-line error with the install command when the runtime or weights are missing
+    server = get_local_server(name)
     return ChatOpenAI(
         model=server.model_name,
         base_url=server.base_url,
