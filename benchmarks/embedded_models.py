@@ -52,7 +52,10 @@ WORD_PROBLEMS: list[tuple[str, str]] = [
     ("A bus carries 42 people; 17 get off and 9 get on. How many people are on the bus now?", "34"),
     ("Lena saves 12 dollars a week. After 9 weeks she spends 40 dollars. How much has she left?", "68"),
     ("A pack holds 6 bottles. How many bottles are in 11 packs plus 4 loose bottles?", "70"),
-    ("A rope is 90 m long. It is cut into 6 equal pieces and 2 pieces are used. How many metres remain?", "60"),
+    (
+        "A rope is 90 m long. It is cut into 6 equal pieces and 2 pieces are used. How many metres remain?",
+        "60",
+    ),
     ("Each box has 24 pencils. A school orders 5 boxes and hands out 87 pencils. How many are left?", "33"),
     ("A car uses 8 litres of fuel per 100 km. How many litres does it use for 350 km?", "28"),
     ("Jo buys 3 kg of rice at 4 dollars per kg and 2 kg of beans at 5 dollars per kg. Total cost?", "22"),
@@ -136,7 +139,9 @@ def agent_runs(spec: str, domain: str, n: int, max_tokens: int) -> tuple[float, 
     for i, (question, answer) in enumerate(WORD_PROBLEMS[:n]):
         messages, error, _calls = run_policy(ctx, question, "", seed=1000 + i, node="benchmark")
         if error is None:
-            final = next((m for m in reversed(messages) if isinstance(m, AIMessage) and not m.tool_calls), None)
+            final = next(
+                (m for m in reversed(messages) if isinstance(m, AIMessage) and not m.tool_calls), None
+            )
             right += math_reward(str(final.content) if final else "", answer) == 1.0
         tooled += any(isinstance(m, AIMessage) and m.tool_calls for m in messages)
     return right / n, tooled / n, (time.monotonic() - started) / n
@@ -149,11 +154,15 @@ def structured_validity(spec: str, max_tokens: int) -> tuple[float, float, float
     results: dict[str, list[tuple[bool, bool]]] = {"extract": [], "update": []}
     proposals = []
     for question, answer, attempts in GROUPS:
-        text = "\n\n".join(f"--- Attempt {i + 1} (reward {r:g}) ---\n{s}" for i, (r, s) in enumerate(attempts))
+        text = "\n\n".join(
+            f"--- Attempt {i + 1} (reward {r:g}) ---\n{s}" for i, (r, s) in enumerate(attempts)
+        )
         messages = [
             SystemMessage(extract.SYSTEM_PROMPT.format(k=2)),
             HumanMessage(
-                extract.USER_TEMPLATE.format(question=question, answer=answer, library="(empty)", attempts=text)
+                extract.USER_TEMPLATE.format(
+                    question=question, answer=answer, library="(empty)", attempts=text
+                )
             ),
         ]
         ok, repaired, parsed = _structured(model, extract.ExtractedExperiences, messages)

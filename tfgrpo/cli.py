@@ -49,11 +49,8 @@ PRESETS: dict[str, dict[str, Any]] = {
     },
 }
 # The held-out evaluation `tfgrpo learn` runs after learning (E against the baseline, paired): by default
-# only on the embedded model, where it makes the README's main job show whether learning helped.
-HELDOUT_PRESETS: dict[str, tuple[str, int]] = {
-    "model": ("", 4),
-    "embedded": (EMBEDDED_HELDOUT, 4),
-}
+# only when no model is given, where it makes the README's main job show whether learning helped.
+HELDOUT_K = 4
 
 
 def embedded_note(model: str, doing: str = "learning") -> str:
@@ -151,7 +148,7 @@ def _add_learn_args(p: argparse.ArgumentParser, *, demo: bool) -> None:
             "--heldout",
             default=None,
             help="after learning, evaluate E against the baseline on this held-out set (paired; results in "
-            "RUN_DIR/heldout); '' = none (default: none, or the embedded main job's held-out set)",
+            "RUN_DIR/heldout); '' = none (default: none; with no model given, the main job's held-out set)",
         )
         p.add_argument("--heldout-k", type=int, default=None, help="runs per held-out question and arm (4)")
     p.add_argument(
@@ -301,20 +298,22 @@ def is_embedded(model: str) -> bool:
     return resolve_model(model).startswith("local:")
 
 
-def cmd_heldout(args: argparse.Namespace, ctx: Context, preset: str) -> int:
+def cmd_heldout(args: argparse.Namespace, ctx: Context, *, default: str) -> int:
     """After learning: E against the same model without it on a held-out set, paired (``tfgrpo eval
     --baseline``), so one command shows whether learning helped."""
     from dataclasses import replace
 
     from tfgrpo.evaluator import run_eval
 
-    dataset = args.heldout if args.heldout is not None else HELDOUT_PRESETS[preset][0]
+    dataset = args.heldout if args.heldout is not None else default
     if not dataset:
         return 0
-    k = args.heldout_k or HELDOUT_PRESETS[preset][1]
+    k = args.heldout_k or HELDOUT_K
     run_dir = Path(args.run_dir)
     eval_ctx = replace(ctx, dataset=dataset, library=str(run_dir), validation="")
-    print(f"\nheld-out evaluation: E against the baseline (same model without E), paired, k={k}, on {dataset}")
+    print(
+        f"\nheld-out evaluation: E against the baseline (same model without E), paired, k={k}, on {dataset}"
+    )
     started = time.monotonic()
     code = run_eval(
         eval_ctx,
@@ -508,7 +507,11 @@ def main(argv: list[str] | None = None) -> int:
                 print(embedded_note(resolve_model(args.model)), flush=True)
             ctx = context_from_args(args, preset=preset)
             code = cmd_learn(args, ctx)
-            return cmd_heldout(args, ctx, preset) if code == 0 else code
+            return (
+                cmd_heldout(args, ctx, default=EMBEDDED_HELDOUT if not args.model else "")
+                if code == 0
+                else code
+            )
         if args.command == "demo":
             return cmd_demo(args)
         if args.command == "infer":

@@ -142,6 +142,8 @@ def embedded_model(name: str) -> EmbeddedModel:
     if model is None:
         raise ConfigError(f"unknown embedded model 'local:{name}' (available: {', '.join(EMBEDDED_MODELS)})")
     return model
+
+
 _SERVER_DEPS = ("llama_cpp", "uvicorn", "fastapi", "sse_starlette", "starlette_context", "pydantic_settings")
 # environment variables llama_cpp.server reads in preference to (or instead of) its command line
 _SCRUBBED_ENV = ("HOST", "PORT", "CONFIG_FILE")
@@ -150,7 +152,8 @@ _SCRUBBED_ENV = ("HOST", "PORT", "CONFIG_FILE")
 # server or died); register CHAT_FORMAT (chatml-function-calling plus: the request's ``seed`` is honoured,
 # ``tool_choice="required"`` with one tool forces it instead of failing with HTTP 500, a streamed tool
 # call names its function once instead of in every chunk); then run llama_cpp.server's own entry point.
-_BOOTSTRAP = """\
+_BOOTSTRAP = (
+    """\
 import os, sys, threading
 def _watch():
     try:
@@ -188,8 +191,8 @@ def _name_once(chunks):
                     seen = True
             named = named or seen
         yield chunk
-import json, re, uuid
-_TOOL_CALL = re.compile(r"<tool_call>\\s*(.*?)\\s*(?:</tool_call>|$)", re.S)
+sys.path.insert(0, __TFGRPO_ROOT__)  # the tfgrpo the parent runs
+from tfgrpo.llama_tools import as_chunks, plain_message, with_tool_calls
 _TEMPLATE = {}
 @fmt.register_chat_completion_handler(__QWEN_FORMAT__)
 def _qwen(*, llama, messages, seed=None, tools=None, tool_choice=None, stream=False, **kwargs):
@@ -202,78 +205,27 @@ def _qwen(*, llama, messages, seed=None, tools=None, tool_choice=None, stream=Fa
         llama.reset()
     if seed is not None:
         llama.set_seed(seed)
-    if "h" not in _TEMPLATE:
+    if "h" not in _TEMPLATE:  # the GGUF's own chat template
         formatter = fmt.Jinja2ChatFormatter(
             template=llama.metadata["tokenizer.chat_template"], eos_token="<|im_end|>", bos_token="")
         _TEMPLATE["h"] = fmt.chat_formatter_to_chat_completion_handler(formatter)
     offered = tools if tools and tool_choice != "none" else None
     for key in ("functions", "function_call"):
         kwargs.pop(key, None)
-    kwargs["stop"] = [*([kwargs["stop"]] if isinstance(kwargs.get("stop"), str) else kwargs.get("stop") or []),
-                      "<|endoftext|>"]
-    out = _TEMPLATE["h"](llama=llama, messages=[_plain(m) for m in messages], tools=offered, stream=False,
-                         **kwargs)
+    stop = kwargs.get("stop") or []
+    kwargs["stop"] = [*([stop] if isinstance(stop, str) else stop), "<|endoftext|>"]
+    out = _TEMPLATE["h"](llama=llama, messages=[plain_message(m) for m in messages], tools=offered,
+                         stream=False, **kwargs)
     if offered:
-        _parse_calls(out, {t["function"]["name"] for t in offered})
-    return _chunks(out) if stream else out
-def _plain(message):
-    # what the Jinja template can render: text content, tool-call arguments as objects
-    m = dict(message)
-    content = m.get("content")
-    if isinstance(content, list):
-        content = "".join(p.get("text", "") for p in content if isinstance(p, dict))
-    m["content"] = content or ""
-    calls = []
-    for call in m.get("tool_calls") or []:
-        fn = dict(call.get("function") or {})
-        try:
-            fn["arguments"] = json.loads(fn.get("arguments") or "{}")
-        except (TypeError, ValueError):
-            pass
-        calls.append({**call, "function": fn})
-    if calls:
-        m["tool_calls"] = calls
-    return m
-def _parse_calls(out, names):
-    choice = out["choices"][0]
-    text = choice["message"].get("content") or ""
-    found, spans = [], []
-    blocks = list(_TOOL_CALL.finditer(text))
-    if not blocks and text.strip().startswith("{"):  # a bare JSON call without its tags
-        blocks = [re.match(r"\\s*(.*?)\\s*$", text, re.S)]
-    for m in blocks:
-        try:
-            obj = json.loads(m.group(1))
-        except ValueError:
-            continue
-        if not isinstance(obj, dict) or obj.get("name") not in names:
-            continue
-        args = obj.get("arguments", obj.get("parameters", {}))
-        found.append({"id": "call_" + uuid.uuid4().hex[:24], "type": "function",
-                      "function": {"name": obj["name"],
-                                   "arguments": args if isinstance(args, str) else json.dumps(args)}})
-        spans.append(m.span())
-    if not found:
-        return
-    for start, end in reversed(spans):
-        text = text[:start] + text[end:]
-    choice["message"]["content"] = text.strip() or None
-    choice["message"]["tool_calls"] = found
-    choice["finish_reason"] = "tool_calls"
-def _chunks(out):
-    base = {k: out[k] for k in ("id", "created", "model")}
-    base["object"] = "chat.completion.chunk"
-    msg = out["choices"][0]["message"]
-    def chunk(delta, finish=None):
-        return {**base, "choices": [{"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish}]}
-    yield chunk({"role": "assistant", "content": msg.get("content") or ""})
-    for i, call in enumerate(msg.get("tool_calls") or []):
-        yield chunk({"tool_calls": [{"index": i, **call}]})
-    yield {**chunk({}, out["choices"][0]["finish_reason"]), "usage": out.get("usage")}
+        out = with_tool_calls(out, offered)
+    return as_chunks(out) if stream else out
 sys.argv = ["llama_cpp.server", *[a for a in sys.argv[1:] if a != "--tfgrpo_fresh_prompt"]]
 from llama_cpp.server.__main__ import main
 main()
-""".replace("__CHAT_FORMAT__", repr(CHAT_FORMAT)).replace("__QWEN_FORMAT__", repr(QWEN_CHAT_FORMAT))
+""".replace("__CHAT_FORMAT__", repr(CHAT_FORMAT))
+    .replace("__QWEN_FORMAT__", repr(QWEN_CHAT_FORMAT))
+    .replace("__TFGRPO_ROOT__", repr(str(Path(__file__).resolve().parents[1])))
+)
 
 
 class LocalModelError(TfgrpoError):

@@ -26,7 +26,9 @@ def test_missing_local_runtime_is_a_one_line_error_with_the_install_command(
 
 
 def test_unknown_embedded_model_is_a_one_line_error() -> None:
-    with pytest.raises(ConfigError, match=r"unknown embedded model 'local:nope' \(available: qwen2.5-coder-0.5b"):
+    with pytest.raises(
+        ConfigError, match=r"unknown embedded model 'local:nope' \(available: qwen2.5-coder-0.5b"
+    ):
         get_model(ModelSettings(spec="local:nope", temperature=0.5))
 
 

@@ -142,7 +142,9 @@ def test_an_interrupted_assembly_leaves_nothing(
 
 
 def test_the_cli_prints_one_line_for_a_missing_part(
-    split: tuple[SplitWeights, Path, Path], monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+    split: tuple[SplitWeights, Path, Path],
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
 ) -> None:
     from dataclasses import replace
 
