@@ -9,6 +9,7 @@ it bare, so every JSON object that names an offered tool and carries arguments c
 
 from __future__ import annotations
 
+import contextlib
 import json
 import re
 import uuid
@@ -88,10 +89,8 @@ def plain_message(message: dict[str, Any]) -> dict[str, Any]:
     calls = []
     for call in m.get("tool_calls") or []:
         fn = dict(call.get("function") or {})
-        try:
+        with contextlib.suppress(TypeError, ValueError):
             fn["arguments"] = json.loads(fn.get("arguments") or "{}")
-        except (TypeError, ValueError):
-            pass
         calls.append({**call, "function": fn})
     if calls:
         m["tool_calls"] = calls

