@@ -19,9 +19,9 @@ if TYPE_CHECKING:
     from tfgrpo.ledger import Ledger
 
 # The embedded default model's main job: learn on one reasoning-gym set, evaluate on another of the same
-# kind (other seed: other questions). Chosen so Qwen2.5-Coder-0.5B scores in the middle (see README).
-EMBEDDED_TRAIN = "rg:basic_arithmetic:size=24:seed=1"
-EMBEDDED_HELDOUT = "rg:basic_arithmetic:size=50:seed=2"
+# kind (items are seeded seed + index: a far-away seed gives other questions; seed=2 would repeat 7 of 8).
+EMBEDDED_TRAIN = "rg:basic_arithmetic:size=8:seed=1:max_terms=3:max_digits=2"
+EMBEDDED_HELDOUT = "rg:basic_arithmetic:size=50:seed=1000:max_terms=3:max_digits=2"
 
 # Sizes used when not given: the paper's shape for a configured model, something that finishes in minutes
 # on a CPU for the embedded 135M model, and a small run for the scripted demo.
@@ -36,9 +36,9 @@ PRESETS: dict[str, dict[str, Any]] = {
     "embedded": {
         "dataset": EMBEDDED_TRAIN,
         "epochs": 1,
-        "batch_size": 6,
+        "batch_size": 4,
         "group_size": 4,
-        "max_tokens": 256,
+        "max_tokens": 160,
     },
     "demo": {
         "dataset": "rg:basic_arithmetic:size=20:seed=1",
