@@ -302,13 +302,15 @@ def _tail(path: Path, n: int = 3) -> str:
 class LocalModelServer:
     """``llama_cpp.server`` serving a GGUF model on a free localhost port, in a child process group.
 
-    ``model_path`` defaults to :func:`find_gguf`; ``chat_format=None`` lets the server pick the GGUF's own
+    ``model_name`` is the server's model alias; a name in :data:`EMBEDDED_MODELS` also brings that model's
+    weights (``model_path`` defaults to them, assembled and verified on first use), chat format and context
+    size (default: SmolLM2, the fastest); ``chat_format=None`` lets the server pick the GGUF's own
     template; ``seed`` seeds requests that send none; ``prompt_cache=False`` (our chat format only) drops the
     KV prefix before each request; ``log_dir`` keeps ``llama-server.log`` there (else a temp file, removed
     by :meth:`stop`); ``extra_args`` are appended to the server's command line.
 
-    >>> with LocalModelServer() as server:          # doctest: +SKIP
-    ...     ChatOpenAI(model=server.model_name, base_url=server.base_url, api_key="not-needed")
+    >>> with LocalModelServer(model_name="qwen2.5-coder-0.5b-instruct") as server:   # doctest: +SKIP
+    ...     local_chat_model(server.base_url, server.model_name, temperature=0.7, max_tokens=256, timeout=120)
     """
 
     def __init__(
