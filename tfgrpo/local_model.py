@@ -276,7 +276,11 @@ def require_runtime(name: str = MODEL_NAME) -> Path:
 def _default_threads() -> int:
     """Half the usable cores, at most 4. ggml's threads spin-wait on each other: with as many threads as
     cores, one busy neighbour process (a test run, a tool subprocess) made requests ~100x slower on a
-    2-core machine (0.5 s -> 40-120 s), while one thread there was unaffected."""
+    2-core machine (0.5 s -> 40-120 s), while one thread there was unaffected. ``$TFGRPO_LLAMA_THREADS``
+    overrides it (e.g. 2 on an otherwise idle 2-core machine)."""
+    with contextlib.suppress(ValueError):
+        if int(os.environ.get("TFGRPO_LLAMA_THREADS", "0")) > 0:
+            return int(os.environ["TFGRPO_LLAMA_THREADS"])
     try:
         cores = len(os.sched_getaffinity(0))
     except AttributeError:  # not Linux
