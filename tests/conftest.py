@@ -12,11 +12,13 @@ from pathlib import Path
 
 import pytest
 
-from tfgrpo.local_model import INSTALL_HINT, llama_server_available
+from tfgrpo.errors import ConfigError
+from tfgrpo.local_model import INSTALL_HINT, QWEN_05B, llama_server_available
 from tfgrpo.models import register_provider
 from tfgrpo.testing.fake_openai import FakeOpenAIServer, request_key
 from tfgrpo.testing.responders import grpo_responder
 from tfgrpo.testing.scripted import ScriptedChatModel
+from tfgrpo.weights import locate_parts
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED_DATA = REPO.parent / "shared" / "data"
@@ -61,6 +63,26 @@ needs_embedded_model = [
         bool(_EMBEDDED_MISSING) or not llama_server_available(),
         reason="embedded model runtime not installed "
         f"({', '.join(_EMBEDDED_MISSING) or 'llama_cpp.server deps'}): {INSTALL_HINT}",
+    ),
+]
+
+
+def _qwen_missing() -> str:
+    try:
+        locate_parts(QWEN_05B)
+    except ConfigError as exc:
+        return str(exc)
+    return ""
+
+
+_QWEN_MISSING = _qwen_missing()
+# for tests of the default embedded model (Qwen2.5-Coder-0.5B): its runtime and its part wheels
+needs_qwen = [
+    pytest.mark.embedded,
+    pytest.mark.skipif(
+        not llama_server_available() or bool(_QWEN_MISSING),
+        reason=f"embedded Qwen model not installed ({_QWEN_MISSING or 'llama_cpp.server deps'}): "
+        f"{INSTALL_HINT}",
     ),
 ]
 

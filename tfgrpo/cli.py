@@ -8,6 +8,7 @@ import signal
 import sqlite3
 import sys
 import tempfile
+import time
 from dataclasses import asdict
 from pathlib import Path
 from types import FrameType
@@ -19,6 +20,11 @@ from tfgrpo.errors import TfgrpoError
 
 if TYPE_CHECKING:
     from tfgrpo.ledger import Ledger
+
+# The embedded default model's main job: learn on one reasoning-gym set, evaluate on another of the same
+# kind (items are seeded seed + index: a far-away seed gives other questions; seed=2 would repeat 7 of 8).
+EMBEDDED_TRAIN = "rg:basic_arithmetic:size=8:seed=1:max_terms=3:max_digits=2"
+EMBEDDED_HELDOUT = "rg:basic_arithmetic:size=50:seed=1000:max_terms=3:max_digits=2"
 
 # Sizes used when not given: the paper's shape for a configured model, something that finishes in minutes
 # on a CPU for the embedded 135M model, and a small run for the scripted demo.
@@ -32,13 +38,12 @@ PRESETS: dict[str, dict[str, Any]] = {
         "learner_max_tokens": 4096,
     },
     "embedded": {
-        # one-digit, two-term sums: within reach of a 135M model often enough for groups to differ
-        "dataset": "rg:basic_arithmetic:size=6:seed=1:max_terms=2:max_digits=1",
-        "epochs": 2,
-        "batch_size": 3,
+        "dataset": EMBEDDED_TRAIN,
+        "epochs": 1,
+        "batch_size": 4,
         "group_size": 4,
-        "max_tokens": 256,
-        "learner_max_tokens": 256,
+        "max_tokens": 160,
+        "learner_max_tokens": 256,  # extract / update need room for their JSON
     },
     "demo": {
         "dataset": "rg:basic_arithmetic:size=20:seed=1",
@@ -49,11 +54,26 @@ PRESETS: dict[str, dict[str, Any]] = {
         "learner_max_tokens": 4096,
     },
 }
-EMBEDDED_NOTE = (
-    "no model given: learning with the embedded SmolLM2-135M-Instruct, served offline by llama.cpp on\n"
-    "127.0.0.1 and reached through langchain-openai like any hosted model. A 135M model demonstrates the\n"
-    "pipeline; it does not learn much. Pass --model openai:NAME (and --base-url) for a real run."
-)
+# The held-out evaluation `tfgrpo learn` runs after learning (E against the baseline, paired): by default
+# only when no model is given, where it makes the README's main job show whether learning helped.
+HELDOUT_K = 4
+
+
+def embedded_note(model: str, doing: str = "learning") -> str:
+    from tfgrpo.local_model import embedded_model
+
+    title = embedded_model(model.partition(":")[2]).title
+    caveat = (
+        "A 135M model demonstrates the pipeline; it does not learn much."
+        if "135M" in title
+        else "A small model on a CPU: expect modest, noisy gains."
+    )
+    return (
+        f"{doing} with the embedded {title}, served offline by llama.cpp on 127.0.0.1 and\n"
+        f"reached through langchain-openai like any hosted model. {caveat}\n"
+        "Pass --model openai:NAME (and --base-url) for a real run."
+    )
+
 
 # Domain presets: the tools come with the domain, and so does the default reward.
 DOMAIN_REWARDS = {"direct": "math", "math": "math", "search": "judge"}
@@ -193,6 +213,14 @@ def _add_learn_args(p: argparse.ArgumentParser, *, demo: bool) -> None:
     p.add_argument(
         "--validation-tolerance", type=float, default=d.validation_tolerance, help="allowed drop in reward"
     )
+    if not demo:
+        p.add_argument(
+            "--heldout",
+            default=None,
+            help="after learning, evaluate E against the baseline on this held-out set (paired; results in "
+            "RUN_DIR/heldout); '' = none (default: none; with no model given, the main job's held-out set)",
+        )
+        p.add_argument("--heldout-k", type=int, default=None, help="runs per held-out question and arm (4)")
     p.add_argument(
         "--keep-checkpoints",
         action="store_true",
@@ -382,6 +410,47 @@ def cmd_learn(args: argparse.Namespace, ctx: Context) -> int:
     )
 
 
+def resolve_model(model: str) -> str:
+    from tfgrpo.models import resolve_spec
+
+    return resolve_spec(model)
+
+
+def is_embedded(model: str) -> bool:
+    """No model given (the embedded default) or ``local:NAME``: CPU-sized presets apply."""
+    return resolve_model(model).startswith("local:")
+
+
+def cmd_heldout(args: argparse.Namespace, ctx: Context, *, default: str) -> int:
+    """After learning: E against the same model without it on a held-out set, paired (``tfgrpo eval
+    --baseline``), so one command shows whether learning helped."""
+    from dataclasses import replace
+
+    from tfgrpo.evaluator import run_eval
+
+    dataset = args.heldout if args.heldout is not None else default
+    if not dataset:
+        return 0
+    k = args.heldout_k or HELDOUT_K
+    run_dir = Path(args.run_dir)
+    eval_ctx = replace(ctx, dataset=dataset, library=str(run_dir), validation="")
+    print(
+        f"\nheld-out evaluation: E against the baseline (same model without E), paired, k={k}, on {dataset}"
+    )
+    started = time.monotonic()
+    code = run_eval(
+        eval_ctx,
+        eval_dir=run_dir / "heldout",
+        k=k,
+        seed=args.seed,
+        baseline=True,
+        progress=not args.no_progress,
+        ledger=ledger_from_args(args, eval_ctx),
+    )
+    print(f"held-out evaluation: {time.monotonic() - started:.0f} s", flush=True)
+    return code
+
+
 def agent_context(args: argparse.Namespace, **settings: Any) -> Context:
     """The agent's settings shared by ``eval`` and ``infer``, plus ``settings``."""
     return Context(
@@ -409,9 +478,9 @@ def cmd_eval(args: argparse.Namespace) -> int:
     db = database_url(args.db)
     if db and args.library and not Path(args.library).exists():  # a learn run's id in the database
         args.library = str(fetch_published_library(db, args.library, Path(args.eval_dir)))
-    embedded = not args.model and not args.agent
+    embedded = is_embedded(args.model) and not args.agent
     if embedded:
-        print(EMBEDDED_NOTE.replace("learning with", "evaluating with"), flush=True)
+        print(embedded_note(resolve_model(args.model), "evaluating"), flush=True)
     max_tokens = args.max_tokens or PRESETS["embedded" if embedded else "model"]["max_tokens"]
     ctx = agent_context(
         args,
@@ -648,10 +717,13 @@ def main(argv: list[str] | None = None) -> int:
         args = parse_args(argv)
         check_python_sandbox(args)
         if args.command == "learn":
-            embedded = not args.model
-            if embedded and not args.agent:
-                print(EMBEDDED_NOTE, flush=True)
-            return cmd_learn(args, context_from_args(args, preset="embedded" if embedded else "model"))
+            preset = "embedded" if is_embedded(args.model) else "model"
+            if preset == "embedded" and not args.agent:
+                print(embedded_note(resolve_model(args.model)), flush=True)
+            ctx = context_from_args(args, preset=preset)
+            code = cmd_learn(args, ctx)
+            default_heldout = EMBEDDED_HELDOUT if not args.model and not args.agent else ""
+            return cmd_heldout(args, ctx, default=default_heldout) if code == 0 else code
         if args.command == "demo":
             return cmd_demo(args)
         if args.command == "infer":

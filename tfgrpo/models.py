@@ -30,8 +30,9 @@ class ModelSettings:
 
 ProviderFactory = Callable[[str, ModelSettings], BaseChatModel]
 
-# With no model configured, tfgrpo uses SmolLM2-135M-Instruct served locally by llama.cpp.
-DEFAULT_MODEL = "local:smollm2-135m-instruct"
+# With no model configured, tfgrpo uses Qwen2.5-Coder-0.5B-Instruct served locally by llama.cpp
+# (tfgrpo.local_model.EMBEDDED_MODELS lists the local:NAME models).
+DEFAULT_MODEL = "local:qwen2.5-coder-0.5b-instruct"
 
 
 def resolve_spec(spec: str) -> str:
@@ -84,21 +85,17 @@ def _openai(name: str, settings: ModelSettings) -> BaseChatModel:
 def _local(name: str, settings: ModelSettings) -> BaseChatModel:
     """The embedded model: tfgrpo starts llama.cpp's OpenAI-compatible server itself (once per process,
     stopped at exit) and talks to it through langchain-openai like to any hosted model."""
-    from langchain_openai import ChatOpenAI
-
+    from tfgrpo.local_chat import local_chat_model
     from tfgrpo.local_model import get_local_server, require_runtime
 
-    require_runtime()  # one-line error with the install command when the runtime is missing
-    server = get_local_server()
-    return ChatOpenAI(
-        model=server.model_name,
-        base_url=server.base_url,
-        api_key="not-needed",  # type: ignore[arg-type]
+    require_runtime(name)  # one-line error with the install command when the runtime or weights are missing
+    server = get_local_server(name)
+    return local_chat_model(
+        server.base_url,
+        server.model_name,
         temperature=settings.temperature,
-        max_completion_tokens=settings.max_tokens,
-        extra_body={"max_tokens": settings.max_tokens},  # llama.cpp ignores max_completion_tokens
+        max_tokens=settings.max_tokens,
         timeout=settings.timeout,
-        max_retries=0,
         **_sampling(settings),
     )
 

@@ -1,18 +1,23 @@
-"""The product path offline: ``tfgrpo learn`` and ``tfgrpo eval`` with no model given use the embedded
-SmolLM2-135M behind llama.cpp's server, through langchain-openai. Tiny sizes: this proves the pipeline,
-not learning (a 135M model does not learn much)."""
+"""The product path offline: ``tfgrpo learn`` and ``tfgrpo eval`` on the embedded models behind llama.cpp's
+server, through langchain-openai. SmolLM2-135M at tiny sizes proves the pipeline, not learning (a 135M
+model does not learn much); the default Qwen2.5-Coder-0.5B runs the main job's shape, shrunk: learning,
+then the held-out comparison of E against the baseline, in one command."""
 
 from __future__ import annotations
 
 import json
 import subprocess
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any, TypeVar
 
 import pytest
 
-from tests.conftest import PYTHON, cli_env, needs_embedded_model
+from tests.conftest import PYTHON, cli_env, needs_embedded_model, needs_qwen
 
-pytestmark = [pytest.mark.integration, *needs_embedded_model]
+pytestmark = [pytest.mark.integration]
+SMOLLM = "local:smollm2-135m-instruct"
+F = TypeVar("F", bound=Callable[..., Any])
 
 DATASET = "rg:basic_arithmetic:size=2:seed=1:max_terms=2:max_digits=1"
 
@@ -24,10 +29,21 @@ def tfgrpo(*args: str) -> subprocess.CompletedProcess[str]:
     )
 
 
+def marked(marks: list[Any]) -> Callable[[F], F]:
+    def apply(test: F) -> F:
+        for mark in marks:
+            test = mark(test)
+        return test
+
+    return apply
+
+
+@marked(needs_embedded_model)
 def test_learn_then_eval_on_the_embedded_model(tmp_path: Path) -> None:
     run_dir, eval_dir = tmp_path / "run", tmp_path / "eval"
-    learned = tfgrpo("learn", "--dataset", DATASET, "--epochs", "1", "--batch-size", "2", "--group-size", "2",
-                     "--max-tokens", "48", "--learner-max-tokens", "48", "--run-dir", str(run_dir),
+    learned = tfgrpo("learn", "--model", SMOLLM, "--dataset", DATASET, "--epochs", "1", "--batch-size", "2",
+                     "--group-size", "2", "--max-tokens", "48", "--learner-max-tokens", "48",
+                     "--run-dir", str(run_dir),
                      "--no-progress")  # fmt: skip
     assert learned.returncode == 0, learned.stdout + learned.stderr
     assert "SmolLM2-135M-Instruct" in learned.stdout and "does not learn much" in learned.stdout
@@ -37,10 +53,34 @@ def test_learn_then_eval_on_the_embedded_model(tmp_path: Path) -> None:
     assert step["rollouts_failed"] == 0, step  # the server answered every rollout
     assert (run_dir / "learning_curve.png").exists()
 
-    evaluated = tfgrpo("eval", "--dataset", DATASET, "--library", str(run_dir), "--baseline", "--k", "1",
-                       "--max-tokens", "48", "--eval-dir", str(eval_dir), "--no-progress")  # fmt: skip
+    evaluated = tfgrpo("eval", "--model", SMOLLM, "--dataset", DATASET, "--library", str(run_dir),
+                       "--baseline", "--k", "1", "--max-tokens", "48", "--eval-dir", str(eval_dir),
+                       "--no-progress")  # fmt: skip
     assert evaluated.returncode == 0, evaluated.stdout + evaluated.stderr
     result = json.loads((eval_dir / "report.json").read_text())
     for arm in ("library", "baseline"):
         assert result["arms"][arm]["n_runs"] == 2 and result["arms"][arm]["input_tokens"] > 0
     assert (eval_dir / "comparison.png").exists() and "Mean@1" in (eval_dir / "report.md").read_text()
+
+
+@marked([*needs_qwen, pytest.mark.slow])
+def test_default_model_learns_then_compares_on_held_out_questions(tmp_path: Path) -> None:
+    """No model given: Qwen2.5-Coder-0.5B learns, then E and the baseline answer held-out questions with
+    paired seeds, and the command prints Mean@k per arm and the paired difference with its CI."""
+    run_dir = tmp_path / "run"
+    heldout = "rg:basic_arithmetic:size=3:seed=7:max_terms=2:max_digits=2"
+    learned = tfgrpo("learn", "--dataset", DATASET, "--epochs", "1", "--batch-size", "2", "--group-size",
+                     "2", "--max-tokens", "96", "--heldout", heldout, "--heldout-k", "2",
+                     "--run-dir", str(run_dir), "--no-progress")  # fmt: skip
+    assert learned.returncode == 0, learned.stdout + learned.stderr
+    out = learned.stdout
+    assert "Qwen2.5-Coder-0.5B-Instruct" in out
+    assert "held-out evaluation: E against the baseline" in out
+    assert "evaluating: 3 questions x k=2 x library/baseline = 12 runs" in out
+    assert "library: Mean@2" in out and "baseline: Mean@2" in out
+    assert "Library minus baseline Mean@k:" in out and "95% CI" in out
+    report = json.loads((run_dir / "heldout" / "report.json").read_text())
+    for arm in ("library", "baseline"):
+        assert report["arms"][arm]["n_runs"] == 6 and report["arms"][arm]["runs_failed"] == 0
+    (step,) = json.loads((run_dir / "report.json").read_text())["steps"]
+    assert step["rollouts"] == 4 and step["rollouts_failed"] == 0
