@@ -189,7 +189,8 @@ def _evaluate(
         ledger = ledger or Ledger(max_concurrency=ctx.max_concurrency)
         ledger.check_prices(sorted({settings["model"], settings["judge_model"] or settings["model"]}))
         ledger.spent_tokens, ledger.spent_usd = spent
-        with use_llm_cache(store):  # every response is kept the moment it arrives
+        # every response is kept the moment it arrives (per run id in a shared database)
+        with use_llm_cache(store, backend.run_id if backend.shared else ""):
             code = _drive(graph, graph_input, config, ctx, ledger, total, progress, eval_dir)
         if code:
             return code

@@ -222,7 +222,8 @@ def _learn(
 
     errors: list[str] = []
     try:
-        with use_llm_cache(store):  # every response is kept the moment it arrives
+        # every response is kept the moment it arrives (per run id in a shared database)
+        with use_llm_cache(store, backend.run_id if backend.shared else ""):
             code = run_stoppably(
                 lambda control: _drive(
                     graph, graph_input, config, ctx, run, backend, bars, control, keep_checkpoints, errors

@@ -72,11 +72,12 @@ def _generation(value: dict[str, Any]) -> Generation:
 
 
 @contextmanager
-def use_llm_cache(store: BaseStore) -> Iterator[StoreLLMCache]:
+def use_llm_cache(store: BaseStore, run_id: str = "") -> Iterator[StoreLLMCache]:
     """Persist every LLM response of this process in ``store`` for the ``with`` block (process-wide:
-    LangChain chat models without a cache of their own use the global one)."""
+    LangChain chat models without a cache of their own use the global one). ``run_id`` keeps the runs
+    of a shared database apart: a run never answers its calls with another run's responses."""
     previous = get_llm_cache()
-    cache = StoreLLMCache(store)
+    cache = StoreLLMCache(store, NAMESPACE + (run_id,) if run_id else NAMESPACE)
     set_llm_cache(cache)
     try:
         yield cache

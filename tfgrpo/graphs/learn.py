@@ -19,7 +19,7 @@ from langgraph.types import Checkpointer
 
 from tfgrpo.context import Context
 from tfgrpo.graphs.step import add_step
-from tfgrpo.nodes.schedule import advance, route_next, select_batch, start
+from tfgrpo.nodes.schedule import advance, finish, route_next, select_batch, start
 from tfgrpo.nodes.validate import fan_out_validation, validate, validation_gate
 from tfgrpo.state.graph_state import LearnInput, LearnOutput, LearnState
 
@@ -36,14 +36,19 @@ def build_learn_graph(*, studio: bool = False) -> StateGraph[LearnState, Context
     builder.add_node("select_batch", select_batch)
     builder.add_node("advance", advance)
     builder.add_edge(START, "start")
-    builder.add_conditional_edges("start", route_next, ["select_batch", END])
+    # Studio: a last node puts the step history into the output; the CLI reads it from the store
+    end = "finish" if studio else END
+    if studio:
+        builder.add_node("finish", finish)
+        builder.add_edge("finish", END)
+    builder.add_conditional_edges("start", route_next, {"select_batch": "select_batch", END: end})
     builder.add_node("validate", cast(Any, validate))  # a map worker: takes its Send payload, not the state
     builder.add_node("validation_gate", validation_gate)
     exit_node = add_step(builder, entry="select_batch")
     builder.add_conditional_edges(exit_node, fan_out_validation, ["validate", "advance"])
     builder.add_edge("validate", "validation_gate")  # join
     builder.add_edge("validation_gate", "advance")
-    builder.add_conditional_edges("advance", route_next, ["select_batch", END])
+    builder.add_conditional_edges("advance", route_next, {"select_batch": "select_batch", END: end})
     return builder
 
 

@@ -149,18 +149,20 @@ def advance(state: LearnState, runtime: Runtime[Context]) -> dict[str, Any]:
             dict(report),
             index=False,
         )
-    done = epoch >= ctx.epochs
-    # the whole history enters state once, in the last checkpoint only (the run's output, e.g. in Studio)
-    final = {"history": step_history(store_of(runtime), state.get("run_id", ""))} if done else {}
     return {
         "step": state.get("step", 0) + 1,
         "epoch": epoch,
         "batch_index": batch_index,
-        "done": done,
-        **final,
+        "done": epoch >= ctx.epochs,
         # per-step channels: cleared so the checkpoint stays the same size whatever B x G is
         **cleared_step_channels(),
     }
+
+
+def finish(state: LearnState, runtime: Runtime[Context]) -> dict[str, Any]:
+    """Studio's learn graph only: the run's output carries the per-step history, read from the store
+    once at the end (the CLI's graph never puts it in state, so its checkpoints stay flat in steps)."""
+    return {"history": step_history(store_of(runtime), state.get("run_id", ""))}
 
 
 def history_namespace(run_id: str) -> tuple[str, ...]:

@@ -50,7 +50,7 @@ class LearnState(StepState):
     dataset_fingerprint: NotRequired[str]
     settings_fingerprint: NotRequired[str]
     done: NotRequired[bool]
-    history: NotRequired[list[StepReport]]  # written once, by the last ``advance`` (the run's output)
+    history: NotRequired[list[StepReport]]  # Studio's graph only: written once, by ``finish``
     # validation-gated updates (optional): E at the start of the step, and the held-out runs
     library_before: NotRequired[Library]
     validation: NotRequired[Annotated[list[ValidationRun], operator.add]]
