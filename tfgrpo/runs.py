@@ -93,6 +93,25 @@ def open_sqlite(path: Path, *, option: str = "--run-dir") -> sqlite3.Connection:
     return conn
 
 
+@contextmanager
+def _transaction(conn: sqlite3.Connection, transaction: bool) -> Iterator[sqlite3.Cursor]:
+    """A cursor whose statements commit together (``transaction``) or roll back together on an error."""
+    cur = conn.cursor()
+    if transaction:
+        cur.execute("BEGIN IMMEDIATE")
+    try:
+        yield cur
+    except BaseException:
+        if transaction:
+            conn.rollback()
+        raise
+    else:
+        if transaction:
+            conn.commit()
+    finally:
+        cur.close()
+
+
 class TransactionalSqliteSaver(SqliteSaver):
     """``SqliteSaver`` whose every call is one SQLite transaction: a kill in the middle of ``put_writes``
     keeps all of a task's writes or none (on an autocommit connection each row was committed alone, so a
@@ -102,20 +121,8 @@ class TransactionalSqliteSaver(SqliteSaver):
     def cursor(self, transaction: bool = True) -> Iterator[sqlite3.Cursor]:
         with self.lock:
             self.setup()
-            cur = self.conn.cursor()
-            if transaction:
-                cur.execute("BEGIN IMMEDIATE")
-            try:
+            with _transaction(self.conn, transaction) as cur:
                 yield cur
-            except BaseException:
-                if transaction:
-                    self.conn.rollback()
-                raise
-            else:
-                if transaction:
-                    self.conn.commit()
-            finally:
-                cur.close()
 
 
 class TransactionalSqliteStore(SqliteStore):
@@ -126,21 +133,8 @@ class TransactionalSqliteStore(SqliteStore):
     def _cursor(self, *, transaction: bool = True) -> Iterator[sqlite3.Cursor]:
         if not self.is_setup:
             self.setup()
-        with self.lock:
-            cur = self.conn.cursor()
-            if transaction:
-                cur.execute("BEGIN IMMEDIATE")
-            try:
-                yield cur
-            except BaseException:
-                if transaction:
-                    self.conn.rollback()
-                raise
-            else:
-                if transaction:
-                    self.conn.commit()
-            finally:
-                cur.close()
+        with self.lock, _transaction(self.conn, transaction) as cur:
+            yield cur
 
 
 def open_checkpointer(path: Path, *, option: str = "--run-dir") -> TransactionalSqliteSaver:
