@@ -24,6 +24,7 @@ from typing import Any
 
 from langchain_core.language_models import BaseChatModel
 
+from tfgrpo.checks import check_context
 from tfgrpo.context import Context
 from tfgrpo.errors import ConfigError, TfgrpoError
 from tfgrpo.ledger import BudgetExceeded, Ledger, Prices
@@ -154,7 +155,6 @@ def learn(
         options: any :class:`tfgrpo.context.Context` field (``epochs``, ``batch_size``, ``group_size``,
             ``max_concurrency``, ``domain``, ``temperature``, ...).
     """
-    from tfgrpo.cli import require_positive
     from tfgrpo.learner import run_learning
 
     folder = Path(run_dir)
@@ -170,11 +170,7 @@ def learn(
         learner_model=learner,
         reward=reward,
     )
-    require_positive(
-        ctx, "epochs", "batch_size", "group_size", "max_concurrency", "max_tokens", "validation_k"
-    )
-    if ctx.group_size < 2:
-        raise ConfigError("group_size must be at least 2 (a group of 1 has no relative advantage)")
+    check_context(ctx)  # before the ledger is built, so a bad setting costs nothing
     ledger = _ledger(ctx, budget_usd, budget_tokens, prices, max_retries=max_retries, backoff=retry_backoff)
     code = run_learning(
         ctx,

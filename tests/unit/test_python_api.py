@@ -1,0 +1,40 @@
+"""tfgrpo.learn(...) refuses a bad setting with one line before it builds a ledger or calls a model."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+import tfgrpo
+from tfgrpo.errors import ConfigError
+
+ROWS = [{"question": "What is 1 + 1?", "answer": "2"}]
+
+
+@pytest.mark.parametrize(
+    ("setting", "message"),
+    [
+        ({"group_size": 1}, "--group-size must be at least 2, got 1"),
+        ({"epochs": 0}, "--epochs must be at least 1, got 0"),
+        ({"max_concurrency": 0}, "--max-concurrency must be at least 1, got 0"),
+        ({"temperature": 3.0}, "--temperature must be between 0 and 2, got 3.0"),
+    ],
+)
+def test_learn_refuses_a_bad_setting_before_any_work(
+    tmp_path: Path, setting: dict[str, object], message: str
+) -> None:
+    run_dir = tmp_path / "run"
+    with pytest.raises(ConfigError) as refused:
+        # Port 9 (discard) is never contacted: the check comes first.
+        tfgrpo.learn(
+            dataset=ROWS,
+            model="openai:x",
+            base_url="http://127.0.0.1:9",
+            run_dir=run_dir,
+            **setting,  # type: ignore[arg-type]
+        )
+    assert str(refused.value) == message
+    assert "\n" not in str(refused.value)
+    # Only the rows given inline were written (as the run's dataset file): no ledger, no checkpoints.
+    assert sorted(p.name for p in run_dir.iterdir()) == ["dataset.jsonl"]
