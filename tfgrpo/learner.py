@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import contextlib
 import sys
-import threading
 from pathlib import Path
 from typing import Any, cast
 
@@ -113,22 +112,16 @@ def _final_outputs(run: RunDir, store: BaseStore, values: dict[str, Any]) -> lis
     return history
 
 
-def _start_in_background(ctx: Context) -> None:
-    """Start-up work that the run's first calls, or its end, would otherwise wait for, done in the
-    background while the run opens its databases and its first rollouts wait on the network: the models
-    (importing langchain-openai takes about a second), the policy agent, matplotlib for the curve."""
-
-    def work() -> None:
-        with contextlib.suppress(Exception):  # the run's own first call reports any error, in one line
-            if not resolve_spec(ctx.model).startswith("local:"):  # (the embedded server starts on demand)
-                policy_model(ctx)
-                learner_model(ctx)
-            rollout_agent()
-        with contextlib.suppress(Exception):
-            import matplotlib.backends.backend_agg  # noqa: F401
-            import matplotlib.figure  # noqa: F401
-
-    threading.Thread(target=work, name="tfgrpo-warm-up", daemon=True).start()
+def _build_models(ctx: Context) -> None:
+    """Build the models and the policy agent before the graph starts (importing langchain-openai takes
+    about a second). Done in the calling thread on purpose: in a background thread this CPU work fought
+    the first fan-out for the GIL, and every one of its ~B x G thread starts waited a switch interval
+    for it (the first step took 2-3 s longer). The first rollouts cannot start without the model anyway."""
+    with contextlib.suppress(Exception):  # the run's own first call reports any error, in one line
+        if not resolve_spec(ctx.model).startswith("local:"):  # (the embedded server starts on demand)
+            policy_model(ctx)
+            learner_model(ctx)
+        rollout_agent()
 
 
 def run_learning(
@@ -153,8 +146,8 @@ def run_learning(
         if ctx.reward == "majority":
             raise ConfigError("--validation needs a ground-truth reward (not majority)")
         load_dataset(ctx.validation)
-    _start_in_background(ctx)
-    warm_up(ctx.reward)  # math-verify helpers start while the first rollouts wait on the network
+    warm_up(ctx.reward)  # math-verify helpers start (other processes) while this one builds the models
+    _build_models(ctx)
     run = RunDir(run_dir)
     run.create()
     with (

@@ -25,6 +25,7 @@ from pydantic import BaseModel, ValidationError
 
 from tfgrpo.context import Context
 from tfgrpo.errors import StopRequested
+from tfgrpo.known_keys import known_keys
 from tfgrpo.ledger import CallFailed, current_ledger, explain, reserve_tokens, role_of
 from tfgrpo.models import ModelSettings, get_model, resolve_spec
 from tfgrpo.state.types import CallRecord
@@ -91,11 +92,14 @@ def stop_if_draining(runtime: Runtime[Any]) -> None:
 
 
 def memo_get(store: BaseStore, namespace: tuple[str, ...], key: str) -> dict[str, Any] | None:
+    if not known_keys.may_exist(store, namespace, key):  # a fresh run's branches skip the query
+        return None
     item = store.get(namespace, key)
     return dict(item.value) if item is not None else None
 
 
 def memo_put(store: BaseStore, namespace: tuple[str, ...], key: str, value: dict[str, Any]) -> None:
+    known_keys.adding(store, namespace, key)
     store.put(namespace, key, value, index=False)
 
 

@@ -260,12 +260,15 @@ def build_policy_agent(
     )
 
 
+AGENT_NAME = "policy"
+
+
 @lru_cache(maxsize=1)
 def rollout_agent() -> CompiledStateGraph[Any, Context, Any, Any]:
     """The agent as run inside a learning rollout. It inherits the run's checkpointer (a subgraph compiled
     with ``checkpointer=False`` fails inside a ``durability="sync"`` parent in langgraph 1.2.22); its
     per-turn checkpoints are pruned with the rest once the step moves on."""
-    return build_policy_agent(checkpointer=None, name="policy")
+    return build_policy_agent(checkpointer=None, name=AGENT_NAME)
 
 
 def run_policy(
@@ -292,6 +295,8 @@ def run_policy(
         return run_user_agent(ctx, question, experiences, seed, node=node, memo=memo)
     messages: list[BaseMessage] = [HumanMessage(question)]
     records: list[CallRecord] = []
+    if not DOMAIN_TOOLS.get(ctx.domain):
+        return _single_completion(ctx, messages, experiences, seed, node, records, parent_callbacks())
     config: RunnableConfig = {
         "configurable": {
             "tfgrpo_seed": seed,
@@ -311,6 +316,44 @@ def run_policy(
         raise
     except Exception as exc:  # the agent run failed for good: the caller counts it
         return messages, one_line(exc), records
+
+
+def _single_completion(
+    ctx: Context,
+    messages: list[BaseMessage],
+    experiences: str,
+    seed: int,
+    node: str,
+    records: list[CallRecord],
+    callbacks: Any,
+) -> tuple[list[BaseMessage], str | None, list[CallRecord]]:
+    """The agent's run where the domain allows no tool: one model call. The very request the agent makes
+    (the middleware's system prompt, the seed, no tools; so the result cache answers it either way),
+    without a ReAct graph per rollout: a nested graph cost more CPU than the HTTP call itself."""
+    model, spec = policy_model(ctx)
+    prompt = policy_system_prompt(ctx, experiences, with_tools=False)
+    request = [SystemMessage(prompt), *messages]
+    ledger = current_ledger(ctx.max_concurrency)
+    config: RunnableConfig = {"callbacks": callbacks}  # traces nest the call under the calling node
+    bound = model.bind(seed=seed)
+    started = time.time()
+    try:
+        # detached like the agent run: no callbacks of the calling graph's stream
+        reply, retries = contextvars.Context().run(
+            ledger.call,
+            lambda: bound.invoke(request, config),
+            spec=spec,
+            reserve_in=reserve_tokens(request),
+            reserve_out=ctx.max_tokens,
+            message_of=lambda m: m if isinstance(m, AIMessage) else None,
+        )
+    except CallFailed as failed:
+        records.append(make_record(node, spec, False, started, None, failed.retries))
+        return messages, one_line(failed.cause), records
+    assert isinstance(reply, AIMessage)
+    reply.name = AGENT_NAME  # as the agent names its replies
+    records.append(make_record(node, spec, True, started, reply, retries))
+    return [*messages, reply], None, records
 
 
 def final_text(messages: Sequence[BaseMessage]) -> str:
