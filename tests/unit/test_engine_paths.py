@@ -93,3 +93,31 @@ def test_known_keys_answers_absent_without_a_query_only_for_a_namespace_seen_emp
     other = CountingStore()
     other.put(ns, "k1", {"v": 1})
     assert keys.may_exist(other, ns, "k1")
+
+
+def test_structured_call_sends_with_structured_outputs_request_and_cache_key(fake_server: Any) -> None:
+    """The bound-tool structured call of langchain-openai models is the request that
+    ``with_structured_output(include_raw=True)`` sends: the server sees it once, the second asker is
+    answered by the result cache, and the parse is the same."""
+    from langchain_core.messages import SystemMessage
+    from pydantic import BaseModel
+
+    from tfgrpo.nodes._llm import call_structured, learner_model
+    from tfgrpo.nodes.extract import ExtractedExperiences
+
+    ctx = Context(model="openai:fake", base_url=fake_server.base_url)
+    model, spec = learner_model(ctx)
+    messages = [SystemMessage("Extract experiences: call ExtractedExperiences."), HumanMessage("q1")]
+    with use_llm_cache(InMemoryStore()):
+        parsed, records, error = call_structured(
+            ctx, model, spec, "extract", ExtractedExperiences, messages, retries=0
+        )
+        assert error is None and isinstance(parsed, ExtractedExperiences) and records[0]["ok"]
+        old = model.with_structured_output(ExtractedExperiences, method="function_calling", include_raw=True)
+        out = old.invoke(messages)
+    assert isinstance(out, dict) and isinstance(out["parsed"], BaseModel)
+    assert out["parsed"] == parsed
+    assert len(fake_server.requests) == 1, "with_structured_output's request has the same cache key"
+    body = fake_server.requests[0]
+    assert body["tool_choice"]["function"]["name"] == "ExtractedExperiences"
+    assert body["parallel_tool_calls"] is False and len(body["tools"]) == 1
