@@ -3,7 +3,6 @@ outputs after every step, graceful Ctrl-C, and resume by running the same comman
 
 from __future__ import annotations
 
-import contextlib
 import sys
 from pathlib import Path
 from typing import Any, cast
@@ -23,8 +22,7 @@ from tfgrpo.graphs.learn import compile_learn_graph
 from tfgrpo.ledger import Ledger
 from tfgrpo.llm_cache import use_llm_cache
 from tfgrpo.models import resolve_spec
-from tfgrpo.nodes._llm import learner_model, policy_model
-from tfgrpo.nodes.policy import rollout_agent
+from tfgrpo.nodes.policy import build_models
 from tfgrpo.nodes.reward import reward_function
 from tfgrpo.nodes.schedule import batches_per_epoch, check_resume, step_history, training_queries
 from tfgrpo.runlock import lock_run_dir
@@ -112,18 +110,6 @@ def _final_outputs(run: RunDir, store: BaseStore, values: dict[str, Any]) -> lis
     return history
 
 
-def _build_models(ctx: Context) -> None:
-    """Build the models and the policy agent before the graph starts (importing langchain-openai takes
-    about a second). Done in the calling thread on purpose: in a background thread this CPU work fought
-    the first fan-out for the GIL, and every one of its ~B x G thread starts waited a switch interval
-    for it (the first step took 2-3 s longer). The first rollouts cannot start without the model anyway."""
-    with contextlib.suppress(Exception):  # the run's own first call reports any error, in one line
-        if not resolve_spec(ctx.model).startswith("local:"):  # (the embedded server starts on demand)
-            policy_model(ctx)
-            learner_model(ctx)
-        rollout_agent()
-
-
 def run_learning(
     ctx: Context,
     *,
@@ -147,7 +133,7 @@ def run_learning(
             raise ConfigError("--validation needs a ground-truth reward (not majority)")
         load_dataset(ctx.validation)
     warm_up(ctx.reward)  # math-verify helpers start (other processes) while this one builds the models
-    _build_models(ctx)
+    build_models(ctx, learner=True)  # before the fan-out (see build_models)
     run = RunDir(run_dir)
     run.create()
     with (

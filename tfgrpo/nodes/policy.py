@@ -12,6 +12,7 @@ through the ledger, and writes the final ``answer`` into the output state.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import contextvars
 import json
 import time
@@ -37,8 +38,8 @@ from tfgrpo.context import Context, apply_configurable, as_context
 from tfgrpo.errors import ConfigError
 from tfgrpo.evals.rewards import extract_final_answer
 from tfgrpo.ledger import BudgetExceeded, CallFailed, Ledger, current_ledger, reserve_tokens
-from tfgrpo.models import UnconfiguredModel
-from tfgrpo.nodes._llm import make_record, one_line, policy_model
+from tfgrpo.models import UnconfiguredModel, resolve_spec
+from tfgrpo.nodes._llm import learner_model, make_record, one_line, policy_model
 from tfgrpo.nodes._prompts import prompt_text
 from tfgrpo.nodes.publish import published_library
 from tfgrpo.state.library import Library, render_library
@@ -269,6 +270,22 @@ def rollout_agent() -> CompiledStateGraph[Any, Context, Any, Any]:
     with ``checkpointer=False`` fails inside a ``durability="sync"`` parent in langgraph 1.2.22); its
     per-turn checkpoints are pruned with the rest once the step moves on."""
     return build_policy_agent(checkpointer=None, name=AGENT_NAME)
+
+
+def build_models(ctx: Context, *, learner: bool = False) -> None:
+    """Build the run's models (and the policy agent where the domain has tools) before its graph starts:
+    importing langchain-openai takes about a second, which the first fan-out would otherwise wait for
+    inside its first branch -- and in a background thread it fought that fan-out's thread starts for the
+    GIL. Errors are left for the run's own first call to report, in one line. The embedded model's server
+    starts on demand (not here)."""
+    with contextlib.suppress(Exception):
+        if learner and not resolve_spec(ctx.learner_model or ctx.model).startswith("local:"):
+            learner_model(ctx)
+        if ctx.agent or resolve_spec(ctx.model).startswith("local:"):
+            return  # (a user's agent brings its own model)
+        policy_model(ctx)
+        if DOMAIN_TOOLS.get(ctx.domain):
+            rollout_agent()
 
 
 def run_policy(
