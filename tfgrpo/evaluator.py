@@ -29,7 +29,7 @@ from tfgrpo.llm_cache import use_llm_cache
 from tfgrpo.models import resolve_spec
 from tfgrpo.nodes._llm import publish_library_text
 from tfgrpo.nodes.attempt import attempt_key, attempt_namespace
-from tfgrpo.nodes.policy import inference_experiences
+from tfgrpo.nodes.policy import build_models, inference_experiences
 from tfgrpo.nodes.reward import ground_truth_reward
 from tfgrpo.runlock import lock_run_dir
 from tfgrpo.runs import atomic_write, run_stoppably, show_progress
@@ -134,6 +134,7 @@ def run_eval(
     if ctx.library and not settings["library_items"]:
         print(f"note: {ctx.library} holds no experience: both arms get the same prompt", flush=True)
     check_eval_resume(eval_dir, settings)
+    build_models(ctx)  # not in the first wave of runs (see build_models)
     if eval_dir.exists() and not eval_dir.is_dir():
         raise ConfigError(f"--eval-dir {eval_dir} is a file, not a directory: pass a directory")
     try:

@@ -3,9 +3,7 @@ outputs after every step, graceful Ctrl-C, and resume by running the same comman
 
 from __future__ import annotations
 
-import contextlib
 import sys
-import threading
 from pathlib import Path
 from typing import Any, cast
 
@@ -24,8 +22,7 @@ from tfgrpo.graphs.learn import compile_learn_graph
 from tfgrpo.ledger import Ledger
 from tfgrpo.llm_cache import use_llm_cache
 from tfgrpo.models import resolve_spec
-from tfgrpo.nodes._llm import learner_model, policy_model
-from tfgrpo.nodes.policy import rollout_agent
+from tfgrpo.nodes.policy import build_models
 from tfgrpo.nodes.reward import reward_function
 from tfgrpo.nodes.schedule import batches_per_epoch, check_resume, step_history, training_queries
 from tfgrpo.runlock import lock_run_dir
@@ -113,24 +110,6 @@ def _final_outputs(run: RunDir, store: BaseStore, values: dict[str, Any]) -> lis
     return history
 
 
-def _start_in_background(ctx: Context) -> None:
-    """Start-up work that the run's first calls, or its end, would otherwise wait for, done in the
-    background while the run opens its databases and its first rollouts wait on the network: the models
-    (importing langchain-openai takes about a second), the policy agent, matplotlib for the curve."""
-
-    def work() -> None:
-        with contextlib.suppress(Exception):  # the run's own first call reports any error, in one line
-            if not resolve_spec(ctx.model).startswith("local:"):  # (the embedded server starts on demand)
-                policy_model(ctx)
-                learner_model(ctx)
-            rollout_agent()
-        with contextlib.suppress(Exception):
-            import matplotlib.backends.backend_agg  # noqa: F401
-            import matplotlib.figure  # noqa: F401
-
-    threading.Thread(target=work, name="tfgrpo-warm-up", daemon=True).start()
-
-
 def run_learning(
     ctx: Context,
     *,
@@ -153,8 +132,8 @@ def run_learning(
         if ctx.reward == "majority":
             raise ConfigError("--validation needs a ground-truth reward (not majority)")
         load_dataset(ctx.validation)
-    _start_in_background(ctx)
-    warm_up(ctx.reward)  # math-verify helpers start while the first rollouts wait on the network
+    warm_up(ctx.reward)  # math-verify helpers start (other processes) while this one builds the models
+    build_models(ctx, learner=True)  # before the fan-out (see build_models)
     run = RunDir(run_dir)
     run.create()
     with (

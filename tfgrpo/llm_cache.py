@@ -26,6 +26,8 @@ from langchain_core.messages import message_to_dict, messages_from_dict
 from langchain_core.outputs import ChatGeneration, Generation
 from langgraph.store.base import BaseStore
 
+from tfgrpo.known_keys import known_keys
+
 NAMESPACE = ("tfgrpo-llm-results",)
 
 
@@ -41,14 +43,19 @@ class StoreLLMCache(BaseCache):
         self.namespace = namespace
 
     def lookup(self, prompt: str, llm_string: str) -> Sequence[Generation] | None:
-        item = self.store.get(self.namespace, cache_key(prompt, llm_string))
+        key = cache_key(prompt, llm_string)
+        if not known_keys.may_exist(self.store, self.namespace, key):  # a fresh run: no query per call
+            return None
+        item = self.store.get(self.namespace, key)
         if item is None:
             return None
         return [_generation(g) for g in item.value["generations"]]
 
     def update(self, prompt: str, llm_string: str, return_val: Sequence[Generation]) -> None:
         value: dict[str, Any] = {"generations": [_plain(g) for g in return_val]}
-        self.store.put(self.namespace, cache_key(prompt, llm_string), value, index=False)
+        key = cache_key(prompt, llm_string)
+        known_keys.adding(self.store, self.namespace, key)
+        self.store.put(self.namespace, key, value, index=False)
 
     def clear(self, **kwargs: Any) -> None:
         while items := self.store.search(self.namespace, limit=500):

@@ -18,6 +18,7 @@ from typing import Any, TypeVar
 from langchain_core.language_models import BaseChatModel
 from langchain_core.messages import AIMessage, BaseMessage, HumanMessage
 from langchain_core.runnables import Runnable
+from langchain_core.utils.function_calling import convert_to_openai_tool
 from langgraph.runtime import Runtime
 from langgraph.store.base import BaseStore, GetOp, Item
 from langgraph.store.memory import InMemoryStore
@@ -25,6 +26,7 @@ from pydantic import BaseModel, ValidationError
 
 from tfgrpo.context import Context
 from tfgrpo.errors import StopRequested
+from tfgrpo.known_keys import known_keys
 from tfgrpo.ledger import CallFailed, current_ledger, explain, reserve_tokens, role_of
 from tfgrpo.models import ModelSettings, get_model, resolve_spec
 from tfgrpo.state.types import CallRecord
@@ -91,11 +93,14 @@ def stop_if_draining(runtime: Runtime[Any]) -> None:
 
 
 def memo_get(store: BaseStore, namespace: tuple[str, ...], key: str) -> dict[str, Any] | None:
+    if not known_keys.may_exist(store, namespace, key):  # a fresh run's branches skip the query
+        return None
     item = store.get(namespace, key)
     return dict(item.value) if item is not None else None
 
 
 def memo_put(store: BaseStore, namespace: tuple[str, ...], key: str, value: dict[str, Any]) -> None:
+    known_keys.adding(store, namespace, key)
     store.put(namespace, key, value, index=False)
 
 
@@ -280,13 +285,46 @@ _structured: dict[tuple[int, type[BaseModel], str], tuple[BaseChatModel, Runnabl
 
 
 def structured_runnable(model: BaseChatModel, schema: type[BaseModel], method: str) -> Runnable[Any, Any]:
-    """``model.with_structured_output(schema, method=method, include_raw=True)``, built once."""
+    """What sends a structured request, built once: its ``invoke`` returns the raw ``AIMessage`` or
+    ``with_structured_output``'s ``{"raw", "parsed", "parsing_error"}`` (see :func:`_raw_and_parsed`).
+
+    For langchain-openai's models with ``function_calling`` it is the model with the schema bound as the
+    forced tool -- the very request ``with_structured_output`` sends (same tool, ``tool_choice``,
+    ``parallel_tool_calls``, so the same result-cache key) without its ``include_raw`` machinery, which
+    starts a thread pool of two threads on every call and converts the schema again on every call (for
+    trace metadata: handed the converted tool here). The reply is parsed by :func:`tolerant_parse`,
+    which validates the tool call's arguments as ``PydanticToolsParser`` did."""
     key = (id(model), schema, method)
     hit = _structured.get(key)
     if hit is None or hit[0] is not model:
-        runnable = model.with_structured_output(schema, method=method, include_raw=True)
+        runnable: Runnable[Any, Any]
+        if method == "function_calling" and _is_chat_openai(model):
+            tool = convert_to_openai_tool(schema)
+            kwargs: dict[str, Any] = {
+                "tool_choice": tool["function"]["name"],
+                "parallel_tool_calls": False,
+                "strict": None,
+                "ls_structured_output_format": {"kwargs": {"method": method, "strict": None}, "schema": tool},
+            }
+            kwargs = model._filter_disabled_params(**kwargs)  # type: ignore[attr-defined]
+            runnable = model.bind_tools([tool], **kwargs)
+        else:
+            runnable = model.with_structured_output(schema, method=method, include_raw=True)
         hit = _structured[key] = (model, runnable)
     return hit[1]
+
+
+def _raw_and_parsed(out: Any) -> dict[str, Any]:
+    """The structured runnable's output as ``{"raw", "parsed", "parsing_error"}``."""
+    if isinstance(out, AIMessage):
+        return {"raw": out, "parsed": None, "parsing_error": None}
+    return out if isinstance(out, dict) else {"raw": None, "parsed": None, "parsing_error": None}
+
+
+def _is_chat_openai(model: BaseChatModel) -> bool:
+    """langchain-openai's models (the embedded model's too), by class name: this module does not import
+    langchain-openai."""
+    return any(cls.__name__ == "BaseChatOpenAI" for cls in type(model).__mro__)
 
 
 @functools.lru_cache(maxsize=64)
@@ -318,7 +356,7 @@ def call_structured(
         started = time.time()
         try:
             out, n_retries = ledger.call(
-                lambda c=convo: runnable.invoke(c),  # type: ignore[misc]
+                lambda c=convo: _raw_and_parsed(runnable.invoke(c)),  # type: ignore[misc]
                 spec=spec,
                 reserve_in=reserve_tokens(convo, json_schema_of(schema)),
                 reserve_out=completion_cap(ctx, node),

@@ -12,6 +12,7 @@ through the ledger, and writes the final ``answer`` into the output state.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import contextvars
 import json
 import time
@@ -37,8 +38,8 @@ from tfgrpo.context import Context, apply_configurable, as_context
 from tfgrpo.errors import ConfigError
 from tfgrpo.evals.rewards import extract_final_answer
 from tfgrpo.ledger import BudgetExceeded, CallFailed, Ledger, current_ledger, reserve_tokens
-from tfgrpo.models import UnconfiguredModel
-from tfgrpo.nodes._llm import make_record, one_line, policy_model
+from tfgrpo.models import UnconfiguredModel, resolve_spec
+from tfgrpo.nodes._llm import learner_model, make_record, one_line, policy_model
 from tfgrpo.nodes._prompts import prompt_text
 from tfgrpo.nodes.publish import published_library
 from tfgrpo.state.library import Library, render_library
@@ -260,12 +261,31 @@ def build_policy_agent(
     )
 
 
+AGENT_NAME = "policy"
+
+
 @lru_cache(maxsize=1)
 def rollout_agent() -> CompiledStateGraph[Any, Context, Any, Any]:
     """The agent as run inside a learning rollout. It inherits the run's checkpointer (a subgraph compiled
     with ``checkpointer=False`` fails inside a ``durability="sync"`` parent in langgraph 1.2.22); its
     per-turn checkpoints are pruned with the rest once the step moves on."""
-    return build_policy_agent(checkpointer=None, name="policy")
+    return build_policy_agent(checkpointer=None, name=AGENT_NAME)
+
+
+def build_models(ctx: Context, *, learner: bool = False) -> None:
+    """Build the run's models (and the policy agent where the domain has tools) before its graph starts:
+    importing langchain-openai takes about a second, which the first fan-out would otherwise wait for
+    inside its first branch -- and in a background thread it fought that fan-out's thread starts for the
+    GIL. Errors are left for the run's own first call to report, in one line. The embedded model's server
+    starts on demand (not here)."""
+    with contextlib.suppress(Exception):
+        if learner and not resolve_spec(ctx.learner_model or ctx.model).startswith("local:"):
+            learner_model(ctx)
+        if ctx.agent or resolve_spec(ctx.model).startswith("local:"):
+            return  # (a user's agent brings its own model)
+        policy_model(ctx)
+        if DOMAIN_TOOLS.get(ctx.domain):
+            rollout_agent()
 
 
 def run_policy(
@@ -292,6 +312,8 @@ def run_policy(
         return run_user_agent(ctx, question, experiences, seed, node=node, memo=memo)
     messages: list[BaseMessage] = [HumanMessage(question)]
     records: list[CallRecord] = []
+    if not DOMAIN_TOOLS.get(ctx.domain):
+        return _single_completion(ctx, messages, experiences, seed, node, records, parent_callbacks())
     config: RunnableConfig = {
         "configurable": {
             "tfgrpo_seed": seed,
@@ -311,6 +333,44 @@ def run_policy(
         raise
     except Exception as exc:  # the agent run failed for good: the caller counts it
         return messages, one_line(exc), records
+
+
+def _single_completion(
+    ctx: Context,
+    messages: list[BaseMessage],
+    experiences: str,
+    seed: int,
+    node: str,
+    records: list[CallRecord],
+    callbacks: Any,
+) -> tuple[list[BaseMessage], str | None, list[CallRecord]]:
+    """The agent's run where the domain allows no tool: one model call. The very request the agent makes
+    (the middleware's system prompt, the seed, no tools; so the result cache answers it either way),
+    without a ReAct graph per rollout: a nested graph cost more CPU than the HTTP call itself."""
+    model, spec = policy_model(ctx)
+    prompt = policy_system_prompt(ctx, experiences, with_tools=False)
+    request = [SystemMessage(prompt), *messages]
+    ledger = current_ledger(ctx.max_concurrency)
+    config: RunnableConfig = {"callbacks": callbacks}  # traces nest the call under the calling node
+    bound = model.bind(seed=seed)
+    started = time.time()
+    try:
+        # detached like the agent run: no callbacks of the calling graph's stream
+        reply, retries = contextvars.Context().run(
+            ledger.call,
+            lambda: bound.invoke(request, config),
+            spec=spec,
+            reserve_in=reserve_tokens(request),
+            reserve_out=ctx.max_tokens,
+            message_of=lambda m: m if isinstance(m, AIMessage) else None,
+        )
+    except CallFailed as failed:
+        records.append(make_record(node, spec, False, started, None, failed.retries))
+        return messages, one_line(failed.cause), records
+    assert isinstance(reply, AIMessage)
+    reply.name = AGENT_NAME  # as the agent names its replies
+    records.append(make_record(node, spec, True, started, reply, retries))
+    return [*messages, reply], None, records
 
 
 def final_text(messages: Sequence[BaseMessage]) -> str:

@@ -1,9 +1,10 @@
 """Step 1 of Training-Free GRPO: **rollout**. One branch = one sample o_g ~ pi(o | q, E).
 
 The learn graph fans out one ``Send("rollout", RolloutTask)`` per (query, g). Each branch runs the
-policy agent of :mod:`tfgrpo.nodes.policy` -- the very agent of the inference graph -- as a subgraph, so E
-reaches the model through the same middleware, in the *system* prompt, in training and in production
-(the reference code trains with E in the user message and infers with it in the system prompt). The
+policy agent of :mod:`tfgrpo.nodes.policy` -- the very agent of the inference graph -- so E reaches the
+model through the same prompt, in the *system* prompt, in training and in production (the reference code
+trains with E in the user message and infers with it in the system prompt); where the domain has no
+tool, the agent's run is its one model call, made without the agent graph (``run_policy``). The
 trajectory (tool calls and results included) is written to the store; state only gets a small
 :class:`RolloutRef`.
 """

@@ -124,8 +124,10 @@ def select_batch(state: LearnState, runtime: Runtime[Context]) -> dict[str, Any]
         state.get("epoch", 0),
     )
     first = state.get("batch_index", 0) * ctx.batch_size
-    # E before the step: what a validation-gated update rolls back to
-    return {"batch": order[first : first + ctx.batch_size], "library_before": state.get("library")}
+    update: dict[str, Any] = {"batch": order[first : first + ctx.batch_size]}
+    if ctx.validation:  # E before the step: what a validation-gated update rolls back to (else a 2nd E
+        update["library_before"] = state.get("library")  # in every checkpoint, for nothing)
+    return update
 
 
 def advance(state: LearnState, runtime: Runtime[Context]) -> dict[str, Any]:
