@@ -69,6 +69,7 @@ QWEN_CHAT_FORMAT = "tfgrpo-qwen-tools"  # registered by _BOOTSTRAP
 N_CTX = 8192  # SmolLM2's training context
 STARTUP_TIMEOUT = 120.0
 STOP_GRACE = 5.0
+IDLE_LOAD = 0.5  # 1-minute load average under which the server takes every core
 
 INSTALL_HINT = (
     "CMAKE_ARGS=\"-DGGML_NATIVE=OFF -DLLAVA_BUILD=OFF\" pip install 'tfgrpo[local]' "
@@ -274,10 +275,11 @@ def require_runtime(name: str = MODEL_NAME) -> Path:
 
 
 def _default_threads() -> int:
-    """Half the usable cores, at most 4. ggml's threads spin-wait on each other: with as many threads as
-    cores, one busy neighbour process (a test run, a tool subprocess) made requests ~100x slower on a
-    2-core machine (0.5 s -> 40-120 s), while one thread there was unaffected. ``$TFGRPO_LLAMA_THREADS``
-    overrides it (e.g. 2 on an otherwise idle 2-core machine)."""
+    """All usable cores (at most 4) when the machine is idle as the server starts (1-minute load average
+    below 0.5), else half of them. ggml's threads spin-wait on each other: with as many threads as cores,
+    one busy neighbour process (a test run, a tool subprocess) made requests ~100x slower on a 2-core
+    machine (0.5 s -> 40-120 s), while one thread there was unaffected (and beside one busy process, two
+    threads on two cores were no faster than one). ``$TFGRPO_LLAMA_THREADS`` overrides it."""
     with contextlib.suppress(ValueError):
         if int(os.environ.get("TFGRPO_LLAMA_THREADS", "0")) > 0:
             return int(os.environ["TFGRPO_LLAMA_THREADS"])
@@ -285,7 +287,11 @@ def _default_threads() -> int:
         cores = len(os.sched_getaffinity(0))
     except AttributeError:  # not Linux
         cores = os.cpu_count() or 1
-    return max(1, min(cores // 2, 4))
+    try:
+        idle = os.getloadavg()[0] < IDLE_LOAD
+    except (AttributeError, OSError):  # no load average (Windows)
+        idle = False
+    return max(1, min(cores if idle else cores // 2, 4))
 
 
 def _free_port() -> int:

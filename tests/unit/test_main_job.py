@@ -38,6 +38,9 @@ def test_the_main_job_asks_for_terse_answers_unless_told_otherwise(monkeypatch: 
     assert ctx.max_tokens == cli.MAIN_JOB_MAX_TOKENS < cli.PRESETS["embedded"]["max_tokens"]
     (policy,) = [p.text for p in rendered_prompts(ctx) if p.name == "policy_system"]
     assert "one step per line" in policy and "\\boxed{11}" in policy and "in \\boxed{}" in policy
+    texts = {p.name: p.text for p in rendered_prompts(ctx)}
+    assert "at most three short sentences" in texts["summarize_system"]
+    assert "at most 2 item(s)" in texts["extract_system"] or "at most 1 item(s)" in texts["extract_system"]
     for other in (["--dataset", "rg:basic_arithmetic:size=4"], ["--model", "local:smollm2-135m-instruct"]):
         args = cli.parse_args(["learn", *other])
         assert not cli.apply_main_job_defaults(args) and not args.prompts and args.max_tokens is None

@@ -79,3 +79,16 @@ def test_a_slow_model_build_does_not_block_other_models() -> None:
         release.set()
         models = {id(f.result(timeout=10)) for f in waiting}
     assert len(models) == 1 and builds == ["m"]
+
+
+def test_embedded_server_takes_every_core_only_on_an_idle_machine(monkeypatch: pytest.MonkeyPatch) -> None:
+    """ggml's threads spin-wait on each other: all cores when idle, half beside other work, the variable
+    overriding both."""
+    monkeypatch.delenv("TFGRPO_LLAMA_THREADS", raising=False)
+    monkeypatch.setattr(local_model.os, "sched_getaffinity", lambda _pid: {0, 1}, raising=False)
+    monkeypatch.setattr(local_model.os, "getloadavg", lambda: (0.1, 0.3, 0.4))
+    assert local_model._default_threads() == 2
+    monkeypatch.setattr(local_model.os, "getloadavg", lambda: (1.2, 0.3, 0.4))
+    assert local_model._default_threads() == 1
+    monkeypatch.setenv("TFGRPO_LLAMA_THREADS", "3")
+    assert local_model._default_threads() == 3
