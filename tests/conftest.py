@@ -20,6 +20,10 @@ from tfgrpo.testing.responders import grpo_responder
 from tfgrpo.testing.scripted import ScriptedChatModel
 from tfgrpo.weights import locate_parts
 
+# Tests keep llama.cpp on half the cores whatever the load when they start: they run beside other busy
+# processes, where ggml's spin-waiting threads on every core slow to a crawl (local_model._default_threads).
+os.environ.setdefault("TFGRPO_LLAMA_THREADS", str(max(1, (os.cpu_count() or 2) // 2)))
+
 REPO = Path(__file__).resolve().parents[1]
 SHARED_DATA = REPO.parent / "shared" / "data"
 

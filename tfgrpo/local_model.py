@@ -273,11 +273,28 @@ def require_runtime(name: str = MODEL_NAME) -> Path:
     return model.gguf()
 
 
+def _others_running(samples: int = 5, interval: float = 0.1) -> int | None:
+    """How many other threads want a CPU now: the fewest runnable threads in ``/proc/loadavg`` over a
+    few samples, less this one (None where there is no such file). Not the load *average*, which stays
+    high for a minute or two after, say, the install that compiled llama.cpp."""
+    counts = []
+    for i in range(samples):
+        try:
+            running = Path("/proc/loadavg").read_text().split()[3].split("/")[0]
+            counts.append(int(running) - 1)
+        except (OSError, IndexError, ValueError):
+            return None
+        if i + 1 < samples:
+            time.sleep(interval)
+    return max(0, min(counts))
+
+
 def _default_threads() -> int:
-    """Half the usable cores, at most 4. ggml's threads spin-wait on each other: with as many threads as
-    cores, one busy neighbour process (a test run, a tool subprocess) made requests ~100x slower on a
-    2-core machine (0.5 s -> 40-120 s), while one thread there was unaffected. ``$TFGRPO_LLAMA_THREADS``
-    overrides it (e.g. 2 on an otherwise idle 2-core machine)."""
+    """All usable cores (at most 4) when nothing else is running as the server starts, else half of them.
+    ggml's threads wait on each other at every operation: with as many threads as cores, one busy
+    neighbour process (a test run, a tool subprocess) made requests ~100x slower on a 2-core machine
+    (0.5 s -> 40-120 s), while one thread there was unaffected (and beside one busy process, two threads
+    on two cores generated ~20 % slower than one). ``$TFGRPO_LLAMA_THREADS`` overrides it."""
     with contextlib.suppress(ValueError):
         if int(os.environ.get("TFGRPO_LLAMA_THREADS", "0")) > 0:
             return int(os.environ["TFGRPO_LLAMA_THREADS"])
@@ -285,7 +302,8 @@ def _default_threads() -> int:
         cores = len(os.sched_getaffinity(0))
     except AttributeError:  # not Linux
         cores = os.cpu_count() or 1
-    return max(1, min(cores // 2, 4))
+    others = _others_running() if cores > 1 else None
+    return max(1, min(cores if others == 0 else cores // 2, 4))
 
 
 def _free_port() -> int:

@@ -96,6 +96,24 @@ def test_k_runs_per_question_and_arm_with_paired_seeds(model: ScriptedChatModel,
     assert all(q["id"] in text for q in out["questions"])
 
 
+def test_one_arm_reaches_the_model_after_the_other(model: ScriptedChatModel, tmp_path: Path) -> None:
+    """Runs one at a time come arm by arm, a question's k runs together: a server keeping the previous
+    prompt's KV prefix (llama.cpp) then reads E once per arm, not once per run."""
+    ctx = Context(
+        model=f"{model.model_name}:x", dataset=DATASET, library=str(write_library(tmp_path / "lib.json"))
+    )
+    graph = compile_eval_graph(checkpointer=InMemorySaver(), store=InMemoryStore())
+    config: Any = {"configurable": {"thread_id": "t"}, "max_concurrency": 1}
+    graph.invoke({"k": 2, "seed": 7}, config, context=ctx)
+    seen = [
+        ("E" if "Add digit by digit." in c["messages"][0]["content"] else "-", c["messages"][-1]["content"])
+        for c in model.calls
+    ]
+    assert [arm for arm, _ in seen] == ["E"] * 12 + ["-"] * 12
+    questions = [question for _, question in seen]
+    assert all(questions[i] == questions[i + 1] for i in range(0, 24, 2))
+
+
 def test_baseline_only_without_a_library(model: ScriptedChatModel) -> None:
     ctx = Context(model=f"{model.model_name}:x", dataset=DATASET)
     graph = compile_eval_graph(store=InMemoryStore())

@@ -3,9 +3,12 @@ the baseline on held-out questions of the same kind, in the issue's shape (paire
 
 from __future__ import annotations
 
+import pytest
+
 from tfgrpo import cli
 from tfgrpo.data import load_dataset
 from tfgrpo.models import DEFAULT_MODEL
+from tfgrpo.prompts import rendered_prompts
 
 
 def test_held_out_questions_are_not_training_questions() -> None:
@@ -23,3 +26,23 @@ def test_no_model_means_the_embedded_preset_and_the_held_out_comparison() -> Non
     ctx = cli.context_from_args(args, preset="embedded")
     assert ctx.dataset == cli.EMBEDDED_TRAIN
     assert cli.is_embedded("local:smollm2-135m-instruct") and not cli.is_embedded("openai:gpt-4o-mini")
+
+
+def test_the_main_job_asks_for_terse_answers_unless_told_otherwise(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The main job's policy prompt (one calculation per line, a worked example) and cap keep 400 held-out
+    runs within the 15-minute goal; they apply only to the main job and yield to explicit flags."""
+    monkeypatch.delenv("TFGRPO_MODEL", raising=False)
+    args = cli.parse_args(["learn"])
+    assert cli.apply_main_job_defaults(args)
+    ctx = cli.context_from_args(args, preset="embedded")
+    assert ctx.max_tokens == cli.MAIN_JOB_MAX_TOKENS < cli.PRESETS["embedded"]["max_tokens"]
+    (policy,) = [p.text for p in rendered_prompts(ctx) if p.name == "policy_system"]
+    assert "one step per line" in policy and "\\boxed{11}" in policy and "in \\boxed{}" in policy
+    texts = {p.name: p.text for p in rendered_prompts(ctx)}
+    assert "at most three short sentences" in texts["summarize_system"]
+    assert "at most 2 item(s)" in texts["extract_system"] or "at most 1 item(s)" in texts["extract_system"]
+    for other in (["--dataset", "rg:basic_arithmetic:size=4"], ["--model", "local:smollm2-135m-instruct"]):
+        args = cli.parse_args(["learn", *other])
+        assert not cli.apply_main_job_defaults(args) and not args.prompts and args.max_tokens is None
+    args = cli.parse_args(["learn", "--prompts", "mine", "--max-tokens", "300"])
+    assert cli.apply_main_job_defaults(args) and (args.prompts, args.max_tokens) == ("mine", 300)

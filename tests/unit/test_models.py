@@ -2,6 +2,11 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
+import time
+from pathlib import Path
+
 import pytest
 
 from tfgrpo import local_model
@@ -79,3 +84,30 @@ def test_a_slow_model_build_does_not_block_other_models() -> None:
         release.set()
         models = {id(f.result(timeout=10)) for f in waiting}
     assert len(models) == 1 and builds == ["m"]
+
+
+def test_embedded_server_takes_every_core_only_on_an_idle_machine(monkeypatch: pytest.MonkeyPatch) -> None:
+    """ggml's threads wait on each other: all cores when nothing else runs, half beside other work, the
+    variable overriding both."""
+    monkeypatch.delenv("TFGRPO_LLAMA_THREADS", raising=False)
+    monkeypatch.setattr(local_model.os, "sched_getaffinity", lambda _pid: {0, 1}, raising=False)
+    monkeypatch.setattr(local_model, "_others_running", lambda: 0)
+    assert local_model._default_threads() == 2
+    monkeypatch.setattr(local_model, "_others_running", lambda: 1)
+    assert local_model._default_threads() == 1
+    monkeypatch.setattr(local_model, "_others_running", lambda: None)  # no /proc/loadavg
+    assert local_model._default_threads() == 1
+    monkeypatch.setenv("TFGRPO_LLAMA_THREADS", "3")
+    assert local_model._default_threads() == 3
+
+
+def test_a_busy_neighbour_process_counts_as_running() -> None:
+    if not Path("/proc/loadavg").exists():
+        pytest.skip("no /proc/loadavg on this system")
+    busy = subprocess.Popen([sys.executable, "-c", "while True: pass"])
+    try:
+        time.sleep(0.3)
+        assert local_model._others_running(samples=3, interval=0.05) >= 1  # type: ignore[operator]
+    finally:
+        busy.kill()
+        busy.wait()

@@ -140,7 +140,11 @@ def prepare(state: EvalState, runtime: Runtime[Context]) -> dict[str, Any]:
 
 
 def fan_out_attempts(state: EvalState) -> list[Send]:
-    """One branch per (arm, question, run): k runs per question in every arm."""
+    """One branch per (arm, question, run): k runs per question in every arm, one arm after the other.
+
+    The order is the order the calls reach the model: a server that keeps the previous prompt's KV prefix
+    (llama.cpp) then reads E once per arm instead of once per run (arms taking turns made every library
+    run re-read E: ~6 s per run for 370 tokens of E on one CPU core, 0.3 s with the prefix kept)."""
     keys = state.get("arm_libraries") or {"library": state.get("library_key", ""), "baseline": ""}
     return [
         Send(
@@ -154,7 +158,7 @@ def fan_out_attempts(state: EvalState) -> list[Send]:
                 library_key=keys.get(arm, ""),
             ),
         )
+        for arm in state.get("arms", ["library"])
         for query in state.get("questions", [])
         for i in range(state.get("k", 1))
-        for arm in state.get("arms", ["library"])
     ]
