@@ -431,6 +431,20 @@ def test_malformed_extract_output_is_counted_with_a_precise_reason(
     assert "no tool call" not in drop["reason"]
 
 
+@pytest.mark.parametrize("k", [1, 3])
+def test_extract_schema_caps_the_operations_at_k_for_a_constraining_server(serve, k: int) -> None:
+    # llama.cpp samples under a grammar built from this schema: without maxItems the 0.5B model kept
+    # adding near-identical ADDs until max_tokens cut its JSON, and the group was dropped.
+    server = serve()
+    run_step(server, batch=BATCH[:1], experiences_per_group=k)
+    (body,) = bodies(server, "extract")
+    (tool,) = body["tools"]
+    assert tool["function"]["name"] == "ExtractedExperiences"
+    operations = tool["function"]["parameters"]["properties"]["operations"]
+    assert (operations["minItems"], operations["maxItems"]) == (1, k)
+    assert list(tool["function"]["parameters"]["properties"])[0] == "analysis"  # still reasons first
+
+
 def test_a_text_reply_is_reported_as_no_tool_call(serve) -> None:
     server = serve(extract=lambda body: {"content": "I would rather chat."})
     out = run_step(server, batch=BATCH[:1], structured_retries=0)

@@ -11,12 +11,13 @@ recorded as dropped.
 
 from __future__ import annotations
 
+import functools
 from typing import Any, Literal
 
 from langchain_core.messages import HumanMessage, SystemMessage
 from langchain_core.runnables.config import ContextThreadPoolExecutor
 from langgraph.runtime import Runtime
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, create_model
 
 from tfgrpo.context import Context
 from tfgrpo.nodes._llm import (
@@ -77,6 +78,25 @@ class ExtractedExperiences(BaseModel):
     operations: list[ProposedOperation] = Field(
         description="At most K operations on the library (NONE if nothing transfers to other problems).",
         json_schema_extra={"minItems": 1},
+    )
+
+
+@functools.lru_cache(maxsize=16)
+def extraction_schema(k: int) -> type[ExtractedExperiences]:
+    """:class:`ExtractedExperiences` whose schema also says ``maxItems: k``: a server that constrains
+    sampling with the schema (llama.cpp) then closes the list after K operations, where a small model
+    otherwise kept adding near-identical ADDs until max_tokens cut its JSON (retried, then dropped: 2 of 5
+    kept groups in the embedded main job). Validation stays the base class's; operations beyond K from
+    a model that ignores the schema are still cut and counted. Same name, so the same tool."""
+    field = ExtractedExperiences.model_fields["operations"]
+    return create_model(
+        "ExtractedExperiences",
+        __base__=ExtractedExperiences,
+        __doc__=ExtractedExperiences.__doc__,
+        operations=(
+            list[ProposedOperation],
+            Field(description=field.description, json_schema_extra={"minItems": 1, "maxItems": k}),
+        ),
     )
 
 
@@ -161,7 +181,7 @@ def _extract_group(
                 model,
                 spec,
                 "extract",
-                ExtractedExperiences,
+                extraction_schema(ctx.experiences_per_group),
                 messages,
                 retries=ctx.structured_retries,
                 method=ctx.structured_method,
