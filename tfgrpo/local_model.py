@@ -273,20 +273,48 @@ def require_runtime(name: str = MODEL_NAME) -> Path:
     return model.gguf()
 
 
+def _own_processes() -> set[int]:
+    """This process and its descendants (the math-verify helpers, a tool subprocess)."""
+    own, stack = set(), [os.getpid()]
+    while stack:
+        pid = stack.pop()
+        own.add(pid)
+        with contextlib.suppress(OSError, ValueError):
+            for task in Path(f"/proc/{pid}/task").iterdir():
+                with contextlib.suppress(OSError, ValueError):
+                    stack += [int(c) for c in (task / "children").read_text().split() if int(c) not in own]
+    return own
+
+
+def _runnable_elsewhere() -> dict[int, int]:
+    """Process id -> its threads in state R (running or runnable), for processes outside this tree."""
+    own = _own_processes()
+    runnable: dict[int, int] = {}
+    for proc in Path("/proc").iterdir():
+        if not proc.name.isdigit() or int(proc.name) in own:
+            continue
+        with contextlib.suppress(OSError, IndexError):
+            for task in (proc / "task").iterdir():
+                with contextlib.suppress(OSError, IndexError):
+                    if (task / "stat").read_text().rsplit(")", 1)[1].split()[0] == "R":
+                        runnable[int(proc.name)] = runnable.get(int(proc.name), 0) + 1
+    return runnable
+
+
 def _others_running(samples: int = 5, interval: float = 0.1) -> int | None:
-    """How many other threads want a CPU now: the fewest runnable threads in ``/proc/loadavg`` over a
-    few samples, less this one (None where there is no such file). Not the load *average*, which stays
-    high for a minute or two after, say, the install that compiled llama.cpp."""
+    """How many threads *of other programs* want a CPU now: the fewest runnable ones over a few samples
+    (None where there is no ``/proc``). Not the load *average*, which stays high for a minute or two
+    after, say, the install that compiled llama.cpp; and not this run's own threads and helper processes,
+    which are busy importing and starting exactly when the server starts (counting them gave the main
+    job one llama.cpp thread on an idle machine: 20 tokens/s instead of 27)."""
+    if not Path("/proc/self/task").is_dir():
+        return None
     counts = []
     for i in range(samples):
-        try:
-            running = Path("/proc/loadavg").read_text().split()[3].split("/")[0]
-            counts.append(int(running) - 1)
-        except (OSError, IndexError, ValueError):
-            return None
+        counts.append(sum(_runnable_elsewhere().values()))
         if i + 1 < samples:
             time.sleep(interval)
-    return max(0, min(counts))
+    return min(counts)
 
 
 def _default_threads() -> int:

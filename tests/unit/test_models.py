@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+import signal
 import subprocess
 import sys
 import time
@@ -101,13 +103,36 @@ def test_embedded_server_takes_every_core_only_on_an_idle_machine(monkeypatch: p
     assert local_model._default_threads() == 3
 
 
+BUSY = "import time\nend = time.time() + 20\nwhile time.time() < end: pass"
+
+
 def test_a_busy_neighbour_process_counts_as_running() -> None:
-    if not Path("/proc/loadavg").exists():
-        pytest.skip("no /proc/loadavg on this system")
-    busy = subprocess.Popen([sys.executable, "-c", "while True: pass"])
+    if not Path("/proc/self/task").is_dir():
+        pytest.skip("no /proc on this system")
+    # a process of another program: started by a shell that exits, so it is not one of ours
+    shell = subprocess.run(
+        ["sh", "-c", f'"{sys.executable}" -c "$0" >/dev/null 2>&1 & echo $!', BUSY],
+        capture_output=True, text=True, check=True,
+    )  # fmt: skip
+    pid = int(shell.stdout.split()[0])
     try:
         time.sleep(0.3)
+        assert pid not in local_model._own_processes()
+        assert pid in local_model._runnable_elsewhere()
         assert local_model._others_running(samples=3, interval=0.05) >= 1  # type: ignore[operator]
     finally:
-        busy.kill()
-        busy.wait()
+        os.kill(pid, signal.SIGKILL)
+
+
+def test_this_runs_own_busy_helpers_do_not_count() -> None:
+    """The run's own helper processes start exactly when the server does; they are not a neighbour."""
+    if not Path("/proc/self/task").is_dir():
+        pytest.skip("no /proc on this system")
+    own = subprocess.Popen([sys.executable, "-c", BUSY])
+    try:
+        time.sleep(0.3)
+        assert own.pid in local_model._own_processes()
+        assert own.pid not in local_model._runnable_elsewhere()
+    finally:
+        own.kill()
+        own.wait()
