@@ -19,7 +19,10 @@ from tfgrpo.context import Context
 from tfgrpo.errors import TfgrpoError
 
 if TYPE_CHECKING:
+    from collections.abc import Callable
+
     from tfgrpo.ledger import Ledger
+    from tfgrpo.state.library import Library
 
 # The embedded default model's main job: learn on one reasoning-gym set, evaluate on another of the same
 # kind (items are seeded seed + index: a far-away seed gives other questions; seed=2 would repeat 7 of 8).
@@ -621,27 +624,35 @@ def cmd_infer(args: argparse.Namespace) -> int:
 
 def cmd_library(args: argparse.Namespace) -> int:
     from tfgrpo.runs import RunDir
-    from tfgrpo.state.library import diff_libraries, library_markdown
 
     db = database_url(args.db)
     if db and not (Path(args.run_dir) / "library.json").exists():  # a run id in the database
         return _library_from_db(args, db)
     run = RunDir(args.run_dir)
+    return _show_or_diff(args, run.steps, run.library_at)
+
+
+def _show_or_diff(
+    args: argparse.Namespace, steps: Callable[[], list[int]], library_at: Callable[[int | None], Library]
+) -> int:
+    """``tfgrpo library show|diff`` over one source of E per step (a run dir, or a database)."""
+    from tfgrpo.state.library import diff_libraries, empty_library, library_markdown
+
     if args.library_command == "show":
-        library = run.library_at(args.step)
+        library = library_at(args.step)
         print(json.dumps(library, indent=2, ensure_ascii=False) if args.json else library_markdown(library))
         return 0
-    steps = run.steps()
-    step = args.step if args.step is not None else (steps[-1] if steps else None)
+    finished = steps()
+    step = args.step if args.step is not None else (finished[-1] if finished else None)
     if step is None:
         print("no step has finished yet")
         return 0
-    before = [s for s in steps if s < step]
-    lines = diff_libraries(run.library_at(before[-1] if before else -1), run.library_at(step))
+    before = [s for s in finished if s < step]
+    lines = diff_libraries(library_at(before[-1]) if before else empty_library(), library_at(step))
     if args.json:
         print(json.dumps({"step": step, "changes": lines}, indent=2, ensure_ascii=False))
     else:
-        print(f"step {step}: {len(lines) and sum(1 for x in lines if x[0] in '+-~')} change(s)")
+        print(f"step {step}: {sum(1 for x in lines if x[0] in '+-~')} change(s)")
         print("\n".join(lines) if lines else "(no change)")
     return 0
 
@@ -663,30 +674,14 @@ def _library_from_db(args: argparse.Namespace, db: str) -> int:
     """``tfgrpo library show|diff RUN_ID --db URL``: E as the run published it after each step."""
     from tfgrpo.backends import open_backend
     from tfgrpo.nodes.publish import published_library, published_steps
-    from tfgrpo.state.library import diff_libraries, empty_library, library_markdown
 
     run_id = args.run_dir
     with open_backend(db, local_dir=Path(run_id), run_id=run_id) as backend:  # db given: no local files
-        steps = published_steps(backend.store, run_id)
-        if args.library_command == "show":
-            library = published_library(backend.store, run_id, args.step)
-            print(
-                json.dumps(library, indent=2, ensure_ascii=False) if args.json else library_markdown(library)
-            )
-            return 0
-        step = args.step if args.step is not None else (steps[-1] if steps else None)
-        if step is None:
-            print("no step has finished yet")
-            return 0
-        before = [s for s in steps if s < step]
-        old = published_library(backend.store, run_id, before[-1]) if before else empty_library()
-        lines = diff_libraries(old, published_library(backend.store, run_id, step))
-    if args.json:
-        print(json.dumps({"step": step, "changes": lines}, indent=2, ensure_ascii=False))
-    else:
-        print(f"step {step}: {sum(1 for x in lines if x[0] in '+-~')} change(s)")
-        print("\n".join(lines) if lines else "(no change)")
-    return 0
+        return _show_or_diff(
+            args,
+            lambda: published_steps(backend.store, run_id),
+            lambda step: published_library(backend.store, run_id, step),
+        )
 
 
 def load_config_file(path: str) -> dict[str, Any]:

@@ -67,6 +67,20 @@ def test_sigkill_and_resume_elsewhere_repeats_no_finished_call(
                             "--json"], env=cli_env(), capture_output=True, text=True, timeout=60)  # fmt: skip
     assert shown.returncode == 0, shown.stderr
     assert json.loads(shown.stdout) == json.loads((tmp_path / "machine-b" / "library.json").read_text())
+    # and each step's change to it, the same as the run dir's own record says
+    from_db, from_dir = (
+        subprocess.run(
+            [PYTHON, "-m", "tfgrpo.cli", "library", "diff", *where, "--step", "3", "--json"],
+            env=cli_env(),
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )  # fmt: skip
+        for where in (["arith", "--db", postgres_url], [str(tmp_path / "machine-b")])
+    )
+    assert from_db.returncode == 0 and from_dir.returncode == 0, from_db.stderr + from_dir.stderr
+    assert json.loads(from_db.stdout) == json.loads(from_dir.stdout)
+    assert json.loads(from_db.stdout)["step"] == 3
 
 
 def test_two_runs_share_one_database_and_the_run_lock_refuses_a_second_process(
