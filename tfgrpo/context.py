@@ -133,6 +133,13 @@ class Context:
         default="",
         metadata={"description": "Directory of NAME.txt files replacing prompts (see `tfgrpo prompts`)."},
     )
+    answer_grammar: str = field(
+        default="",
+        metadata={
+            "description": "GBNF grammar (text) constraining the policy's tool-less answers on llama.cpp "
+            "servers (the embedded model, or --base-url); empty: none."
+        },
+    )
     request_timeout: float = 120.0
     # Robustness
     structured_retries: int = field(

@@ -25,15 +25,24 @@ class LocalChatOpenAI(ChatOpenAI):
 
 
 def local_chat_model(
-    base_url: str, model: str, *, temperature: float, max_tokens: int, timeout: float, **sampling: Any
+    base_url: str,
+    model: str,
+    *,
+    temperature: float,
+    max_tokens: int,
+    timeout: float,
+    grammar: str = "",
+    **sampling: Any,
 ) -> LocalChatOpenAI:
+    """``grammar``: GBNF text the server constrains sampling with (its ``grammar`` request field)."""
     return LocalChatOpenAI(
         model=model,
         base_url=base_url,
         api_key="not-needed",  # type: ignore[arg-type]
         temperature=temperature,
         max_completion_tokens=max_tokens,
-        extra_body={"max_tokens": max_tokens},  # llama.cpp ignores max_completion_tokens
+        # llama.cpp ignores max_completion_tokens
+        extra_body={"max_tokens": max_tokens, **({"grammar": grammar} if grammar else {})},
         timeout=timeout,
         max_retries=0,  # tfgrpo's ledger retries transient errors itself (and counts them)
         **sampling,  # top_p when set

@@ -26,6 +26,7 @@ class ModelSettings:
     max_tokens: int = 1024
     timeout: float = 120.0
     top_p: float | None = None  # None: not sent (the server's default)
+    grammar: str = ""  # GBNF text sent as llama.cpp's `grammar` request field; "" = none
 
 
 ProviderFactory = Callable[[str, ModelSettings], BaseChatModel]
@@ -56,6 +57,10 @@ def _sampling(settings: ModelSettings) -> dict[str, Any]:
     return {} if settings.top_p is None else {"top_p": settings.top_p}
 
 
+def _grammar(settings: ModelSettings) -> dict[str, Any]:
+    return {"grammar": settings.grammar} if settings.grammar else {}
+
+
 def _openai(name: str, settings: ModelSettings) -> BaseChatModel:
     from langchain_openai import ChatOpenAI
 
@@ -69,7 +74,9 @@ def _openai(name: str, settings: ModelSettings) -> BaseChatModel:
     kwargs: dict[str, Any] = _sampling(settings)
     if settings.base_url:
         # llama.cpp and some other servers ignore max_completion_tokens: also send max_tokens
-        kwargs["extra_body"] = {"max_tokens": settings.max_tokens}
+        kwargs["extra_body"] = {"max_tokens": settings.max_tokens, **_grammar(settings)}
+    elif settings.grammar:
+        raise ConfigError(f"model {settings.spec!r}: a grammar needs a llama.cpp server (--base-url)")
     return ChatOpenAI(
         model=name,
         base_url=settings.base_url or None,
@@ -96,12 +103,16 @@ def _local(name: str, settings: ModelSettings) -> BaseChatModel:
         temperature=settings.temperature,
         max_tokens=settings.max_tokens,
         timeout=settings.timeout,
+        grammar=settings.grammar,
         **_sampling(settings),
     )
 
 
 def _init_chat_model(spec: str, settings: ModelSettings) -> BaseChatModel:
     from langchain.chat_models import init_chat_model
+
+    if settings.grammar:
+        raise ConfigError(f"model {spec!r}: a grammar needs a llama.cpp server (local:NAME or --base-url)")
 
     try:
         return init_chat_model(

@@ -3,11 +3,22 @@ the baseline on held-out questions of the same kind, in the issue's shape (paire
 
 from __future__ import annotations
 
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
 import pytest
+from langchain_core.messages import HumanMessage
+from langgraph.store.memory import InMemoryStore
 
 from tfgrpo import cli
+from tfgrpo.context import Context
 from tfgrpo.data import load_dataset
+from tfgrpo.errors import TfgrpoError
+from tfgrpo.llm_cache import use_llm_cache
 from tfgrpo.models import DEFAULT_MODEL
+from tfgrpo.nodes._llm import learner_model
+from tfgrpo.nodes.policy import run_policy
 from tfgrpo.prompts import rendered_prompts
 
 
@@ -46,3 +57,46 @@ def test_the_main_job_asks_for_terse_answers_unless_told_otherwise(monkeypatch: 
         assert not cli.apply_main_job_defaults(args) and not args.prompts and args.max_tokens is None
     args = cli.parse_args(["learn", "--prompts", "mine", "--max-tokens", "300"])
     assert cli.apply_main_job_defaults(args) and (args.prompts, args.max_tokens) == ("mine", 300)
+
+
+def test_the_main_job_constrains_its_policy_answers_with_the_grammar(
+    fake_server: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The main job's policy requests (rollouts and both held-out arms: one context) carry the answer
+    grammar; its learner requests, a tool-offering rollout, other runs and ``--grammar ''`` do not."""
+    monkeypatch.delenv("TFGRPO_MODEL", raising=False)
+    grammar = Path(cli.MAIN_JOB_GRAMMAR).read_text(encoding="utf-8")
+    assert "\\boxed{" in grammar and "root ::=" in grammar
+
+    def context(*argv: str) -> Context:
+        args = cli.parse_args(["learn", *argv])
+        cli.apply_main_job_defaults(args)
+        # the main job's context, only served by the fake server instead of the embedded one
+        return replace(
+            cli.context_from_args(args, preset="embedded"), model="openai:fake", base_url=fake_server.base_url
+        )
+
+    main = context()
+    assert main.answer_grammar == grammar
+    with use_llm_cache(InMemoryStore()):
+        for experiences in ("", "- [G0] Check the sign."):  # the baseline arm and the library arm
+            _, error, _ = run_policy(main, "Calculate 3 - 4 * -2.", experiences, seed=1)
+            assert error is None
+        sent = list(fake_server.requests)
+        assert len(sent) == 2 and all(body.get("grammar") == grammar for body in sent)
+        learner, _ = learner_model(main)
+        learner.invoke([HumanMessage("Summarize the attempt.")])
+        assert "grammar" not in fake_server.requests[-1]
+        for ctx in (
+            context("--dataset", "rg:basic_arithmetic:size=4"),
+            context("--grammar", ""),
+            replace(main, domain="math"),  # a grammar for answers would forbid the tool calls
+        ):
+            run_policy(ctx, "Calculate 5 - 7.", "", seed=2)
+            assert "grammar" not in fake_server.requests[-1]
+        assert "tools" in fake_server.requests[-1]
+
+
+def test_a_bad_grammar_file_is_one_line() -> None:
+    with pytest.raises(TfgrpoError, match="cannot read the --grammar file"):
+        cli.context_from_args(cli.parse_args(["learn", "--grammar", "/nonexistent.gbnf"]), preset="embedded")

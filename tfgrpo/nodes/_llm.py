@@ -124,7 +124,9 @@ def context_of(runtime: Runtime[Any]) -> Context:
     return ctx
 
 
-def policy_model(ctx: Context) -> tuple[BaseChatModel, str]:
+def policy_model(ctx: Context, *, with_tools: bool = False) -> tuple[BaseChatModel, str]:
+    """The policy's model; its answers follow ``ctx.answer_grammar`` unless tools are offered (a grammar
+    for answers would forbid the calls)."""
     settings = ModelSettings(
         spec=resolve_spec(ctx.model),
         base_url=ctx.base_url,
@@ -132,6 +134,7 @@ def policy_model(ctx: Context) -> tuple[BaseChatModel, str]:
         max_tokens=ctx.max_tokens,
         timeout=ctx.request_timeout,
         top_p=ctx.top_p,
+        grammar="" if with_tools else ctx.answer_grammar,
     )
     return get_model(settings), settings.spec
 

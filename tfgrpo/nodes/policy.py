@@ -161,7 +161,6 @@ class PolicyMiddleware(AgentMiddleware[PolicyState, Context]):
         configurable = get_config().get("configurable") or {}
         # honour Context fields in configurable; the graph does not police keys that servers add
         ctx = apply_configurable(as_context(request.runtime.context), configurable, strict=False)
-        model, spec = policy_model(ctx)
         given = request.state.get("experiences")
         experiences = str(given) if given is not None else inference_experiences(ctx, request.runtime.store)
         turn = _since_last_question(request.messages)
@@ -171,6 +170,7 @@ class PolicyMiddleware(AgentMiddleware[PolicyState, Context]):
         tools = [t for t in request.tools if getattr(t, "name", None) in allowed]
         if model_calls + 1 >= ctx.max_model_calls or tool_calls >= ctx.max_tool_calls:
             tools = []  # the last allowed call must answer
+        model, spec = policy_model(ctx, with_tools=bool(tools))
         prompt = policy_system_prompt(ctx, experiences, with_tools=bool(tools))
         if not tools and (model_calls or tool_calls):
             prompt += "\n\n" + LIMIT_NOTE
