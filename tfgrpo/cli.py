@@ -512,6 +512,7 @@ def agent_context(args: argparse.Namespace, **settings: Any) -> Context:
         unsafe_python=args.unsafe_python,
         top_p=args.top_p,
         prompts=args.prompts,
+        answer_grammar=read_grammar(getattr(args, "grammar", None)),
         **settings,
     )
 

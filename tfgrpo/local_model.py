@@ -193,6 +193,8 @@ def _name_once(chunks):
         yield chunk
 sys.path.insert(0, __TFGRPO_ROOT__)  # the tfgrpo the parent runs
 from tfgrpo.llama_tools import as_chunks, plain_message, with_tool_calls
+from tfgrpo.llama_grammar import install as _top_first_grammar
+_top_first_grammar()  # grammars test the likely tokens first, not all 151k per token
 _TEMPLATE = {}
 @fmt.register_chat_completion_handler(__QWEN_FORMAT__)
 def _qwen(*, llama, messages, seed=None, tools=None, tool_choice=None, stream=False, **kwargs):

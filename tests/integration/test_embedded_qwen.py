@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 import subprocess
 from collections.abc import Iterator
 from pathlib import Path
@@ -88,3 +89,55 @@ def test_infer_math_shows_a_real_python_tool_call() -> None:
     # the tool really ran: its output (or the error of the model's code) came back into the trajectory
     assert all(len(r) > len("<- python: ") for r in results), done.stdout
     assert lines[-1].startswith("answer: "), done.stdout
+
+
+def test_a_grammar_constrained_main_job_answer_parses_and_scores(server: LocalModelServer) -> None:
+    """The main job's answer grammar reaches generation through tfgrpo's Qwen chat format: asked to
+    explain (which draws prose without it), the model still answers in calculation lines, and the
+    answer scores."""
+    from tfgrpo import cli
+    from tfgrpo.context import Context
+    from tfgrpo.evals.rewards import math_reward
+    from tfgrpo.nodes.policy import policy_system_prompt
+
+    grammar = Path(cli.MAIN_JOB_GRAMMAR).read_text(encoding="utf-8")
+    model = local_chat_model(
+        server.base_url, server.model_name, temperature=0.0, max_tokens=96, timeout=300, grammar=grammar
+    )
+    system = policy_system_prompt(Context(prompts=cli.MAIN_JOB_PROMPTS), "", with_tools=False)
+    reply = model.invoke([("system", system), HumanMessage("Explain in words how to calculate 12 + 30 - 5.")])
+    text = str(reply.content)
+    number = r"-?\d{1,9}(\.\d{1,4})?"
+    expr = rf"[-( ]*{number}[) ]*( [-+*/] [-( ]*{number}[) ]*)*"
+    line = rf"{expr}( = {expr})+"
+    assert re.fullmatch(rf"({line}\n){{0,6}}({line}|\\boxed\{{{number}\}})", text), text
+    assert reply.response_metadata.get("finish_reason") == "stop", text
+    assert math_reward(text, "37") == 1.0 and math_reward(text, "38") == 0.0, text
+
+
+def test_top_first_grammar_sampling_matches_the_stock_sampler(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The server's grammar sampling (tfgrpo.llama_grammar) tests the likely tokens first: greedy answers
+    equal the stock sampler's, and a grammar none of the likely tokens fits still holds (the fallback)."""
+    import llama_cpp
+    from llama_cpp.llama import Llama
+
+    from tfgrpo import cli
+    from tfgrpo.llama_grammar import install
+
+    llm = Llama(str(ensure_weights(QWEN_05B)), n_ctx=1024, n_threads=1, verbose=False)
+    prompt = (
+        "<|im_start|>system\nWork out the calculation one step per line, no words.<|im_end|>\n"
+        "<|im_start|>user\nExplain in words how to calculate 12 + 30 - 5.<|im_end|>\n<|im_start|>assistant\n"
+    )
+    answer = llama_cpp.LlamaGrammar.from_string(Path(cli.MAIN_JOB_GRAMMAR).read_text(), verbose=False)
+    rare = llama_cpp.LlamaGrammar.from_string('root ::= "zqxj" [0-9]', verbose=False)
+
+    def greedy(grammar: llama_cpp.LlamaGrammar) -> str:
+        out = llm.create_completion(prompt, max_tokens=40, temperature=0.0, grammar=grammar)
+        return str(out["choices"][0]["text"])  # type: ignore[index]
+
+    stock = greedy(answer)
+    monkeypatch.setattr(Llama, "_init_sampler", Llama._init_sampler)  # restored after the test
+    install()
+    assert greedy(answer) == stock and "\n" in stock, stock
+    assert re.fullmatch(r"zqxj[0-9]", greedy(rare))

@@ -97,6 +97,13 @@ def test_the_main_job_constrains_its_policy_answers_with_the_grammar(
         assert "tools" in fake_server.requests[-1]
 
 
+def test_eval_takes_the_grammar_too() -> None:
+    """``tfgrpo eval --grammar`` reproduces the main job's held-out arms."""
+    args = cli.parse_args(["eval", "--dataset", cli.EMBEDDED_HELDOUT, "--grammar", cli.MAIN_JOB_GRAMMAR])
+    assert cli.agent_context(args).answer_grammar == Path(cli.MAIN_JOB_GRAMMAR).read_text(encoding="utf-8")
+    assert cli.agent_context(cli.parse_args(["eval", "--dataset", cli.EMBEDDED_HELDOUT])).answer_grammar == ""
+
+
 def test_a_bad_grammar_file_is_one_line() -> None:
     with pytest.raises(TfgrpoError, match="cannot read the --grammar file"):
         cli.context_from_args(cli.parse_args(["learn", "--grammar", "/nonexistent.gbnf"]), preset="embedded")
