@@ -14,6 +14,7 @@ from typing import Any, TypeVar
 import pytest
 
 from tests.conftest import PYTHON, cli_env, needs_embedded_model, needs_qwen
+from tfgrpo.cli import MAIN_JOB_GRAMMAR
 
 pytestmark = [pytest.mark.integration]
 SMOLLM = "local:smollm2-135m-instruct"
@@ -66,11 +67,13 @@ def test_learn_then_eval_on_the_embedded_model(tmp_path: Path) -> None:
 @marked([*needs_qwen, pytest.mark.slow])
 def test_default_model_learns_then_compares_on_held_out_questions(tmp_path: Path) -> None:
     """No model given: Qwen2.5-Coder-0.5B learns, then E and the baseline answer held-out questions with
-    paired seeds, and the command prints Mean@k per arm and the paired difference with its CI."""
+    paired seeds, and the command prints Mean@k per arm and the paired difference with its CI. With the
+    main job's answer grammar, as the main job runs."""
     run_dir = tmp_path / "run"
     heldout = "rg:basic_arithmetic:size=3:seed=7:max_terms=2:max_digits=2"
     learned = tfgrpo("learn", "--dataset", DATASET, "--epochs", "1", "--batch-size", "2", "--group-size",
                      "2", "--max-tokens", "96", "--heldout", heldout, "--heldout-k", "2",
+                     "--grammar", MAIN_JOB_GRAMMAR,
                      "--run-dir", str(run_dir), "--no-progress")  # fmt: skip
     assert learned.returncode == 0, learned.stdout + learned.stderr
     out = learned.stdout
