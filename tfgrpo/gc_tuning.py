@@ -42,8 +42,8 @@ def quiet_gc() -> Iterator[None]:
         with _lock:
             _depth -= 1
             if _depth == 0 and _saved[0]:
-                thresholds, frozen_by_caller = _saved
+                saved, frozen_by_caller = _saved
                 _saved = ((), False)
-                gc.set_threshold(*thresholds)
+                gc.set_threshold(*saved)
                 if not frozen_by_caller:  # a caller's own freeze (e.g. before forking) is not undone
                     gc.unfreeze()
