@@ -23,6 +23,7 @@ from tfgrpo.data import dataset_fingerprint, load_dataset
 from tfgrpo.errors import ConfigError
 from tfgrpo.evals.report import verdict, write_attribution_report, write_eval_report
 from tfgrpo.evals.rewards import warm_up
+from tfgrpo.gc_tuning import quiet_gc
 from tfgrpo.graphs.evaluate import compile_eval_graph
 from tfgrpo.ledger import Ledger
 from tfgrpo.llm_cache import use_llm_cache
@@ -191,7 +192,7 @@ def _evaluate(
         ledger.check_prices(sorted({settings["model"], settings["judge_model"] or settings["model"]}))
         ledger.spent_tokens, ledger.spent_usd = spent
         # every response is kept the moment it arrives (per run id in a shared database)
-        with use_llm_cache(store, backend.run_id if backend.shared else ""):
+        with quiet_gc(), use_llm_cache(store, backend.run_id if backend.shared else ""):
             code = _drive(graph, graph_input, config, ctx, ledger, total, progress, eval_dir)
         if code:
             return code

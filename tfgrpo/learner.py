@@ -18,6 +18,7 @@ from tfgrpo.context import Context
 from tfgrpo.data import load_dataset
 from tfgrpo.errors import ConfigError
 from tfgrpo.evals.rewards import warm_up
+from tfgrpo.gc_tuning import quiet_gc
 from tfgrpo.graphs.learn import compile_learn_graph
 from tfgrpo.ledger import Ledger
 from tfgrpo.llm_cache import use_llm_cache
@@ -202,7 +203,7 @@ def _learn(
     errors: list[str] = []
     try:
         # every response is kept the moment it arrives (per run id in a shared database)
-        with use_llm_cache(store, backend.run_id if backend.shared else ""):
+        with quiet_gc(), use_llm_cache(store, backend.run_id if backend.shared else ""):
             code = run_stoppably(
                 lambda control: _drive(
                     graph, graph_input, config, ctx, run, backend, bars, control, keep_checkpoints, errors
