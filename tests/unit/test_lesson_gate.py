@@ -12,6 +12,7 @@ import pytest
 from tests.unit.test_nodes import BATCH, Fake, extract_reply, run_step, tool_reply
 from tfgrpo.cli import MAIN_JOB_PROMPTS
 from tfgrpo.data import load_dataset
+from tfgrpo.learner import gate_summary
 from tfgrpo.nodes.extract import LESSON_MAX_CHARS, WORD_CAP, extraction_schema
 from tfgrpo.nodes.update_library import (
     ANSWER_LEAK,
@@ -121,6 +122,10 @@ def test_rejections_are_counted_by_reason_in_the_step_report() -> None:
     assert "81 + (-78)" not in sent and GOOD in sent
     assert all(r["why"].startswith("proposal: ") for r in report["rejected"])
     history = [report, report]
+    assert gate_summary(history) == (
+        "lessons rejected by the lesson gate: over word cap 4, template copy 4, not prose 4, "
+        "problem-specific 4 (reasons in report.md)"
+    )
     assert totals(history)["lessons_rejected"] == {
         OVER_CAP: 4,
         TEMPLATE_COPY: 4,
