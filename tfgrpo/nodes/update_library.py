@@ -111,9 +111,10 @@ NOT_PROSE = "not prose"  # fewer than MIN_PROSE_WORDS words, or mostly numbers a
 PROBLEM_SPECIFIC = "problem-specific"  # quotes the numbers of one problem of the batch, or narrates attempts
 ANSWER_LEAK = "answer leak"  # a batch answer or a copied question (leak_of)
 LESSON_REASONS = (ANSWER_LEAK, TEMPLATE_COPY, PROBLEM_SPECIFIC, NOT_PROSE, OVER_CAP)  # checked in this order
-# 5 words: a lesson of its own shares at most a short phrase ("a feature of the problem") with the prompts;
-# the main job's 0.5B learner pasted whole field descriptions ("When it applies (a feature of the problem),
-# what to do, the pitfall seen.")
+# 5 words: a lesson in its own words shares at most a short phrase ("when a minus sign") with the prompts,
+# while a pasted instruction shares more: the main job's 0.5B learner stored its schema's field
+# description ("When it applies (a feature of the problem), what to do, the pitfall seen.") and fragments
+# of it ("When calculating (-9 / 9), what to do; the pitfall seen.": "what to do the pitfall" is 5)
 TEMPLATE_WORDS = 5
 MIN_PROSE_WORDS = 6  # words with a letter in them: a trigger, an action and a pitfall need more
 # of the whitespace-separated tokens: "-(a + b) = -a - b" inside a sentence still passes
