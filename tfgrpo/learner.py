@@ -224,11 +224,26 @@ def _learn(
     print(f"library: {run_dir / 'library.md'}   report: {run_dir / 'report.md'}")
     for item in library["items"]:
         print(f"  [{item['id']}] {item['text']}")
+    gated = gate_summary(history)
+    if gated:
+        print(gated)
     failure = nothing_worked(history, errors)
     if failure:
         print(f"tfgrpo: error: {failure}; what there is was saved in {run_dir}", file=sys.stderr)
         return 1
     return 0
+
+
+def gate_summary(history: list[StepReport]) -> str | None:
+    """One line with the lessons the lesson gate rejected over the run, by reason, or None."""
+    counts: dict[str, int] = {}
+    for r in history:
+        for reason, n in r.get("lessons_rejected", {}).items():
+            counts[reason] = counts.get(reason, 0) + n
+    if not counts:
+        return None
+    by_reason = ", ".join(f"{reason} {n}" for reason, n in sorted(counts.items(), key=lambda kv: -kv[1]))
+    return f"lessons rejected by the lesson gate: {by_reason} (reasons in report.md)"
 
 
 def nothing_worked(history: list[StepReport], errors: list[str]) -> str | None:

@@ -213,6 +213,7 @@ def totals(history: list[StepReport]) -> dict[str, Any]:
         "operations_rejected": sum(r["operations_rejected"] for r in history),
         "validation_rollbacks": sum(1 for r in history if "validation" in r and not r["validation"]["kept"]),
         "dropped": dropped,
+        "lessons_rejected": dict(sum((Counter(r.get("lessons_rejected", {})) for r in history), Counter())),
         "malformed": dict(sum((Counter(r.get("malformed", {})) for r in history), Counter())),
     }
 

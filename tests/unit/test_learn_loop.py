@@ -355,13 +355,23 @@ def test_library_given_in_the_input_is_continued(tmp_path: Path) -> None:
 
     def extract(body: dict) -> dict:
         question = question_of(body).split("\n")[1]
+
+        def words(text: str) -> str:
+            return text.translate(str.maketrans("0123456789", "abcdefghij"))
+
         return {
             "tool_calls": [
                 {
                     "name": "ExtractedExperiences",
                     "arguments": {
                         "analysis": "a",
-                        "operations": [{"op": "ADD", "content": f"About {question}"}],
+                        # distinct per problem, without its numbers (the lesson gate rejects those)
+                        "operations": [
+                            {
+                                "op": "ADD",
+                                "content": f"When a problem reads {words(question)}, go step by step.",
+                            }
+                        ],
                     },
                 }
             ]

@@ -360,7 +360,9 @@ def test_a_lesson_containing_a_batch_answer_is_rejected_and_counted(serve) -> No
     ]
     assert report["operations_rejected"] == 1
     (rejected,) = report["rejected"]
-    assert rejected["why"] == "answer leak: contains the ground-truth answer of q1 ('1234')"
+    # stopped by the lesson gate before the consolidation call ever saw it
+    assert rejected["why"] == "proposal: answer leak: contains the ground-truth answer of q1 ('1234')"
+    assert report["lessons_rejected"] == {"answer leak": 1}
 
 
 def test_leak_check_answers_and_copied_questions() -> None:

@@ -308,7 +308,15 @@ def test_extract_retry_can_recover() -> None:
             return {"content": "Sorry, I will not use tools."}
         return tool_reply(
             "ExtractedExperiences",
-            {"analysis": "a", "operations": [{"op": "ADD", "content": "Recovered lesson."}]},
+            {
+                "analysis": "a",
+                "operations": [
+                    {
+                        "op": "ADD",
+                        "content": "Recovered lesson: when a sum mixes signs, add the terms in order.",
+                    }
+                ],
+            },
         )
 
     fake = Fake(extract=second_time_lucky)
@@ -317,12 +325,19 @@ def test_extract_retry_can_recover() -> None:
     retry_prompt = message_text(fake.bodies("extract")[1]["messages"][-1]["content"])
     assert "could not be used" in retry_prompt
     assert "extract" not in out["report"]["dropped"]
-    assert [i["text"] for i in out["library"]["items"]] == ["Recovered lesson."]
+    assert [i["text"] for i in out["library"]["items"]] == [
+        "Recovered lesson: when a sum mixes signs, add the terms in order."
+    ]
 
 
 REPAIRABLE_PAYLOAD = {
     "analysis": "right ones checked",
-    "operations": [{"op": "ADD", "content": "Parsed from a sloppy reply."}],
+    "operations": [
+        {
+            "op": "ADD",
+            "content": "Parsed from a sloppy reply: when a sum mixes signs, add the terms in order.",
+        }
+    ],
 }
 
 
@@ -342,17 +357,25 @@ def test_extract_repairable_output_is_parsed_without_retry(reply: dict) -> None:
     out = run_step(fake, batch=BATCH[:1])
     assert fake.count("extract") == 1
     assert "extract" not in out["report"]["dropped"]
-    assert out["proposals"][0]["operations"][0]["content"] == "Parsed from a sloppy reply."
+    assert (
+        out["proposals"][0]["operations"][0]["content"]
+        == "Parsed from a sloppy reply: when a sum mixes signs, add the terms in order."
+    )
     assert out["report"]["operations_proposed"] == 1
     assert out["report"]["operations_final"] == 0  # the consolidation kept none: the report shows it
 
 
 def test_extract_operations_beyond_k_are_cut_and_counted() -> None:
-    ops = [{"op": "NONE"}] + [{"op": "ADD", "content": f"Lesson number {i}."} for i in range(4)]
+    ops = [{"op": "NONE"}] + [
+        {"op": "ADD", "content": f"Lesson number {i}: when a sum mixes signs, add the terms in order."}
+        for i in range(4)
+    ]
     fake = Fake(extract=extract_reply(ops))
     out = run_step(fake, batch=BATCH[:1], experiences_per_group=2)
     (proposal,) = out["proposals"]
-    assert [op["content"] for op in proposal["operations"]] == ["Lesson number 0.", "Lesson number 1."]
+    assert [op["content"] for op in proposal["operations"]] == [
+        f"Lesson number {i}: when a sum mixes signs, add the terms in order." for i in range(2)
+    ]
     assert out["report"]["operations_proposed"] == 2
     assert out["report"]["dropped"].get("extract") == 1
     (cut,) = [d for d in out["dropped"] if d["stage"] == "extract"]
@@ -361,7 +384,11 @@ def test_extract_operations_beyond_k_are_cut_and_counted() -> None:
 
 
 def test_extract_proposals_carry_the_query_as_source() -> None:
-    fake = Fake(extract=extract_reply([{"op": "ADD", "content": "General lesson."}]))
+    fake = Fake(
+        extract=extract_reply(
+            [{"op": "ADD", "content": "General lesson: when a sum mixes signs, add the terms in order."}]
+        )
+    )
     out = run_step(fake, batch=BATCH[:1])
     assert out["proposals"][0]["operations"][0]["sources"] == ["q1"]
     assert out["library"]["items"][0]["sources"] == ["q1"]
@@ -376,8 +403,17 @@ def test_update_of_unknown_id_from_consolidation_is_rejected_with_reason() -> No
             "LibraryUpdate",
             {
                 "operations": [
-                    {"op": "UPDATE", "id": "G9", "content": "Ghost lesson.", "reason": "r"},
-                    {"op": "ADD", "content": "Real new lesson.", "reason": "r"},
+                    {
+                        "op": "UPDATE",
+                        "id": "G9",
+                        "content": "Ghost lesson: when a sum mixes signs, add the terms in order.",
+                        "reason": "r",
+                    },
+                    {
+                        "op": "ADD",
+                        "content": "Real new lesson: when a sum mixes signs, add the terms in order.",
+                        "reason": "r",
+                    },
                 ]
             },
         )
@@ -392,7 +428,10 @@ def test_update_of_unknown_id_from_consolidation_is_rejected_with_reason() -> No
     assert "G9" in rejected["why"] and "unknown" in rejected["why"]
     assert report["operations_rejected"] == 1
     assert [i["id"] for i in out["library"]["items"]] == ["G1", "G2", "G3"]
-    assert all(i["text"] != "Ghost lesson." for i in out["library"]["items"])
+    assert all(
+        i["text"] != "Ghost lesson: when a sum mixes signs, add the terms in order."
+        for i in out["library"]["items"]
+    )
     assert [op["id"] for op in report["applied"]] == ["G3"]
 
 
@@ -402,10 +441,22 @@ def test_consolidated_delete_update_conflicts_resolve_by_the_rules() -> None:
             "LibraryUpdate",
             {
                 "operations": [
-                    {"op": "UPDATE", "id": "G1", "content": "Rewritten G1."},
+                    {
+                        "op": "UPDATE",
+                        "id": "G1",
+                        "content": "Rewritten G1: when a sum mixes signs, add the terms in order.",
+                    },
                     {"op": "DELETE", "id": "G1"},
-                    {"op": "UPDATE", "id": "G2", "content": "First rewrite of G2."},
-                    {"op": "UPDATE", "id": "G2", "content": "Final rewrite of G2."},
+                    {
+                        "op": "UPDATE",
+                        "id": "G2",
+                        "content": "First rewrite of G2: when a sum mixes signs, add the terms in order.",
+                    },
+                    {
+                        "op": "UPDATE",
+                        "id": "G2",
+                        "content": "Final rewrite of G2: when a sum mixes signs, add the terms in order.",
+                    },
                     {"op": "NONE", "reason": "nothing else"},
                 ]
             },
@@ -415,21 +466,25 @@ def test_consolidated_delete_update_conflicts_resolve_by_the_rules() -> None:
     out = run_step(fake, library=seeded_library(), step=4)
     items = out["library"]["items"]
     assert [i["id"] for i in items] == ["G2"]
-    assert items[0]["text"] == "Final rewrite of G2."
+    assert items[0]["text"] == "Final rewrite of G2: when a sum mixes signs, add the terms in order."
     assert items[0]["updated_step"] == 4 and items[0]["created_step"] == 1
     assert set(items[0]["sources"]) == {"old", "q1", "q2"}
     report = out["report"]
     assert report["operations_applied"] == 2
     assert report["operations_rejected"] == 2
     assert sorted(r["operation"]["content"] for r in report["rejected"]) == [
-        "First rewrite of G2.",
-        "Rewritten G1.",
+        "First rewrite of G2: when a sum mixes signs, add the terms in order.",
+        "Rewritten G1: when a sum mixes signs, add the terms in order.",
     ]
     assert out["library"]["next_id"] == 3
 
 
 def test_full_library_rejects_adds_from_a_step() -> None:
-    fake = Fake(extract=extract_reply([{"op": "ADD", "content": "One more lesson."}]))
+    fake = Fake(
+        extract=extract_reply(
+            [{"op": "ADD", "content": "One more lesson: when a sum mixes signs, add the terms in order."}]
+        )
+    )
     out = run_step(fake, batch=BATCH[:1], library=seeded_library(), max_library_items=2)
     assert [i["id"] for i in out["library"]["items"]] == ["G1", "G2"]
     (rejected,) = out["report"]["rejected"]
@@ -485,7 +540,15 @@ def test_consolidation_sources_restricted_to_batch_queries() -> None:
     def consolidate(body: dict) -> dict:
         return tool_reply(
             "LibraryUpdate",
-            {"operations": [{"op": "ADD", "content": "Merged lesson.", "sources": ["q1", "made-up"]}]},
+            {
+                "operations": [
+                    {
+                        "op": "ADD",
+                        "content": "Merged lesson: when a sum mixes signs, add the terms in order.",
+                        "sources": ["q1", "made-up"],
+                    }
+                ]
+            },
         )
 
     fake = Fake(update=consolidate)

@@ -41,12 +41,20 @@ def _ask_for_text(schema: dict[str, Any]) -> None:
     # because servers that constrain sampling with the schema (llama.cpp) otherwise let small models
     # write ``null`` where the lesson should be.
     schema["required"] = sorted({*schema.get("required", []), "content", "reason"})
+    # maxLength: a server that builds a grammar from the schema (llama-cpp-python 0.3.36 does) closes the
+    # string there, so a rambling lesson costs at most LESSON_MAX_CHARS; the lesson gate in update_library
+    # still rejects one over WORD_CAP words (a lesson cut at LESSON_MAX_CHARS is over it).
     content = schema["properties"]["content"]
-    schema["properties"]["content"] = {"type": "string", "description": content.get("description", "")}
+    schema["properties"]["content"] = {
+        "type": "string",
+        "description": content.get("description", ""),
+        "maxLength": LESSON_MAX_CHARS,
+    }
 
 
 # A lesson's length: short enough to read before every problem, long enough for trigger, action, pitfall.
 WORD_CAP = 35
+LESSON_MAX_CHARS = 8 * WORD_CAP  # ~45 words of ~6 characters: room for any lesson within the cap
 
 
 class ProposedOperation(BaseModel):
@@ -58,8 +66,9 @@ class ProposedOperation(BaseModel):
     id: str | None = Field(default=None, description="Experience id (e.g. G3) for UPDATE and DELETE.")
     content: str | None = Field(
         default=None,
-        description=f"For ADD/UPDATE: the whole lesson, at most {WORD_CAP} words: when it applies (a "
-        "feature of the problem), what to do, the pitfall seen. Empty for DELETE/NONE.",
+        # not lesson-shaped: a small model pasted the former "when it applies (a feature of the problem),
+        # what to do, the pitfall seen" into E; the shape is the prompt's to teach
+        description=f"ADD/UPDATE: the lesson text (max {WORD_CAP} words). DELETE/NONE: empty.",
     )
     reason: str = Field(default="", description="Why, in one sentence.")
 

@@ -5,6 +5,11 @@ One consolidation call over all proposals of the batch decides the final operati
 on one id folded into one (the prompt states these rules, the word cap, what "specific to one problem"
 means and the library's remaining capacity). An ADD/UPDATE that carries a ground-truth answer of the
 batch or copies 8+ consecutive words of one of its questions is rejected mechanically, with the reason.
+Every ADD/UPDATE, proposed or final, from any model, then passes the **lesson gate**
+(:func:`lesson_flaw`): within the word cap, prose rather than numbers and operators, not copied from the
+learner's prompts or schema descriptions, not tied to one problem of the batch by its numbers or a
+narration of its attempts. A proposal stopped there never reaches the consolidation call; every
+rejection is listed with its reason and counted by reason in the report (``lessons_rejected``).
 The rest are applied with :func:`apply_operations`: DELETE really deletes, and an
 UPDATE/DELETE of an unknown id is rejected and counted (never turned into an ADD). If the consolidation
 output stays unparseable, the raw proposals are applied under the same rules and the failure is recorded.
@@ -14,6 +19,7 @@ from __future__ import annotations
 
 import json
 import re
+from collections import Counter
 from typing import Any, cast
 
 from langchain_core.messages import HumanMessage, SystemMessage
@@ -21,6 +27,8 @@ from langgraph.runtime import Runtime
 from pydantic import BaseModel, Field
 
 from tfgrpo.context import Context
+from tfgrpo.nodes import extract as extract_node
+from tfgrpo.nodes import summarize as summarize_node
 from tfgrpo.nodes._llm import (
     call_structured,
     context_of,
@@ -31,7 +39,7 @@ from tfgrpo.nodes._llm import (
     store_of,
 )
 from tfgrpo.nodes._prompts import prompt_text
-from tfgrpo.nodes.extract import WORD_CAP, ProposedOperation
+from tfgrpo.nodes.extract import WORD_CAP, ProposedOperation, extraction_schema
 from tfgrpo.state.graph_state import StepState
 from tfgrpo.state.library import (
     Library,
@@ -95,6 +103,33 @@ COMMON_ANSWERS = frozenset({"yes", "no", "true", "false", "none"})
 COPIED_WORDS = 8  # this many consecutive words of a question make a copy
 
 
+# The lesson gate: what a lesson must not be, checked mechanically on every ADD/UPDATE (any model). The
+# reasons, as counted in the report's ``lessons_rejected``:
+OVER_CAP = "over word cap"  # more than WORD_CAP words (the prompts ask for it; nothing else enforces it)
+TEMPLATE_COPY = "template copy"  # TEMPLATE_WORDS consecutive words of a learner prompt / schema description
+NOT_PROSE = "not prose"  # fewer than MIN_PROSE_WORDS words, or mostly numbers and operators
+PROBLEM_SPECIFIC = "problem-specific"  # quotes the numbers of one problem of the batch, or narrates attempts
+ANSWER_LEAK = "answer leak"  # a batch answer or a copied question (leak_of)
+LESSON_REASONS = (ANSWER_LEAK, TEMPLATE_COPY, PROBLEM_SPECIFIC, NOT_PROSE, OVER_CAP)  # checked in this order
+# 5 words: a lesson in its own words shares at most a short phrase ("when a minus sign") with the prompts,
+# while a pasted instruction shares more: the main job's 0.5B learner stored its schema's field
+# description ("When it applies (a feature of the problem), what to do, the pitfall seen.") and fragments
+# of it ("When calculating (-9 / 9), what to do; the pitfall seen.": "what to do the pitfall" is 5)
+TEMPLATE_WORDS = 5
+MIN_PROSE_WORDS = 6  # words with a letter in them: a trigger, an action and a pitfall need more
+# of the whitespace-separated tokens: "-(a + b) = -a - b" inside a sentence still passes
+MIN_PROSE_SHARE = 0.5
+# Numbers of one batch question in a lesson tie it to that problem: one of SPECIFIC_DIGITS+ digits ("81"),
+# or SPECIFIC_NUMBERS distinct ones ("subtract 1 from 2" for "2 - 1"); single small numbers are generic.
+SPECIFIC_DIGITS = 2
+SPECIFIC_NUMBERS = 2
+# Narrating one attempt ("The reward for this attempt was 0") is a report, not a lesson.
+NARRATION = re.compile(
+    r"\b(rewards?|this (attempt|problem|question|response)|final response|(first|second) (model )?turn)\b",
+    re.IGNORECASE,
+)
+
+
 def capacity_text(library: Library, max_items: int, max_tokens: int) -> str:
     items, tokens = len(library["items"]), library_tokens(library)
     return (
@@ -140,26 +175,96 @@ def leak_of(content: str, batch: list[Query]) -> str | None:
     return None
 
 
-def screen_leaks(
-    operations: list[Operation], batch: list[Query]
-) -> tuple[list[Operation], list[RejectedOperation]]:
-    """Split the final operations into those that may be applied and those rejected as leaks."""
+def ngrams(words: list[str], n: int) -> set[tuple[str, ...]]:
+    return {tuple(words[i : i + n]) for i in range(len(words) - n + 1)}
+
+
+def _descriptions(schema: Any) -> list[str]:
+    """Every ``description`` string of a JSON schema, nested ones included."""
+    if isinstance(schema, dict):
+        own = [schema["description"]] if isinstance(schema.get("description"), str) else []
+        return own + [d for value in schema.values() for d in _descriptions(value)]
+    if isinstance(schema, list):
+        return [d for value in schema for d in _descriptions(value)]
+    return []
+
+
+def learner_templates(prompts: str, k: int) -> set[tuple[str, ...]]:
+    """The TEMPLATE_WORDS-grams of what the learner reads besides the data: its system prompts as this
+    run uses them (``--prompts`` overrides included) and the descriptions in its extract and update
+    schemas. A lesson sharing one of them was copied from the instructions, not learned."""
+    texts = [
+        prompt_text(prompts, "summarize_system", summarize_node.SYSTEM_PROMPT),
+        prompt_text(prompts, "extract_system", extract_node.SYSTEM_PROMPT),
+        prompt_text(prompts, "update_system", SYSTEM_PROMPT),
+        *_descriptions(extraction_schema(k).model_json_schema()),
+        *_descriptions(LibraryUpdate.model_json_schema()),
+    ]
+    return {gram for text in texts for gram in ngrams(_words(text), TEMPLATE_WORDS)}
+
+
+def _numbers(text: str) -> set[str]:
+    return set(re.findall(r"\d+(?:\.\d+)?", text))
+
+
+def lesson_flaw(content: str, batch: list[Query], templates: set[tuple[str, ...]]) -> tuple[str, str] | None:
+    """``(reason, detail)`` when ``content`` must not enter E as a lesson (reasons in LESSON_REASONS, the
+    first that applies), else None."""
+    leak = leak_of(content, batch)
+    if leak is not None:
+        return ANSWER_LEAK, leak
+    words = _words(content)
+    for i in range(len(words) - TEMPLATE_WORDS + 1):
+        if tuple(words[i : i + TEMPLATE_WORDS]) in templates:
+            copied = " ".join(words[i : i + TEMPLATE_WORDS])
+            return TEMPLATE_COPY, f"copies the learner's instructions ({copied!r})"
+    numbers = _numbers(content)
+    for query in batch:
+        shared = numbers & _numbers(query.get("question") or "")
+        if len(shared) >= SPECIFIC_NUMBERS or any(len(n.replace(".", "")) >= SPECIFIC_DIGITS for n in shared):
+            return PROBLEM_SPECIFIC, f"quotes the numbers of {query['id']} ({', '.join(sorted(shared))})"
+    narration = NARRATION.search(content)
+    if narration:
+        return PROBLEM_SPECIFIC, f"narrates an attempt ({narration.group(0)!r})"
+    tokens = content.split()
+    prose = [t for t in tokens if re.search(r"[^\W\d_]", t)]
+    if len(prose) < MIN_PROSE_WORDS or len(prose) < MIN_PROSE_SHARE * len(tokens):
+        return NOT_PROSE, f"{len(prose)} words among {len(tokens)} tokens"
+    if len(tokens) > WORD_CAP:
+        return OVER_CAP, f"{len(tokens)} words, cap {WORD_CAP}"
+    return None
+
+
+def screen_lessons(
+    operations: list[Operation], batch: list[Query], templates: set[tuple[str, ...]], where: str = ""
+) -> tuple[list[Operation], list[RejectedOperation], Counter[str]]:
+    """Split operations into those that may go on and those the lesson gate rejects (ADD/UPDATE only),
+    with the rejections counted by reason."""
     kept: list[Operation] = []
     rejected: list[RejectedOperation] = []
+    counts: Counter[str] = Counter()
     for op in operations:
-        why = leak_of(op.get("content") or "", batch) if op["op"] in ("ADD", "UPDATE") else None
-        if why is None:
+        flaw = None
+        if op["op"] in ("ADD", "UPDATE"):
+            flaw = lesson_flaw(op.get("content") or "", batch, templates)
+        if flaw is None:
             kept.append(op)
         else:
-            rejected.append({"operation": op, "why": f"answer leak: {why}"})
-    return kept, rejected
+            counts[flaw[0]] += 1
+            rejected.append({"operation": op, "why": f"{where}{flaw[0]}: {flaw[1]}"})
+    return kept, rejected, counts
 
 
 def update_library(state: StepState, runtime: Runtime[Context]) -> dict[str, Any]:
     ctx = context_of(runtime)
     library = state.get("library") or empty_library()
     proposals = state.get("proposals", [])
-    proposed: list[Operation] = [op for p in proposals for op in p["operations"]]
+    batch = state.get("batch", [])
+    templates = learner_templates(ctx.prompts, ctx.experiences_per_group)
+    # junk proposals never reach the consolidation call (nor cost its tokens)
+    proposed, gated, gate_counts = screen_lessons(
+        [op for p in proposals for op in p["operations"]], batch, templates, where="proposal: "
+    )
     calls: list[CallRecord] = []
     dropped: list[Dropped] = []
     final: list[Operation] = []
@@ -212,7 +317,7 @@ def update_library(state: StepState, runtime: Runtime[Context]) -> dict[str, Any
                 sources = [s for s in op.get("sources") or [] if s in known_sources]
                 final.append(cast(Operation, {**op, "sources": sources or sorted(known_sources)}))
 
-    final, leaks = screen_leaks(final, state.get("batch", []))
+    final, leaks, final_counts = screen_lessons(final, batch, templates)
     new_library, applied, rejected = apply_operations(
         library,
         final,
@@ -224,9 +329,10 @@ def update_library(state: StepState, runtime: Runtime[Context]) -> dict[str, Any
         state,
         library=new_library,
         applied=applied,
-        rejected=[*leaks, *rejected],
+        rejected=[*gated, *leaks, *rejected],
         more_calls=calls,
         more_dropped=dropped,
         final_operations=len(final) + len(leaks),
+        lessons_rejected=dict(gate_counts + final_counts),
     )
     return {"library": new_library, "report": report, "usage": usage_of(calls), "dropped": dropped}

@@ -177,6 +177,7 @@ class StepReport(TypedDict):
     rejected: list[RejectedOperation]
     applied: list[Operation]
     dropped: dict[str, int]  # stage -> count
+    lessons_rejected: NotRequired[dict[str, int]]  # lesson-gate reason -> ADD/UPDATEs rejected
     malformed: NotRequired[dict[str, int]]  # stage -> replies with unusable structured output
     calls: int
     calls_failed: int

@@ -1,0 +1,191 @@
+"""The lesson gate: every ADD/UPDATE, from any model, is checked mechanically before it enters E (word cap,
+prose, no copied instructions, not tied to one problem, no answer leak) and each rejection is counted by
+reason in the run report. Also: the schema's length bound, and the main job's example lessons."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import pytest
+
+from tests.unit.test_nodes import BATCH, Fake, extract_reply, run_step, tool_reply
+from tfgrpo.cli import MAIN_JOB_PROMPTS
+from tfgrpo.data import load_dataset
+from tfgrpo.learner import gate_summary
+from tfgrpo.nodes.extract import LESSON_MAX_CHARS, WORD_CAP, extraction_schema
+from tfgrpo.nodes.update_library import (
+    ANSWER_LEAK,
+    NOT_PROSE,
+    OVER_CAP,
+    PROBLEM_SPECIFIC,
+    TEMPLATE_COPY,
+    LibraryUpdate,
+    leak_of,
+    learner_templates,
+    lesson_flaw,
+)
+from tfgrpo.runs import RunDir, totals
+from tfgrpo.state.types import Query
+
+GOOD = (
+    "When subtracting a negative number, turn it into an addition first; sign slips came from treating "
+    "a - -b as a - b."
+)
+TEMPLATES = learner_templates("", 2)
+MAIN_JOB_TEMPLATES = learner_templates(MAIN_JOB_PROMPTS, 2)
+ARITHMETIC: list[Query] = [
+    {"id": "q1", "question": "Calculate -( 20 + 67 + -59 ).", "answer": "-28"},
+    {"id": "q2", "question": "Calculate -2 - -1.", "answer": "-1"},
+]
+
+
+def reason_of(content: str, batch: list[Query] = ARITHMETIC, templates: set | None = None) -> str | None:
+    flaw = lesson_flaw(content, batch, TEMPLATES if templates is None else templates)
+    return None if flaw is None else flaw[0]
+
+
+def test_a_good_lesson_passes() -> None:
+    assert lesson_flaw(GOOD, ARITHMETIC, TEMPLATES) is None
+    assert lesson_flaw(GOOD, ARITHMETIC, MAIN_JOB_TEMPLATES) is None
+    # one small number of a question is generic, not a quote of the problem
+    assert reason_of("When a product has a factor of 1, skip it; keep the sign of the other factor.") is None
+
+
+def test_over_the_word_cap_is_rejected() -> None:
+    # the main job's 0.5B learner wrote 60-word lessons the prompt's cap did not stop
+    long = GOOD + " " + " ".join(["Then check the sign of every term once more before adding."] * 2)
+    assert len(long.split()) > WORD_CAP
+    flaw = lesson_flaw(long, ARITHMETIC, TEMPLATES)
+    assert flaw is not None and flaw[0] == OVER_CAP and f"cap {WORD_CAP}" in flaw[1]
+
+
+def test_a_copy_of_the_learner_instructions_is_rejected() -> None:
+    # the update prompt's lesson shape, pasted as a lesson (the main job stored its schema's twin)
+    copied = "When it applies (a feature of the problem), what to do, the pitfall seen."
+    assert reason_of(copied) == TEMPLATE_COPY
+    assert reason_of("When calculating (-9 / 9), what to do; the pitfall seen. Empty for DELETE/NONE.") == (
+        TEMPLATE_COPY
+    )
+    # the schema's own field descriptions count as instructions
+    described = "ADD/UPDATE: the lesson text (max 35 words). DELETE/NONE: empty."
+    assert reason_of(described) == TEMPLATE_COPY
+    # and a main-job prompt example repeated is not a lesson learned
+    example = re.findall(r'^"(.+)"$', Path(MAIN_JOB_PROMPTS, "extract_system.txt").read_text(), re.M)[0]
+    assert reason_of(example, templates=MAIN_JOB_TEMPLATES) == TEMPLATE_COPY
+
+
+def test_numbers_and_operators_are_not_a_lesson() -> None:
+    assert reason_of("81 + (-78)") == NOT_PROSE
+    assert reason_of("Add the terms: 8 + 1 = 9.") == NOT_PROSE  # too few words
+    assert reason_of("Sum is 9 * 8 - 7 / 6 + 5 - 4 * 3 then add it up") == NOT_PROSE  # mostly not words
+
+
+def test_a_lesson_tied_to_one_problem_is_rejected() -> None:
+    narrated = (
+        "When the first model turn was to subtract -1 from -2, this resulted in the final response of -3. "
+        "The reward for this attempt was 0."
+    )
+    flaw = lesson_flaw(narrated, ARITHMETIC, TEMPLATES)
+    assert flaw == (PROBLEM_SPECIFIC, "quotes the numbers of q2 (1, 2)")
+    assert reason_of("When a sum starts with a minus, 67 and 59 keep their own signs inside.") == (
+        PROBLEM_SPECIFIC
+    )
+    assert reason_of("When negating brackets, remember that 20 becomes negative too, like the others.") == (
+        PROBLEM_SPECIFIC  # one two-digit number of q1
+    )
+    assert reason_of("The reward for this attempt was low because the sign was lost early on.") == (
+        PROBLEM_SPECIFIC  # narrates an attempt, no numbers needed
+    )
+
+
+def test_an_answer_leak_is_still_rejected_by_the_gate() -> None:
+    assert reason_of("When negating a sum of three terms the result is -28, keep signs.") == ANSWER_LEAK
+
+
+def test_rejections_are_counted_by_reason_in_the_step_report() -> None:
+    junk = [
+        " ".join([GOOD] * 2),  # over the cap
+        "When it applies (a feature of the problem), what to do, the pitfall.",  # the update prompt
+        "81 + (-78) = 3",  # not prose
+        "When adding 2 and 3 the sum is easy to get right, so keep going.",  # q1's numbers
+    ]
+    ops = [{"op": "ADD", "content": c} for c in [*junk, GOOD]]
+    fake = Fake(extract=extract_reply(ops))
+    out = run_step(fake, experiences_per_group=5)
+    report = out["report"]
+    # two groups proposed the same five: the gate stops eight before the consolidation call
+    assert report["lessons_rejected"] == {OVER_CAP: 2, TEMPLATE_COPY: 2, NOT_PROSE: 2, PROBLEM_SPECIFIC: 2}
+    assert [i["text"] for i in out["library"]["items"]] == [GOOD]
+    (update,) = fake.bodies("update")
+    sent = " ".join(str(m.get("content")) for m in update["messages"])
+    assert "81 + (-78)" not in sent and GOOD in sent
+    assert all(r["why"].startswith("proposal: ") for r in report["rejected"])
+    history = [report, report]
+    assert gate_summary(history) == (
+        "lessons rejected by the lesson gate: over word cap 4, template copy 4, not prose 4, "
+        "problem-specific 4 (reasons in report.md)"
+    )
+    assert totals(history)["lessons_rejected"] == {
+        OVER_CAP: 4,
+        TEMPLATE_COPY: 4,
+        NOT_PROSE: 4,
+        PROBLEM_SPECIFIC: 4,
+    }
+
+
+def test_the_consolidations_output_passes_the_same_gate(tmp_path: Path) -> None:
+    def consolidate(body: dict) -> dict:
+        final = [{"op": "ADD", "content": "5 + 6 = 11"}, {"op": "ADD", "content": GOOD}]
+        return tool_reply("LibraryUpdate", {"operations": final})
+
+    fake = Fake(extract=extract_reply([{"op": "ADD", "content": GOOD}]), update=consolidate)
+    out = run_step(fake, batch=BATCH)
+    report = out["report"]
+    assert report["lessons_rejected"] == {NOT_PROSE: 1}
+    assert [i["text"] for i in out["library"]["items"]] == [GOOD]
+    run = RunDir(tmp_path)
+    run.create()
+    run.write_outputs({"library": out["library"]}, [report])
+    md = (tmp_path / "report.md").read_text()
+    assert "- lessons_rejected: {'not prose': 1}" in md
+    assert "not prose: 0 words among 5 tokens" in md
+
+
+def test_nothing_left_after_the_gate_makes_no_consolidation_call() -> None:
+    fake = Fake(extract=extract_reply([{"op": "ADD", "content": "81 + (-78)"}]))
+    out = run_step(fake)
+    assert fake.count("update") == 0
+    assert out["report"]["lessons_rejected"] == {NOT_PROSE: 2}
+    assert out["library"]["items"] == []
+
+
+def test_the_schemas_bound_a_lessons_length() -> None:
+    for schema in (extraction_schema(2).model_json_schema(), LibraryUpdate.model_json_schema()):
+        content = [d for d in schema["$defs"].values() if "content" in d.get("properties", {})]
+        assert content and all(d["properties"]["content"]["maxLength"] == LESSON_MAX_CHARS for d in content)
+    # within the bound a lesson of WORD_CAP average words fits
+    assert len(GOOD) / len(GOOD.split()) * WORD_CAP < LESSON_MAX_CHARS
+
+
+def test_llama_cpp_grammar_honours_max_length() -> None:
+    grammar = pytest.importorskip("llama_cpp.llama_grammar")
+    import json
+
+    gbnf = grammar.json_schema_to_gbnf(json.dumps(extraction_schema(2).model_json_schema()))
+    # a bounded repetition of characters: LESSON_MAX_CHARS nested optional chars, not an open "char*"
+    content_rule = [line for line in gbnf.splitlines() if line.startswith("ProposedOperation-content ")]
+    assert content_rule and content_rule[0].count("(char") == LESSON_MAX_CHARS
+
+
+def test_main_job_example_lessons_are_good_and_leak_no_answer() -> None:
+    text = Path(MAIN_JOB_PROMPTS, "extract_system.txt").read_text()
+    examples = re.findall(r'^"(.+)"$', text, re.M)
+    assert len(examples) == 2
+    training = load_dataset("rg:basic_arithmetic:size=8:seed=1:max_terms=3:max_digits=2")
+    heldout = load_dataset("rg:basic_arithmetic:size=50:seed=1000:max_terms=3:max_digits=2")
+    for example in examples:
+        assert len(example.split()) <= WORD_CAP
+        # the copy check against every question and answer the main job sees, and the rest of the gate
+        assert leak_of(example, [*training, *heldout]) is None
+        assert lesson_flaw(example, [*training, *heldout], TEMPLATES) is None
