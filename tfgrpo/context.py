@@ -140,6 +140,15 @@ class Context:
             "servers (the embedded model, or --base-url); empty: none."
         },
     )
+    lesson_pattern: str = field(
+        default="",
+        metadata={
+            "description": "Regular expression (JSON-schema `pattern`, anchored with ^ and $) every lesson "
+            "must match: sent in the extract / update schemas, which grammar-constrained servers "
+            "(llama.cpp) turn into the shape of the lesson, and checked by the lesson gate for any model "
+            "('off pattern'). It must accept the empty string (NONE, DELETE). Empty: none."
+        },
+    )
     request_timeout: float = 120.0
     # Robustness
     structured_retries: int = field(
