@@ -44,6 +44,10 @@ MAIN_JOB_GRAMMAR = str(Path(MAIN_JOB_PROMPTS) / "answer.gbnf")
 # problem), at most ~190 characters (within the 35-word cap), or empty (NONE). Without it the 0.5B learner
 # wrote calculations ("Step-by-step calculation: 2 + (-8) = -6") and the lesson gate left E empty.
 # `--lesson-pattern ''` drops it.
+# ... and no NONE in its extract schema: with the pattern alone the 0.5B learner answered NONE for every
+# kept group (8 of 8 in two runs, one other ADD a copy of the prompt's example); each kept group has a right
+# and a wrong attempt, and the lesson gate and the update step judge what it proposes. `--extract-ops ''`.
+MAIN_JOB_EXTRACT_OPS = "ADD,UPDATE"
 MAIN_JOB_LESSON_PATTERN = r"^(When [a-z][a-z ,;:'()+*/=-]{15,80}, [a-z][a-z ,;:'()+*/=-]{15,100}[.])?$"
 
 # Sizes used when not given: the paper's shape for a configured model, something that finishes in minutes
@@ -91,6 +95,8 @@ def apply_main_job_defaults(args: argparse.Namespace) -> bool:
         args.grammar = MAIN_JOB_GRAMMAR
     if getattr(args, "lesson_pattern", None) is None:
         args.lesson_pattern = MAIN_JOB_LESSON_PATTERN
+    if getattr(args, "extract_ops", None) is None:
+        args.extract_ops = MAIN_JOB_EXTRACT_OPS
     return True
 
 
@@ -121,6 +127,15 @@ def read_lesson_pattern(pattern: str | None) -> str:
     if not compiled.search(""):
         raise TfgrpoError("--lesson-pattern: must accept the empty string (NONE and DELETE carry no lesson)")
     return pattern
+
+
+def read_extract_ops(ops: str | None) -> str:
+    """``--extract-ops`` checked and normalized ("" for all), or one line naming the unknown operation."""
+    names = [op.strip().upper() for op in (ops or "").split(",") if op.strip()]
+    for name in names:
+        if name not in ("ADD", "UPDATE", "DELETE", "NONE"):
+            raise TfgrpoError(f"--extract-ops: unknown operation {name!r} (ADD, UPDATE, DELETE, NONE)")
+    return ",".join(names)
 
 
 def embedded_note(model: str, doing: str = "learning") -> str:
@@ -190,6 +205,13 @@ def _add_agent_args(p: argparse.ArgumentParser, *, demo: bool, temperature: floa
         help="regular expression (^...$) every lesson must match, also sent in the learner's schemas "
         "(grammar-constrained servers write that shape); must accept ''; '' = none (default: none; "
         "the main job's: 'When <situation>, <action>.' without digits)",
+    )
+    p.add_argument(
+        "--extract-ops",
+        default=None,
+        metavar="OPS",
+        help="operations the extract schema offers, comma-separated (e.g. ADD,UPDATE); '' = all "
+        "(default: all; the main job's: ADD,UPDATE)",
     )
     p.add_argument("--max-concurrency", type=int, default=d.max_concurrency)
     p.add_argument("--seed", type=int, default=0)
@@ -419,6 +441,7 @@ def context_from_args(args: argparse.Namespace, *, preset: str, **override: Any)
         "prompts": args.prompts,
         "answer_grammar": read_grammar(getattr(args, "grammar", None)),
         "lesson_pattern": read_lesson_pattern(getattr(args, "lesson_pattern", None)),
+        "extract_ops": read_extract_ops(getattr(args, "extract_ops", None)),
     }
     for name in ("model", "learner_model", "judge_model", "base_url", "learner_temperature", "agent"):
         if hasattr(args, name):

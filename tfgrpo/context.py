@@ -149,6 +149,15 @@ class Context:
             "('off pattern'). It must accept the empty string (NONE, DELETE). Empty: none."
         },
     )
+    extract_ops: str = field(
+        default="",
+        metadata={
+            "description": "Operations the extract schema offers, comma-separated (e.g. ADD,UPDATE: no "
+            "NONE, so every kept group proposes a lesson for the gate and the update step to judge); "
+            "empty: all. Schema only: validation still accepts all four. An empty library is offered "
+            "only ADD and NONE in any case."
+        },
+    )
     request_timeout: float = 120.0
     # Robustness
     structured_retries: int = field(

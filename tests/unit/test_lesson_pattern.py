@@ -89,6 +89,23 @@ def test_a_step_sends_the_pattern_and_the_ops_the_library_can_take() -> None:
     assert "pattern" not in props["content"] and props["op"]["enum"] == list(ALL_OPS)
 
 
+def test_extract_ops_narrow_the_extract_schema_only() -> None:
+    """``--extract-ops ADD,UPDATE`` (the main job's): no NONE in the extract schema, so every kept group
+    proposes a lesson; the update step may still answer NONE, and a model that ignores the schema and
+    answers NONE is parsed as before (nothing dropped)."""
+    assert offered_ops(None, "ADD,UPDATE") == ("ADD",)
+    assert offered_ops(seeded_library(), "add, update") == ("ADD", "UPDATE")
+    assert offered_ops(None, "DELETE") == EMPTY_LIBRARY_OPS  # nothing left: the library's own choice
+    fake = Fake(extract=extract_reply([{"op": "NONE", "content": ""}]))
+    out = run_step(fake, extract_ops="ADD,UPDATE")
+    assert sent_operation_schema(fake.bodies("extract")[0])["op"]["enum"] == ["ADD"]
+    assert out["report"]["dropped"] == {} and out["library"]["items"] == []
+    fake = Fake(extract=extract_reply([{"op": "ADD", "content": ON_PATTERN}]))
+    run_step(fake, library=seeded_library(), extract_ops="ADD,UPDATE")
+    assert sent_operation_schema(fake.bodies("extract")[0])["op"]["enum"] == ["ADD", "UPDATE"]
+    assert sent_operation_schema(fake.bodies("update")[0])["op"]["enum"] == list(ALL_OPS)
+
+
 def test_off_pattern_lessons_are_rejected_and_counted() -> None:
     # a good lesson by every other rule, but not in the run's shape (a model that ignored the schema)
     assert lesson_flaw(OFF_PATTERN_LESSON, ARITHMETIC, TEMPLATES) is None
@@ -112,13 +129,21 @@ def test_the_main_job_sets_the_lesson_pattern(monkeypatch: pytest.MonkeyPatch) -
     monkeypatch.delenv("TFGRPO_MODEL", raising=False)
     args = cli.parse_args(["learn"])
     assert cli.apply_main_job_defaults(args)
-    assert cli.context_from_args(args, preset="embedded").lesson_pattern == PATTERN
+    main = cli.context_from_args(args, preset="embedded")
+    assert (main.lesson_pattern, main.extract_ops) == (PATTERN, cli.MAIN_JOB_EXTRACT_OPS)
+    assert cli.MAIN_JOB_EXTRACT_OPS == "ADD,UPDATE"
     args = cli.parse_args(["learn", "--lesson-pattern", ""])
     cli.apply_main_job_defaults(args)
     assert cli.context_from_args(args, preset="embedded").lesson_pattern == ""
     args = cli.parse_args(["learn", "--dataset", "rg:basic_arithmetic:size=4"])
     assert not cli.apply_main_job_defaults(args)
-    assert cli.context_from_args(args, preset="embedded").lesson_pattern == ""
+    other = cli.context_from_args(args, preset="embedded")
+    assert (other.lesson_pattern, other.extract_ops) == ("", "")
+    args = cli.parse_args(["learn", "--extract-ops", "add,none", "--dataset", "rg:basic_arithmetic:size=4"])
+    assert cli.context_from_args(args, preset="embedded").extract_ops == "ADD,NONE"
+    args = cli.parse_args(["learn", "--extract-ops", "ADD,KEEP", "--dataset", "rg:basic_arithmetic:size=4"])
+    with pytest.raises(TfgrpoError, match="--extract-ops: unknown operation 'KEEP'"):
+        cli.context_from_args(args, preset="embedded")
     # the pattern's shape: trigger and action, no digits, within the word cap, or empty
     assert all(not re.search(PATTERN, junk) for junk in MEASURED_JUNK)
     assert re.search(PATTERN, GOOD)  # the gate's model lesson has this shape

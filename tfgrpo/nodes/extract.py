@@ -82,9 +82,13 @@ EMPTY_LIBRARY_OPS = ("ADD", "NONE")
 OpT = TypeVar("OpT", bound=ProposedOperation)
 
 
-def offered_ops(library: Any) -> tuple[str, ...]:
-    """The operations a library can take: ADD and NONE while it is empty, all four after."""
-    return ALL_OPS if library and library.get("items") else EMPTY_LIBRARY_OPS
+def offered_ops(library: Any, allowed: str = "") -> tuple[str, ...]:
+    """The operations a library can take: ADD and NONE while it is empty, all four after; of those,
+    only the ``allowed`` ones (comma-separated, "" for all) when that leaves any."""
+    ops = ALL_OPS if library and library.get("items") else EMPTY_LIBRARY_OPS
+    wanted = {op.strip().upper() for op in allowed.split(",") if op.strip()}
+    kept = tuple(op for op in ops if op in wanted)
+    return kept if kept else ops
 
 
 @functools.lru_cache(maxsize=64)
@@ -234,7 +238,9 @@ def _extract_group(
                 spec,
                 "extract",
                 extraction_schema(
-                    ctx.experiences_per_group, ctx.lesson_pattern, offered_ops(state.get("library"))
+                    ctx.experiences_per_group,
+                    ctx.lesson_pattern,
+                    offered_ops(state.get("library"), ctx.extract_ops),
                 ),
                 messages,
                 retries=ctx.structured_retries,
