@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
 import signal
 import sqlite3
 import sys
@@ -38,6 +39,16 @@ MAIN_JOB_MAX_TOKENS = 96
 # end): ~140 of 400 held-out answers wrote prose into the 96-token cap instead, ~70 % of all tokens.
 # `--grammar ''` drops it.
 MAIN_JOB_GRAMMAR = str(Path(MAIN_JOB_PROMPTS) / "answer.gbnf")
+# ... and the shape of its lessons, which llama.cpp turns into the grammar of the learner's lesson text:
+# "When <situation>, <what to do>." in lower-case words and operators, no digits (so no numbers of one
+# problem), at most ~190 characters (within the 35-word cap), or empty (NONE). Without it the 0.5B learner
+# wrote calculations ("Step-by-step calculation: 2 + (-8) = -6") and the lesson gate left E empty.
+# `--lesson-pattern ''` drops it.
+# ... and no NONE in its extract schema: with the pattern alone the 0.5B learner answered NONE for every
+# kept group (8 of 8 in two runs, one other ADD a copy of the prompt's example); each kept group has a right
+# and a wrong attempt, and the lesson gate and the update step judge what it proposes. `--extract-ops ''`.
+MAIN_JOB_EXTRACT_OPS = "ADD,UPDATE"
+MAIN_JOB_LESSON_PATTERN = r"^(When [a-z][a-z ,;:'()+*/=-]{15,80}, [a-z][a-z ,;:'()+*/=-]{15,100}[.])?$"
 
 # Sizes used when not given: the paper's shape for a configured model, something that finishes in minutes
 # on a CPU for the embedded 135M model, and a small run for the scripted demo.
@@ -82,6 +93,10 @@ def apply_main_job_defaults(args: argparse.Namespace) -> bool:
     args.max_tokens = args.max_tokens or MAIN_JOB_MAX_TOKENS
     if getattr(args, "grammar", None) is None:
         args.grammar = MAIN_JOB_GRAMMAR
+    if getattr(args, "lesson_pattern", None) is None:
+        args.lesson_pattern = MAIN_JOB_LESSON_PATTERN
+    if getattr(args, "extract_ops", None) is None:
+        args.extract_ops = MAIN_JOB_EXTRACT_OPS
     return True
 
 
@@ -96,6 +111,31 @@ def read_grammar(path: str | None) -> str:
     if "root" not in text:
         raise TfgrpoError(f"{path}: not a GBNF grammar (no 'root' rule)")
     return text
+
+
+def read_lesson_pattern(pattern: str | None) -> str:
+    """``--lesson-pattern`` checked ("" for none), or one line saying what is wrong with it."""
+    if not pattern:
+        return ""
+    try:
+        compiled = re.compile(pattern)
+    except re.error as exc:
+        raise TfgrpoError(f"--lesson-pattern: not a regular expression ({exc})") from None
+    if not (pattern.startswith("^") and pattern.endswith("$")):
+        # llama.cpp's schema-to-grammar converter refuses an unanchored pattern
+        raise TfgrpoError("--lesson-pattern: must start with ^ and end with $")
+    if not compiled.search(""):
+        raise TfgrpoError("--lesson-pattern: must accept the empty string (NONE and DELETE carry no lesson)")
+    return pattern
+
+
+def read_extract_ops(ops: str | None) -> str:
+    """``--extract-ops`` checked and normalized ("" for all), or one line naming the unknown operation."""
+    names = [op.strip().upper() for op in (ops or "").split(",") if op.strip()]
+    for name in names:
+        if name not in ("ADD", "UPDATE", "DELETE", "NONE"):
+            raise TfgrpoError(f"--extract-ops: unknown operation {name!r} (ADD, UPDATE, DELETE, NONE)")
+    return ",".join(names)
 
 
 def embedded_note(model: str, doing: str = "learning") -> str:
@@ -157,6 +197,21 @@ def _add_agent_args(p: argparse.ArgumentParser, *, demo: bool, temperature: floa
         default=None,
         help="GBNF file constraining the policy's answers when no tool is offered (llama.cpp servers only); "
         "'' = none (default: none; the main job's tfgrpo/main_job_prompts/answer.gbnf)",
+    )
+    p.add_argument(
+        "--lesson-pattern",
+        default=None,
+        metavar="REGEX",
+        help="regular expression (^...$) every lesson must match, also sent in the learner's schemas "
+        "(grammar-constrained servers write that shape); must accept ''; '' = none (default: none; "
+        "the main job's: 'When <situation>, <action>.' without digits)",
+    )
+    p.add_argument(
+        "--extract-ops",
+        default=None,
+        metavar="OPS",
+        help="operations the extract schema offers, comma-separated (e.g. ADD,UPDATE); '' = all "
+        "(default: all; the main job's: ADD,UPDATE)",
     )
     p.add_argument("--max-concurrency", type=int, default=d.max_concurrency)
     p.add_argument("--seed", type=int, default=0)
@@ -385,6 +440,8 @@ def context_from_args(args: argparse.Namespace, *, preset: str, **override: Any)
         "judge_max_tokens": args.judge_max_tokens,
         "prompts": args.prompts,
         "answer_grammar": read_grammar(getattr(args, "grammar", None)),
+        "lesson_pattern": read_lesson_pattern(getattr(args, "lesson_pattern", None)),
+        "extract_ops": read_extract_ops(getattr(args, "extract_ops", None)),
     }
     for name in ("model", "learner_model", "judge_model", "base_url", "learner_temperature", "agent"):
         if hasattr(args, name):

@@ -140,6 +140,24 @@ class Context:
             "servers (the embedded model, or --base-url); empty: none."
         },
     )
+    lesson_pattern: str = field(
+        default="",
+        metadata={
+            "description": "Regular expression (JSON-schema `pattern`, anchored with ^ and $) every lesson "
+            "must match: sent in the extract / update schemas, which grammar-constrained servers "
+            "(llama.cpp) turn into the shape of the lesson, and checked by the lesson gate for any model "
+            "('off pattern'). It must accept the empty string (NONE, DELETE). Empty: none."
+        },
+    )
+    extract_ops: str = field(
+        default="",
+        metadata={
+            "description": "Operations the extract schema offers, comma-separated (e.g. ADD,UPDATE: no "
+            "NONE, so every kept group proposes a lesson for the gate and the update step to judge); "
+            "empty: all. Schema only: validation still accepts all four. An empty library is offered "
+            "only ADD and NONE in any case."
+        },
+    )
     request_timeout: float = 120.0
     # Robustness
     structured_retries: int = field(

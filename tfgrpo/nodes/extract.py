@@ -12,7 +12,7 @@ recorded as dropped.
 from __future__ import annotations
 
 import functools
-from typing import Any, Literal
+from typing import Any, Literal, TypeVar, cast
 
 from langchain_core.messages import HumanMessage, SystemMessage
 from langchain_core.runnables.config import ContextThreadPoolExecutor
@@ -73,6 +73,49 @@ class ProposedOperation(BaseModel):
     reason: str = Field(default="", description="Why, in one sentence.")
 
 
+ALL_OPS = ("ADD", "UPDATE", "DELETE", "NONE")
+# An empty library has nothing to update or delete: the schema then offers only these (an UPDATE or DELETE
+# of an empty library is always rejected as an unknown id; the main job's 0.5B learner answered DELETE or
+# UPDATE with a null id and lost its lesson that way).
+EMPTY_LIBRARY_OPS = ("ADD", "NONE")
+
+OpT = TypeVar("OpT", bound=ProposedOperation)
+
+
+def offered_ops(library: Any, allowed: str = "") -> tuple[str, ...]:
+    """The operations a library can take: ADD and NONE while it is empty, all four after; of those,
+    only the ``allowed`` ones (comma-separated, "" for all) when that leaves any."""
+    ops = ALL_OPS if library and library.get("items") else EMPTY_LIBRARY_OPS
+    wanted = {op.strip().upper() for op in allowed.split(",") if op.strip()}
+    kept = tuple(op for op in ops if op in wanted)
+    return kept if kept else ops
+
+
+@functools.lru_cache(maxsize=64)
+def shaped_operation(base: type[OpT], lesson_pattern: str = "", ops: tuple[str, ...] = ALL_OPS) -> type[OpT]:
+    """``base`` whose JSON schema also carries ``pattern: lesson_pattern`` on ``content`` (when set) and
+    only ``ops`` in the ``op`` enum: a server that builds a grammar from the schema (llama.cpp) then
+    writes lessons of that shape and no other operation. Validation stays the base class's (a model that
+    ignores the schema is caught by the lesson gate, and by apply_operations for unknown ids). Same
+    name, so the same tool."""
+    if not lesson_pattern and tuple(ops) == ALL_OPS:
+        return base
+
+    def extra(schema: dict[str, Any]) -> None:
+        _ask_for_text(schema)
+        if lesson_pattern:
+            schema["properties"]["content"]["pattern"] = lesson_pattern
+        schema["properties"]["op"]["enum"] = [op for op in ALL_OPS if op in ops]
+
+    namespace = {
+        "__doc__": base.__doc__,
+        "__module__": base.__module__,
+        "__qualname__": base.__qualname__,
+        "model_config": ConfigDict(json_schema_extra=extra),
+    }
+    return cast("type[OpT]", type(base.__name__, (base,), namespace))
+
+
 class ExtractedExperiences(BaseModel):
     """The semantic advantage of one group of attempts, as operations on the experience library."""
 
@@ -91,19 +134,23 @@ class ExtractedExperiences(BaseModel):
 
 
 @functools.lru_cache(maxsize=16)
-def extraction_schema(k: int) -> type[ExtractedExperiences]:
+def extraction_schema(
+    k: int, lesson_pattern: str = "", ops: tuple[str, ...] = ALL_OPS
+) -> type[ExtractedExperiences]:
     """:class:`ExtractedExperiences` whose schema also says ``maxItems: k``: a server that constrains
     sampling with the schema (llama.cpp) then closes the list after K operations, where a small model
     otherwise kept adding near-identical ADDs until max_tokens cut its JSON (retried, then dropped: 2 of 5
     kept groups in the embedded main job). Validation stays the base class's; operations beyond K from
-    a model that ignores the schema are still cut and counted. Same name, so the same tool."""
+    a model that ignores the schema are still cut and counted. Same name, so the same tool. Its
+    operations are :func:`shaped_operation` (``lesson_pattern`` on their content, only ``ops``)."""
     field = ExtractedExperiences.model_fields["operations"]
+    operation = shaped_operation(ProposedOperation, lesson_pattern, tuple(ops))
     return create_model(
         "ExtractedExperiences",
         __base__=ExtractedExperiences,
         __doc__=ExtractedExperiences.__doc__,
         operations=(
-            list[ProposedOperation],
+            list[operation],  # type: ignore[valid-type]
             Field(description=field.description, json_schema_extra={"minItems": 1, "maxItems": k}),
         ),
     )
@@ -190,7 +237,11 @@ def _extract_group(
                 model,
                 spec,
                 "extract",
-                extraction_schema(ctx.experiences_per_group),
+                extraction_schema(
+                    ctx.experiences_per_group,
+                    ctx.lesson_pattern,
+                    offered_ops(state.get("library"), ctx.extract_ops),
+                ),
                 messages,
                 retries=ctx.structured_retries,
                 method=ctx.structured_method,

@@ -17,6 +17,7 @@ output stays unparseable, the raw proposals are applied under the same rules and
 
 from __future__ import annotations
 
+import functools
 import json
 import re
 from collections import Counter
@@ -24,7 +25,7 @@ from typing import Any, cast
 
 from langchain_core.messages import HumanMessage, SystemMessage
 from langgraph.runtime import Runtime
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, create_model
 
 from tfgrpo.context import Context
 from tfgrpo.nodes import extract as extract_node
@@ -39,7 +40,14 @@ from tfgrpo.nodes._llm import (
     store_of,
 )
 from tfgrpo.nodes._prompts import prompt_text
-from tfgrpo.nodes.extract import WORD_CAP, ProposedOperation, extraction_schema
+from tfgrpo.nodes.extract import (
+    ALL_OPS,
+    WORD_CAP,
+    ProposedOperation,
+    extraction_schema,
+    offered_ops,
+    shaped_operation,
+)
 from tfgrpo.state.graph_state import StepState
 from tfgrpo.state.library import (
     Library,
@@ -67,6 +75,25 @@ class LibraryUpdate(BaseModel):
     operations: list[FinalOperation] = Field(
         description="Operations to apply, in order (NONE if no proposal should change the library).",
         json_schema_extra={"minItems": 1},
+    )
+
+
+@functools.lru_cache(maxsize=16)
+def update_schema(lesson_pattern: str = "", ops: tuple[str, ...] = ALL_OPS) -> type[LibraryUpdate]:
+    """:class:`LibraryUpdate` whose operations' schema carries ``lesson_pattern`` and only ``ops``
+    (:func:`~tfgrpo.nodes.extract.shaped_operation`); the class itself when neither is set."""
+    operation = shaped_operation(FinalOperation, lesson_pattern, tuple(ops))
+    if operation is FinalOperation:
+        return LibraryUpdate
+    field = LibraryUpdate.model_fields["operations"]
+    return create_model(
+        "LibraryUpdate",
+        __base__=LibraryUpdate,
+        __doc__=LibraryUpdate.__doc__,
+        operations=(
+            list[operation],  # type: ignore[valid-type]
+            Field(description=field.description, json_schema_extra={"minItems": 1}),
+        ),
     )
 
 
@@ -110,7 +137,8 @@ TEMPLATE_COPY = "template copy"  # TEMPLATE_WORDS consecutive words of a learner
 NOT_PROSE = "not prose"  # fewer than MIN_PROSE_WORDS words, or mostly numbers and operators
 PROBLEM_SPECIFIC = "problem-specific"  # quotes the numbers of one problem of the batch, or narrates attempts
 ANSWER_LEAK = "answer leak"  # a batch answer or a copied question (leak_of)
-LESSON_REASONS = (ANSWER_LEAK, TEMPLATE_COPY, PROBLEM_SPECIFIC, NOT_PROSE, OVER_CAP)  # checked in this order
+OFF_PATTERN = "off pattern"  # does not match the run's --lesson-pattern (a model that ignored the schema)
+LESSON_REASONS = (ANSWER_LEAK, TEMPLATE_COPY, PROBLEM_SPECIFIC, NOT_PROSE, OVER_CAP, OFF_PATTERN)  # in order
 # 5 words: a lesson in its own words shares at most a short phrase ("when a minus sign") with the prompts,
 # while a pasted instruction shares more: the main job's 0.5B learner stored its schema's field
 # description ("When it applies (a feature of the problem), what to do, the pitfall seen.") and fragments
@@ -207,9 +235,12 @@ def _numbers(text: str) -> set[str]:
     return set(re.findall(r"\d+(?:\.\d+)?", text))
 
 
-def lesson_flaw(content: str, batch: list[Query], templates: set[tuple[str, ...]]) -> tuple[str, str] | None:
+def lesson_flaw(
+    content: str, batch: list[Query], templates: set[tuple[str, ...]], pattern: str = ""
+) -> tuple[str, str] | None:
     """``(reason, detail)`` when ``content`` must not enter E as a lesson (reasons in LESSON_REASONS, the
-    first that applies), else None."""
+    first that applies), else None. ``pattern``: the run's lesson pattern (JSON-schema semantics: a
+    search, anchored by its own ^ and $), "" for none."""
     leak = leak_of(content, batch)
     if leak is not None:
         return ANSWER_LEAK, leak
@@ -232,11 +263,17 @@ def lesson_flaw(content: str, batch: list[Query], templates: set[tuple[str, ...]
         return NOT_PROSE, f"{len(prose)} words among {len(tokens)} tokens"
     if len(tokens) > WORD_CAP:
         return OVER_CAP, f"{len(tokens)} words, cap {WORD_CAP}"
+    if pattern and not re.search(pattern, content):
+        return OFF_PATTERN, f"does not match the lesson pattern {pattern!r}"
     return None
 
 
 def screen_lessons(
-    operations: list[Operation], batch: list[Query], templates: set[tuple[str, ...]], where: str = ""
+    operations: list[Operation],
+    batch: list[Query],
+    templates: set[tuple[str, ...]],
+    where: str = "",
+    pattern: str = "",
 ) -> tuple[list[Operation], list[RejectedOperation], Counter[str]]:
     """Split operations into those that may go on and those the lesson gate rejects (ADD/UPDATE only),
     with the rejections counted by reason."""
@@ -246,7 +283,7 @@ def screen_lessons(
     for op in operations:
         flaw = None
         if op["op"] in ("ADD", "UPDATE"):
-            flaw = lesson_flaw(op.get("content") or "", batch, templates)
+            flaw = lesson_flaw(op.get("content") or "", batch, templates, pattern)
         if flaw is None:
             kept.append(op)
         else:
@@ -263,7 +300,11 @@ def update_library(state: StepState, runtime: Runtime[Context]) -> dict[str, Any
     templates = learner_templates(ctx.prompts, ctx.experiences_per_group)
     # junk proposals never reach the consolidation call (nor cost its tokens)
     proposed, gated, gate_counts = screen_lessons(
-        [op for p in proposals for op in p["operations"]], batch, templates, where="proposal: "
+        [op for p in proposals for op in p["operations"]],
+        batch,
+        templates,
+        where="proposal: ",
+        pattern=ctx.lesson_pattern,
     )
     calls: list[CallRecord] = []
     dropped: list[Dropped] = []
@@ -292,7 +333,7 @@ def update_library(state: StepState, runtime: Runtime[Context]) -> dict[str, Any
                 model,
                 spec,
                 "update_library",
-                LibraryUpdate,
+                update_schema(ctx.lesson_pattern, offered_ops(library)),
                 messages,
                 retries=ctx.structured_retries,
                 method=ctx.structured_method,
@@ -317,7 +358,7 @@ def update_library(state: StepState, runtime: Runtime[Context]) -> dict[str, Any
                 sources = [s for s in op.get("sources") or [] if s in known_sources]
                 final.append(cast(Operation, {**op, "sources": sources or sorted(known_sources)}))
 
-    final, leaks, final_counts = screen_lessons(final, batch, templates)
+    final, leaks, final_counts = screen_lessons(final, batch, templates, pattern=ctx.lesson_pattern)
     new_library, applied, rejected = apply_operations(
         library,
         final,
