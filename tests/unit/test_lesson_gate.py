@@ -97,6 +97,18 @@ def test_a_lesson_tied_to_one_problem_is_rejected() -> None:
     assert reason_of("The reward for this attempt was low because the sign was lost early on.") == (
         PROBLEM_SPECIFIC  # narrates an attempt, no numbers needed
     )
+    # numbers written as words count too: the main job's lesson pattern allows no digits, and the 0.5B
+    # learner then stored "When subtracting three from five, which resulted in a digit slip (incorrect)."
+    spelled = "When adding twenty and fifty-nine inside brackets, the minus in front flips both."
+    assert lesson_flaw(spelled, ARITHMETIC, TEMPLATES) == (
+        PROBLEM_SPECIFIC,
+        "quotes the numbers of q1 (20, 59)",
+    )
+    assert reason_of("When negating brackets that hold sixty-seven, every term inside flips its sign.") == (
+        PROBLEM_SPECIFIC
+    )
+    # "one" and "two" are prose here, not q2's numbers
+    assert reason_of("When one term is negative, add the other two first and then subtract it.") is None
 
 
 def test_an_answer_leak_is_still_rejected_by_the_gate() -> None:

@@ -231,8 +231,53 @@ def learner_templates(prompts: str, k: int) -> set[tuple[str, ...]]:
     return {gram for text in texts for gram in ngrams(_words(text), TEMPLATE_WORDS)}
 
 
+_UNITS = [
+    "zero",
+    "one",
+    "two",
+    "three",
+    "four",
+    "five",
+    "six",
+    "seven",
+    "eight",
+    "nine",
+    "ten",
+    "eleven",
+    "twelve",
+    "thirteen",
+    "fourteen",
+    "fifteen",
+    "sixteen",
+    "seventeen",
+    "eighteen",
+    "nineteen",
+]
+_TENS = ["twenty", "thirty", "forty", "fifty", "sixty", "seventy", "eighty", "ninety"]
+NUMBER_WORDS = {w: i for i, w in enumerate(_UNITS)} | {w: 20 + 10 * i for i, w in enumerate(_TENS)}
+_NUMBER_WORD = re.compile(
+    rf"\b({'|'.join(_TENS)})(?:[- ]({'|'.join(_UNITS[1:10])}))?\b|\b({'|'.join(_UNITS)})\b", re.IGNORECASE
+)
+
+
+# "zero", "one" and "two" are ordinary prose ("one term", "the other two"): spelled numbers count from three
+SPELLED_FROM = 3
+
+
 def _numbers(text: str) -> set[str]:
     return set(re.findall(r"\d+(?:\.\d+)?", text))
+
+
+def _spelled_numbers(text: str) -> set[str]:
+    """Numbers written as words ("three", "eighty-one"): a lesson held to a pattern without digits names
+    its problem's numbers this way ("When subtracting three from five, ...")."""
+    found = set()
+    for m in _NUMBER_WORD.finditer(text):
+        tens, unit, alone = (g.lower() if g else "" for g in m.groups())
+        value = NUMBER_WORDS[tens] + NUMBER_WORDS.get(unit, 0) if tens else NUMBER_WORDS[alone]
+        if value >= SPELLED_FROM:
+            found.add(str(value))
+    return found
 
 
 def lesson_flaw(
@@ -249,7 +294,7 @@ def lesson_flaw(
         if tuple(words[i : i + TEMPLATE_WORDS]) in templates:
             copied = " ".join(words[i : i + TEMPLATE_WORDS])
             return TEMPLATE_COPY, f"copies the learner's instructions ({copied!r})"
-    numbers = _numbers(content)
+    numbers = _numbers(content) | _spelled_numbers(content)
     for query in batch:
         shared = numbers & _numbers(query.get("question") or "")
         if len(shared) >= SPECIFIC_NUMBERS or any(len(n.replace(".", "")) >= SPECIFIC_DIGITS for n in shared):
