@@ -48,7 +48,11 @@ MAIN_JOB_GRAMMAR = str(Path(MAIN_JOB_PROMPTS) / "answer.gbnf")
 # kept group (8 of 8 in two runs, one other ADD a copy of the prompt's example); each kept group has a right
 # and a wrong attempt, and the lesson gate and the update step judge what it proposes. `--extract-ops ''`.
 MAIN_JOB_EXTRACT_OPS = "ADD,UPDATE"
-MAIN_JOB_LESSON_PATTERN = r"^(When [a-z][a-z ,;:'()+*/=-]{15,80}, [a-z][a-z ,;:'()+*/=-]{15,100}[.])?$"
+# Word by word, single spaces: with a character class that allowed spaces the 0.5B learner padded its
+# lesson with runs of spaces ("When subtracting      , ..."). At most 35 words: "When", 3-14 words of
+# situation (no commas), then 3-20 of rule (commas, semicolons allowed), ending with a full stop.
+_WORD, _RULE_WORD = r"[a-z()'+*/=-]+", r"[a-z()'+*/=-]+[,;:]?"
+MAIN_JOB_LESSON_PATTERN = rf"^(When {_WORD}( {_WORD}){{2,13}}, {_RULE_WORD}( {_RULE_WORD}){{2,19}}[.])?$"
 
 # Sizes used when not given: the paper's shape for a configured model, something that finishes in minutes
 # on a CPU for the embedded 135M model, and a small run for the scripted demo.
