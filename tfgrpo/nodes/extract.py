@@ -143,15 +143,27 @@ def extraction_schema(
     kept groups in the embedded main job). Validation stays the base class's; operations beyond K from
     a model that ignores the schema are still cut and counted. Same name, so the same tool. Its
     operations are :func:`shaped_operation` (``lesson_pattern`` on their content, only ``ops``)."""
-    field = ExtractedExperiences.model_fields["operations"]
     operation = shaped_operation(ProposedOperation, lesson_pattern, tuple(ops))
+    return with_operations(ExtractedExperiences, operation, {"minItems": 1, "maxItems": k})
+
+
+ModelT = TypeVar("ModelT", bound=BaseModel)
+
+
+def with_operations(
+    model: type[ModelT], operation: type[BaseModel], schema_extra: dict[str, Any]
+) -> type[ModelT]:
+    """``model`` (same name and doc, so the same tool) whose ``operations`` list holds ``operation`` items
+    and carries ``schema_extra`` (e.g. minItems / maxItems) in its JSON schema; validation is the
+    base's plus whatever ``operation`` adds."""
+    field = model.model_fields["operations"]
     return create_model(
-        "ExtractedExperiences",
-        __base__=ExtractedExperiences,
-        __doc__=ExtractedExperiences.__doc__,
+        model.__name__,
+        __base__=model,
+        __doc__=model.__doc__,
         operations=(
             list[operation],  # type: ignore[valid-type]
-            Field(description=field.description, json_schema_extra={"minItems": 1, "maxItems": k}),
+            Field(description=field.description, json_schema_extra=schema_extra),
         ),
     )
 

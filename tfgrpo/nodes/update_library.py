@@ -25,7 +25,7 @@ from typing import Any, cast
 
 from langchain_core.messages import HumanMessage, SystemMessage
 from langgraph.runtime import Runtime
-from pydantic import BaseModel, Field, create_model
+from pydantic import BaseModel, Field
 
 from tfgrpo.context import Context
 from tfgrpo.nodes import extract as extract_node
@@ -47,6 +47,7 @@ from tfgrpo.nodes.extract import (
     extraction_schema,
     offered_ops,
     shaped_operation,
+    with_operations,
 )
 from tfgrpo.state.graph_state import StepState
 from tfgrpo.state.library import (
@@ -85,16 +86,7 @@ def update_schema(lesson_pattern: str = "", ops: tuple[str, ...] = ALL_OPS) -> t
     operation = shaped_operation(FinalOperation, lesson_pattern, tuple(ops))
     if operation is FinalOperation:
         return LibraryUpdate
-    field = LibraryUpdate.model_fields["operations"]
-    return create_model(
-        "LibraryUpdate",
-        __base__=LibraryUpdate,
-        __doc__=LibraryUpdate.__doc__,
-        operations=(
-            list[operation],  # type: ignore[valid-type]
-            Field(description=field.description, json_schema_extra={"minItems": 1}),
-        ),
-    )
+    return with_operations(LibraryUpdate, operation, {"minItems": 1})
 
 
 SYSTEM_PROMPT = """You curate an experience library: short lessons a problem solver reads before \
@@ -185,26 +177,29 @@ def leak_of(content: str, batch: list[Query]) -> str | None:
     batch (normalized; answers of fewer than 3 characters and yes/no are exempt), or copies 8 or more
     consecutive words of one of its questions."""
     text = normalize_answer_text(content)
-    words = _words(content)
-    grams = {tuple(words[i : i + COPIED_WORDS]) for i in range(len(words) - COPIED_WORDS + 1)}
+    grams = ngrams(_words(content), COPIED_WORDS)
     for query in batch:
         answer = normalize_answer_text(query.get("answer") or "")
         long_enough = len(answer) >= MIN_ANSWER_CHARS and answer not in COMMON_ANSWERS
         # not inside a longer number or word: 123 is not in 1234
         if long_enough and re.search(rf"(?<![\w.]){re.escape(answer)}(?!\w)", text):
             return f"contains the ground-truth answer of {query['id']} ({query['answer']!r})"
-        question = _words(query.get("question") or "")
-        for i in range(len(question) - COPIED_WORDS + 1):
-            if tuple(question[i : i + COPIED_WORDS]) in grams:
-                copied = " ".join(question[i : i + COPIED_WORDS])
-                return (
-                    f"copies {COPIED_WORDS}+ consecutive words of the question of {query['id']} ({copied!r})"
-                )
+        copied = first_shared(_words(query.get("question") or ""), grams, COPIED_WORDS)
+        if copied is not None:
+            return f"copies {COPIED_WORDS}+ consecutive words of the question of {query['id']} ({copied!r})"
     return None
 
 
 def ngrams(words: list[str], n: int) -> set[tuple[str, ...]]:
     return {tuple(words[i : i + n]) for i in range(len(words) - n + 1)}
+
+
+def first_shared(words: list[str], grams: set[tuple[str, ...]], n: int) -> str | None:
+    """The first run of ``n`` consecutive ``words`` that is one of ``grams``, joined, or None."""
+    for i in range(len(words) - n + 1):
+        if tuple(words[i : i + n]) in grams:
+            return " ".join(words[i : i + n])
+    return None
 
 
 def _descriptions(schema: Any) -> list[str]:
@@ -289,11 +284,9 @@ def lesson_flaw(
     leak = leak_of(content, batch)
     if leak is not None:
         return ANSWER_LEAK, leak
-    words = _words(content)
-    for i in range(len(words) - TEMPLATE_WORDS + 1):
-        if tuple(words[i : i + TEMPLATE_WORDS]) in templates:
-            copied = " ".join(words[i : i + TEMPLATE_WORDS])
-            return TEMPLATE_COPY, f"copies the learner's instructions ({copied!r})"
+    copied = first_shared(_words(content), templates, TEMPLATE_WORDS)
+    if copied is not None:
+        return TEMPLATE_COPY, f"copies the learner's instructions ({copied!r})"
     numbers = _numbers(content) | _spelled_numbers(content)
     for query in batch:
         shared = numbers & _numbers(query.get("question") or "")
