@@ -30,7 +30,7 @@ from langchain_core.messages import AIMessage, HumanMessage, SystemMessage
 
 from tfgrpo.context import Context
 from tfgrpo.evals.rewards import math_reward
-from tfgrpo.models import ModelSettings, get_model
+from tfgrpo.models.spec import ModelSettings, get_model
 from tfgrpo.nodes import extract, update_library
 from tfgrpo.nodes._llm import tolerant_parse
 from tfgrpo.nodes.policy import run_policy
@@ -222,7 +222,7 @@ def main() -> None:
     parser.add_argument("--parts", default="speed,word,structured,tools", help="which measurements to run")
     args = parser.parse_args()
     parts = set(args.parts.split(","))
-    from tfgrpo.local_model import stop_local_server
+    from tfgrpo.models.local_server import stop_local_server
 
     rows = []
     for name in args.models.split(","):

@@ -134,7 +134,7 @@ class StampedLines(io.TextIOBase):
 
     def step_rows(self) -> list[float]:
         """Times at which the per-step table rows were printed."""
-        from tfgrpo.runs import REPORT_COLUMNS
+        from tfgrpo.runs.rundir import REPORT_COLUMNS
 
         return [
             t

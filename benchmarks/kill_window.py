@@ -1,6 +1,6 @@
 """How long is a finished LLM response at risk of being paid for again after a kill?
 
-A response is safe once it is committed to the run's store (``tfgrpo.llm_cache``). This runs the CLI's
+A response is safe once it is committed to the run's store (``tfgrpo.models.cache``). This runs the CLI's
 learning path (real HTTP through langchain-openai to the scripted fake server, search-domain agent
 rollouts that make two calls each, one call at a time so responses and commits pair up in order) and
 prints, per call, the time from the server's last byte to the commit of that response in store.sqlite:
@@ -22,7 +22,7 @@ from typing import Any
 
 from tfgrpo.context import Context
 from tfgrpo.learner import run_learning
-from tfgrpo.llm_cache import StoreLLMCache
+from tfgrpo.models.cache import StoreLLMCache
 from tfgrpo.testing.fake_openai import FakeOpenAIServer
 from tfgrpo.testing.responders import grpo_responder
 

@@ -18,7 +18,7 @@ from langchain_core.prompts import ChatPromptTemplate
 from langchain_core.runnables import RunnableLambda
 
 from tfgrpo.api import experienced_agent, load_library
-from tfgrpo.models import ModelSettings, get_model
+from tfgrpo.models.spec import ModelSettings, get_model
 
 
 def main(library_path: str) -> None:

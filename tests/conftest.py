@@ -13,12 +13,12 @@ from pathlib import Path
 import pytest
 
 from tfgrpo.errors import ConfigError
-from tfgrpo.local_model import INSTALL_HINT, QWEN_05B, llama_server_available
-from tfgrpo.models import register_provider
+from tfgrpo.models.local_server import INSTALL_HINT, QWEN_05B, llama_server_available
+from tfgrpo.models.spec import register_provider
+from tfgrpo.models.weights import locate_parts
 from tfgrpo.testing.fake_openai import FakeOpenAIServer, request_key
 from tfgrpo.testing.responders import grpo_responder
 from tfgrpo.testing.scripted import ScriptedChatModel
-from tfgrpo.weights import locate_parts
 
 # Tests keep llama.cpp on half the cores whatever the load when they start: they run beside other busy
 # processes, where ggml's spin-waiting threads on every core slow to a crawl (local_model._default_threads).

@@ -18,13 +18,13 @@ if TYPE_CHECKING:
     from tfgrpo.api import ExperiencedAgent as ExperiencedAgent
     from tfgrpo.api import experienced_agent as experienced_agent
     from tfgrpo.api import load_library as load_library
-    from tfgrpo.middleware import ExperienceMiddleware as ExperienceMiddleware
+    from tfgrpo.integrations.middleware import ExperienceMiddleware as ExperienceMiddleware
     from tfgrpo.python_api import LearnResult as LearnResult
     from tfgrpo.python_api import evaluate as evaluate
     from tfgrpo.python_api import learn as learn
 
 _EXPORTS = {
-    "ExperienceMiddleware": "tfgrpo.middleware",
+    "ExperienceMiddleware": "tfgrpo.integrations.middleware",
     "ExperiencedAgent": "tfgrpo.api",
     "experienced_agent": "tfgrpo.api",
     "load_library": "tfgrpo.api",

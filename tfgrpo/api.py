@@ -26,9 +26,9 @@ from langchain_core.runnables import Runnable, RunnableConfig
 from langchain_core.tools import BaseTool, StructuredTool
 from pydantic import BaseModel, Field
 
-from tfgrpo.context import Context, apply_configurable
+from tfgrpo.context import Context
 from tfgrpo.errors import ConfigError
-from tfgrpo.models import as_spec
+from tfgrpo.models.spec import apply_configurable, as_spec
 from tfgrpo.state.library import Library, render_library
 
 __all__ = ["ExperiencedAgent", "experienced_agent", "load_library", "render_library"]

@@ -15,14 +15,14 @@ from pathlib import Path
 from types import FrameType
 from typing import TYPE_CHECKING, Any
 
-from tfgrpo.backends import database_url
 from tfgrpo.context import Context
 from tfgrpo.errors import TfgrpoError
+from tfgrpo.runs.backends import database_url
 
 if TYPE_CHECKING:
     from collections.abc import Callable
 
-    from tfgrpo.ledger import Ledger
+    from tfgrpo.models.ledger import Ledger
     from tfgrpo.state.library import Library
 
 # The embedded default model's main job: learn on one reasoning-gym set, evaluate on another of the same
@@ -143,7 +143,7 @@ def read_extract_ops(ops: str | None) -> str:
 
 
 def embedded_note(model: str, doing: str = "learning") -> str:
-    from tfgrpo.local_model import embedded_model
+    from tfgrpo.models.local_server import embedded_model
 
     title = embedded_model(model.partition(":")[2]).title
     caveat = (
@@ -242,7 +242,7 @@ def _add_agent_args(p: argparse.ArgumentParser, *, demo: bool, temperature: floa
 
 
 def _add_db_args(p: argparse.ArgumentParser, *, run_id: bool) -> None:
-    """``--db`` (and ``--run-id``): where checkpoints and the store live (see tfgrpo.backends)."""
+    """``--db`` (and ``--run-id``): where checkpoints and the store live (see tfgrpo.runs.backends)."""
     p.add_argument(
         "--db",
         default=None,
@@ -480,7 +480,7 @@ def check_sampling(ctx: Context) -> None:
 
 def ledger_from_args(args: argparse.Namespace, ctx: Context) -> Ledger:
     from tfgrpo.checks import check_ledger_options
-    from tfgrpo.ledger import Ledger, Prices
+    from tfgrpo.models.ledger import Ledger, Prices
 
     check_ledger_options(args)
     return Ledger(
@@ -496,7 +496,7 @@ def ledger_from_args(args: argparse.Namespace, ctx: Context) -> Ledger:
 def check_agent(ctx: Context) -> None:
     """Load ``--agent`` now: a one-line error before anything is paid for."""
     if ctx.agent:
-        from tfgrpo.user_agent import prepare_agent
+        from tfgrpo.integrations.user_agent import prepare_agent
 
         prepare_agent(ctx.agent)
 
@@ -518,7 +518,7 @@ def cmd_learn(args: argparse.Namespace, ctx: Context) -> int:
 
 
 def resolve_model(model: str) -> str:
-    from tfgrpo.models import resolve_spec
+    from tfgrpo.models.spec import resolve_spec
 
     return resolve_spec(model)
 
@@ -621,7 +621,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
 def cmd_report(args: argparse.Namespace) -> int:
     from tfgrpo.evals.report import rebuild_eval_report, verdict, write_learning_curve
     from tfgrpo.learner import stored_history
-    from tfgrpo.runs import RunDir
+    from tfgrpo.runs.rundir import RunDir
 
     path = Path(args.dir)
     if (path / "eval.json").exists():
@@ -712,7 +712,7 @@ def cmd_infer(args: argparse.Namespace) -> int:
 
 
 def cmd_library(args: argparse.Namespace) -> int:
-    from tfgrpo.runs import RunDir
+    from tfgrpo.runs.rundir import RunDir
 
     db = database_url(args.db)
     if db and not (Path(args.run_dir) / "library.json").exists():  # a run id in the database
@@ -748,8 +748,8 @@ def _show_or_diff(
 
 def fetch_published_library(db: str, run_id: str, into: Path) -> Path:
     """Write the latest E that run ``run_id`` published in ``db`` to ``into/library.json``."""
-    from tfgrpo.backends import open_backend
     from tfgrpo.nodes.publish import published_library
+    from tfgrpo.runs.backends import open_backend
 
     with open_backend(db, local_dir=into, run_id=run_id) as backend:
         library = published_library(backend.store, run_id)
@@ -761,8 +761,8 @@ def fetch_published_library(db: str, run_id: str, into: Path) -> Path:
 
 def _library_from_db(args: argparse.Namespace, db: str) -> int:
     """``tfgrpo library show|diff RUN_ID --db URL``: E as the run published it after each step."""
-    from tfgrpo.backends import open_backend
     from tfgrpo.nodes.publish import published_library, published_steps
+    from tfgrpo.runs.backends import open_backend
 
     run_id = args.run_dir
     with open_backend(db, local_dir=Path(run_id), run_id=run_id) as backend:  # db given: no local files
@@ -844,7 +844,7 @@ def main(argv: list[str] | None = None) -> int:
               "run the same command again once the cause is fixed", file=sys.stderr)  # fmt: skip
         return 2
     except Exception as exc:
-        from tfgrpo.ledger import explain
+        from tfgrpo.models.ledger import explain
 
         sentence = explain(exc)  # a provider error (unreachable server, 401, 404, ...) as a sentence
         if sentence is None:

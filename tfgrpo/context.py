@@ -1,7 +1,7 @@
 """Runtime settings of a learning run, passed as LangGraph ``context`` (not checkpointed).
 
 Everything here is a plain value so LangGraph Studio can render and edit it. Models are named by spec
-(``openai:NAME``) and built lazily by :mod:`tfgrpo.models`; importing this module needs no API key.
+(``openai:NAME``) and built lazily by :mod:`tfgrpo.models.spec`; importing this module needs no API key.
 """
 
 from __future__ import annotations
@@ -210,31 +210,3 @@ def as_context(value: Any) -> Context:
     if isinstance(value, Context):
         return value
     raise ConfigError(f"unsupported context type {type(value).__name__}")
-
-
-def apply_configurable(
-    ctx: Context, configurable: dict[str, object] | None, *, strict: bool = True
-) -> Context:
-    """``ctx`` with the Context fields found in a Runnable's ``configurable`` honoured (``with_config(
-    configurable={"model": ...})``). With ``strict``, a key that is a near miss of a field (``modle``) is
-    refused loudly; other keys (``thread_id``, the caller's own) are left to their owners."""
-    import difflib
-    from dataclasses import fields, replace
-
-    names = {f.name for f in fields(Context)}
-    found = {k: v for k, v in (configurable or {}).items() if k in names}
-    for key in configurable or {} if strict else {}:
-        if key in names or key.startswith("__"):
-            continue
-        close = difflib.get_close_matches(key, names, n=1, cutoff=0.8)
-        if close:
-            raise ConfigError(f"unknown configurable key {key!r} (did you mean {close[0]!r}?)")
-    if not found:
-        return ctx
-    if "model" in found or "learner_model" in found or "judge_model" in found:
-        from tfgrpo.models import as_spec
-
-        for name in ("model", "learner_model", "judge_model"):
-            if name in found:
-                found[name] = as_spec(found[name])  # type: ignore[arg-type]
-    return replace(ctx, **found)  # type: ignore[arg-type]

@@ -59,14 +59,18 @@ import io
 import json
 import math
 import os
+import random
 import re
 import threading
 from collections import OrderedDict
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from tfgrpo.errors import DataError
 from tfgrpo.state.types import Query
+
+if TYPE_CHECKING:
+    from tfgrpo.context import Context
 
 __all__ = ["clear_cache", "dataset_fingerprint", "load_dataset"]
 
@@ -433,3 +437,21 @@ def _load_reasoning_gym(spec: str) -> tuple[_Row, ...]:
     if not rows:
         raise DataError(f"{spec}: generated no items (size={kwargs.get('size')!r})")
     return tuple(rows)
+
+
+# --- the training set of a run, and its order (the outer loop of the paper's Algorithm 1) ---
+
+
+def training_queries(ctx: Context) -> list[Query]:
+    """The training set; without ground truth (the ``majority`` reward) rows need no answer."""
+    return load_dataset(ctx.dataset, answers=ctx.reward != "majority")
+
+
+def epoch_order(queries: list[Query], seed: int, epoch: int) -> list[Query]:
+    order = list(queries)
+    random.Random(f"tfgrpo:{seed}:{epoch}").shuffle(order)
+    return order
+
+
+def batches_per_epoch(n_queries: int, batch_size: int) -> int:
+    return math.ceil(n_queries / max(1, batch_size))

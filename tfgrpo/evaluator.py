@@ -16,24 +16,23 @@ from langgraph.runtime import RunControl
 from tqdm.auto import tqdm
 
 from tfgrpo.api import load_library
-from tfgrpo.backends import Backend, open_backend
 from tfgrpo.checks import check_context
 from tfgrpo.context import Context
 from tfgrpo.data import dataset_fingerprint, load_dataset
 from tfgrpo.errors import ConfigError
 from tfgrpo.evals.report import verdict, write_attribution_report, write_eval_report
-from tfgrpo.evals.rewards import warm_up
-from tfgrpo.gc_tuning import quiet_gc
+from tfgrpo.evals.rewards import ground_truth_reward, warm_up
 from tfgrpo.graphs.evaluate import compile_eval_graph
-from tfgrpo.ledger import Ledger
-from tfgrpo.llm_cache import use_llm_cache
-from tfgrpo.models import resolve_spec
+from tfgrpo.models.cache import use_llm_cache
+from tfgrpo.models.ledger import Ledger
+from tfgrpo.models.spec import resolve_spec
 from tfgrpo.nodes._llm import publish_library_text
 from tfgrpo.nodes.attempt import attempt_key, attempt_namespace
 from tfgrpo.nodes.policy import build_models, inference_experiences
-from tfgrpo.nodes.reward import ground_truth_reward
-from tfgrpo.runlock import lock_run_dir
-from tfgrpo.runs import atomic_write, run_stoppably, show_progress
+from tfgrpo.runs.backends import Backend, open_backend
+from tfgrpo.runs.gc_tuning import quiet_gc
+from tfgrpo.runs.rundir import atomic_write, run_stoppably, show_progress
+from tfgrpo.runs.runlock import lock_run_dir
 from tfgrpo.state.graph_state import EvalState
 from tfgrpo.state.library import Library, render_library
 

@@ -12,29 +12,29 @@ from langgraph.runtime import RunControl
 from langgraph.store.base import BaseStore
 from tqdm.auto import tqdm
 
-from tfgrpo.backends import Backend, open_backend
 from tfgrpo.checks import check_context
 from tfgrpo.context import Context
-from tfgrpo.data import load_dataset
+from tfgrpo.data import batches_per_epoch, load_dataset, training_queries
 from tfgrpo.errors import ConfigError
-from tfgrpo.evals.rewards import warm_up
-from tfgrpo.gc_tuning import quiet_gc
+from tfgrpo.evals.rewards import reward_function, warm_up
 from tfgrpo.graphs.learn import compile_learn_graph
-from tfgrpo.ledger import Ledger
-from tfgrpo.llm_cache import use_llm_cache
-from tfgrpo.models import resolve_spec
+from tfgrpo.models.cache import use_llm_cache
+from tfgrpo.models.ledger import Ledger
+from tfgrpo.models.spec import resolve_spec
 from tfgrpo.nodes.policy import build_models
-from tfgrpo.nodes.reward import reward_function
-from tfgrpo.nodes.schedule import batches_per_epoch, check_resume, step_history, training_queries
-from tfgrpo.runlock import lock_run_dir
-from tfgrpo.runs import (
+from tfgrpo.runs.backends import Backend, open_backend
+from tfgrpo.runs.gc_tuning import quiet_gc
+from tfgrpo.runs.rundir import (
     RunDir,
+    check_resume,
     open_store,
     run_stoppably,
     show_progress,
+    step_history,
     table_header,
     table_line,
 )
+from tfgrpo.runs.runlock import lock_run_dir
 from tfgrpo.state.graph_state import LearnState
 from tfgrpo.state.types import StepReport
 
@@ -123,7 +123,7 @@ def run_learning(
     db: str = "",
     run_id: str = "",
 ) -> int:
-    """Learn (or resume) the run in ``run_dir``; ``db`` is ``--db`` (see :mod:`tfgrpo.backends`) and
+    """Learn (or resume) the run in ``run_dir``; ``db`` is ``--db`` (see :mod:`tfgrpo.runs.backends`) and
     ``run_id`` names the run there (default: the run directory's name)."""
     # fail fast with one-line errors, before anything is paid for
     check_context(ctx)

@@ -10,7 +10,7 @@ Both are resumable: call again with the same arguments (and directory) and finis
 Models may be spec strings (``openai:gpt-4o-mini``) or LangChain chat-model objects (used as they are);
 datasets a file path or ``rg:`` spec, a list of dicts or any iterable of rows (``question``, ``answer``,
 optional ``id``), saved as JSONL in the run directory. Progress bars use ``tqdm.auto`` (Jupyter widgets).
-A budget stop raises :class:`tfgrpo.ledger.BudgetExceeded` after saving; call again to resume.
+A budget stop raises :class:`tfgrpo.models.ledger.BudgetExceeded` after saving; call again to resume.
 """
 
 from __future__ import annotations
@@ -27,8 +27,8 @@ from langchain_core.language_models import BaseChatModel
 from tfgrpo.checks import check_context
 from tfgrpo.context import Context
 from tfgrpo.errors import ConfigError, TfgrpoError
-from tfgrpo.ledger import BudgetExceeded, Ledger, Prices
-from tfgrpo.models import as_spec
+from tfgrpo.models.ledger import BudgetExceeded, Ledger, Prices
+from tfgrpo.models.spec import as_spec
 from tfgrpo.state.library import Library
 
 __all__ = ["LearnResult", "evaluate", "learn"]
@@ -85,7 +85,7 @@ def _context(options: dict[str, Any], **values: Any) -> Context:
 def _agent_spec(agent: Any) -> str | None:
     if agent is None:
         return None
-    from tfgrpo.user_agent import prepare_agent, register_agent
+    from tfgrpo.integrations.user_agent import prepare_agent, register_agent
 
     spec = agent if isinstance(agent, str) else register_agent(agent)
     prepare_agent(spec)  # a one-line error now, before anything is paid for

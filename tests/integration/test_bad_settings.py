@@ -139,7 +139,7 @@ def test_retry_after_as_an_http_date_and_in_milliseconds() -> None:
     import httpx
     import openai
 
-    from tfgrpo.ledger import retry_after
+    from tfgrpo.models.ledger import retry_after
 
     def error(status: int, headers: dict[str, str]) -> openai.APIStatusError:
         request = httpx.Request("POST", "http://x/v1/chat/completions")

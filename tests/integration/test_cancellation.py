@@ -8,7 +8,7 @@ import time
 import pytest
 
 from tfgrpo.api import experienced_agent
-from tfgrpo.ledger import current_ledger
+from tfgrpo.models.ledger import current_ledger
 from tfgrpo.testing.fake_openai import FakeOpenAIServer
 
 pytestmark = pytest.mark.integration

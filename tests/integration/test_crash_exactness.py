@@ -115,7 +115,7 @@ KILL_MID_PUT_WRITES = textwrap.dedent(
     import os, signal, sys
     from pathlib import Path
     from langgraph.checkpoint.base import empty_checkpoint
-    from tfgrpo.runs import open_checkpointer
+    from tfgrpo.runs.rundir import open_checkpointer
 
     saver = open_checkpointer(Path(sys.argv[1]))
     config = {"configurable": {"thread_id": "t", "checkpoint_ns": ""}}
@@ -147,7 +147,7 @@ def test_a_kill_in_the_middle_of_put_writes_keeps_all_of_a_tasks_writes_or_none(
 def test_store_is_wal_with_one_transaction_per_batch(tmp_path: Path) -> None:
     from langgraph.store.base import PutOp
 
-    from tfgrpo.runs import open_store
+    from tfgrpo.runs.rundir import open_store
 
     store = open_store(tmp_path / "store.sqlite")
     assert store.conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
@@ -228,7 +228,7 @@ def test_a_lock_left_by_a_dead_process_is_taken_over(fake_server: FakeOpenAIServ
     holder = subprocess.Popen([sys.executable, "-c", textwrap.dedent(f"""
         import time
         from pathlib import Path
-        from tfgrpo.runlock import FileRunLock
+        from tfgrpo.runs.runlock import FileRunLock
         Path({str(run_dir)!r}).mkdir(parents=True)
         FileRunLock(Path({str(run_dir)!r})).acquire()
         print("locked", flush=True)
@@ -304,7 +304,7 @@ def test_empty_checkpoints_with_old_outputs_do_not_start_a_new_run_over_them(
 
 
 def test_pid_in_lock_file_is_the_holders(tmp_path: Path) -> None:
-    from tfgrpo.runlock import FileRunLock, RunLocked
+    from tfgrpo.runs.runlock import FileRunLock, RunLocked
 
     with FileRunLock(tmp_path) as lock:
         assert (tmp_path / ".lock").read_text().strip() == str(os.getpid())

@@ -16,9 +16,9 @@ from langchain_core.messages import AIMessage, HumanMessage, ToolMessage
 from langchain_core.tools import tool
 
 from tests.conftest import PYTHON, cli_env, needs_qwen
-from tfgrpo.local_chat import LocalChatOpenAI, local_chat_model
-from tfgrpo.local_model import DEFAULT_LOCAL_MODEL, EMBEDDED_MODELS, QWEN_05B, LocalModelServer
-from tfgrpo.weights import ensure_weights
+from tfgrpo.models.chat_format import LocalChatOpenAI, local_chat_model
+from tfgrpo.models.local_server import DEFAULT_LOCAL_MODEL, EMBEDDED_MODELS, QWEN_05B, LocalModelServer
+from tfgrpo.models.weights import ensure_weights
 
 pytestmark = [pytest.mark.integration, *needs_qwen]
 
@@ -116,13 +116,13 @@ def test_a_grammar_constrained_main_job_answer_parses_and_scores(server: LocalMo
 
 
 def test_top_first_grammar_sampling_matches_the_stock_sampler(monkeypatch: pytest.MonkeyPatch) -> None:
-    """The server's grammar sampling (tfgrpo.llama_grammar) tests the likely tokens first: greedy answers
+    """The server's grammar sampling (tfgrpo.models.grammar) tests the likely tokens first: greedy answers
     equal the stock sampler's, and a grammar none of the likely tokens fits still holds (the fallback)."""
     import llama_cpp
     from llama_cpp.llama import Llama
 
     from tfgrpo import cli
-    from tfgrpo.llama_grammar import install
+    from tfgrpo.models.grammar import install
 
     llm = Llama(str(ensure_weights(QWEN_05B)), n_ctx=1024, n_threads=1, verbose=False)
     prompt = (

@@ -9,8 +9,8 @@ import pytest
 
 from tfgrpo.context import Context
 from tfgrpo.learner import run_learning, spent_so_far
-from tfgrpo.ledger import Ledger, Prices
-from tfgrpo.runs import RunDir, open_sqlite
+from tfgrpo.models.ledger import Ledger, Prices
+from tfgrpo.runs.rundir import RunDir, open_sqlite
 from tfgrpo.testing.fake_openai import FakeOpenAIServer
 from tfgrpo.testing.responders import grpo_responder
 

@@ -17,7 +17,7 @@ from langchain_openai import ChatOpenAI
 from pydantic import BaseModel
 
 from tests.conftest import needs_embedded_model
-from tfgrpo.local_model import LocalModelServer, find_gguf
+from tfgrpo.models.local_server import LocalModelServer, find_gguf
 
 pytestmark = needs_embedded_model
 
@@ -145,7 +145,7 @@ def test_stop_leaves_no_process(tmp_path: Path) -> None:
 _CHILD = """
 import signal, sys, time
 signal.signal(signal.SIGINT, signal.default_int_handler)
-from tfgrpo.local_model import get_local_server
+from tfgrpo.models.local_server import get_local_server
 srv = get_local_server()
 print(srv.pid, flush=True)
 time.sleep(600)

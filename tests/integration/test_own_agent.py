@@ -24,7 +24,7 @@ import tfgrpo
 from tests.conftest import PYTHON, REPO, cli_env, hold_after, sigkill_once_held
 from tests.integration import acme_agent
 from tfgrpo.errors import ConfigError
-from tfgrpo.ledger import BudgetExceeded
+from tfgrpo.models.ledger import BudgetExceeded
 from tfgrpo.state.library import apply_operations, empty_library, render_library
 from tfgrpo.testing.fake_openai import FakeOpenAIServer, request_key
 from tfgrpo.testing.responders import tool_agent_responder

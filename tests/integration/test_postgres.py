@@ -175,10 +175,10 @@ def test_eval_of_a_published_library_and_a_budget_that_moves_with_the_run(
 
 def test_advisory_lock_is_released_when_its_holder_dies(postgres_url: str) -> None:
     from tfgrpo.errors import ConfigError
-    from tfgrpo.pglock import PostgresRunLock
+    from tfgrpo.runs.pglock import PostgresRunLock
 
     script = (
-        "import time\nfrom tfgrpo.pglock import PostgresRunLock\n"
+        "import time\nfrom tfgrpo.runs.pglock import PostgresRunLock\n"
         f"lock = PostgresRunLock({postgres_url!r}, 'x')\n"
         "lock.acquire()\nprint('held', flush=True)\ntime.sleep(60)\n"
     )

@@ -11,9 +11,9 @@ from langchain_core.messages import HumanMessage
 from langgraph.store.memory import InMemoryStore
 
 from tfgrpo.context import Context
-from tfgrpo.known_keys import KnownKeys
-from tfgrpo.llm_cache import use_llm_cache
-from tfgrpo.models import register_provider
+from tfgrpo.models.cache import use_llm_cache
+from tfgrpo.models.known_keys import KnownKeys
+from tfgrpo.models.spec import register_provider
 from tfgrpo.nodes._llm import memo_get, memo_put
 from tfgrpo.nodes.policy import rollout_agent, run_policy
 from tfgrpo.testing.scripted import ScriptedChatModel

@@ -15,7 +15,7 @@ from tfgrpo.context import Context
 from tfgrpo.errors import ConfigError
 from tfgrpo.evals.report import build_eval_report, eval_markdown, rewards_by_question
 from tfgrpo.graphs.evaluate import compile_eval_graph
-from tfgrpo.models import register_provider
+from tfgrpo.models.spec import register_provider
 from tfgrpo.nodes.attempt import attempt_seed
 from tfgrpo.state.library import Library
 from tfgrpo.testing.responders import eval_responder

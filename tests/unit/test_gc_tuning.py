@@ -1,4 +1,4 @@
-"""The garbage collector during a run (tfgrpo.gc_tuning): the run's calls see the long-lived heap
+"""The garbage collector during a run (tfgrpo.runs.gc_tuning): the run's calls see the long-lived heap
 frozen and fewer young collections; the caller's collector is as it was afterwards, cycles made during the
 run are still collected, and nested or concurrent runs restore it once, at the end of the last one."""
 
@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from tests.unit.test_learn_loop import Fake, always_right, context
-from tfgrpo.gc_tuning import YOUNG_THRESHOLD, quiet_gc
+from tfgrpo.runs.gc_tuning import YOUNG_THRESHOLD, quiet_gc
 
 
 class Node:

@@ -14,11 +14,11 @@ from langgraph.checkpoint.memory import InMemorySaver
 from langgraph.store.memory import InMemoryStore
 
 from tfgrpo.context import Context
-from tfgrpo.data import dataset_fingerprint, load_dataset
+from tfgrpo.data import batches_per_epoch, dataset_fingerprint, epoch_order, load_dataset
 from tfgrpo.errors import ConfigError, DataError
 from tfgrpo.graphs.learn import compile_learn_graph
-from tfgrpo.models import register_provider
-from tfgrpo.nodes.schedule import batches_per_epoch, check_resume, epoch_order, step_history
+from tfgrpo.models.spec import register_provider
+from tfgrpo.runs.rundir import check_resume, step_history
 from tfgrpo.state.library import Library
 from tfgrpo.state.types import Query
 from tfgrpo.testing.fake_openai import forced_tool_name, message_text

@@ -25,7 +25,7 @@ from tfgrpo.nodes.update_library import (
     learner_templates,
     lesson_flaw,
 )
-from tfgrpo.runs import RunDir, totals
+from tfgrpo.runs.rundir import RunDir, totals
 from tfgrpo.state.types import Query
 
 GOOD = (

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import json
 
-from tfgrpo.llama_tools import as_chunks, code_tools, parse_tool_calls, plain_message, with_tool_calls
+from tfgrpo.models.tool_calls import as_chunks, code_tools, parse_tool_calls, plain_message, with_tool_calls
 
 PYTHON = {
     "type": "function",

@@ -7,7 +7,7 @@ from langchain_core.globals import get_llm_cache
 from langchain_core.messages import HumanMessage
 from langgraph.store.memory import InMemoryStore
 
-from tfgrpo.llm_cache import NAMESPACE, use_llm_cache
+from tfgrpo.models.cache import NAMESPACE, use_llm_cache
 from tfgrpo.testing.scripted import ScriptedChatModel
 
 

@@ -15,8 +15,8 @@ from tfgrpo import cli
 from tfgrpo.context import Context
 from tfgrpo.data import load_dataset
 from tfgrpo.errors import TfgrpoError
-from tfgrpo.llm_cache import use_llm_cache
-from tfgrpo.models import DEFAULT_MODEL
+from tfgrpo.models.cache import use_llm_cache
+from tfgrpo.models.spec import DEFAULT_MODEL
 from tfgrpo.nodes._llm import learner_model
 from tfgrpo.nodes.policy import run_policy
 from tfgrpo.prompts import rendered_prompts

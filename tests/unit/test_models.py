@@ -11,9 +11,9 @@ from pathlib import Path
 
 import pytest
 
-from tfgrpo import local_model
 from tfgrpo.errors import ConfigError
-from tfgrpo.models import DEFAULT_MODEL, ModelSettings, get_model, resolve_spec
+from tfgrpo.models import local_server as local_model
+from tfgrpo.models.spec import DEFAULT_MODEL, ModelSettings, get_model, resolve_spec
 
 
 def test_no_model_means_the_embedded_model() -> None:
@@ -63,7 +63,7 @@ def test_a_slow_model_build_does_not_block_other_models() -> None:
     import uuid
     from concurrent.futures import ThreadPoolExecutor
 
-    from tfgrpo.models import register_provider
+    from tfgrpo.models.spec import register_provider
     from tfgrpo.testing.scripted import ScriptedChatModel
 
     release, building = threading.Event(), threading.Event()

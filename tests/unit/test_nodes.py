@@ -13,7 +13,7 @@ from langgraph.store.memory import InMemoryStore
 
 from tfgrpo.context import Context
 from tfgrpo.graphs.step import compile_step_graph
-from tfgrpo.models import register_provider
+from tfgrpo.models.spec import register_provider
 from tfgrpo.state.library import (
     INJECTION_HEADER,
     Library,

@@ -11,7 +11,7 @@ from langgraph.store.memory import InMemoryStore
 
 from tfgrpo.context import Context
 from tfgrpo.graphs.step import STEP_NODES, compile_step_graph
-from tfgrpo.models import register_provider
+from tfgrpo.models.spec import register_provider
 from tfgrpo.nodes._llm import step_namespace
 from tfgrpo.state.library import Library
 from tfgrpo.state.types import Query

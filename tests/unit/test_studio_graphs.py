@@ -9,15 +9,15 @@ import pytest
 from langgraph.checkpoint.memory import InMemorySaver
 from langgraph.store.memory import InMemoryStore
 
-from tfgrpo.backends import Backend, check_run_id, database_url, open_backend, redacted
 from tfgrpo.context import Context
 from tfgrpo.errors import ConfigError, DataError, TfgrpoError
 from tfgrpo.graphs.evaluate import compile_eval_graph
 from tfgrpo.graphs.inference import build_studio_inference_graph
 from tfgrpo.graphs.learn import compile_learn_graph
-from tfgrpo.ledger import LEDGER_NAMESPACE, BudgetExceeded
+from tfgrpo.models.ledger import LEDGER_NAMESPACE, BudgetExceeded
 from tfgrpo.nodes.publish import library_namespace, published_library, published_steps
-from tfgrpo.nodes.schedule import step_history
+from tfgrpo.runs.backends import Backend, check_run_id, database_url, open_backend, redacted
+from tfgrpo.runs.rundir import step_history
 from tfgrpo.testing.scripted import ScriptedChatModel
 
 SMALL = {"model": "scripted:m", "epochs": 1, "batch_size": 2, "group_size": 2}

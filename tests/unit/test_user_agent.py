@@ -8,8 +8,8 @@ import pytest
 
 from tests.conftest import REPO
 from tfgrpo.errors import ConfigError
-from tfgrpo.middleware import EXPERIENCES_KEY
-from tfgrpo.user_agent import load_agent_object, prepare_agent, register_agent
+from tfgrpo.integrations.middleware import EXPERIENCES_KEY
+from tfgrpo.integrations.user_agent import load_agent_object, prepare_agent, register_agent
 
 
 @pytest.fixture(autouse=True)

@@ -16,7 +16,7 @@ from langgraph.types import Send
 
 from tfgrpo.context import Context
 from tfgrpo.graphs.step import compile_step_graph
-from tfgrpo.models import register_provider
+from tfgrpo.models.spec import register_provider
 from tfgrpo.nodes.variance_gate import judge_group, route_after_gate
 from tfgrpo.state.graph_state import StepState
 from tfgrpo.state.types import Group, Query

@@ -13,9 +13,10 @@ from pathlib import Path
 
 import pytest
 
-from tfgrpo import local_model, weights
 from tfgrpo.errors import ConfigError
-from tfgrpo.weights import SplitWeights, ensure_weights
+from tfgrpo.models import local_server as local_model
+from tfgrpo.models import weights
+from tfgrpo.models.weights import SplitWeights, ensure_weights
 
 PARTS = [b"GGUF" + bytes(range(256)) * 40, os.urandom(9000), b"tail" * 100]
 

@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from tfgrpo.evals.metrics import arm_summary, paired_comparison
-from tfgrpo.runs import atomic_write
+from tfgrpo.runs.rundir import atomic_write
 from tfgrpo.state.types import AttemptResult
 
 RESAMPLES = 10_000

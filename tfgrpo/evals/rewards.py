@@ -368,3 +368,18 @@ def get_reward(name: str) -> RewardFn:
             "or 'module:function' / 'path/to/file.py:function'"
         )
     return fn
+
+
+def reward_function(name: str) -> RewardFn | None:
+    """The per-response reward for ``name``; None for the group-level ones (judge, majority). Raises a
+    one-line ConfigError for an unknown name: call it before paying for rollouts."""
+    return None if name in GROUP_REWARDS else get_reward(name)
+
+
+def ground_truth_reward(name: str) -> RewardFn | None:
+    """:func:`reward_function` for runs scored alone (evaluation): ``majority`` needs a group."""
+    if name == "majority":
+        raise ConfigError(
+            "the majority reward needs a group of rollouts: evaluate with a ground-truth reward"
+        )
+    return reward_function(name)

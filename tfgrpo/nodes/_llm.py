@@ -26,9 +26,9 @@ from pydantic import BaseModel, ValidationError
 
 from tfgrpo.context import Context
 from tfgrpo.errors import StopRequested
-from tfgrpo.known_keys import known_keys
-from tfgrpo.ledger import CallFailed, current_ledger, explain, reserve_tokens, role_of
-from tfgrpo.models import ModelSettings, get_model, resolve_spec
+from tfgrpo.models.known_keys import known_keys
+from tfgrpo.models.ledger import CallFailed, current_ledger, explain, make_record, reserve_tokens, role_of
+from tfgrpo.models.spec import ModelSettings, get_model, resolve_spec
 from tfgrpo.state.types import CallRecord
 
 T = TypeVar("T", bound=BaseModel)
@@ -159,26 +159,6 @@ def completion_cap(ctx: Context, node: str) -> int:
     if role == "judge":
         return ctx.judge_max_tokens
     return ctx.max_tokens
-
-
-def make_record(
-    node: str, model: str, ok: bool, started: float, msg: BaseMessage | None, retries: int = 0
-) -> CallRecord:
-    usage = getattr(msg, "usage_metadata", None) or {}
-    tokens_in = int(usage.get("input_tokens", 0) or 0)
-    tokens_out = int(usage.get("output_tokens", 0) or 0)
-    return {
-        "node": node,
-        "role": role_of(node),
-        "model": model,
-        "ok": ok,
-        "input_tokens": tokens_in,
-        "output_tokens": tokens_out,
-        "cost_usd": current_ledger().prices.cost(model, tokens_in, tokens_out),
-        "retries": retries,
-        "started": started,
-        "seconds": round(time.time() - started, 4),
-    }
 
 
 def one_line(exc: BaseException | str) -> str:

@@ -22,7 +22,7 @@ from typing_extensions import TypedDict
 from tfgrpo.context import Context
 from tfgrpo.data import load_dataset
 from tfgrpo.errors import ConfigError
-from tfgrpo.evals.rewards import extract_final_answer
+from tfgrpo.evals.rewards import extract_final_answer, ground_truth_reward
 from tfgrpo.nodes._llm import (
     context_of,
     derived_seed,
@@ -35,7 +35,7 @@ from tfgrpo.nodes._llm import (
 )
 from tfgrpo.nodes._prompts import validate_prompts
 from tfgrpo.nodes.policy import final_text, inference_experiences
-from tfgrpo.nodes.reward import ground_truth_reward, scored_run
+from tfgrpo.nodes.reward import scored_run
 from tfgrpo.state.graph_state import EvalState
 from tfgrpo.state.types import AttemptResult, Query
 

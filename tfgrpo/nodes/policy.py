@@ -34,11 +34,11 @@ from langgraph.runtime import Runtime
 from langgraph.store.base import BaseStore
 from langgraph.types import Checkpointer
 
-from tfgrpo.context import Context, apply_configurable, as_context
+from tfgrpo.context import Context, as_context
 from tfgrpo.errors import ConfigError
 from tfgrpo.evals.rewards import extract_final_answer
-from tfgrpo.ledger import BudgetExceeded, CallFailed, Ledger, current_ledger, reserve_tokens
-from tfgrpo.models import UnconfiguredModel, resolve_spec
+from tfgrpo.models.ledger import BudgetExceeded, CallFailed, Ledger, current_ledger, reserve_tokens
+from tfgrpo.models.spec import UnconfiguredModel, apply_configurable, resolve_spec
 from tfgrpo.nodes._llm import learner_model, make_record, one_line, policy_model
 from tfgrpo.nodes._prompts import prompt_text
 from tfgrpo.nodes.publish import published_library
@@ -303,10 +303,11 @@ def run_policy(
     calling graph (an empty contextvars context): it keeps no checkpoints of its own turns, so a run's
     checkpoint database does not grow with the number of runs; the caller memoizes the result. Budget and
     configuration errors propagate (they must stop the run); any other failure comes back as a one-line
-    error. With ``ctx.agent`` set, the policy is the user's own agent (:mod:`tfgrpo.user_agent`), whose
+    error. With ``ctx.agent`` set, the policy is the user's own agent
+    (:mod:`tfgrpo.integrations.user_agent`), whose
     every model call is also memoized under ``memo`` (store, namespace, key prefix).
     """
-    from tfgrpo.user_agent import parent_callbacks, run_user_agent
+    from tfgrpo.integrations.user_agent import parent_callbacks, run_user_agent
 
     if ctx.agent:
         return run_user_agent(ctx, question, experiences, seed, node=node, memo=memo)

@@ -17,9 +17,14 @@ from langchain_core.runnables.config import ContextThreadPoolExecutor
 from langgraph.runtime import Runtime
 
 from tfgrpo.context import Context
-from tfgrpo.errors import ConfigError
-from tfgrpo.evals.rewards import GROUP_REWARDS, RewardFn, extract_final_answer, get_reward, majority_rewards
-from tfgrpo.models import ModelSettings, get_model, resolve_spec
+from tfgrpo.evals.rewards import (
+    RewardFn,
+    extract_final_answer,
+    ground_truth_reward,
+    majority_rewards,
+    reward_function,
+)
+from tfgrpo.models.spec import ModelSettings, get_model, resolve_spec
 from tfgrpo.nodes._llm import (
     call_text,
     context_of,
@@ -107,21 +112,6 @@ def judge_score(
 def majority_of_group(keys: list[str], stored: dict[str, Rollout]) -> list[float | None]:
     """No ground truth: agreement with the group's majority answer (the paper's self-judged ablation)."""
     return majority_rewards([stored[key]["response"] if key in stored else None for key in keys])[0]
-
-
-def reward_function(name: str) -> RewardFn | None:
-    """The per-response reward for ``name``; None for the group-level ones (judge, majority). Raises a
-    one-line ConfigError for an unknown name: call it before paying for rollouts."""
-    return None if name in GROUP_REWARDS else get_reward(name)
-
-
-def ground_truth_reward(name: str) -> RewardFn | None:
-    """:func:`reward_function` for runs scored alone (evaluation): ``majority`` needs a group."""
-    if name == "majority":
-        raise ConfigError(
-            "the majority reward needs a group of rollouts: evaluate with a ground-truth reward"
-        )
-    return reward_function(name)
 
 
 def scored_run(

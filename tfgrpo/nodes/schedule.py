@@ -10,26 +10,23 @@ moves the counters.
 
 from __future__ import annotations
 
-import math
-import random
 import uuid
 from dataclasses import replace
 from typing import Any
 
 from langgraph.graph import END
 from langgraph.runtime import Runtime
-from langgraph.store.base import BaseStore
 from langgraph.types import Overwrite
 
 from tfgrpo.context import Context
-from tfgrpo.data import dataset_fingerprint, load_dataset
+from tfgrpo.data import batches_per_epoch, dataset_fingerprint, epoch_order, training_queries
 from tfgrpo.errors import ConfigError, DataError
 from tfgrpo.nodes._llm import context_of, store_of
 from tfgrpo.nodes._prompts import validate_prompts
 from tfgrpo.nodes.publish import LATEST, library_namespace, publish_library
+from tfgrpo.runs.rundir import check_resume, history_namespace, step_history
 from tfgrpo.state.graph_state import LearnState
 from tfgrpo.state.library import empty_library
-from tfgrpo.state.types import Query, StepReport
 
 
 def cleared_step_channels() -> dict[str, Any]:
@@ -46,39 +43,11 @@ def cleared_step_channels() -> dict[str, Any]:
     }
 
 
-def training_queries(ctx: Context) -> list[Query]:
-    """The training set; without ground truth (the ``majority`` reward) rows need no answer."""
-    return load_dataset(ctx.dataset, answers=ctx.reward != "majority")
-
-
-def epoch_order(queries: list[Query], seed: int, epoch: int) -> list[Query]:
-    order = list(queries)
-    random.Random(f"tfgrpo:{seed}:{epoch}").shuffle(order)
-    return order
-
-
-def batches_per_epoch(n_queries: int, batch_size: int) -> int:
-    return math.ceil(n_queries / max(1, batch_size))
-
-
 def run_context(state: LearnState, runtime: Runtime[Context]) -> Context:
     """The run's settings; a dataset given as graph input (Studio's learn form) replaces the context's."""
     ctx = context_of(runtime)
     dataset = state.get("dataset")
     return replace(ctx, dataset=dataset) if dataset and dataset != ctx.dataset else ctx
-
-
-def check_resume(values: dict[str, Any], ctx: Context, queries: list[Query]) -> None:
-    """Raise a one-line error when a run would continue with another dataset or other settings."""
-    fingerprint = values.get("dataset_fingerprint")
-    if fingerprint and fingerprint != dataset_fingerprint(queries):
-        raise ConfigError(f"dataset {ctx.dataset!r} differs from the one this run started with")
-    settings = values.get("settings_fingerprint")
-    if settings and settings != ctx.settings_fingerprint():
-        raise ConfigError(
-            "settings differ from the ones this run started with "
-            f"({', '.join(ctx.run_defining())} must stay the same to resume)"
-        )
 
 
 def start(state: LearnState, runtime: Runtime[Context]) -> dict[str, Any]:
@@ -165,20 +134,6 @@ def finish(state: LearnState, runtime: Runtime[Context]) -> dict[str, Any]:
     """Studio's learn graph only: the run's output carries the per-step history, read from the store
     once at the end (the CLI's graph never puts it in state, so its checkpoints stay flat in steps)."""
     return {"history": step_history(store_of(runtime), state.get("run_id", ""))}
-
-
-def history_namespace(run_id: str) -> tuple[str, ...]:
-    return ("tfgrpo", run_id or "default", "history")
-
-
-def step_history(store: BaseStore, run_id: str) -> list[StepReport]:
-    """The reports of a run's finished steps, in order (from the store, where ``advance`` puts them)."""
-    reports: list[StepReport] = []
-    while True:
-        page = store.search(history_namespace(run_id), limit=500, offset=len(reports))
-        reports += [item.value for item in page]  # type: ignore[misc]
-        if len(page) < 500:
-            return sorted(reports, key=lambda r: r["step"])
 
 
 def route_next(state: LearnState) -> str:

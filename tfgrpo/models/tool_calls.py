@@ -1,6 +1,6 @@
 """Tool calls for Qwen on llama.cpp's server: render requests with the GGUF's own chat template, parse
 the model's calls back into OpenAI ``tool_calls``. Pure functions: the server child process imports them
-(see ``tfgrpo.local_model._BOOTSTRAP``); nothing here imports ``llama_cpp``.
+(see ``tfgrpo.models.local_server._BOOTSTRAP``); nothing here imports ``llama_cpp``.
 
 Qwen2.5's template lists the tools in the system prompt and asks for ``<tool_call>{"name": ...,
 "arguments": {...}}</tool_call>`` blocks; the Coder models often fence the same object in ```json or write

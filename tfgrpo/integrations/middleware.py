@@ -44,7 +44,7 @@ from langgraph.config import get_config
 from langgraph.store.base import BaseStore
 
 from tfgrpo.errors import ConfigError
-from tfgrpo.ledger import CallFailed, Ledger, reserve_tokens
+from tfgrpo.models.ledger import CallFailed, Ledger, reserve_tokens
 from tfgrpo.state.library import Library, render_library
 from tfgrpo.state.types import CallRecord
 
@@ -297,7 +297,7 @@ class ExperienceMiddleware(AgentMiddleware[ExperienceState, Any]):
         request, hooks = self._prepare(request, self.experiences(request))
         if hooks is None:
             return handler(request)
-        from tfgrpo.nodes._llm import make_record
+        from tfgrpo.models.ledger import make_record
 
         key = self._memo_key(request, hooks)
         recalled = self._recall(hooks, key)
@@ -322,7 +322,7 @@ class ExperienceMiddleware(AgentMiddleware[ExperienceState, Any]):
         request, hooks = self._prepare(request, await self.aexperiences(request))
         if hooks is None:
             return await handler(request)
-        from tfgrpo.nodes._llm import make_record
+        from tfgrpo.models.ledger import make_record
 
         key = self._memo_key(request, hooks)
         recalled = self._recall(hooks, key)

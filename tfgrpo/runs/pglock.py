@@ -6,19 +6,25 @@ connection of its own for as long as the run runs; a second process is refused a
 error. When a process dies (even by SIGKILL) its connection closes and the server releases the lock, so a
 killed run can be resumed immediately, from any machine.
 
-Same interface as the file lock of run directories (``tfgrpo.runlock``: ``acquire`` / ``release``, or
+Same interface as the file lock of run directories (``tfgrpo.runs.runlock``: ``acquire`` / ``release``, or
 ``with``), raising a :class:`tfgrpo.errors.ConfigError` when the run is held elsewhere.
 """
 
 from __future__ import annotations
 
 import hashlib
+import re
 from contextlib import suppress
 from typing import Any
 
 from tfgrpo.errors import ConfigError
 
 NAMESPACE = "tfgrpo-run:"
+
+
+def redacted(url: str) -> str:
+    """The URL without its password, for messages and run.json."""
+    return re.sub(r"(://[^:/@]+):[^@/]*@", r"\1:***@", url)
 
 
 def lock_key(run_id: str) -> int:
@@ -36,8 +42,6 @@ class PostgresRunLock:
     def acquire(self) -> None:
         """Take the lock or raise at once (never wait)."""
         import psycopg
-
-        from tfgrpo.backends import redacted
 
         if self._conn is not None:
             return

@@ -15,6 +15,7 @@ from typing import Any
 
 from langchain_core.language_models import BaseChatModel
 
+from tfgrpo.context import Context
 from tfgrpo.errors import ConfigError
 
 
@@ -32,7 +33,7 @@ class ModelSettings:
 ProviderFactory = Callable[[str, ModelSettings], BaseChatModel]
 
 # With no model configured, tfgrpo uses Qwen2.5-Coder-0.5B-Instruct served locally by llama.cpp
-# (tfgrpo.local_model.EMBEDDED_MODELS lists the local:NAME models).
+# (tfgrpo.models.local_server.EMBEDDED_MODELS lists the local:NAME models).
 DEFAULT_MODEL = "local:qwen2.5-coder-0.5b-instruct"
 
 
@@ -92,8 +93,8 @@ def _openai(name: str, settings: ModelSettings) -> BaseChatModel:
 def _local(name: str, settings: ModelSettings) -> BaseChatModel:
     """The embedded model: tfgrpo starts llama.cpp's OpenAI-compatible server itself (once per process,
     stopped at exit) and talks to it through langchain-openai like to any hosted model."""
-    from tfgrpo.local_chat import local_chat_model
-    from tfgrpo.local_model import get_local_server, require_runtime
+    from tfgrpo.models.chat_format import local_chat_model
+    from tfgrpo.models.local_server import get_local_server, require_runtime
 
     require_runtime(name)  # one-line error with the install command when the runtime or weights are missing
     server = get_local_server(name)
@@ -228,3 +229,29 @@ class UnconfiguredModel(BaseChatModel):
 
     def bind_tools(self, tools: Any, **kwargs: Any) -> Any:
         return self
+
+
+def apply_configurable(
+    ctx: Context, configurable: dict[str, object] | None, *, strict: bool = True
+) -> Context:
+    """``ctx`` with the Context fields found in a Runnable's ``configurable`` honoured (``with_config(
+    configurable={"model": ...})``). With ``strict``, a key that is a near miss of a field (``modle``) is
+    refused loudly; other keys (``thread_id``, the caller's own) are left to their owners."""
+    import difflib
+    from dataclasses import fields, replace
+
+    names = {f.name for f in fields(Context)}
+    found = {k: v for k, v in (configurable or {}).items() if k in names}
+    for key in configurable or {} if strict else {}:
+        if key in names or key.startswith("__"):
+            continue
+        close = difflib.get_close_matches(key, names, n=1, cutoff=0.8)
+        if close:
+            raise ConfigError(f"unknown configurable key {key!r} (did you mean {close[0]!r}?)")
+    if not found:
+        return ctx
+    if "model" in found or "learner_model" in found or "judge_model" in found:
+        for name in ("model", "learner_model", "judge_model"):
+            if name in found:
+                found[name] = as_spec(found[name])  # type: ignore[arg-type]
+    return replace(ctx, **found)  # type: ignore[arg-type]

@@ -28,6 +28,7 @@ from typing import Any, TypeVar
 from langchain_core.messages import AIMessage, BaseMessage
 
 from tfgrpo.errors import ConfigError, TfgrpoError
+from tfgrpo.state.types import CallRecord
 
 # USD per 1M tokens (input, output), list prices of late 2025; override with --prices FILE.
 DEFAULT_PRICES: dict[str, tuple[float, float]] = {
@@ -72,7 +73,7 @@ def role_of(node: str) -> str:
 
 def _model_name(spec: str) -> str:
     name = spec.split(":", 1)[1] if ":" in spec else spec
-    return name.split("@", 1)[0]  # instance:NAME@2, a second object of one model (tfgrpo.models)
+    return name.split("@", 1)[0]  # instance:NAME@2, a second object of one model (tfgrpo.models.spec)
 
 
 @dataclass
@@ -441,7 +442,27 @@ def _thread_ledger() -> Ledger | None:
             _threads[slot] = ledger
         _apply_budget(ledger, ctx)  # a resumed thread may come with a raised budget
         if ctx.model and ledger.budget_usd is not None:
-            from tfgrpo.models import resolve_spec
+            from tfgrpo.models.spec import resolve_spec
 
             ledger.check_prices([resolve_spec(ctx.model)])
         return ledger
+
+
+def make_record(
+    node: str, model: str, ok: bool, started: float, msg: BaseMessage | None, retries: int = 0
+) -> CallRecord:
+    usage = getattr(msg, "usage_metadata", None) or {}
+    tokens_in = int(usage.get("input_tokens", 0) or 0)
+    tokens_out = int(usage.get("output_tokens", 0) or 0)
+    return {
+        "node": node,
+        "role": role_of(node),
+        "model": model,
+        "ok": ok,
+        "input_tokens": tokens_in,
+        "output_tokens": tokens_out,
+        "cost_usd": current_ledger().prices.cost(model, tokens_in, tokens_out),
+        "retries": retries,
+        "started": started,
+        "seconds": round(time.time() - started, 4),
+    }

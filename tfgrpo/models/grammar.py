@@ -1,13 +1,13 @@
 """Grammar-constrained sampling that checks a few candidates per token instead of the whole vocabulary.
 
 llama-cpp-python 0.3.36 puts llama.cpp's grammar sampler in front of top-k, so every generated token tests
-all of Qwen's 151,936 tokens against the grammar: ~22 ms of CPU per token here, about as long as the
-model's own forward pass on two cores. :func:`install` (called in the server's child process, see
-``tfgrpo.local_model._BOOTSTRAP``) makes requests with a grammar test the ``TOP`` most likely tokens first
-and the whole vocabulary only when none of those fits. Greedy decoding gives the same token as before (the
-best allowed token is among the top ones whenever any allowed token is); sampling keeps the allowed tokens
-among the ``TOP`` most likely, which top-k (40) and min-p then cut further as before, so it differs from
-the stock order only when an allowed token ranked below ``TOP`` would have survived min-p.
+all of Qwen's 151,936 tokens against the grammar: ~22 ms of CPU per token here, about as long as the model's
+own forward pass on two cores. :func:`install` (called in the server's child process, see
+``tfgrpo.models.local_server._BOOTSTRAP``) makes requests with a grammar test the ``TOP`` most likely tokens
+first and the whole vocabulary only when none of those fits. Greedy decoding gives the same token as before
+(the best allowed token is among the top ones whenever any allowed token is); sampling keeps the allowed
+tokens among the ``TOP`` most likely, which top-k (40) and min-p then cut further as before, so it differs
+from the stock order only when an allowed token ranked below ``TOP`` would have survived min-p.
 """
 
 from __future__ import annotations

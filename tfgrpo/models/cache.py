@@ -26,7 +26,7 @@ from langchain_core.messages import message_to_dict, messages_from_dict
 from langchain_core.outputs import ChatGeneration, Generation
 from langgraph.store.base import BaseStore
 
-from tfgrpo.known_keys import known_keys
+from tfgrpo.models.known_keys import known_keys
 
 NAMESPACE = ("tfgrpo-llm-results",)
 

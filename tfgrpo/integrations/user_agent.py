@@ -7,7 +7,8 @@
 * a **compiled graph** (or a factory without that parameter) whose middleware already includes
   ``ExperienceMiddleware()``.
 
-Either way E reaches the model through :class:`tfgrpo.middleware.ExperienceMiddleware`, passed per run in
+Either way E reaches the model through
+:class:`tfgrpo.integrations.middleware.ExperienceMiddleware`, passed per run in
 the ``tfgrpo_experiences`` state key, so training and production render it identically. The rollout's
 trajectory is the agent's whole message list (tool calls and results included); its final answer is the
 last AI message. Every model call of the agent goes through the run's ledger (budget, concurrency cap,
@@ -36,8 +37,8 @@ from langgraph.store.base import BaseStore
 
 from tfgrpo.context import Context
 from tfgrpo.errors import ConfigError
-from tfgrpo.ledger import BudgetExceeded, current_ledger
-from tfgrpo.middleware import EXPERIENCES_KEY, HOOKS_KEY, ExperienceMiddleware, RolloutHooks
+from tfgrpo.integrations.middleware import EXPERIENCES_KEY, HOOKS_KEY, ExperienceMiddleware, RolloutHooks
+from tfgrpo.models.ledger import BudgetExceeded, current_ledger
 from tfgrpo.state.types import CallRecord
 
 OBJECT_PREFIX = "object:"  # agents handed over as Python objects (tfgrpo.learn(agent=...))

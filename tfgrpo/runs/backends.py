@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from tfgrpo.errors import ConfigError
+from tfgrpo.runs.pglock import redacted
 
 if TYPE_CHECKING:
     from langgraph.store.base import BaseStore
@@ -39,11 +40,6 @@ def database_url(flag: str | None) -> str:
 
 def is_postgres(url: str) -> bool:
     return url.startswith(POSTGRES_SCHEMES)
-
-
-def redacted(url: str) -> str:
-    """The URL without its password, for messages and run.json."""
-    return re.sub(r"(://[^:/@]+):[^@/]*@", r"\1:***@", url)
 
 
 def check_run_id(run_id: str) -> str:
@@ -74,16 +70,16 @@ class Backend:
         if self.kind == "postgres":
             prune_postgres(self.saver, thread_id)
             return 0
-        from tfgrpo.runs import prune_checkpoints
+        from tfgrpo.runs.rundir import prune_checkpoints
 
         return prune_checkpoints(self.saver, thread_id, latest_checkpoint_id)
 
     def lock(self) -> AbstractContextManager[Any]:
         """Held while the run runs: a second process on the same run is refused. PostgreSQL: a session
         advisory lock (released by the server if the process dies). SQLite: the run directory's file lock
-        is the caller's (``tfgrpo.runlock``)."""
+        is the caller's (``tfgrpo.runs.runlock``)."""
         if self.kind == "postgres":
-            from tfgrpo.pglock import PostgresRunLock
+            from tfgrpo.runs.pglock import PostgresRunLock
 
             return PostgresRunLock(self.url, self.run_id)
         return nullcontext()
@@ -102,7 +98,7 @@ def open_backend(
 ) -> Iterator[Backend]:
     """Open (and set up on first use) the database for run ``run_id``; ``local_dir`` holds the default
     SQLite files when ``url`` is empty."""
-    from tfgrpo.runs import open_checkpointer, open_store
+    from tfgrpo.runs.rundir import open_checkpointer, open_store
 
     stack = ExitStack()
     try:
@@ -117,7 +113,7 @@ def open_backend(
                 local_dir.mkdir(parents=True, exist_ok=True)
                 saver_file, store_file = local_dir / "checkpoints.sqlite", local_dir / "store.sqlite"
                 option = local_option  # the flag that names local_dir, for one-line errors
-            # one transaction per saver call and per batch of store puts, WAL (tfgrpo.runs)
+            # one transaction per saver call and per batch of store puts, WAL (tfgrpo.runs.rundir)
             saver = open_checkpointer(saver_file, option=option)
             stack.callback(saver.conn.close)
             store = open_store(store_file, option=option)
@@ -151,7 +147,7 @@ def _first_line(exc: BaseException) -> str:
 
 
 def prune_postgres(saver: Any, thread_id: str) -> None:
-    """:func:`tfgrpo.runs.prune_checkpoints` for PostgreSQL: ``PostgresSaver.prune`` keeps the latest
+    """:func:`tfgrpo.runs.rundir.prune_checkpoints` for PostgreSQL: ``PostgresSaver.prune`` keeps the latest
     checkpoint with its pending writes and blobs, in one transaction on a snapshot of the thread."""
     saver.prune([thread_id], strategy="keep_latest")
 
