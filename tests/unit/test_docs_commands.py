@@ -31,6 +31,8 @@ def commands(page: Path, *, inline: bool = True) -> list[str]:
             continue
         for line in body.replace("\\\n", " ").splitlines():
             for part in line.split("&&"):
+                if not re.match(r"\s*([A-Z_]+=\S+\s+)*tfgrpo\b", part):
+                    continue  # another program, or a program's output
                 words = shlex.split(part, comments=True)
                 while words and re.fullmatch(r"[A-Z_]+=.*", words[0]):
                     words.pop(0)
