@@ -146,14 +146,20 @@ def test_every_relative_link_points_to_a_file_and_anchor(page: Path) -> None:
 
 
 REPO_PATH = re.compile(r"^(?:tfgrpo|tests|benchmarks|examples|configs|\.ci)/[\w./-]*$")
+MODULE_PATH = re.compile(r"^[a-z_]+/[a-z_]+\.py$")  # a module inside the package: `models/cache.py`
 
 
 @pytest.mark.parametrize("page", PAGES, ids=lambda p: str(p.relative_to(ROOT)))
 def test_every_repository_path_named_exists(page: Path) -> None:
     """A path in code quotes (`tfgrpo/models/cache.py`) exists: modules move, and the docs must follow."""
     text = page.read_text(encoding="utf-8")
-    named = {span for span in INLINE.findall(text) if REPO_PATH.match(span)}
-    missing = sorted(p for p in named if not (ROOT / p.rstrip("/")).exists())
+    named = {span for span in INLINE.findall(text) if REPO_PATH.match(span) or MODULE_PATH.match(span)}
+    missing = sorted(
+        p
+        for p in named
+        if not (ROOT / p.rstrip("/")).exists()
+        and not (MODULE_PATH.match(p) and (ROOT / "tfgrpo" / p).exists())
+    )
     assert not missing, f"{page.name} names paths that do not exist: {missing}"
 
 
@@ -178,3 +184,35 @@ def test_architecture_names_every_room() -> None:
     roots = sorted(p.stem for p in package.glob("*.py") if p.stem != "__init__")
     unnamed = [m for m in roots if f"{m}.py" not in text]
     assert not unnamed, f"docs/ARCHITECTURE.md does not name the root modules: {unnamed}"
+
+
+FILE_SUFFIXES = {".py", ".md", ".json", ".toml", ".txt", ".png", ".sqlite", ".gbnf"}
+DOTTED = re.compile(r"^(?:tfgrpo\.)?([a-z_]+)\.([A-Za-z_][\w.]*)$")
+
+
+@pytest.mark.parametrize("page", PAGES, ids=lambda p: str(p.relative_to(ROOT)))
+def test_every_dotted_name_resolves(page: Path) -> None:
+    """`runs.rundir.check_resume` or `tfgrpo.testing.scripted`: the module exists and holds the name."""
+    import importlib
+
+    rooms = {p.stem for p in (ROOT / "tfgrpo").iterdir() if p.suffix == ".py" or p.is_dir()}
+    wrong = []
+    for span in set(INLINE.findall(page.read_text(encoding="utf-8"))):
+        match = DOTTED.match(span)
+        if not match or match.group(1) not in rooms or Path(span).suffix in FILE_SUFFIXES:
+            continue
+        parts = ["tfgrpo", match.group(1), *match.group(2).split(".")]
+        for cut in range(len(parts), 0, -1):  # the longest importable prefix, then attributes
+            try:
+                obj = importlib.import_module(".".join(parts[:cut]))
+            except ImportError:
+                continue
+            try:
+                for attr in parts[cut:]:
+                    obj = getattr(obj, attr)
+            except AttributeError:
+                wrong.append(span)
+            break
+        else:
+            wrong.append(span)
+    assert not wrong, f"{page.name}: names that do not resolve: {sorted(wrong)}"
