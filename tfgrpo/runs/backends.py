@@ -15,7 +15,6 @@ ledger is rebuilt from the result memo in the store (:func:`tfgrpo.learner.spent
 from __future__ import annotations
 
 import os
-import re
 from collections.abc import Iterator
 from contextlib import AbstractContextManager, ExitStack, contextmanager, nullcontext
 from dataclasses import dataclass, field
