@@ -120,7 +120,8 @@ def test_rejections_are_counted_by_reason_in_the_step_report() -> None:
         " ".join([GOOD] * 2),  # over the cap
         "When it applies (a feature of the problem), what to do, the pitfall.",  # the update prompt
         "81 + (-78) = 3",  # not prose
-        "When adding 2 and 3 the sum is easy to get right, so keep going.",  # q1's numbers
+        # names the numbers of q1 and of q2: each group's proposal quotes its own problem
+        "When adding 2 and 3 or taking 4 from 7, the result is easy to get right, so keep going.",
     ]
     ops = [{"op": "ADD", "content": c} for c in [*junk, GOOD]]
     fake = Fake(extract=extract_reply(ops))
@@ -201,3 +202,88 @@ def test_main_job_example_lessons_are_good_and_leak_no_answer() -> None:
         # the copy check against every question and answer the main job sees, and the rest of the gate
         assert leak_of(example, [*training, *heldout]) is None
         assert lesson_flaw(example, [*training, *heldout], TEMPLATES) is None
+
+
+# General lessons of the kinds the paper's learned libraries hold: a domain constant, a range, small
+# cases, a unit. Each names numbers that many questions of a large batch contain; it is tied to a
+# problem only when that problem is the one it came from. (lesson, a question quoting its numbers in
+# digits: the gate reads a question's digits, a lesson's digits and spelled numbers)
+GENERAL_LESSONS = [
+    (
+        "When only the remainder mod 1000 is asked for, keep the last three digits after every product; "
+        "carrying whole products made the work overflow.",
+        "Find the remainder when 7^2024 is divided by 1000.",
+    ),
+    (
+        "When digits are summed in base ten, write the number out digit by digit first; skipping a zero "
+        "digit gave sums that were one digit short.",
+        "What is the sum of the digits of 2^15 written in base 10?",
+    ),
+    (
+        "When a count asks for integers between 10 and 100, settle first whether both ends are included; "
+        "off-by-one counts came from the boundaries.",
+        "How many integers between 10 and 100 are multiples of 7?",
+    ),
+    (
+        "When a colouring problem allows three or four colours, list the small cases by hand before any "
+        "formula; guessed formulas overcounted the symmetric colourings.",
+        "In how many ways can a square's corners be coloured with 3 or 4 colours?",
+    ),
+    (
+        "When minutes must become hours, divide by 60 and keep the remainder as minutes; writing the "
+        "remainder as a decimal fraction of an hour was wrong.",
+        "A film lasts 150 minutes; there are 60 minutes in an hour. How long is it in hours?",
+    ),
+]
+PLAIN = {"id": "plain", "question": "How many edges does a cube have?", "answer": "12"}
+
+
+@pytest.mark.parametrize(("lesson", "quoting"), GENERAL_LESSONS)
+def test_a_general_lesson_is_judged_against_its_own_problem(lesson: str, quoting: str) -> None:
+    from tfgrpo.nodes.update_library import screen_lessons
+
+    other = {"id": "other", "question": quoting, "answer": "0"}
+    own_quoting = {"id": "own", "question": quoting, "answer": "0"}
+    own_plain = {**PLAIN, "id": "own"}
+    op = {"op": "ADD", "content": lesson, "sources": ["own"]}
+    # the lesson itself is well formed
+    assert len(lesson.split()) <= WORD_CAP
+    assert lesson_flaw(lesson, [own_plain], TEMPLATES) is None
+    # another problem of the batch quotes its numbers: that is no reason to reject it
+    kept, rejected, counts = screen_lessons([op], [own_plain, other], TEMPLATES)
+    assert (kept, rejected, counts) == ([op], [], {})
+    # its own problem quotes them: it is tied to that problem, whatever the rest of the batch holds
+    kept, rejected, counts = screen_lessons([op], [own_quoting, {**PLAIN, "id": "other"}], TEMPLATES)
+    assert kept == [] and counts == {PROBLEM_SPECIFIC: 1}
+    assert "quotes the numbers of own" in rejected[0]["why"]
+
+
+def test_an_answer_is_a_leak_only_from_its_own_problem() -> None:
+    from tfgrpo.nodes.update_library import screen_lessons
+
+    lesson = GENERAL_LESSONS[0][0]  # names 1000
+    thousand = {"id": "t", "question": "How many grams are in a kilogram?", "answer": "1000"}
+    op = {"op": "ADD", "content": lesson, "sources": ["own"]}
+    kept, _, _ = screen_lessons([op], [{**PLAIN, "id": "own"}, thousand], TEMPLATES)
+    assert kept == [op]
+    _, _, counts = screen_lessons([{**op, "sources": ["t"]}], [{**PLAIN, "id": "own"}, thousand], TEMPLATES)
+    assert counts == {ANSWER_LEAK: 1}
+    # no known provenance: the whole batch is its problem (the conservative reading)
+    _, _, counts = screen_lessons([{**op, "sources": []}], [{**PLAIN, "id": "own"}, thousand], TEMPLATES)
+    assert counts == {ANSWER_LEAK: 1}
+
+
+def test_in_a_step_each_groups_proposal_is_gated_by_its_own_question() -> None:
+    # both groups propose the same lesson naming 1000; only q1's question quotes 1000
+    batch: list[Query] = [
+        {"id": "q1", "question": "Calculate 1000 - 7.", "answer": "993"},
+        {"id": "q2", "question": "Calculate 2 + 3.", "answer": "5"},
+    ]
+    lesson = GENERAL_LESSONS[0][0]
+    fake = Fake(extract=extract_reply([{"op": "ADD", "content": lesson}]))
+    out = run_step(fake, batch=batch)
+    report = out["report"]
+    assert report["lessons_rejected"] == {PROBLEM_SPECIFIC: 1}
+    (why,) = [r["why"] for r in report["rejected"]]
+    assert "quotes the numbers of q1 (1000)" in why
+    assert [(i["text"], i["sources"]) for i in out["library"]["items"]] == [(lesson, ["q2"])]

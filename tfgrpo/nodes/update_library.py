@@ -8,7 +8,9 @@ batch or copies 8+ consecutive words of one of its questions is rejected mechani
 Every ADD/UPDATE, proposed or final, from any model, then passes the **lesson gate**
 (:func:`lesson_flaw`): within the word cap, prose rather than numbers and operators, not copied from the
 learner's prompts or schema descriptions, not tied to one problem of the batch by its numbers or a
-narration of its attempts. A proposal stopped there never reaches the consolidation call; every
+narration of its attempts. Numbers and answers are checked against the lesson's own problems (its
+``sources``), not the whole batch: "mod 1000" is a domain constant unless its own problem quotes 1000.
+A proposal stopped there never reaches the consolidation call; every
 rejection is listed with its reason and counted by reason in the report (``lessons_rejected``).
 The rest are applied with :func:`apply_operations`: DELETE really deletes, and an
 UPDATE/DELETE of an unknown id is rejected and counted (never turned into an ADD). If the consolidation
@@ -127,8 +129,8 @@ COPIED_WORDS = 8  # this many consecutive words of a question make a copy
 OVER_CAP = "over word cap"  # more than WORD_CAP words (the prompts ask for it; nothing else enforces it)
 TEMPLATE_COPY = "template copy"  # TEMPLATE_WORDS consecutive words of a learner prompt / schema description
 NOT_PROSE = "not prose"  # fewer than MIN_PROSE_WORDS words, or mostly numbers and operators
-PROBLEM_SPECIFIC = "problem-specific"  # quotes the numbers of one problem of the batch, or narrates attempts
-ANSWER_LEAK = "answer leak"  # a batch answer or a copied question (leak_of)
+PROBLEM_SPECIFIC = "problem-specific"  # quotes the numbers of its own problem, or narrates attempts
+ANSWER_LEAK = "answer leak"  # its own problem's answer or a copy of its question (leak_of)
 OFF_PATTERN = "off pattern"  # does not match the run's --lesson-pattern (a model that ignored the schema)
 LESSON_REASONS = (ANSWER_LEAK, TEMPLATE_COPY, PROBLEM_SPECIFIC, NOT_PROSE, OVER_CAP, OFF_PATTERN)  # in order
 # 5 words: a lesson in its own words shares at most a short phrase ("when a minus sign") with the prompts,
@@ -306,6 +308,14 @@ def lesson_flaw(
     return None
 
 
+def own_problems(op: Operation, batch: list[Query]) -> list[Query]:
+    """The problems of ``batch`` that ``op`` came from (its ``sources``); the whole batch when it names
+    none of them (the conservative reading of an unknown provenance)."""
+    sources = set(op.get("sources") or [])
+    own = [query for query in batch if query["id"] in sources]
+    return own or batch
+
+
 def screen_lessons(
     operations: list[Operation],
     batch: list[Query],
@@ -314,14 +324,16 @@ def screen_lessons(
     pattern: str = "",
 ) -> tuple[list[Operation], list[RejectedOperation], Counter[str]]:
     """Split operations into those that may go on and those the lesson gate rejects (ADD/UPDATE only),
-    with the rejections counted by reason."""
+    with the rejections counted by reason. Each lesson is judged against its own problems
+    (:func:`own_problems`): a general lesson is not rejected because another question of a large batch
+    happens to contain one of its numbers."""
     kept: list[Operation] = []
     rejected: list[RejectedOperation] = []
     counts: Counter[str] = Counter()
     for op in operations:
         flaw = None
         if op["op"] in ("ADD", "UPDATE"):
-            flaw = lesson_flaw(op.get("content") or "", batch, templates, pattern)
+            flaw = lesson_flaw(op.get("content") or "", own_problems(op, batch), templates, pattern)
         if flaw is None:
             kept.append(op)
         else:
@@ -381,6 +393,10 @@ def update_library(state: StepState, runtime: Runtime[Context]) -> dict[str, Any
             memo_put(store, ns, "consolidation", done)
         calls = done["calls"]
         known_sources = {p["query_id"] for p in proposals}
+        # a final op that repeats a proposal's text came from that proposal's problem
+        sources_of_text: dict[str, set[str]] = {}
+        for op in proposed:
+            sources_of_text.setdefault(op.get("content") or "", set()).update(op.get("sources") or [])
         if done["operations"] is None:
             dropped.append(
                 {
@@ -392,8 +408,11 @@ def update_library(state: StepState, runtime: Runtime[Context]) -> dict[str, Any
             final = proposed
         else:
             for op in done["operations"]:
-                # provenance: keep the sources the model named if real, else the whole batch's
+                # provenance: the sources the model named if real, else those of the proposal it
+                # repeats, else every proposing problem's (the gate then checks against all of them)
                 sources = [s for s in op.get("sources") or [] if s in known_sources]
+                if not sources:
+                    sources = sorted(sources_of_text.get(op.get("content") or "", set()) & known_sources)
                 final.append(cast(Operation, {**op, "sources": sources or sorted(known_sources)}))
 
     final, leaks, final_counts = screen_lessons(final, batch, templates, pattern=ctx.lesson_pattern)
