@@ -243,7 +243,9 @@ def gate_summary(history: list[StepReport]) -> str | None:
     if not counts:
         return None
     by_reason = ", ".join(f"{reason} {n}" for reason, n in sorted(counts.items(), key=lambda kv: -kv[1]))
-    return f"lessons rejected by the lesson gate: {by_reason} (reasons in report.md)"
+    retried = sum(sum(r.get("lessons_retried", {}).values()) for r in history)
+    sent_back = f"{retried} sent back once with the reason; " if retried else ""
+    return f"lessons rejected by the lesson gate: {by_reason} ({sent_back}reasons in report.md)"
 
 
 def nothing_worked(history: list[StepReport], errors: list[str]) -> str | None:

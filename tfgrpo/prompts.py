@@ -6,10 +6,10 @@
     for p in rendered_prompts(Context(prompts="my_prompts", domain="math")):
         print(p.name, p.text)
 
-The texts live beside their nodes (policy, summarize, extract, update_library, reward); the names and
-the placeholders each may use are in :mod:`tfgrpo.nodes._prompts`. A rendered prompt is what the model
-receives: system prompts filled in from the settings (K, the word cap, the answer format, the domain's
-tool hint, E), user templates with the per-call values left as ``{question}``-style placeholders.
+The texts live beside their nodes (policy, summarize, extract, update_library, retry_lesson, reward);
+the names and the placeholders each may use are in :mod:`tfgrpo.nodes._prompts`. A rendered prompt is
+what the model receives: system prompts filled in from the settings (K, the word cap, the answer format,
+the domain's tool hint, E), user templates with the per-call values left as ``{question}``-style placeholders.
 """
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ from pathlib import Path
 
 from tfgrpo.context import Context
 from tfgrpo.errors import ConfigError
-from tfgrpo.nodes import extract, policy, reward, summarize, update_library
+from tfgrpo.nodes import extract, policy, retry_lesson, reward, summarize, update_library
 from tfgrpo.nodes._prompts import PROMPT_ROLES, prompt_text, validate_prompts
 from tfgrpo.state.library import Library, empty_library, render_library, render_library_for_review
 
@@ -37,6 +37,8 @@ def default_prompts() -> dict[str, str]:
         "extract_user": extract.USER_TEMPLATE,
         "update_system": update_library.SYSTEM_PROMPT,
         "update_user": update_library.USER_TEMPLATE,
+        "retry_system": retry_lesson.SYSTEM_PROMPT,
+        "retry_user": retry_lesson.USER_TEMPLATE,
         "judge_system": reward.JUDGE_SYSTEM,
         "judge_user": reward.JUDGE_USER,
     }
@@ -45,7 +47,7 @@ def default_prompts() -> dict[str, str]:
 @dataclass(frozen=True)
 class RenderedPrompt:
     name: str
-    role: str  # policy | summarize | extract | update | judge
+    role: str  # policy | summarize | extract | update | retry | judge
     kind: str  # system | user
     text: str
 

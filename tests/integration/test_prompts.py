@@ -64,12 +64,13 @@ def learn(server: FakeOpenAIServer, run_dir: Path, *extra: str) -> subprocess.Co
 
 
 def test_prompts_listing_is_what_the_server_receives(fake_server: FakeOpenAIServer, tmp_path: Path) -> None:
-    out = learn(fake_server, tmp_path / "run", "--reward", "judge")
+    # the fake learner's lessons do not start with "When": each goes back once (the retry prompts)
+    out = learn(fake_server, tmp_path / "run", "--reward", "judge", "--lesson-pattern", "^(When .*)?$")
     assert out.returncode == 0, out.stderr
     listing = tfgrpo("prompts", "--reward", "judge")
     assert listing.returncode == 0, listing.stderr
     shown = sections(listing.stdout)
-    assert list(shown) == list(PROMPT_PLACEHOLDERS)  # policy, summarize, extract, update, judge
+    assert list(shown) == list(PROMPT_PLACEHOLDERS)  # policy, summarize, extract, update, retry, judge
     caps = {}
     for body in fake_server.requests:
         role = next(
@@ -77,7 +78,14 @@ def test_prompts_listing_is_what_the_server_receives(fake_server: FakeOpenAIServ
         )
         caps.setdefault(role.removesuffix("_system"), set()).add(body["max_completion_tokens"])
     # the command's defaults: each role its own cap (learner 4096, judge 64, policy --max-tokens 1024)
-    assert caps == {"policy": {1024}, "summarize": {4096}, "extract": {4096}, "update": {4096}, "judge": {64}}
+    assert caps == {
+        "policy": {1024},
+        "summarize": {4096},
+        "extract": {4096},
+        "update": {4096},
+        "retry": {4096},
+        "judge": {64},
+    }
     systems, users = set(received(fake_server, "system")), received(fake_server, "user")
     for name, (kind, text) in shown.items():
         if kind == "system":

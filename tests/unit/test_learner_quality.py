@@ -38,6 +38,8 @@ def role_of(body: dict) -> str:
         return "extract"
     if tool == "LibraryUpdate":
         return "update"
+    if tool == "RevisedLesson":
+        return "retry"
     system = system_of(body)
     if "SUMMARIZE" in system:
         return "summarize"
@@ -352,7 +354,8 @@ def test_a_lesson_containing_a_batch_answer_is_rejected_and_counted(serve) -> No
             "ExtractedExperiences", {"analysis": "a", "operations": [{"op": "ADD", "content": content}]}
         )
 
-    server = serve(extract=extract)
+    # sent back once with the reason, the learner withdraws it
+    server = serve(extract=extract, retry=lambda body: tool_reply("RevisedLesson", {"content": ""}))
     out = run_step(server, batch=batch)
     report = out["report"]
     assert [i["text"] for i in out["library"]["items"]] == [
@@ -361,8 +364,10 @@ def test_a_lesson_containing_a_batch_answer_is_rejected_and_counted(serve) -> No
     assert report["operations_rejected"] == 1
     (rejected,) = report["rejected"]
     # stopped by the lesson gate before the consolidation call ever saw it
-    assert rejected["why"] == "proposal: answer leak: contains the ground-truth answer of q1 ('1234')"
-    assert report["lessons_rejected"] == {"answer leak": 1}
+    assert rejected["why"] == (
+        "proposal: answer leak: contains the ground-truth answer of q1 ('1234') (retried once: no rewrite)"
+    )
+    assert report["lessons_rejected"] == report["lessons_retried"] == {"answer leak": 1}
 
 
 def test_leak_check_answers_and_copied_questions() -> None:

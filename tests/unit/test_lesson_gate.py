@@ -124,11 +124,15 @@ def test_rejections_are_counted_by_reason_in_the_step_report() -> None:
         "When adding 2 and 3 or taking 4 from 7, the result is easy to get right, so keep going.",
     ]
     ops = [{"op": "ADD", "content": c} for c in [*junk, GOOD]]
-    fake = Fake(extract=extract_reply(ops))
+    # the learner withdraws each one it is sent back (an empty rewrite)
+    fake = Fake(extract=extract_reply(ops), retry=lambda body: tool_reply("RevisedLesson", {"content": ""}))
     out = run_step(fake, experiences_per_group=5)
     report = out["report"]
-    # two groups proposed the same five: the gate stops eight before the consolidation call
+    # two groups proposed the same five: the gate stops eight before the consolidation call, each goes
+    # back to the learner once, and is then rejected for good
     assert report["lessons_rejected"] == {OVER_CAP: 2, TEMPLATE_COPY: 2, NOT_PROSE: 2, PROBLEM_SPECIFIC: 2}
+    assert report["lessons_retried"] == report["lessons_rejected"]
+    assert fake.count("retry") == 8
     assert [i["text"] for i in out["library"]["items"]] == [GOOD]
     (update,) = fake.bodies("update")
     sent = " ".join(str(m.get("content")) for m in update["messages"])
@@ -137,7 +141,7 @@ def test_rejections_are_counted_by_reason_in_the_step_report() -> None:
     history = [report, report]
     assert gate_summary(history) == (
         "lessons rejected by the lesson gate: over word cap 4, template copy 4, not prose 4, "
-        "problem-specific 4 (reasons in report.md)"
+        "problem-specific 4 (16 sent back once with the reason; reasons in report.md)"
     )
     assert totals(history)["lessons_rejected"] == {
         OVER_CAP: 4,
@@ -280,10 +284,77 @@ def test_in_a_step_each_groups_proposal_is_gated_by_its_own_question() -> None:
         {"id": "q2", "question": "Calculate 2 + 3.", "answer": "5"},
     ]
     lesson = GENERAL_LESSONS[0][0]
-    fake = Fake(extract=extract_reply([{"op": "ADD", "content": lesson}]))
+    withdraw = lambda body: tool_reply("RevisedLesson", {"content": ""})  # noqa: E731
+    fake = Fake(extract=extract_reply([{"op": "ADD", "content": lesson}]), retry=withdraw)
     out = run_step(fake, batch=batch)
     report = out["report"]
-    assert report["lessons_rejected"] == {PROBLEM_SPECIFIC: 1}
+    assert report["lessons_retried"] == report["lessons_rejected"] == {PROBLEM_SPECIFIC: 1}
     (why,) = [r["why"] for r in report["rejected"]]
     assert "quotes the numbers of q1 (1000)" in why
     assert [(i["text"], i["sources"]) for i in out["library"]["items"]] == [(lesson, ["q2"])]
+
+
+# ------------------------------------------------------------------ one retry with the gate's reason
+
+LONG = (
+    "When a sum is preceded by a minus sign and brackets, distribute the minus over every term inside the "
+    "brackets before adding anything else; the attempts that dropped the sign of the second or third term "
+    "got the wrong total."
+)
+SHORT = (
+    "When a minus precedes a bracketed sum, flip the sign of every term inside; dropped signs gave wrong "
+    "totals."
+)
+
+
+def test_an_over_long_lesson_comes_back_shortened_through_the_retry() -> None:
+    assert len(LONG.split()) == 40 and len(SHORT.split()) <= WORD_CAP
+    fake = Fake(
+        extract=extract_reply([{"op": "ADD", "content": LONG}]),
+        retry=lambda body: tool_reply("RevisedLesson", {"content": SHORT}),
+    )
+    out = run_step(fake, batch=BATCH[:1])
+    report = out["report"]
+    assert [(i["text"], i["sources"]) for i in out["library"]["items"]] == [(SHORT, ["q1"])]
+    assert report["lessons_retried"] == {OVER_CAP: 1}
+    assert report["lessons_rejected"] == {}
+    # the learner is told why, with the lesson and the problem it came from
+    (retry,) = fake.bodies("retry")
+    sent = "\n".join(str(m.get("content")) for m in retry["messages"])
+    assert f"over {WORD_CAP} words (40 words): shorten it" in sent
+    assert LONG in sent and BATCH[0]["question"] in sent
+    # the consolidation call sees the rewrite, not the original
+    (update,) = fake.bodies("update")
+    consolidated = " ".join(str(m.get("content")) for m in update["messages"])
+    assert SHORT in consolidated and LONG not in consolidated
+
+
+def test_a_rewrite_that_fails_again_is_rejected_for_good_with_its_new_reason() -> None:
+    specific = "When a bracket holds 20 and 67, negate both of them before the sum; sign slips followed."
+    batch: list[Query] = [{"id": "q1", "question": "Calculate -( 20 + 67 ).", "answer": "-87"}]
+    fake = Fake(
+        extract=extract_reply([{"op": "ADD", "content": specific}]),
+        retry=lambda body: tool_reply("RevisedLesson", {"content": "81 + (-78) = 3"}),
+    )
+    out = run_step(fake, batch=batch)
+    report = out["report"]
+    (retry,) = fake.bodies("retry")
+    assert "names numbers of its problem (20, 67)" in str(retry["messages"])
+    assert report["lessons_retried"] == {PROBLEM_SPECIFIC: 1}
+    assert report["lessons_rejected"] == {NOT_PROSE: 1}
+    (why,) = [r["why"] for r in report["rejected"]]
+    assert why.startswith("proposal after retry: not prose") and why.endswith(f"(first: {PROBLEM_SPECIFIC})")
+    assert out["library"]["items"] == [] and fake.count("update") == 0
+
+
+def test_an_unparseable_retry_is_dropped_and_the_lesson_rejected_with_its_reason() -> None:
+    fake = Fake(
+        extract=extract_reply([{"op": "ADD", "content": LONG}]),
+        retry=lambda body: {"content": "I cannot do that."},
+    )
+    out = run_step(fake, batch=BATCH[:1], structured_retries=0)
+    report = out["report"]
+    assert report["lessons_retried"] == {OVER_CAP: 1}
+    assert report["lessons_rejected"] == {OVER_CAP: 1}
+    assert report["dropped"].get("retry_lesson") == 1
+    assert out["library"]["items"] == []

@@ -13,7 +13,7 @@ from typing import Any
 import pytest
 
 from tests.unit.test_lesson_gate import ARITHMETIC, GOOD, TEMPLATES
-from tests.unit.test_nodes import Fake, extract_reply, run_step, seeded_library
+from tests.unit.test_nodes import Fake, extract_reply, run_step, seeded_library, tool_reply
 from tfgrpo import cli
 from tfgrpo.errors import TfgrpoError
 from tfgrpo.nodes.extract import (
@@ -116,10 +116,16 @@ def test_off_pattern_lessons_are_rejected_and_counted() -> None:
     assert flaw is not None and flaw[0] == OFF_PATTERN and PATTERN in flaw[1]
     assert lesson_flaw(ON_PATTERN, ARITHMETIC, TEMPLATES, PATTERN) is None
     both = [{"op": "ADD", "content": OFF_PATTERN_LESSON}, {"op": "ADD", "content": ON_PATTERN}]
-    fake = Fake(extract=extract_reply(both))
+    # sent back once, the learner withdraws it
+    fake = Fake(extract=extract_reply(both), retry=lambda body: tool_reply("RevisedLesson", {"content": ""}))
     out = run_step(fake, lesson_pattern=PATTERN, experiences_per_group=2)
     assert out["report"]["lessons_rejected"] == {OFF_PATTERN: 2}  # one per group
+    assert out["report"]["lessons_retried"] == {OFF_PATTERN: 2}
     assert [i["text"] for i in out["library"]["items"]] == [ON_PATTERN]
+    # the retry's schema carries the pattern too (a grammar-constrained server writes that shape)
+    retry = fake.bodies("retry")[0]
+    (tool,) = retry["tools"]
+    assert tool["function"]["parameters"]["properties"]["content"]["pattern"] == PATTERN
     # the same lessons without a pattern: both kept
     both = [{"op": "ADD", "content": OFF_PATTERN_LESSON}, {"op": "ADD", "content": ON_PATTERN}]
     fake = Fake(extract=extract_reply(both))

@@ -51,6 +51,7 @@ ROLES = {
     "summarize": "learner",
     "extract": "learner",
     "update_library": "learner",
+    "retry_lesson": "learner",
 }
 
 

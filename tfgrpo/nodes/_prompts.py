@@ -25,6 +25,8 @@ PROMPT_PLACEHOLDERS: dict[str, frozenset[str]] = {
     "extract_user": frozenset({"question", "answer", "library", "attempts"}),
     "update_system": frozenset({"word_cap"}),
     "update_user": frozenset({"library", "proposals", "capacity"}),
+    "retry_system": frozenset({"word_cap"}),
+    "retry_user": frozenset({"question", "lesson", "reason"}),
     "judge_system": frozenset(),
     "judge_user": frozenset({"question", "answer", "response"}),
 }
@@ -36,6 +38,8 @@ PROMPT_ROLES = {
     "extract_user": "extract",
     "update_system": "update",
     "update_user": "update",
+    "retry_system": "retry",
+    "retry_user": "retry",
     "judge_system": "judge",
     "judge_user": "judge",
 }

@@ -31,6 +31,7 @@ from pydantic import BaseModel, Field
 
 from tfgrpo.context import Context
 from tfgrpo.nodes import extract as extract_node
+from tfgrpo.nodes import retry_lesson as retry_node
 from tfgrpo.nodes import summarize as summarize_node
 from tfgrpo.nodes._llm import (
     call_structured,
@@ -222,8 +223,10 @@ def learner_templates(prompts: str, k: int) -> set[tuple[str, ...]]:
         prompt_text(prompts, "summarize_system", summarize_node.SYSTEM_PROMPT),
         prompt_text(prompts, "extract_system", extract_node.SYSTEM_PROMPT),
         prompt_text(prompts, "update_system", SYSTEM_PROMPT),
+        prompt_text(prompts, "retry_system", retry_node.SYSTEM_PROMPT),
         *_descriptions(extraction_schema(k).model_json_schema()),
         *_descriptions(LibraryUpdate.model_json_schema()),
+        *_descriptions(retry_node.RevisedLesson.model_json_schema()),
     ]
     return {gram for text in texts for gram in ngrams(_words(text), TEMPLATE_WORDS)}
 
@@ -342,6 +345,71 @@ def screen_lessons(
     return kept, rejected, counts
 
 
+# What the learner is told to do about each gate reason when a proposal goes back to it once
+RETRY_ACTIONS = {
+    ANSWER_LEAK: "leave the answer and the question's wording out",
+    TEMPLATE_COPY: "say it in your own words",
+    PROBLEM_SPECIFIC: "state the rule for new problems, without this problem's numbers or attempts",
+    NOT_PROSE: "write it as a sentence in words",
+    OVER_CAP: "shorten it",
+    OFF_PATTERN: "follow the required shape",
+}
+
+
+def retry_hint(reason: str, detail: str, op: Operation) -> str:
+    """The gate's verdict as the learner reads it: ids of problems become "its problem"."""
+    for source in op.get("sources") or []:
+        detail = detail.replace(f" of {source} ", " of its problem ")
+    if reason == OVER_CAP:
+        return f"over {WORD_CAP} words ({detail.split(',')[0]}): {RETRY_ACTIONS[reason]}"
+    if reason == PROBLEM_SPECIFIC and detail.startswith("quotes the numbers"):
+        return f"names numbers of its problem ({detail.split('(', 1)[-1]}: {RETRY_ACTIONS[reason]}"
+    return f"{reason}, {detail}: {RETRY_ACTIONS[reason]}"
+
+
+def retry_rejected(
+    runtime: Runtime[Context],
+    ctx: Context,
+    state: StepState,
+    gated: list[RejectedOperation],
+    templates: set[tuple[str, ...]],
+) -> tuple[
+    list[Operation], list[RejectedOperation], Counter[str], Counter[str], list[CallRecord], list[Dropped]
+]:
+    """Each proposal the gate rejected goes back to the learner once with the reason
+    (:mod:`tfgrpo.nodes.retry_lesson`); the rewrite passes the same gate. Returns the rewrites that
+    passed, the final rejections, their counts by reason, the retries by the first reason, the calls
+    and the failed retries."""
+    batch = state.get("batch", [])
+    items: list[tuple[Operation, str]] = []
+    first: list[tuple[str, str]] = []
+    for rejected in gated:
+        op = rejected["operation"]
+        flaw = lesson_flaw(op.get("content") or "", own_problems(op, batch), templates, ctx.lesson_pattern)
+        reason, detail = flaw if flaw is not None else ("", "")
+        first.append((reason, detail))
+        items.append((op, retry_hint(reason, detail, op) if reason else ""))
+    revised, calls, dropped = retry_node.retry_lessons(
+        runtime, ctx, state.get("run_id", ""), state.get("step", 0), items, batch
+    )
+    passed: list[Operation] = []
+    final: list[RejectedOperation] = []
+    counts: Counter[str] = Counter()
+    retried: Counter[str] = Counter(reason for reason, _ in first)
+    for rejected, (reason, _), rewrite in zip(gated, first, revised, strict=True):
+        if rewrite is None:
+            counts[reason] += 1
+            final.append({**rejected, "why": f"{rejected['why']} (retried once: no rewrite)"})
+            continue
+        kept, again, again_counts = screen_lessons(
+            [rewrite], batch, templates, where="proposal after retry: ", pattern=ctx.lesson_pattern
+        )
+        passed.extend(kept)
+        final.extend({**r, "why": f"{r['why']} (first: {reason})"} for r in again)
+        counts.update(again_counts)
+    return passed, final, counts, retried, calls, dropped
+
+
 def update_library(state: StepState, runtime: Runtime[Context]) -> dict[str, Any]:
     ctx = context_of(runtime)
     library = state.get("library") or empty_library()
@@ -359,6 +427,12 @@ def update_library(state: StepState, runtime: Runtime[Context]) -> dict[str, Any
     calls: list[CallRecord] = []
     dropped: list[Dropped] = []
     final: list[Operation] = []
+    retried: Counter[str] = Counter()
+    if gated:
+        rewrites, gated, gate_counts, retried, calls, dropped = retry_rejected(
+            runtime, ctx, state, gated, templates
+        )
+        proposed.extend(rewrites)
 
     if proposed:
         store = store_of(runtime)
@@ -391,7 +465,7 @@ def update_library(state: StepState, runtime: Runtime[Context]) -> dict[str, Any
             ops = [op.model_dump() for op in parsed.operations] if parsed is not None else None
             done = {"operations": ops, "error": error, "calls": records}
             memo_put(store, ns, "consolidation", done)
-        calls = done["calls"]
+        calls = [*calls, *done["calls"]]
         known_sources = {p["query_id"] for p in proposals}
         # a final op that repeats a proposal's text came from that proposal's problem
         sources_of_text: dict[str, set[str]] = {}
@@ -432,5 +506,6 @@ def update_library(state: StepState, runtime: Runtime[Context]) -> dict[str, Any
         more_dropped=dropped,
         final_operations=len(final) + len(leaks),
         lessons_rejected=dict(gate_counts + final_counts),
+        lessons_retried=dict(retried),
     )
     return {"library": new_library, "report": report, "usage": usage_of(calls), "dropped": dropped}

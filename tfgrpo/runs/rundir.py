@@ -216,6 +216,7 @@ def totals(history: list[StepReport]) -> dict[str, Any]:
         "validation_rollbacks": sum(1 for r in history if "validation" in r and not r["validation"]["kept"]),
         "dropped": dropped,
         "lessons_rejected": dict(sum((Counter(r.get("lessons_rejected", {})) for r in history), Counter())),
+        "lessons_retried": dict(sum((Counter(r.get("lessons_retried", {})) for r in history), Counter())),
         "malformed": dict(sum((Counter(r.get("malformed", {})) for r in history), Counter())),
     }
 

@@ -37,10 +37,13 @@ def build_step_report(
     more_dropped: list[Dropped],
     final_operations: int | None = None,
     lessons_rejected: dict[str, int] | None = None,
+    lessons_retried: dict[str, int] | None = None,
 ) -> StepReport:
     """``final_operations``: how many operations the consolidation kept (merging and discarding
     proposals is its job; the report shows how many it let through). ``lessons_rejected``: ADD/UPDATEs
-    the lesson gate stopped, by reason (proposals and final operations; they are also in ``rejected``)."""
+    the lesson gate stopped for good, by reason (proposals after their retry, and final operations; they
+    are also in ``rejected``). ``lessons_retried``: proposals sent back to the learner once, by the
+    reason the gate first gave."""
     groups = state.get("groups", [])
     rewards = [r for group in groups for r in group["rewards"] if r is not None]
     usage = merge_usage(state.get("usage"), usage_of(more_calls))
@@ -65,6 +68,7 @@ def build_step_report(
         "applied": applied,
         "dropped": dict(Counter(d["stage"] for d in dropped)),
         "lessons_rejected": dict(lessons_rejected or {}),
+        "lessons_retried": dict(lessons_retried or {}),
         "malformed": {node: u.get("malformed", 0) for node, u in usage.items() if u.get("malformed")},
         "usage": usage,
         **usage_totals(usage),  # type: ignore[typeddict-item]

@@ -177,7 +177,8 @@ class StepReport(TypedDict):
     rejected: list[RejectedOperation]
     applied: list[Operation]
     dropped: dict[str, int]  # stage -> count
-    lessons_rejected: NotRequired[dict[str, int]]  # lesson-gate reason -> ADD/UPDATEs rejected
+    lessons_rejected: NotRequired[dict[str, int]]  # lesson-gate reason -> ADD/UPDATEs rejected for good
+    lessons_retried: NotRequired[dict[str, int]]  # first gate reason -> proposals sent back once
     malformed: NotRequired[dict[str, int]]  # stage -> replies with unusable structured output
     calls: int
     calls_failed: int

@@ -123,6 +123,14 @@ def grpo_responder(request: dict[str, Any]) -> dict[str, Any]:
                 seen.add(key)
                 merged.append({k: op.get(k) for k in ("op", "id", "content", "reason", "sources")})
         return {"tool_calls": [{"name": tool, "arguments": {"operations": merged}}]}
+    if tool == "RevisedLesson":
+        # a rejected lesson rewritten: a trigger, then its first 16 words without digits (shorter, no
+        # problem numbers)
+        lesson = re.search(r"Rejected lesson:\n(.*?)\n\nWhy it was rejected", user, re.DOTALL)
+        words = [w for w in (lesson.group(1) if lesson else "").split() if not re.search(r"\d", w)]
+        if words and words[0] != "When":
+            words = ["When", "solving", "such", "problems,", words[0].lower(), *words[1:]]
+        return {"tool_calls": [{"name": tool, "arguments": {"content": " ".join(words[:20])}}]}
     if tool is not None:
         return {"tool_calls": [{"name": tool, "arguments": {}}]}
     if "grading a quiz" in system:

@@ -1,0 +1,161 @@
+"""Part of step 6 of Training-Free GRPO (**update-library**): one retry of a proposal the lesson gate
+rejected.
+
+A proposed lesson the gate stops (:func:`tfgrpo.nodes.update_library.lesson_flaw`) goes back to the
+learner once, with the problem it came from and the gate's reason as an instruction ("over 35 words:
+shorten it", "names a number of its problem"), instead of being dropped: an over-long or too specific
+lesson often holds a general one. The learner rewrites it or withdraws it (empty content); the rewrite
+then passes the same gate like any proposal. Calls run in parallel and are memoized in the store, so a
+resumed step pays for none twice. A retry whose output stays unparseable is recorded as dropped.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from typing import Any
+
+from langchain_core.messages import HumanMessage, SystemMessage
+from langchain_core.runnables.config import ContextThreadPoolExecutor
+from langgraph.runtime import Runtime
+from pydantic import BaseModel, ConfigDict, Field
+
+from tfgrpo.context import Context
+from tfgrpo.nodes._llm import call_structured, learner_model, memo_get, memo_put, step_namespace, store_of
+from tfgrpo.nodes._prompts import prompt_text
+from tfgrpo.nodes.extract import LESSON_MAX_CHARS, WORD_CAP
+from tfgrpo.state.library import Operation
+from tfgrpo.state.types import CallRecord, Dropped, Query
+
+NODE = "retry_lesson"
+
+
+def _content_schema(schema: dict[str, Any]) -> None:
+    # same bound as the extract schema: a grammar-constrained server closes the string there
+    schema["properties"]["content"]["maxLength"] = LESSON_MAX_CHARS
+
+
+class RevisedLesson(BaseModel):
+    """A rejected lesson rewritten so that it passes the check, or withdrawn."""
+
+    model_config = ConfigDict(json_schema_extra=_content_schema)
+
+    content: str = Field(
+        description=f"The rewritten lesson (max {WORD_CAP} words); empty to withdraw it.",
+    )
+
+
+def revised_schema(lesson_pattern: str = "") -> type[RevisedLesson]:
+    """:class:`RevisedLesson` whose ``content`` also carries the run's lesson pattern (same tool name)."""
+    if not lesson_pattern:
+        return RevisedLesson
+
+    def extra(schema: dict[str, Any]) -> None:
+        _content_schema(schema)
+        schema["properties"]["content"]["pattern"] = lesson_pattern
+
+    namespace = {
+        "__doc__": RevisedLesson.__doc__,
+        "__module__": RevisedLesson.__module__,
+        "__qualname__": RevisedLesson.__qualname__,
+        "model_config": ConfigDict(json_schema_extra=extra),
+    }
+    return type(RevisedLesson.__name__, (RevisedLesson,), namespace)
+
+
+SYSTEM_PROMPT = """You wrote a lesson for an experience library: short lessons a problem solver reads \
+before solving NEW problems of this kind. A mechanical check rejected it, for the reason given. Rewrite \
+it once so that it passes: keep what it teaches (when it applies, what to do, the pitfall), in at most \
+{word_cap} words, without the numbers, the answer or the wording of the problem it came from. If nothing \
+general is left, give an empty content. Call the RevisedLesson tool."""
+
+USER_TEMPLATE = """Problem the lesson came from:
+{question}
+
+Rejected lesson:
+{lesson}
+
+Why it was rejected: {reason}"""
+
+
+def _key(op: Operation) -> str:
+    text = json.dumps([op.get("op"), op.get("id"), op.get("content"), op.get("sources")])
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+def _retry_one(
+    runtime: Runtime[Context],
+    ctx: Context,
+    ns: tuple[str, ...],
+    op: Operation,
+    hint: str,
+    questions: str,
+) -> dict[str, Any]:
+    store = store_of(runtime)
+    key = _key(op)
+    done = memo_get(store, ns, key)
+    if done is None:
+        model, spec = learner_model(ctx)
+        system = prompt_text(ctx.prompts, "retry_system", SYSTEM_PROMPT)
+        user = prompt_text(ctx.prompts, "retry_user", USER_TEMPLATE)
+        messages = [
+            SystemMessage(system.format(word_cap=WORD_CAP)),
+            HumanMessage(user.format(question=questions, lesson=op.get("content") or "", reason=hint)),
+        ]
+        parsed, records, error = call_structured(
+            ctx,
+            model,
+            spec,
+            NODE,
+            revised_schema(ctx.lesson_pattern),
+            messages,
+            retries=ctx.structured_retries,
+            method=ctx.structured_method,
+        )
+        content = parsed.content.strip() if parsed is not None else None
+        done = {"content": content, "error": error, "calls": records}
+        memo_put(store, ns, key, done)
+    return done
+
+
+def retry_lessons(
+    runtime: Runtime[Context],
+    ctx: Context,
+    run_id: str,
+    step: int,
+    rejected: list[tuple[Operation, str]],
+    batch: list[Query],
+) -> tuple[list[Operation | None], list[CallRecord], list[Dropped]]:
+    """Send each ``(operation, hint)`` back to the learner once. Returns, in order, the operation with
+    its rewritten content (None when withdrawn or when the retry failed), the call records and the
+    failed retries as dropped items."""
+    if not rejected:
+        return [], [], []
+    ns = step_namespace(run_id, step, "retry")
+    by_id = {query["id"]: query for query in batch}
+
+    def questions_of(op: Operation) -> str:
+        own = [by_id[s]["question"] for s in op.get("sources") or [] if s in by_id]
+        return "\n\n".join(own) or "(several problems)"
+
+    with ContextThreadPoolExecutor(max_workers=max(1, ctx.max_concurrency)) as pool:
+        results = list(
+            pool.map(
+                lambda item: _retry_one(runtime, ctx, ns, item[0], item[1], questions_of(item[0])), rejected
+            )
+        )
+    revised: list[Operation | None] = []
+    calls: list[CallRecord] = []
+    dropped: list[Dropped] = []
+    for (op, _), done in zip(rejected, results, strict=True):
+        calls.extend(done["calls"])
+        if done["content"] is None:
+            dropped.append(
+                {
+                    "stage": NODE,
+                    "item": _key(op),
+                    "reason": done["error"] or "retry of a rejected lesson failed",
+                }
+            )
+        revised.append({**op, "content": done["content"]} if done["content"] else None)
+    return revised, calls, dropped
