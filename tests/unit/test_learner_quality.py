@@ -489,3 +489,52 @@ def test_a_reply_cut_off_at_max_tokens_says_so() -> None:
     reason = malformed_reason(LibraryUpdate, cut, None, 1024)
     assert reason.startswith("cut off at max_tokens=1024 (finish_reason 'length')")
     assert "--learner-max-tokens" in reason
+
+
+# ------------------------------------------------------------------------ contrastive evidence for extract
+
+
+def test_extract_receives_the_groups_contrastive_evidence(serve) -> None:
+    right = "Add the two numbers.\n2 + 3 = 5\nAnswer: 5"
+    responses = [right, right, "Add the two numbers.\n2 + 3 = 6\nAnswer: 6", "It is seven.\nAnswer: 7"]
+    lock = threading.Lock()
+
+    def policy(body: dict) -> dict:
+        with lock:
+            return {"content": responses.pop()}
+
+    server = serve(rollout=policy)
+    run_step(server, batch=BATCH[:1], group_size=4)
+    (extract,) = bodies(server, "extract")
+    sent = user_of(extract)
+    # each distinct final answer, with how many attempts gave it and its reward
+    assert "Final answers of the 4 attempts (ground truth: 5):" in sent
+    assert "- '5': 2 attempts, reward 1\n" in sent
+    assert "- '6': 1 attempt, reward 0\n" in sent and "- '7': 1 attempt, reward 0" in sent
+    # the first line where a right and a wrong attempt differ
+    diff = re.search(
+        r"First line where a better and a worse attempt differ \(attempt \d, reward 1, vs attempt "
+        r"\d, reward 0; line (\d) of their responses\):\n  better: (.*)\n  worse:  (.*)\n",
+        sent,
+    )
+    assert diff is not None, sent
+    assert (diff.group(1), diff.group(2)) in {("2", "2 + 3 = 5"), ("1", "Add the two numbers.")}
+    assert diff.group(3) in {"2 + 3 = 6", "It is seven."}
+    # the two identical right attempts are shown once, with their count; the others once each
+    headers = re.findall(r"^--- (.*) ---$", sent, re.M)
+    assert len(headers) == 3
+    assert sum(bool(re.fullmatch(r"Attempts \d, \d: 2 identical \(reward 1\)", h)) for h in headers) == 1
+    # the evidence comes before the summaries
+    assert sent.index("Final answers") < sent.index("Attempts (summaries, with rewards):")
+
+
+def test_an_extract_prompt_override_without_evidence_still_gets_it(serve, tmp_path) -> None:
+    prompts = tmp_path / "prompts"
+    prompts.mkdir()
+    (prompts / "extract_user.txt").write_text("Problem: {question}\nTruth: {answer}\n{library}\n{attempts}\n")
+    server = serve()
+    run_step(server, batch=BATCH[:1], prompts=str(prompts))
+    (extract,) = bodies(server, "extract")
+    sent = user_of(extract)
+    assert sent.startswith("Problem: Calculate 2 + 3.\nTruth: 5\n")
+    assert "Final answers of the 2 attempts (ground truth: 5):" in sent

@@ -49,6 +49,8 @@ def role_of(body: dict) -> str:
         return "extract"
     if tool == "LibraryUpdate":
         return "update"
+    if tool == "RevisedLesson":
+        return "retry"
     system = " ".join(message_text(m.get("content")) for m in body["messages"] if m["role"] == "system")
     return "summarize" if "SUMMARIZE" in system else "rollout"
 
@@ -194,7 +196,9 @@ def test_report_is_consistent_with_what_happened() -> None:
     assert report["queries"] == 3
     assert report["rollouts"] == 12 and report["rollouts_failed"] == 0
     assert report["groups_kept"] + report["groups_skipped"] == 3
-    assert report["calls"] == len(bodies) == 12 + 12 + 3 + 1
+    retried = sum(report["lessons_retried"].values())  # proposals the gate sent back once
+    assert report["calls"] == len(bodies) == 12 + 12 + 3 + retried + 1
+    assert fake.count("retry") == retried
     assert report["input_tokens"] == sum(estimate_request_tokens(b) for b in bodies) > 0
     assert report["output_tokens"] > 0
     rewards = [r for g in out["groups"] for r in g["rewards"]]
@@ -256,7 +260,8 @@ def test_learner_model_is_used_for_learning_roles_and_policy_for_rollouts() -> N
         {"batch": BATCH, "run_id": "r"}, context=ctx, config={"recursion_limit": 500}
     )
     assert {role_of(b) for b in policy.bodies()} == {"rollout"}
-    assert {role_of(b) for b in learner.bodies()} == {"summarize", "extract", "update"}
+    # (retry: a proposal the lesson gate rejected, sent back once)
+    assert {role_of(b) for b in learner.bodies()} - {"retry"} == {"summarize", "extract", "update"}
 
 
 def test_context_given_as_plain_dict_works_like_studio() -> None:

@@ -22,7 +22,7 @@ PROMPT_PLACEHOLDERS: dict[str, frozenset[str]] = {
     "summarize_system": frozenset(),
     "summarize_user": frozenset({"question", "answer", "reward", "library", "trajectory"}),
     "extract_system": frozenset({"k", "word_cap"}),
-    "extract_user": frozenset({"question", "answer", "library", "attempts"}),
+    "extract_user": frozenset({"question", "answer", "library", "evidence", "attempts"}),
     "update_system": frozenset({"word_cap"}),
     "update_user": frozenset({"library", "proposals", "capacity"}),
     "retry_system": frozenset({"word_cap"}),

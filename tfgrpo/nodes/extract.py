@@ -1,12 +1,14 @@
 """Step 5 of Training-Free GRPO: **extract** the semantic advantage of each kept group.
 
 One learner call per kept group compares the G summaries (with rewards, the ground truth and the
-current E, labelled as the library under review), reasons in free text first (``analysis``, the first
-field of the schema), then proposes at most K operations on E: the natural-language counterpart of
-GRPO's group-relative advantage. A lesson has a shape -- trigger, action, pitfall, at most ~35 words --
-and NONE is the answer when nothing transfers. Calls run in parallel; each result is memoized in the
-store so a resumed run never pays for a finished group twice. Unparseable output is retried, then
-recorded as dropped.
+current E, labelled as the library under review) after the group's contrastive evidence: each distinct
+final answer with how many attempts gave it and its reward, and the first line where a better and a
+worse attempt's responses differ; identical attempts are shown once with their count. It reasons in
+free text first (``analysis``, the first field of the schema), then proposes at most K operations on E:
+the natural-language counterpart of GRPO's group-relative advantage. A lesson has a shape -- trigger,
+action, pitfall, at most ~35 words -- and NONE is the answer when nothing transfers. Calls run in
+parallel; each result is memoized in the store so a resumed run never pays for a finished group twice.
+Unparseable output is retried, then recorded as dropped.
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ from langgraph.runtime import Runtime
 from pydantic import BaseModel, ConfigDict, Field, create_model
 
 from tfgrpo.context import Context
+from tfgrpo.evals.rewards import extract_final_answer
 from tfgrpo.nodes._llm import (
     call_structured,
     context_of,
@@ -30,6 +33,7 @@ from tfgrpo.nodes._llm import (
     store_of,
 )
 from tfgrpo.nodes._prompts import prompt_text
+from tfgrpo.nodes.rollout import load_rollout
 from tfgrpo.nodes.summarize import NO_GROUND_TRUTH, load_summary
 from tfgrpo.state.graph_state import StepState
 from tfgrpo.state.library import Operation, render_library_for_review
@@ -197,8 +201,53 @@ Ground-truth answer: {answer}
 
 {library}
 
+{evidence}
+
 Attempts (summaries, with rewards):
 {attempts}"""
+
+# how much of a differing line the evidence quotes (a line of a long solution can be a paragraph)
+DIFF_LINE_CHARS = 300
+
+
+def _lines(response: str) -> list[str]:
+    return [line.strip() for line in response.splitlines() if line.strip()]
+
+
+def _shown_reward(values: list[float]) -> str:
+    distinct = sorted(set(values))
+    return (
+        f"reward {distinct[0]:g}"
+        if len(distinct) == 1
+        else "rewards " + ", ".join(f"{v:g}" for v in distinct)
+    )
+
+
+def group_evidence(answer: str, attempts: list[tuple[int, float, str]]) -> str:
+    """The contrast a learner needs before reading summaries: the ground truth, each distinct final
+    answer with how many attempts gave it and its reward, and, for a best and a worst attempt, the first
+    line of their responses where they differ. ``attempts``: (attempt number, reward, final response)."""
+    by_answer: dict[str, list[float]] = {}
+    for _, value, response in attempts:
+        by_answer.setdefault(extract_final_answer(response) or "(no answer)", []).append(value)
+    out = [f"Final answers of the {len(attempts)} attempts (ground truth: {answer}):"]
+    for final, values in sorted(by_answer.items(), key=lambda kv: (-max(kv[1]), -len(kv[1]))):
+        n = len(values)
+        out.append(f"- {final!r}: {n} attempt{'s' if n > 1 else ''}, {_shown_reward(values)}")
+    best = max(attempts, key=lambda a: a[1])
+    worst = min(attempts, key=lambda a: a[1])
+    right, wrong = _lines(best[2]), _lines(worst[2])
+    if best[1] > worst[1] and right != wrong:
+        pairs = enumerate(zip(right, wrong, strict=False))
+        i = next((i for i, (a, b) in pairs if a != b), min(len(right), len(wrong)))
+        shown_right = right[i][:DIFF_LINE_CHARS] if i < len(right) else "(ends here)"
+        shown_wrong = wrong[i][:DIFF_LINE_CHARS] if i < len(wrong) else "(ends here)"
+        out.append(
+            f"First line where a better and a worse attempt differ (attempt {best[0]}, reward {best[1]:g}, "
+            f"vs attempt {worst[0]}, reward {worst[1]:g}; line {i + 1} of their responses):\n"
+            f"  better: {shown_right}\n  worse:  {shown_wrong}"
+        )
+    return "\n".join(out)
 
 
 def _proposal_key(query_id: str) -> str:
@@ -217,15 +266,34 @@ def _extract_group(
     ns = step_namespace(run_id, step, "extract")
     done = memo_get(store, ns, _proposal_key(query["id"]))
     if done is None:
-        attempts = []
+        # identical responses are shown once, with their count (their summaries say the same thing)
+        shown: dict[str, list[int]] = {}
+        summaries: dict[int, str] = {}
+        contrast: list[tuple[int, float, str]] = []
         for g, (key, value) in enumerate(zip(group["keys"], group["rewards"], strict=True)):
             summary = load_summary(runtime, run_id, step, key) if value is not None else None
-            if summary is not None:
-                attempts.append(f"--- Attempt {g + 1} (reward {value:g}) ---\n{summary}")
-        if len(attempts) < 2:
+            if summary is None or value is None:
+                continue
+            rollout = load_rollout(runtime, run_id, step, key)
+            response = rollout["response"] if rollout is not None else summary
+            contrast.append((g + 1, value, response))
+            same = shown.setdefault(f"{value}\0{' '.join(response.split())}", [])
+            same.append(g + 1)
+            summaries.setdefault(same[0], summary)
+        attempts = []
+        for numbers in shown.values():
+            value = next(v for n, v, _ in contrast if n == numbers[0])
+            if len(numbers) == 1:
+                title = f"Attempt {numbers[0]} (reward {value:g})"
+            else:
+                title = (
+                    f"Attempts {', '.join(map(str, numbers))}: {len(numbers)} identical (reward {value:g})"
+                )
+            attempts.append(f"--- {title} ---\n{summaries[numbers[0]]}")
+        if len(contrast) < 2:
             done = {
                 "proposal": None,
-                "error": f"only {len(attempts)} summaries usable",
+                "error": f"only {len(contrast)} summaries usable",
                 "calls": [],
                 "over_k": 0,
             }
@@ -233,6 +301,10 @@ def _extract_group(
             model, spec = learner_model(ctx)
             system = prompt_text(ctx.prompts, "extract_system", SYSTEM_PROMPT)
             user = prompt_text(ctx.prompts, "extract_user", USER_TEMPLATE)
+            evidence = group_evidence(query["answer"] or NO_GROUND_TRUTH, contrast)
+            attempts_text = "\n\n".join(attempts)
+            if "{evidence}" not in user:  # an override written before the evidence existed still gets it
+                attempts_text = f"{evidence}\n\n{attempts_text}"
             messages = [
                 SystemMessage(system.format(k=ctx.experiences_per_group, word_cap=WORD_CAP)),
                 HumanMessage(
@@ -240,7 +312,8 @@ def _extract_group(
                         question=query["question"],
                         answer=query["answer"] or NO_GROUND_TRUTH,
                         library=render_library_for_review(state.get("library")),
-                        attempts="\n\n".join(attempts),
+                        evidence=evidence,
+                        attempts=attempts_text,
                     )
                 ),
             ]
