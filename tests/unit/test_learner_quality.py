@@ -325,15 +325,54 @@ def test_a_consolidation_of_40_proposals_parses_with_the_default_settings(serve)
     assert len(out["library"]["items"]) == 40
 
 
-def test_a_consolidation_cut_off_by_a_small_cap_is_counted_as_malformed_with_the_reason(serve) -> None:
+def proposals_of(body: dict) -> list[dict]:
+    (request,) = [message_text(m["content"]) for m in body["messages"] if "Proposed operations" in str(m)]
+    return json.loads(request.split("(JSON, with the problem each came from):\n", 1)[1])
+
+
+def test_a_consolidation_too_long_for_the_cap_is_split_into_chunks(serve) -> None:
+    # 40 proposals need about 2,500 tokens of consolidation output; the cap is 1,024: one call would be
+    # cut off and fall back to the raw proposals
     server = serve(extract=extract_one, update=truncating(consolidate_all))
     out = forty_step(server, learner_max_tokens=1024, structured_retries=1)
     report = out["report"]
-    assert report["malformed"] == {"update_library": 2}
-    (drop,) = [d for d in out["dropped"] if d["stage"] == "update_library"]
-    assert "invalid JSON in the LibraryUpdate call arguments" in drop["reason"]
-    assert "no tool call" not in drop["reason"]
-    assert "applied 40 proposals unconsolidated" in drop["reason"]
+    updates = bodies(server, "update")
+    assert len(updates) >= 3
+    for body in updates:  # each chunk's output fits the cap
+        assert len(json.dumps(consolidate_all(body)["tool_calls"][0]["arguments"])) <= 4 * 1024
+    # every proposal went to exactly one chunk, in order
+    assert [op["content"] for body in updates for op in proposals_of(body)] == [lesson(i) for i in range(40)]
+    assert report["malformed"] == {}
+    assert "update_library" not in report["dropped"]
+    assert report["operations_final"] == 40 and report["operations_applied"] == 40
+    assert len(out["library"]["items"]) == 40 and out["library"]["version"] == 1
+    # a later chunk is consolidated against E as the earlier ones left it (it can merge, not duplicate)
+    first = proposals_of(updates[0])
+    assert f"[G1] {first[0]['content']}" in user_of(updates[1])
+    assert f"{len(first)} of 50 items used" in user_of(updates[1])
+
+
+def test_a_consolidation_cut_off_by_the_cap_is_counted_as_malformed_with_the_reason(serve) -> None:
+    def wordy(body: dict) -> dict:
+        # a model that writes far longer reasons than the proposals had: longer than any estimate
+        reply = consolidate_all(body)
+        for op in reply["tool_calls"][0]["arguments"]["operations"]:
+            op["reason"] = "kept because " * 60
+        return reply
+
+    server = serve(extract=extract_one, update=truncating(wordy))
+    out = forty_step(server, learner_max_tokens=1024, structured_retries=1)
+    report = out["report"]
+    chunks = len(bodies(server, "update")) // 2  # each chunk tried twice
+    assert chunks >= 3 and report["malformed"] == {"update_library": 2 * chunks}
+    drops = [d for d in out["dropped"] if d["stage"] == "update_library"]
+    assert len(drops) == chunks
+    assert all("invalid JSON in the LibraryUpdate call arguments" in d["reason"] for d in drops)
+    assert all("no tool call" not in d["reason"] for d in drops)
+    unconsolidated = [
+        int(re.search(r"applied (\d+) proposals unconsolidated", d["reason"]).group(1)) for d in drops
+    ]  # type: ignore[union-attr]
+    assert sum(unconsolidated) == 40
 
 
 # ----------------------------------------------------------------------------------- 5. no answer leaks

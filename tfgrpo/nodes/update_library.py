@@ -15,6 +15,8 @@ rejection is listed with its reason and counted by reason in the report (``lesso
 The rest are applied with :func:`apply_operations`: DELETE really deletes, and an
 UPDATE/DELETE of an unknown id is rejected and counted (never turned into an ADD). If the consolidation
 output stays unparseable, the raw proposals are applied under the same rules and the failure is recorded.
+A consolidation whose output would not fit the learner's token cap (``--learner-max-tokens``) is split
+into consecutive chunks, each consolidated against E as the chunks before it left it.
 """
 
 from __future__ import annotations
@@ -59,6 +61,7 @@ from tfgrpo.state.library import (
     RejectedOperation,
     apply_operations,
     empty_library,
+    estimate_tokens,
     library_tokens,
     render_library_for_review,
 )
@@ -410,6 +413,104 @@ def retry_rejected(
     return passed, final, counts, retried, calls, dropped
 
 
+# What one final operation costs the consolidation's output, beyond its JSON as proposed (4 characters a
+# token, the estimate E's budget uses; real tokenizers give JSON fewer): a margin for the model's own
+# reason and sources, and the list around the operations.
+OUTPUT_MARGIN = 1.25
+TOKENS_PER_OPERATION = 16
+TOKENS_PER_CALL = 64
+
+
+def operation_tokens(op: Operation) -> int:
+    return int(OUTPUT_MARGIN * estimate_tokens(json.dumps(op, ensure_ascii=False))) + TOKENS_PER_OPERATION
+
+
+def consolidation_chunks(proposed: list[Operation], max_tokens: int) -> list[list[Operation]]:
+    """``proposed`` in consecutive chunks whose consolidation fits ``max_tokens`` of output (one chunk
+    when all fit, or when there is no cap): a consolidation cut at the learner's token cap is
+    unparseable, and would fall back to the raw proposals. An operation too long for any chunk gets
+    one of its own."""
+    chunks: list[list[Operation]] = []
+    used = 0
+    for op in proposed:
+        cost = operation_tokens(op)
+        if chunks and max_tokens > 0 and used + cost > max_tokens:
+            chunks.append([])
+            used = TOKENS_PER_CALL
+        if not chunks:
+            chunks.append([])
+            used = TOKENS_PER_CALL
+        chunks[-1].append(op)
+        used += cost
+    return chunks
+
+
+def consolidate(
+    runtime: Runtime[Context],
+    ctx: Context,
+    state: StepState,
+    library: Library,
+    proposed: list[Operation],
+    key: str,
+    known_sources: set[str],
+) -> tuple[list[Operation], list[CallRecord], list[Dropped]]:
+    """One consolidation call over ``proposed`` against ``library`` (memoized under ``key``): the final
+    operations with their sources, the call records, and the failure if its output stayed unparseable
+    (then the proposals themselves are the final operations)."""
+    if not proposed:
+        return [], [], []
+    store = store_of(runtime)
+    ns = step_namespace(state.get("run_id", ""), state.get("step", 0), "update")
+    done = memo_get(store, ns, key)
+    if done is None:
+        model, spec = learner_model(ctx)
+        system = prompt_text(ctx.prompts, "update_system", SYSTEM_PROMPT)
+        user = prompt_text(ctx.prompts, "update_user", USER_TEMPLATE)
+        messages = [
+            SystemMessage(system.format(word_cap=WORD_CAP)),
+            HumanMessage(
+                user.format(
+                    library=render_library_for_review(library),
+                    capacity=capacity_text(library, ctx.max_library_items, ctx.max_library_tokens),
+                    proposals=json.dumps(proposed, indent=1, ensure_ascii=False),
+                )
+            ),
+        ]
+        parsed, records, error = call_structured(
+            ctx,
+            model,
+            spec,
+            "update_library",
+            update_schema(ctx.lesson_pattern, offered_ops(library)),
+            messages,
+            retries=ctx.structured_retries,
+            method=ctx.structured_method,
+        )
+        ops = [op.model_dump() for op in parsed.operations] if parsed is not None else None
+        done = {"operations": ops, "error": error, "calls": records}
+        memo_put(store, ns, key, done)
+    if done["operations"] is None:
+        dropped: Dropped = {
+            "stage": "update_library",
+            "item": key,
+            "reason": f"{done['error']}; applied {len(proposed)} proposals unconsolidated",
+        }
+        return proposed, done["calls"], [dropped]
+    # a final op that repeats a proposal's text came from that proposal's problem
+    sources_of_text: dict[str, set[str]] = {}
+    for op in proposed:
+        sources_of_text.setdefault(op.get("content") or "", set()).update(op.get("sources") or [])
+    final: list[Operation] = []
+    for op in done["operations"]:
+        # provenance: the sources the model named if real, else those of the proposal it repeats, else
+        # every proposing problem's (the gate then checks against all of them)
+        sources = [s for s in op.get("sources") or [] if s in known_sources]
+        if not sources:
+            sources = sorted(sources_of_text.get(op.get("content") or "", set()) & known_sources)
+        final.append(cast(Operation, {**op, "sources": sources or sorted(known_sources)}))
+    return final, done["calls"], []
+
+
 def update_library(state: StepState, runtime: Runtime[Context]) -> dict[str, Any]:
     ctx = context_of(runtime)
     library = state.get("library") or empty_library()
@@ -426,7 +527,6 @@ def update_library(state: StepState, runtime: Runtime[Context]) -> dict[str, Any
     )
     calls: list[CallRecord] = []
     dropped: list[Dropped] = []
-    final: list[Operation] = []
     retried: Counter[str] = Counter()
     if gated:
         rewrites, gated, gate_counts, retried, calls, dropped = retry_rejected(
@@ -434,69 +534,38 @@ def update_library(state: StepState, runtime: Runtime[Context]) -> dict[str, Any
         )
         proposed.extend(rewrites)
 
-    if proposed:
-        store = store_of(runtime)
-        ns = step_namespace(state.get("run_id", ""), state.get("step", 0), "update")
-        done = memo_get(store, ns, "consolidation")
-        if done is None:
-            model, spec = learner_model(ctx)
-            system = prompt_text(ctx.prompts, "update_system", SYSTEM_PROMPT)
-            user = prompt_text(ctx.prompts, "update_user", USER_TEMPLATE)
-            messages = [
-                SystemMessage(system.format(word_cap=WORD_CAP)),
-                HumanMessage(
-                    user.format(
-                        library=render_library_for_review(library),
-                        capacity=capacity_text(library, ctx.max_library_items, ctx.max_library_tokens),
-                        proposals=json.dumps(proposed, indent=1, ensure_ascii=False),
-                    )
-                ),
-            ]
-            parsed, records, error = call_structured(
-                ctx,
-                model,
-                spec,
-                "update_library",
-                update_schema(ctx.lesson_pattern, offered_ops(library)),
-                messages,
-                retries=ctx.structured_retries,
-                method=ctx.structured_method,
-            )
-            ops = [op.model_dump() for op in parsed.operations] if parsed is not None else None
-            done = {"operations": ops, "error": error, "calls": records}
-            memo_put(store, ns, "consolidation", done)
-        calls = [*calls, *done["calls"]]
-        known_sources = {p["query_id"] for p in proposals}
-        # a final op that repeats a proposal's text came from that proposal's problem
-        sources_of_text: dict[str, set[str]] = {}
-        for op in proposed:
-            sources_of_text.setdefault(op.get("content") or "", set()).update(op.get("sources") or [])
-        if done["operations"] is None:
-            dropped.append(
-                {
-                    "stage": "update_library",
-                    "item": "consolidation",
-                    "reason": f"{done['error']}; applied {len(proposed)} proposals unconsolidated",
-                }
-            )
-            final = proposed
-        else:
-            for op in done["operations"]:
-                # provenance: the sources the model named if real, else those of the proposal it
-                # repeats, else every proposing problem's (the gate then checks against all of them)
-                sources = [s for s in op.get("sources") or [] if s in known_sources]
-                if not sources:
-                    sources = sorted(sources_of_text.get(op.get("content") or "", set()) & known_sources)
-                final.append(cast(Operation, {**op, "sources": sources or sorted(known_sources)}))
-
-    final, leaks, final_counts = screen_lessons(final, batch, templates, pattern=ctx.lesson_pattern)
-    new_library, applied, rejected = apply_operations(
-        library,
-        final,
-        step=state.get("step", 0),
-        max_items=ctx.max_library_items,
-        max_tokens=ctx.max_library_tokens,
-    )
+    known_sources = {p["query_id"] for p in proposals}
+    chunks = consolidation_chunks(proposed, ctx.learner_max_tokens)
+    current = library
+    applied: list[Operation] = []
+    rejected: list[RejectedOperation] = []
+    leaks: list[RejectedOperation] = []
+    final_counts: Counter[str] = Counter()
+    n_final = 0
+    for i, chunk in enumerate(chunks or [[]]):
+        # one chunk keeps the memo key of a single consolidation (a resumed run finds it)
+        key = "consolidation" if len(chunks) <= 1 else f"consolidation-{i + 1}-of-{len(chunks)}"
+        final, chunk_calls, chunk_dropped = consolidate(
+            runtime, ctx, state, current, chunk, key, known_sources
+        )
+        calls, dropped = [*calls, *chunk_calls], [*dropped, *chunk_dropped]
+        final, chunk_leaks, chunk_counts = screen_lessons(final, batch, templates, pattern=ctx.lesson_pattern)
+        # each chunk is consolidated against E as the chunks before it left it
+        current, chunk_applied, chunk_rejected = apply_operations(
+            current,
+            final,
+            step=state.get("step", 0),
+            max_items=ctx.max_library_items,
+            max_tokens=ctx.max_library_tokens,
+        )
+        applied += chunk_applied
+        rejected += chunk_rejected
+        leaks += chunk_leaks
+        final_counts += chunk_counts
+        n_final += len(final) + len(chunk_leaks)
+    # one step, one version (apply_operations returned a copy: current is not the state's E)
+    new_library = current
+    new_library["version"] = library["version"] + (1 if applied else 0)
     report = build_step_report(
         state,
         library=new_library,
@@ -504,7 +573,7 @@ def update_library(state: StepState, runtime: Runtime[Context]) -> dict[str, Any
         rejected=[*gated, *leaks, *rejected],
         more_calls=calls,
         more_dropped=dropped,
-        final_operations=len(final) + len(leaks),
+        final_operations=n_final,
         lessons_rejected=dict(gate_counts + final_counts),
         lessons_retried=dict(retried),
     )
