@@ -22,7 +22,13 @@ from tfgrpo.context import Context
 from tfgrpo.errors import ConfigError
 from tfgrpo.nodes import extract, policy, retry_lesson, reward, summarize, update_library
 from tfgrpo.nodes._prompts import PROMPT_ROLES, prompt_text, validate_prompts
-from tfgrpo.state.library import Library, empty_library, render_library, render_library_for_review
+from tfgrpo.state.library import (
+    INJECTION_HEADER,
+    Library,
+    empty_library,
+    render_library,
+    render_library_for_review,
+)
 
 __all__ = ["RenderedPrompt", "default_prompts", "rendered_prompts", "validate_prompts", "write_prompts"]
 
@@ -31,6 +37,7 @@ def default_prompts() -> dict[str, str]:
     """name -> the built-in template (the text a ``NAME.txt`` override replaces)."""
     return {
         "policy_system": policy.BASE_PROMPT,
+        "experience_header": INJECTION_HEADER,
         "summarize_system": summarize.SYSTEM_PROMPT,
         "summarize_user": summarize.USER_TEMPLATE,
         "extract_system": extract.SYSTEM_PROMPT,
@@ -88,7 +95,8 @@ def rendered_prompts(ctx: Context, library: Library | None = None) -> list[Rende
         if name == "policy_system":
             continue
         text = _fill(prompt_text(ctx.prompts, name, default), fixed)
-        kind = "system" if name.endswith("_system") else "user"
+        # E's header goes into the policy's system message, after the policy prompt, whenever E has items
+        kind = "system" if name.endswith("_system") or name == "experience_header" else "user"
         out.append(RenderedPrompt(name, PROMPT_ROLES[name], kind, text))
     return out
 

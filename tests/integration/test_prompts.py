@@ -58,7 +58,7 @@ def received(server: FakeOpenAIServer, kind: str) -> list[str]:
 def learn(server: FakeOpenAIServer, run_dir: Path, *extra: str) -> subprocess.CompletedProcess[str]:
     return tfgrpo(
         "learn", "--dataset", "rg:basic_arithmetic:size=4:seed=3", "--model", "openai:fake",
-        "--base-url", server.base_url, "--run-dir", str(run_dir), "--epochs", "1", "--batch-size", "4",
+        "--base-url", server.base_url, "--run-dir", str(run_dir), "--epochs", "1", "--batch-size", "2",
         "--group-size", "4", "--no-progress", *extra,
     )  # fmt: skip
 
@@ -88,7 +88,9 @@ def test_prompts_listing_is_what_the_server_receives(fake_server: FakeOpenAIServ
     }
     systems, users = set(received(fake_server, "system")), received(fake_server, "user")
     for name, (kind, text) in shown.items():
-        if kind == "system":
+        if name == "experience_header":  # E's header, in the policy's system message from step 2 on
+            assert any(re.search(re.escape(text) + r"\n\[G1\] ", s) for s in systems), name
+        elif kind == "system":
             assert text in systems, name
         else:
             pattern = as_pattern(text)
@@ -100,10 +102,11 @@ def test_overridden_prompts_are_listed_and_sent(fake_server: FakeOpenAIServer, t
     written = tfgrpo("prompts", "--write", str(prompts))
     assert written.returncode == 0, written.stderr
     assert sorted(p.stem for p in prompts.iterdir()) == sorted(PROMPT_PLACEHOLDERS)
-    # a user edits two of them and deletes the rest (the defaults stay)
+    # a user edits three of them and deletes the rest (the defaults stay)
     for p in prompts.iterdir():
-        if p.stem not in ("summarize_system", "policy_system"):
+        if p.stem not in ("summarize_system", "policy_system", "experience_header"):
             p.unlink()
+    (prompts / "experience_header.txt").write_text("Lessons from earlier problems (use the relevant ones):\n")
     (prompts / "summarize_system.txt").write_text(
         "SUMMARIZE this attempt in three lines, and say why it failed.\n"
     )
@@ -113,8 +116,22 @@ def test_overridden_prompts_are_listed_and_sent(fake_server: FakeOpenAIServer, t
     systems = set(received(fake_server, "system"))
     assert "SUMMARIZE this attempt in three lines, and say why it failed." in systems
     assert "Solve it; put the final answer in \\boxed{}. Be brief." in systems
+    # E in the second step's policy prompts, under the header from the directory, never the default
+    with_e = [s for s in systems if "[G1] " in s]
+    assert with_e and all(
+        s.startswith(
+            "Solve it; put the final answer in \\boxed{}. Be brief.\n\n"
+            "Lessons from earlier problems (use the relevant ones):\n[G1] "
+        )
+        for s in with_e
+    )
+    assert not any("Experiences learned from earlier problems" in s for s in systems)
     listing = sections(tfgrpo("prompts", "--prompts", str(prompts)).stdout)
     assert listing["summarize_system"][1] in systems and listing["policy_system"][1] in systems
+    assert listing["experience_header"] == (
+        "system",
+        "Lessons from earlier problems (use the relevant ones):",
+    )
     again = tfgrpo("prompts", "--write", str(prompts))
     assert again.returncode == 2 and "already exists" in again.stderr
 

@@ -19,6 +19,7 @@ from tfgrpo.errors import ConfigError
 # name -> the placeholders its template may use ({name} in the text; write {{ and }} for literal braces)
 PROMPT_PLACEHOLDERS: dict[str, frozenset[str]] = {
     "policy_system": frozenset({"answer_format"}),
+    "experience_header": frozenset(),
     "summarize_system": frozenset(),
     "summarize_user": frozenset({"question", "answer", "reward", "library", "trajectory"}),
     "extract_system": frozenset({"k", "word_cap"}),
@@ -32,6 +33,7 @@ PROMPT_PLACEHOLDERS: dict[str, frozenset[str]] = {
 }
 PROMPT_ROLES = {
     "policy_system": "policy",
+    "experience_header": "policy",
     "summarize_system": "summarize",
     "summarize_user": "summarize",
     "extract_system": "extract",

@@ -42,7 +42,7 @@ from tfgrpo.models.spec import UnconfiguredModel, apply_configurable, resolve_sp
 from tfgrpo.nodes._llm import learner_model, make_record, one_line, policy_model
 from tfgrpo.nodes._prompts import prompt_text
 from tfgrpo.nodes.publish import published_library
-from tfgrpo.state.library import Library, render_library
+from tfgrpo.state.library import INJECTION_HEADER, Library, render_library
 from tfgrpo.state.types import CallRecord
 
 BASE_PROMPT = (
@@ -68,8 +68,17 @@ def policy_system_prompt(ctx: Context, experiences: str, *, with_tools: bool) ->
     if with_tools and ctx.domain in TOOL_HINTS:
         parts.append(TOOL_HINTS[ctx.domain])
     if experiences:
-        parts.append(experiences)
+        parts.append(with_experience_header(ctx.prompts, experiences))
     return "\n\n".join(parts)
+
+
+def with_experience_header(prompts: str, experiences: str) -> str:
+    """E as rendered (:func:`render_library`), its header ("Experiences learned from earlier problems.
+    ...") replaced by the ``experience_header`` prompt when ``--prompts`` overrides it."""
+    header = prompt_text(prompts, "experience_header", INJECTION_HEADER)
+    if header == INJECTION_HEADER or not experiences.startswith(INJECTION_HEADER):
+        return experiences
+    return header + experiences[len(INJECTION_HEADER) :]
 
 
 class PolicyState(AgentState[Any]):
