@@ -240,10 +240,10 @@ def gate_summary(history: list[StepReport]) -> str | None:
     for r in history:
         for reason, n in r.get("lessons_rejected", {}).items():
             counts[reason] = counts.get(reason, 0) + n
-    if not counts:
-        return None
-    by_reason = ", ".join(f"{reason} {n}" for reason, n in sorted(counts.items(), key=lambda kv: -kv[1]))
     retried = sum(sum(r.get("lessons_retried", {}).values()) for r in history)
+    if not counts:
+        return f"lessons sent back once by the lesson gate: {retried}, all rewritten" if retried else None
+    by_reason = ", ".join(f"{reason} {n}" for reason, n in sorted(counts.items(), key=lambda kv: -kv[1]))
     sent_back = f"{retried} sent back once with the reason; " if retried else ""
     return f"lessons rejected by the lesson gate: {by_reason} ({sent_back}reasons in report.md)"
 

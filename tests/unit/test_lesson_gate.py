@@ -318,6 +318,7 @@ def test_an_over_long_lesson_comes_back_shortened_through_the_retry() -> None:
     assert [(i["text"], i["sources"]) for i in out["library"]["items"]] == [(SHORT, ["q1"])]
     assert report["lessons_retried"] == {OVER_CAP: 1}
     assert report["lessons_rejected"] == {}
+    assert gate_summary([report]) == "lessons sent back once by the lesson gate: 1, all rewritten"
     # the learner is told why, with the lesson and the problem it came from
     (retry,) = fake.bodies("retry")
     sent = "\n".join(str(m.get("content")) for m in retry["messages"])
