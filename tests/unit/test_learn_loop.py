@@ -46,6 +46,8 @@ def role_of(body: dict) -> str:
         return "extract"
     if tool == "LibraryUpdate":
         return "update"
+    if tool == "RevisedLesson":
+        return "retry"
     system = " ".join(message_text(m.get("content")) for m in body["messages"] if m["role"] == "system")
     return "summarize" if "SUMMARIZE" in system else "rollout"
 
