@@ -255,6 +255,16 @@ def _add_db_args(p: argparse.ArgumentParser, *, run_id: bool) -> None:
         )
 
 
+def _add_track_arg(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--track",
+        default=None,
+        metavar="mlflow[:URI]",
+        help="log settings, per-step metrics, E after every step, evaluation metrics and plots to MLflow "
+        "(URI: sqlite:///FILE, http://HOST:PORT, ...; default: MLflow's; pip install 'tfgrpo[tracking]')",
+    )
+
+
 def _add_unsafe_python_arg(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--unsafe-python",
@@ -331,6 +341,7 @@ def _add_learn_args(p: argparse.ArgumentParser, *, demo: bool) -> None:
         help="keep every checkpoint (time travel) instead of only those needed to resume",
     )
     _add_db_args(p, run_id=True)
+    _add_track_arg(p)
     _add_agent_args(p, demo=demo, temperature=d.temperature)
 
 
@@ -351,6 +362,7 @@ def _add_eval_args(p: argparse.ArgumentParser, *, attribute: bool = False) -> No
         "--retry-failed", action="store_true", help="run the failed runs of a finished evaluation again"
     )
     _add_db_args(p, run_id=True)
+    _add_track_arg(p)
     _add_agent_args(p, demo=False, temperature=Context().temperature)
 
 
@@ -514,6 +526,7 @@ def cmd_learn(args: argparse.Namespace, ctx: Context) -> int:
         ledger=ledger_from_args(args, ctx),
         db=database_url(args.db),
         run_id=args.run_id or "",
+        track=args.track or "",
     )
 
 
@@ -553,6 +566,7 @@ def cmd_heldout(args: argparse.Namespace, ctx: Context, *, default: str) -> int:
         baseline=True,
         progress=not args.no_progress,
         ledger=ledger_from_args(args, eval_ctx),
+        track=args.track or "",
     )
     print(f"held-out evaluation: {time.monotonic() - started:.0f} s", flush=True)
     return code
@@ -615,6 +629,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
         attribute=args.command == "attribute",
         db=db,
         run_id=args.run_id or "",
+        track=args.track or "",
     )
 
 

@@ -33,6 +33,7 @@ from tfgrpo.runs.backends import Backend, open_backend
 from tfgrpo.runs.gc_tuning import quiet_gc
 from tfgrpo.runs.rundir import atomic_write, run_stoppably, show_progress
 from tfgrpo.runs.runlock import lock_run_dir
+from tfgrpo.runs.tracking import EVAL_FILES, Tracker, open_tracker, settings_params
 from tfgrpo.state.graph_state import EvalState
 from tfgrpo.state.library import Library, render_library
 
@@ -110,9 +111,11 @@ def run_eval(
     attribute: bool = False,
     db: str = "",
     run_id: str = "",
+    track: str = "",
 ) -> int:
     """``tfgrpo eval`` (library vs baseline) or, with ``attribute``, ``tfgrpo attribute``: E against E
-    without each of its experiences (leave-one-out), on the same questions and seeds."""
+    without each of its experiences (leave-one-out), on the same questions and seeds; ``track`` is
+    ``--track`` (:mod:`tfgrpo.runs.tracking`)."""
     if k < 1:
         raise ConfigError("--k must be at least 1")
     check_context(ctx)
@@ -141,6 +144,8 @@ def run_eval(
         eval_dir.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
         raise ConfigError(f"--eval-dir {eval_dir}: cannot create it ({exc.strerror or exc})") from None
+    tracker = open_tracker(track, eval_dir)
+    code = 1  # an exception below ends the MLflow run as FAILED
     with (
         lock_run_dir(eval_dir),  # one writer per eval directory
         open_backend(
@@ -148,9 +153,26 @@ def run_eval(
         ) as backend,
         backend.lock(),
     ):
-        return _evaluate(
-            ctx, backend, eval_dir, settings, queries, library, arms, k, seed, progress, ledger, retry_failed
-        )
+        tracker.start(settings["mode"], settings_params(ctx, seed=seed, k=k, arms=arms))
+        try:
+            code = _evaluate(
+                ctx,
+                backend,
+                eval_dir,
+                settings,
+                queries,
+                library,
+                arms,
+                k,
+                seed,
+                progress,
+                ledger,
+                retry_failed,
+                tracker,
+            )
+        finally:
+            tracker.finish(code, EVAL_FILES)
+        return code
 
 
 def _evaluate(
@@ -166,6 +188,7 @@ def _evaluate(
     progress: bool,
     ledger: Ledger | None,
     retry_failed: bool,
+    tracker: Tracker,
 ) -> int:
     store = backend.store
     graph = compile_eval_graph(checkpointer=backend.saver, store=store)
@@ -197,9 +220,12 @@ def _evaluate(
             return code
     results = graph.get_state(_config(eval_dir, ctx, backend)).values.get("results", [])
     if library is not None:
-        _print_attribution(write_attribution_report(eval_dir, settings, queries, results, library), eval_dir)
+        report = write_attribution_report(eval_dir, settings, queries, results, library)
+        _print_attribution(report, eval_dir)
     else:
-        _print_comparison(write_eval_report(eval_dir, settings, queries, results), eval_dir, k)
+        report = write_eval_report(eval_dir, settings, queries, results)
+        _print_comparison(report, eval_dir, k)
+    tracker.evaluation(report)
     if results and all(r["reward"] is None for r in results):
         calls = sum(r["calls"] for r in results)
         print(

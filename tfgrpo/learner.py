@@ -35,6 +35,7 @@ from tfgrpo.runs.rundir import (
     table_line,
 )
 from tfgrpo.runs.runlock import lock_run_dir
+from tfgrpo.runs.tracking import LEARN_FILES, Tracker, open_tracker, settings_params
 from tfgrpo.state.graph_state import LearnState
 from tfgrpo.state.types import StepReport
 
@@ -122,9 +123,11 @@ def run_learning(
     callbacks: Any = None,
     db: str = "",
     run_id: str = "",
+    track: str = "",
 ) -> int:
     """Learn (or resume) the run in ``run_dir``; ``db`` is ``--db`` (see :mod:`tfgrpo.runs.backends`) and
-    ``run_id`` names the run there (default: the run directory's name)."""
+    ``run_id`` names the run there (default: the run directory's name); ``track`` is ``--track``
+    (:mod:`tfgrpo.runs.tracking`)."""
     # fail fast with one-line errors, before anything is paid for
     check_context(ctx)
     queries = training_queries(ctx)
@@ -137,12 +140,20 @@ def run_learning(
     build_models(ctx, learner=True)  # before the fan-out (see build_models)
     run = RunDir(run_dir)
     run.create()
+    tracker = open_tracker(track, run.path)
+    code = 1  # an exception below ends the MLflow run as FAILED
     with (
         lock_run_dir(run.path),  # one writer per run directory
         open_backend(db, local_dir=run.path, run_id=run_id or run.path.resolve().name) as backend,
         backend.lock(),  # and, in a shared database, one writer per run id
     ):
-        return _learn(ctx, run, backend, queries, seed, progress, keep_checkpoints, ledger, callbacks)
+        try:
+            code = _learn(
+                ctx, run, backend, queries, seed, progress, keep_checkpoints, ledger, callbacks, tracker
+            )
+        finally:
+            tracker.finish(code, LEARN_FILES)
+        return code
 
 
 def _learn(
@@ -155,6 +166,7 @@ def _learn(
     keep_checkpoints: bool,
     ledger: Ledger | None,
     callbacks: Any,
+    tracker: Tracker,
 ) -> int:
     run_dir, store = run.path, backend.store
     thread = backend.thread(THREAD_ID)
@@ -193,8 +205,11 @@ def _learn(
         ledger.spent_tokens, ledger.spent_usd = spent_so_far(store, values["run_id"])
     bars = Progress(progress, ctx.group_size)
     print(table_header(), flush=True)
-    for report in step_history(store, values["run_id"]) if values.get("run_id") else []:
+    finished = step_history(store, values["run_id"]) if values.get("run_id") else []
+    for report in finished:
         print(table_line(report), flush=True)
+    tracker.start("learn", settings_params(ctx, seed=seed))
+    tracker.catch_up(finished, run_dir)
 
     def on_stop() -> None:
         bars.close()
@@ -206,7 +221,17 @@ def _learn(
         with quiet_gc(), use_llm_cache(store, backend.run_id if backend.shared else ""):
             code = run_stoppably(
                 lambda control: _drive(
-                    graph, graph_input, config, ctx, run, backend, bars, control, keep_checkpoints, errors
+                    graph,
+                    graph_input,
+                    config,
+                    ctx,
+                    run,
+                    backend,
+                    bars,
+                    control,
+                    keep_checkpoints,
+                    errors,
+                    tracker,
                 ),
                 ledger,
                 on_stop=on_stop,
@@ -273,6 +298,7 @@ def _drive(
     control: RunControl,
     keep_checkpoints: bool,
     errors: list[str],
+    tracker: Tracker,
 ) -> None:
     """Stream the graph: progress, pruning after each single-node superstep, outputs after each step;
     the reasons of dropped items are collected in ``errors``."""
@@ -303,3 +329,4 @@ def _drive(
                 report = snap.values["report"]
                 run.write_library(snap.values["library"], report["step"])
                 print(table_line(report), flush=True)
+                tracker.step(report, snap.values["library"])

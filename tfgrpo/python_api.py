@@ -137,6 +137,7 @@ def learn(
     retry_backoff: float = 1.0,
     keep_checkpoints: bool = False,
     callbacks: Any = None,
+    track: str | None = None,
     **options: Any,
 ) -> LearnResult:
     """Learn an experience library E (Training-Free GRPO), like ``tfgrpo learn``; resumable.
@@ -152,6 +153,7 @@ def learn(
         run_dir: where checkpoints, E and reports go; the same directory resumes.
         callbacks: LangChain callback handlers (e.g. a LangSmith tracer) for the learn run; every
             LLM call of the run, rollouts of your agent included, nests under it.
+        track: ``"mlflow"`` or ``"mlflow:URI"``: log the run to MLflow (docs/tracking.md).
         options: any :class:`tfgrpo.context.Context` field (``epochs``, ``batch_size``, ``group_size``,
             ``max_concurrency``, ``domain``, ``temperature``, ...).
     """
@@ -180,6 +182,7 @@ def learn(
         keep_checkpoints=keep_checkpoints,
         ledger=ledger,
         callbacks=callbacks,
+        track=track or "",
     )
     _raise_for(code, "learning", folder)
     library: Library = json.loads((folder / "library.json").read_text(encoding="utf-8"))
@@ -206,11 +209,13 @@ def evaluate(
     max_retries: int = 4,
     retry_backoff: float = 1.0,
     retry_failed: bool = False,
+    track: str | None = None,
     **options: Any,
 ) -> dict[str, Any]:
     """Mean@k / Pass@k with E (and, with ``baseline=True``, without it, paired), like ``tfgrpo eval``;
     resumable. Returns the evaluation report (``report.json`` of ``eval_dir``). ``library`` is a
-    library.json / run directory or a Library dict (e.g. ``learn(...).library``)."""
+    library.json / run directory or a Library dict (e.g. ``learn(...).library``); ``track="mlflow[:URI]"``
+    logs Mean@k / Pass@k and the paired difference to MLflow (docs/tracking.md)."""
     from tfgrpo.evaluator import run_eval
 
     folder = Path(eval_dir)
@@ -239,6 +244,7 @@ def evaluate(
         progress=progress,
         ledger=ledger,
         retry_failed=retry_failed,
+        track=track or "",
     )
     _raise_for(code, "evaluation", folder)
     report: dict[str, Any] = json.loads((folder / "report.json").read_text(encoding="utf-8"))
