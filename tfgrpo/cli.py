@@ -255,6 +255,32 @@ def _add_db_args(p: argparse.ArgumentParser, *, run_id: bool) -> None:
         )
 
 
+def _add_field_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--question-field",
+        default=None,
+        metavar="PATH",
+        help="the dataset's field holding the question (nested: inputs.question; default: question, or "
+        "LangSmith's inputs.question / inputs.input)",
+    )
+    p.add_argument(
+        "--answer-field",
+        default=None,
+        metavar="PATH",
+        help="the dataset's field holding the reference answer (default: answer, or outputs.answer / "
+        "outputs.output)",
+    )
+
+
+def map_fields(args: argparse.Namespace, spec: str) -> str:
+    """``spec`` with ``--question-field`` / ``--answer-field`` (tfgrpo.data.with_fields)."""
+    from tfgrpo.data import with_fields
+
+    if not spec or not (getattr(args, "question_field", None) or getattr(args, "answer_field", None)):
+        return spec
+    return with_fields(spec, args.question_field, args.answer_field)
+
+
 def _add_track_arg(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--track",
@@ -301,7 +327,8 @@ def _add_learn_args(p: argparse.ArgumentParser, *, demo: bool) -> None:
     p.add_argument(
         "--dataset",
         default=None,
-        help="JSONL/CSV file ('FILE[A:B]' for rows A..B-1) or rg:NAME[:key=value...]",
+        help="JSONL/JSON/CSV/Parquet file ('FILE[A:B]' for rows A..B-1), hf:NAME[:CONFIG][:SPLIT], "
+        "langsmith:NAME or rg:NAME[:key=value...] (docs/datasets.md)",
     )
     p.add_argument("--run-dir", default="runs/demo" if demo else "runs/learn")
     p.add_argument("--epochs", type=int, default=None)
@@ -342,6 +369,7 @@ def _add_learn_args(p: argparse.ArgumentParser, *, demo: bool) -> None:
     )
     _add_db_args(p, run_id=True)
     _add_track_arg(p)
+    _add_field_args(p)
     _add_agent_args(p, demo=demo, temperature=d.temperature)
 
 
@@ -349,7 +377,8 @@ def _add_eval_args(p: argparse.ArgumentParser, *, attribute: bool = False) -> No
     p.add_argument(
         "--dataset",
         default=None,  # required, but it may come from --config: checked in cmd_eval
-        help="JSONL/CSV file ('FILE[A:B]' for rows A..B-1) or rg:NAME[:key=value...] (required)",
+        help="JSONL/JSON/CSV/Parquet file ('FILE[A:B]' for rows A..B-1), hf:NAME[:CONFIG][:SPLIT], "
+        "langsmith:NAME or rg:NAME[:key=value...] (required; docs/datasets.md)",
     )
     if attribute:
         p.add_argument("--library", default="", help="library.json or a run directory (required)")
@@ -363,6 +392,7 @@ def _add_eval_args(p: argparse.ArgumentParser, *, attribute: bool = False) -> No
     )
     _add_db_args(p, run_id=True)
     _add_track_arg(p)
+    _add_field_args(p)
     _add_agent_args(p, demo=False, temperature=Context().temperature)
 
 
@@ -463,6 +493,8 @@ def context_from_args(args: argparse.Namespace, *, preset: str, **override: Any)
         if hasattr(args, name):
             values[name] = getattr(args, name)
     values.update(override)
+    for name in ("dataset", "validation"):  # the field mapping goes with the spec, into the graph
+        values[name] = map_fields(args, values[name])
     ctx = Context(**values)
     require_positive(
         ctx,
@@ -548,7 +580,7 @@ def cmd_heldout(args: argparse.Namespace, ctx: Context, *, default: str) -> int:
 
     from tfgrpo.evaluator import run_eval
 
-    dataset = args.heldout if args.heldout is not None else default
+    dataset = map_fields(args, args.heldout) if args.heldout is not None else default
     if not dataset:
         return 0
     k = args.heldout_k or HELDOUT_K
@@ -606,7 +638,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
     max_tokens = args.max_tokens or PRESETS["embedded" if embedded else "model"]["max_tokens"]
     ctx = agent_context(
         args,
-        dataset=args.dataset,
+        dataset=map_fields(args, args.dataset),
         judge_model=args.judge_model,
         reward=args.reward or DOMAIN_REWARDS[args.domain],
         max_tokens=max_tokens,

@@ -1,10 +1,18 @@
-"""Datasets: load queries from JSONL / JSON / CSV files or generate them with reasoning_gym.
+"""Datasets: load queries from JSONL / JSON / CSV / Parquet / Arrow files, Hugging Face datasets, LangSmith
+datasets, or generate them with reasoning_gym (docs/datasets.md).
 
 Public API
 ----------
 ``load_dataset(spec, *, limit=None) -> list[Query]``
-    ``spec`` is either a file path ending in ``.jsonl``, ``.json`` (a JSON list of objects) or ``.csv``,
-    or ``rg:NAME[:key=value...]`` to generate an offline dataset with ``reasoning_gym``.
+    ``spec`` is a file path ending in ``.jsonl``, ``.json`` (a JSON list of objects), ``.csv``,
+    ``.parquet`` or ``.arrow`` (the last two through the ``datasets`` library), ``hf:NAME[:CONFIG][:SPLIT]``
+    (a Hugging Face dataset: a hub name, a ``save_to_disk`` directory, a data file or folder),
+    ``langsmith:NAME`` (a LangSmith dataset, with ``LANGSMITH_API_KEY``) or ``rg:NAME[:key=value...]`` to
+    generate an offline dataset with ``reasoning_gym``. Any of them but ``rg:`` may end in
+    ``?question=PATH&answer=PATH&id=PATH``: where each field is in a row (``inputs.question``: a nested key);
+    :func:`with_fields` writes that suffix (``--question-field`` / ``--answer-field``).
+``check_rows(rows, name, *, answers=True)``
+    Validate in-memory rows, errors naming ``name`` and the row's 0-based index.
 ``dataset_fingerprint(queries) -> str``
     A stable 16-hex-char sha256 digest of ids, questions and answers in order.
 ``clear_cache()``
@@ -15,7 +23,10 @@ Rows
 Each row needs ``question`` (a string) and ``answer`` (a string, or a JSON number which is turned into a
 string: ``42 -> "42"``, ``1.5 -> "1.5"``), both non-empty after stripping; surrounding whitespace is
 stripped. ``id`` is optional (string or integer, turned into a stripped string); rows without one (or with
-a blank one) get ``<file stem>-<1-based row number>``. Extra fields are ignored.
+a blank one) get ``<file stem>-<1-based row number>``. Extra fields are ignored. LangSmith-shaped rows
+(``{"inputs": {...}, "outputs": {...}}``, as LangSmith exports them) are read without a mapping when
+``inputs`` has ``question`` or ``input`` or one field only, and ``outputs`` has ``answer``, ``output`` or
+one field only.
 
 Errors
 ------
@@ -33,7 +44,7 @@ spans several lines). Examples::
     data/x.jsonl: line 3: field 'question' is empty
     data/x.jsonl: line 5: duplicate id 'q1' (first used at line 2)
     data/x.csv: row 1 (header): missing required column(s) 'answer' (found: 'id', 'question')
-    data/x.txt: unsupported extension '.txt' (expected .jsonl, .json or .csv)
+    data/x.txt: unsupported extension '.txt' (expected .jsonl, .json, .csv, .parquet or .arrow)
     rg:nope: unknown reasoning_gym dataset 'nope' (did you mean: ...; available: ab, acre, ... (106 in all))
     rg:basic_arithmetic:foo=1: unknown option 'foo' for reasoning_gym dataset 'basic_arithmetic' (valid: ...)
 
@@ -72,12 +83,26 @@ from tfgrpo.state.types import Query
 if TYPE_CHECKING:
     from tfgrpo.context import Context
 
-__all__ = ["clear_cache", "dataset_fingerprint", "load_dataset"]
+__all__ = ["check_rows", "clear_cache", "dataset_fingerprint", "load_dataset", "with_fields"]
 
 RG_PREFIX = "rg:"
+HF_PREFIX = "hf:"
+LANGSMITH_PREFIX = "langsmith:"
 RG_DEFAULTS: dict[str, Any] = {"size": 20, "seed": 1}
-SUPPORTED_EXTENSIONS = (".jsonl", ".json", ".csv")
+SUPPORTED_EXTENSIONS = (".jsonl", ".json", ".csv", ".parquet", ".arrow")
+HF_FILE_BUILDERS = {
+    ".parquet": "parquet",
+    ".arrow": "arrow",
+    ".csv": "csv",
+    ".json": "json",
+    ".jsonl": "json",
+}
+HF_SPLITS = ("train", "test", "validation", "valid", "dev", "eval")  # hf:NAME:X with X one of these: a split
+HF_HINT = "needs the datasets library: pip install 'tfgrpo[datasets]'"
 REQUIRED_FIELDS = ("question", "answer")
+FIELD_ROLES = ("question", "answer", "id")
+# LangSmith-shaped rows: where the question and the answer are when no mapping says
+SHAPED = {"question": ("inputs", ("question", "input")), "answer": ("outputs", ("answer", "output"))}
 
 _Row = tuple[str, str, str]  # (id, question, answer): immutable, safe to keep in the cache
 _CACHE_MAX = 32
@@ -96,14 +121,24 @@ def load_dataset(spec: str, *, limit: int | None = None, answers: bool = True) -
     ground truth (``majority``).
     Raises :class:`DataError` (one line, naming the file, row and field) on any problem.
     """
-    spec = str(spec)
+    spec, fields = _split_fields(str(spec))
     if limit is not None and (isinstance(limit, bool) or not isinstance(limit, int) or limit < 0):
         raise DataError(f"{spec}: limit must be a non-negative integer, got {limit!r}")
     if spec.startswith(RG_PREFIX):
+        if fields:
+            raise DataError(f"{spec}: reasoning_gym items have question and answer: no field mapping applies")
         key: tuple[Any, ...] = ("rg", spec)
         rows = _cache_get(key)
         if rows is None:
             rows = _load_reasoning_gym(spec)
+            _cache_put(key, rows)
+    elif spec.startswith((HF_PREFIX, LANGSMITH_PREFIX)):
+        key = ("source", spec, tuple(sorted(fields.items())), answers)
+        rows = _cache_get(key)
+        if rows is None:
+            load = _hf_records if spec.startswith(HF_PREFIX) else _langsmith_records
+            records, stem = load(spec)
+            rows = _validate(spec, stem, records, answers, fields)
             _cache_put(key, rows)
     else:
         spec, rows_slice = _split_slice(spec)
@@ -119,11 +154,20 @@ def load_dataset(spec: str, *, limit: int | None = None, answers: bool = True) -
         ext = path.suffix.lower()
         if ext not in SUPPORTED_EXTENSIONS:
             shown = ext or "(none)"
-            raise DataError(f"{spec}: unsupported extension '{shown}' (expected .jsonl, .json or .csv)")
-        key = ("file", os.path.abspath(spec), st.st_mtime_ns, st.st_size, answers)
+            raise DataError(
+                f"{spec}: unsupported extension '{shown}' (expected .jsonl, .json, .csv, .parquet or .arrow)"
+            )
+        key = (
+            "file",
+            os.path.abspath(spec),
+            st.st_mtime_ns,
+            st.st_size,
+            answers,
+            tuple(sorted(fields.items())),
+        )
         rows = _cache_get(key)
         if rows is None:
-            rows = _load_file(spec, path, ext, answers)
+            rows = _load_file(spec, path, ext, answers, fields)
             _cache_put(key, rows)
         if rows_slice is not None:
             rows = rows[rows_slice]
@@ -132,6 +176,48 @@ def load_dataset(spec: str, *, limit: int | None = None, answers: bool = True) -
     if limit is not None:
         rows = rows[:limit]
     return [Query(id=i, question=q, answer=a) for i, q, a in rows]
+
+
+def with_fields(
+    spec: str, question: str | None = None, answer: str | None = None, id: str | None = None
+) -> str:
+    """``spec`` with a field mapping (``--question-field`` ...): ``data.jsonl?question=inputs.q&answer=a``.
+    Empty names leave a field where it is; nothing to map leaves ``spec`` as it is."""
+    given = {"question": question, "answer": answer, "id": id}
+    for role, path in given.items():
+        if path is not None and not re.fullmatch(r"[^?&=\s]+", path.strip() or "-"):
+            raise DataError(f"--{role}-field {path!r}: expected a field name such as inputs.{role}")
+    if not spec:
+        return spec
+    source, mapped = _split_fields(spec)
+    mapped.update({role: path.strip() for role, path in given.items() if path and path.strip()})
+    if not mapped:
+        return source
+    return source + "?" + "&".join(f"{role}={mapped[role]}" for role in FIELD_ROLES if role in mapped)
+
+
+def _split_fields(spec: str) -> tuple[str, dict[str, str]]:
+    """``SOURCE?question=PATH&answer=PATH`` -> (SOURCE, {role: path}); a file whose name has a ``?`` and
+    exists wins over the mapping reading."""
+    source, sep, query = spec.rpartition("?")
+    if not sep or Path(spec).exists():
+        return spec, {}
+    fields: dict[str, str] = {}
+    for part in query.split("&"):
+        role, eq, path = part.partition("=")
+        if not eq or role not in FIELD_ROLES or not path:
+            raise DataError(
+                f"{source}: field mapping '?{query}': expected question=PATH, answer=PATH or id=PATH "
+                "joined by '&'"
+            )
+        fields[role] = path
+    return source, fields
+
+
+def check_rows(rows: list[dict[str, Any]], name: str, *, answers: bool = True) -> None:
+    """Validate rows given in memory (e.g. to ``tfgrpo.learn``), before they are saved anywhere: errors
+    say ``NAME: row N: ...`` with the row's 0-based index in the list."""
+    _validate(name, name, [(f"row {i}", i, row) for i, row in enumerate(rows)], answers)
 
 
 _SLICE = re.compile(r"^(?P<path>.+)\[(?P<start>\d*):(?P<end>\d*)\]$")
@@ -200,17 +286,28 @@ def _read_text(spec: str, path: Path) -> str:
         raise DataError(f"{spec}: cannot read file ({_one_line(exc.strerror or exc)})") from None
 
 
-def _load_file(spec: str, path: Path, ext: str, answers: bool = True) -> tuple[_Row, ...]:
+def _load_file(
+    spec: str, path: Path, ext: str, answers: bool = True, fields: dict[str, str] | None = None
+) -> tuple[_Row, ...]:
+    fields = fields or {}
+    if ext in (".parquet", ".arrow"):
+        records = _hf_rows(
+            spec,
+            _hf_open(spec, lambda ds: ds.load_dataset(HF_FILE_BUILDERS[ext], data_files=str(path))),
+            None,
+        )
+        return _validate(spec, path.stem, records, answers, fields)
     text = _read_text(spec, path)
     if ext == ".jsonl":
         records = _jsonl_records(spec, text)
     elif ext == ".json":
         records = _json_records(spec, text)
     else:
-        records = _csv_records(spec, text, REQUIRED_FIELDS if answers else ("question",))
+        required = [fields.get(f, f).split(".")[0] for f in REQUIRED_FIELDS if answers or f == "question"]
+        records = _csv_records(spec, text, tuple(required))
     if not records:
         raise DataError(f"{spec}: empty file (no rows)")
-    return _validate(spec, path.stem, records, answers)
+    return _validate(spec, path.stem, records, answers, fields)
 
 
 def _jsonl_records(spec: str, text: str) -> list[tuple[str, int, object]]:
@@ -279,10 +376,39 @@ def _type_name(value: object) -> str:
     )
 
 
+def _pick(obj: dict[str, Any], path: str) -> Any:
+    """``obj[path]``, or for ``a.b`` ``obj["a"]["b"]`` (a key with a dot in it wins); None when absent."""
+    if path in obj:
+        return obj[path]
+    head, dot, rest = path.partition(".")
+    inner = obj.get(head) if dot else None
+    return _pick(inner, rest) if isinstance(inner, dict) else None
+
+
+def _shaped_path(obj: dict[str, Any], role: str) -> str:
+    """Where ``role`` is in a row without a mapping: the plain field, else LangSmith's ``inputs`` /
+    ``outputs`` (``question``/``input``, ``answer``/``output``, or its only field)."""
+    if role in obj or role == "id":
+        return role
+    outer, names = SHAPED[role]
+    inner = obj.get(outer)
+    if not isinstance(inner, dict):
+        return role
+    for name in names:
+        if name in inner:
+            return f"{outer}.{name}"
+    if len(inner) <= 1:  # its only field, or (none: e.g. a LangSmith example without outputs) "missing"
+        return f"{outer}.{next(iter(inner), names[0])}"
+    keys = ", ".join(sorted(inner))
+    raise DataError(
+        f"row has {outer} fields {keys}: say which is the {role} with --{role}-field {outer}.NAME"
+    )
+
+
 def _text_field(where: str, obj: dict[str, Any], field: str, *, numbers: bool) -> str:
-    if field not in obj or obj[field] is None:
+    value = _pick(obj, field)
+    if value is None:
         raise DataError(f"{where}: field '{field}' is missing")
-    value = obj[field]
     if isinstance(value, str):
         text = value.strip()
     elif numbers and isinstance(value, int | float) and not isinstance(value, bool):
@@ -298,18 +424,27 @@ def _text_field(where: str, obj: dict[str, Any], field: str, *, numbers: bool) -
 
 
 def _validate(
-    spec: str, stem: str, records: list[tuple[str, int, object]], answers: bool = True
+    spec: str,
+    stem: str,
+    records: list[tuple[str, int, object]],
+    answers: bool = True,
+    fields: dict[str, str] | None = None,
 ) -> tuple[_Row, ...]:
     rows: list[_Row] = []
     seen: dict[str, str] = {}
+    fields = fields or {}
     for loc, number, obj in records:
         where = f"{spec}: {loc}"
         if not isinstance(obj, dict):
             raise DataError(f"{where}: row is not a JSON object (got {_type_name(obj)})")
-        question = _text_field(where, obj, "question", numbers=False)
-        given = obj.get("answer") not in (None, "")
-        answer = _text_field(where, obj, "answer", numbers=True) if answers or given else ""
-        raw_id = obj.get("id")
+        try:
+            paths = {role: fields.get(role) or _shaped_path(obj, role) for role in FIELD_ROLES}
+        except DataError as exc:
+            raise DataError(f"{where}: {exc}") from None
+        question = _text_field(where, obj, paths["question"], numbers=False)
+        given = _pick(obj, paths["answer"]) not in (None, "")
+        answer = _text_field(where, obj, paths["answer"], numbers=True) if answers or given else ""
+        raw_id = _pick(obj, paths["id"])
         if raw_id is None or (isinstance(raw_id, str) and not raw_id.strip()):
             qid = f"{stem}-{number}"
         elif isinstance(raw_id, str):
@@ -317,12 +452,95 @@ def _validate(
         elif isinstance(raw_id, int) and not isinstance(raw_id, bool):
             qid = str(raw_id)
         else:
-            raise DataError(f"{where}: field 'id' must be a string or an integer, got {_type_name(raw_id)}")
+            raise DataError(
+                f"{where}: field '{paths['id']}' must be a string or an integer, got {_type_name(raw_id)}"
+            )
         if qid in seen:
             raise DataError(f"{where}: duplicate id '{qid}' (first used at {seen[qid]})")
         seen[qid] = loc
         rows.append((qid, question, answer))
     return tuple(rows)
+
+
+# --------------------------------------------------------------------------- Hugging Face, LangSmith
+
+
+def _hf_open(spec: str, load: Any) -> Any:
+    """``load(datasets)``, its errors as one line naming ``spec``."""
+    try:
+        import datasets
+    except ImportError:
+        raise DataError(f"{spec}: {HF_HINT}") from None
+    try:
+        return load(datasets)
+    except Exception as exc:  # FileNotFoundError, offline ConnectionError, DatasetNotFoundError, ...
+        raise DataError(
+            f"{spec}: cannot load it with the datasets library ({_one_line(exc)[:300]})"
+        ) from None
+
+
+def _hf_rows(spec: str, data: Any, split: str | None) -> list[tuple[str, int, object]]:
+    """The rows of a ``Dataset``, or of ``split`` of a ``DatasetDict`` (default ``train``, or its only
+    split), located as ``item N`` (0-based, as ``dataset[N]``)."""
+    if isinstance(data, dict):  # a DatasetDict (a dict of splits)
+        names = list(data.keys())
+        if split is None:
+            split = "train" if "train" in names or len(names) != 1 else names[0]
+        if split not in names:
+            raise DataError(f"{spec}: no split '{split}' (splits: {', '.join(names)}; hf:NAME:CONFIG:SPLIT)")
+        data = data[split]
+    rows = data.to_list()
+    if not rows:
+        raise DataError(f"{spec}: empty dataset (no rows)")
+    return [(f"item {i}", i, row) for i, row in enumerate(rows)]
+
+
+def _hf_records(spec: str) -> tuple[list[tuple[str, int, object]], str]:
+    """``hf:NAME[:CONFIG][:SPLIT]``: a ``save_to_disk`` directory, a data file (``.parquet``, ``.arrow``,
+    ``.csv``, ``.json(l)``), a folder of them, or a hub name (cached, or downloaded unless
+    ``HF_DATASETS_OFFLINE=1``). One part after NAME is a split when it is a usual split name, else a
+    config."""
+    parts = spec[len(HF_PREFIX) :].split(":")
+    name, config, split = parts[0].strip(), None, None
+    if not name or len(parts) > 3:
+        raise DataError(f"{spec}: expected hf:NAME, hf:NAME:SPLIT or hf:NAME:CONFIG:SPLIT")
+    if len(parts) == 2:
+        config, split = (None, parts[1]) if parts[1] in HF_SPLITS or "[" in parts[1] else (parts[1], None)
+    elif len(parts) == 3:
+        config, split = parts[1] or None, parts[2] or None
+    path = Path(name)
+    saved = ("dataset_info.json", "state.json", "dataset_dict.json")
+    if path.is_dir() and any((path / f).exists() for f in saved):
+        data = _hf_open(spec, lambda ds: ds.load_from_disk(name))
+    elif path.is_file():
+        builder = HF_FILE_BUILDERS.get(path.suffix.lower())
+        if builder is None:
+            raise DataError(
+                f"{spec}: unsupported file '{path.suffix}' (.parquet, .arrow, .csv, .json, .jsonl)"
+            )
+        data = _hf_open(spec, lambda ds: ds.load_dataset(builder, data_files=name))
+    else:
+        data = _hf_open(spec, lambda ds: ds.load_dataset(name, config, split=split))
+    return _hf_rows(spec, data, split), (path.stem if path.is_file() else path.name) or name
+
+
+def _langsmith_records(spec: str) -> tuple[list[tuple[str, int, object]], str]:
+    """``langsmith:NAME``: the examples of a LangSmith dataset, as ``{"id", "inputs", "outputs"}`` rows."""
+    name = spec[len(LANGSMITH_PREFIX) :].strip()
+    if not name:
+        raise DataError(f"{spec}: expected langsmith:DATASET_NAME")
+    if not (os.environ.get("LANGSMITH_API_KEY") or os.environ.get("LANGCHAIN_API_KEY")):
+        raise DataError(f"{spec}: set LANGSMITH_API_KEY to read a LangSmith dataset")
+    try:
+        from langsmith import Client
+
+        examples = list(Client().list_examples(dataset_name=name))
+    except Exception as exc:
+        raise DataError(f"{spec}: cannot read it from LangSmith ({_one_line(exc)[:300]})") from None
+    if not examples:
+        raise DataError(f"{spec}: the LangSmith dataset has no examples")
+    rows = [{"id": str(ex.id), "inputs": ex.inputs or {}, "outputs": ex.outputs or {}} for ex in examples]
+    return [(f"example {i}", i, row) for i, row in enumerate(rows)], name
 
 
 # --------------------------------------------------------------------------- reasoning_gym

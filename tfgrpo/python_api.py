@@ -26,6 +26,7 @@ from langchain_core.language_models import BaseChatModel
 
 from tfgrpo.checks import check_context
 from tfgrpo.context import Context
+from tfgrpo.data import check_rows
 from tfgrpo.errors import ConfigError, TfgrpoError
 from tfgrpo.models.ledger import BudgetExceeded, Ledger, Prices
 from tfgrpo.models.spec import as_spec
@@ -48,13 +49,13 @@ class LearnResult:
     steps: list[dict[str, Any]] = field(default_factory=list)
 
 
-def _dataset_spec(data: Dataset, folder: Path, name: str) -> str:
+def _dataset_spec(data: Dataset, folder: Path, name: str, *, answers: bool = True) -> str:
     """A dataset spec for the context: paths and specs as they are, rows saved as JSONL in ``folder``."""
     if isinstance(data, str | os.PathLike):
         return os.fspath(data)
     if isinstance(data, Mapping | bytes):
         raise ConfigError(f"{name}: expected a path, a list of dicts or an iterable of rows")
-    lines = []
+    lines, rows = [], []
     for index, row in enumerate(data):
         if not isinstance(row, Mapping):
             raise ConfigError(f"{name}: row {index}: expected a dict, got {type(row).__name__}")
@@ -62,6 +63,9 @@ def _dataset_spec(data: Dataset, folder: Path, name: str) -> str:
             lines.append(json.dumps(dict(row), ensure_ascii=False, sort_keys=True))
         except (TypeError, ValueError) as exc:
             raise ConfigError(f"{name}: row {index}: not JSON-serializable ({exc})") from None
+        rows.append(dict(row))
+    # errors name the user's rows (dataset: row 3: ...), not the JSONL copy the run reads them from
+    check_rows(rows, name, answers=answers)
     folder.mkdir(parents=True, exist_ok=True)
     path = folder / f"{name}.jsonl"
     text = "\n".join(lines) + "\n"
@@ -165,7 +169,7 @@ def learn(
         raise ConfigError("learn(agent=...) needs learner= (or model=): the model that learns from its runs")
     ctx = _context(
         options,
-        dataset=_dataset_spec(dataset, folder, "dataset"),
+        dataset=_dataset_spec(dataset, folder, "dataset", answers=reward != "majority"),
         validation=_dataset_spec(validation, folder, "validation") if validation is not None else None,
         agent=spec,
         model=model,
