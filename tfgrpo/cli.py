@@ -446,6 +446,16 @@ def build_parser() -> argparse.ArgumentParser:
     rep = sub.add_parser("report", help="rebuild the reports and plots of a run or eval directory")
     rep.add_argument("dir", help="a learning run directory or an eval directory")
 
+    runs = sub.add_parser("runs", help="the runs of a shared database (--db): list them, remove one")
+    runs_sub = runs.add_subparsers(dest="runs_command", required=True)
+    listing = runs_sub.add_parser("list", help="runs, steps, |E|, cost and last update")
+    listing.add_argument("--json", action="store_true", help="machine-readable output")
+    _add_db_args(listing, run_id=False)
+    rm = runs_sub.add_parser("rm", help="delete a run's checkpoints and store items")
+    rm.add_argument("run_id", help="the run's id (see tfgrpo runs list)")
+    rm.add_argument("--yes", action="store_true", help="do not ask for confirmation")
+    _add_db_args(rm, run_id=False)
+
     lib = sub.add_parser("library", help="inspect a run's experience library")
     lib_sub = lib.add_subparsers(dest="library_command", required=True)
     for name, text in (("show", "print the library"), ("diff", "print the change made by a step")):
@@ -820,6 +830,61 @@ def _library_from_db(args: argparse.Namespace, db: str) -> int:
         )
 
 
+def cmd_runs(args: argparse.Namespace) -> int:
+    """``tfgrpo runs list`` / ``tfgrpo runs rm RUN_ID`` on ``--db`` (or ``$TFGRPO_DATABASE_URL``)."""
+    from tfgrpo.runs.backends import list_runs, open_backend, redacted, remove_run
+
+    db = database_url(args.db)
+    if not db:
+        raise TfgrpoError(
+            f"tfgrpo runs {args.runs_command} needs --db (a SQLite file or postgresql:// URL) or "
+            "$TFGRPO_DATABASE_URL; a run directory without --db is one run: delete the directory"
+        )
+    if not is_postgres_url(db) and not Path(db.removeprefix("sqlite:///")).is_file():
+        raise TfgrpoError(f"--db {db}: no such database file")
+    with open_backend(db, local_dir=Path("."), run_id=getattr(args, "run_id", "runs")) as backend:
+        runs = list_runs(backend)
+        if args.runs_command == "list":
+            if args.json:
+                print(json.dumps(runs, indent=2))
+            elif not runs:
+                print(f"no runs in {redacted(db)}")
+            else:
+                head = f"{'run':<24} {'kind':<14} {'steps':>5} {'|E|':>4} {'tokens':>9} {'usd':>9}"
+                print(f"{head}  updated (UTC)")
+                for r in runs:
+                    size = "-" if r["library_size"] is None else r["library_size"]
+                    print(f"{r['run_id']:<24} {r['kind']:<14} {r['steps']:>5} {size:>4} {r['tokens']:>9} "
+                          f"{r['cost_usd']:>9.4f}  {r['updated']}")  # fmt: skip
+            return 0
+        found = {r["run_id"]: r for r in runs}
+        if args.run_id not in found:
+            known = ", ".join(sorted(found)[:10]) or "none"
+            raise TfgrpoError(f"no run {args.run_id!r} in {redacted(db)} (runs: {known})")
+        r = found[args.run_id]
+        if not args.yes:
+            if not sys.stdin.isatty():
+                raise TfgrpoError(
+                    f"tfgrpo runs rm {args.run_id}: pass --yes to delete it (no terminal to ask)"
+                )
+            answer = input(
+                f"delete run {args.run_id!r} ({r['kind']}, {r['steps']} steps, ${r['cost_usd']:.4f})? [y/N] "
+            )
+            if answer.strip().lower() not in ("y", "yes"):
+                print("nothing deleted")
+                return 1
+        with backend.lock():  # PostgreSQL: refused while a process runs it
+            threads, items = remove_run(backend, args.run_id)
+    print(f"deleted run {args.run_id!r}: {threads} checkpoint thread(s), {items} store item(s)")
+    return 0
+
+
+def is_postgres_url(url: str) -> bool:
+    from tfgrpo.runs.backends import is_postgres
+
+    return is_postgres(url)
+
+
 def load_config_file(path: str) -> dict[str, Any]:
     file = Path(path)
     try:
@@ -882,6 +947,8 @@ def main(argv: list[str] | None = None) -> int:
             return cmd_report(args)
         if args.command == "prompts":
             return cmd_prompts(args)
+        if args.command == "runs":
+            return cmd_runs(args)
         return cmd_library(args)
     except TfgrpoError as exc:
         print(f"tfgrpo: error: {exc}", file=sys.stderr)

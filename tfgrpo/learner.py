@@ -22,7 +22,7 @@ from tfgrpo.models.cache import use_llm_cache
 from tfgrpo.models.ledger import Ledger
 from tfgrpo.models.spec import resolve_spec
 from tfgrpo.nodes.policy import build_models
-from tfgrpo.runs.backends import Backend, open_backend
+from tfgrpo.runs.backends import Backend, open_backend, spent_in_store
 from tfgrpo.runs.gc_tuning import quiet_gc
 from tfgrpo.runs.rundir import (
     RunDir,
@@ -77,17 +77,8 @@ class Progress:
 
 def spent_so_far(store: BaseStore, run_id: str) -> tuple[int, float]:
     """Tokens and dollars of every finished call of a run, from the result memo (exact after a crash)."""
-    tokens, usd, offset = 0, 0.0, 0
-    while True:
-        items = store.search(("tfgrpo", run_id), limit=500, offset=offset)
-        for item in items:
-            calls = item.value.get("calls", [])
-            for call in calls if isinstance(calls, list) else []:  # (step reports count calls: an int)
-                tokens += call["input_tokens"] + call["output_tokens"]
-                usd += call.get("cost_usd") or 0.0
-        if len(items) < 500:
-            return tokens, usd
-        offset += 500
+    tokens, usd, _ = spent_in_store(store, run_id)
+    return tokens, usd
 
 
 def stored_history(run: RunDir) -> list[StepReport]:

@@ -154,3 +154,90 @@ def prune_postgres(saver: Any, thread_id: str) -> None:
 def count_checkpoints(backend: Backend, thread_id: str) -> int:
     """How many checkpoints a thread keeps (for tests and ``--keep-checkpoints`` checks)."""
     return sum(1 for _ in backend.saver.list({"configurable": {"thread_id": thread_id}}))
+
+
+# --- the runs of a shared database: ``tfgrpo runs list`` / ``tfgrpo runs rm RUN_ID``
+
+MEMO_PAGE = 500
+
+
+def _rows(backend: Backend, query: str, params: tuple[Any, ...] = ()) -> list[tuple[Any, ...]]:
+    """``query`` (``?`` placeholders) on the checkpointer's own connection, rows as tuples."""
+    if backend.kind == "postgres":
+        from psycopg.rows import tuple_row
+
+        with backend.saver.conn.cursor(row_factory=tuple_row) as cur:
+            cur.execute(query.replace("?", "%s"), params)
+            return list(cur.fetchall())
+    return list(backend.saver.conn.execute(query, params).fetchall())
+
+
+def run_threads(backend: Backend) -> dict[str, list[str]]:
+    """Run id -> its checkpoint threads (``RUN_ID/learn``, ``RUN_ID/eval`` ...) in a shared database."""
+    threads: dict[str, list[str]] = {}
+    for (thread,) in _rows(backend, "SELECT DISTINCT thread_id FROM checkpoints"):
+        run_id, sep, _ = str(thread).partition("/")
+        if sep:
+            threads.setdefault(run_id, []).append(str(thread))
+    return threads
+
+
+def spent_in_store(store: BaseStore, run_id: str) -> tuple[int, float, Any]:
+    """Tokens, dollars and the last write of every finished call of a run, from its result memo (exact
+    after a crash: the ledger is rebuilt from it on resume)."""
+    tokens, usd, offset, last = 0, 0.0, 0, None
+    while True:
+        items = store.search(("tfgrpo", run_id), limit=MEMO_PAGE, offset=offset)
+        for item in items:
+            if item.namespace[:2] != ("tfgrpo", run_id):
+                continue
+            last = item.updated_at if last is None else max(last, item.updated_at)
+            calls = item.value.get("calls", [])
+            for call in calls if isinstance(calls, list) else []:  # (step reports count calls: an int)
+                tokens += call["input_tokens"] + call["output_tokens"]
+                usd += call.get("cost_usd") or 0.0
+        if len(items) < MEMO_PAGE:
+            return tokens, usd, last
+        offset += MEMO_PAGE
+
+
+def list_runs(backend: Backend) -> list[dict[str, Any]]:
+    """One row per run of a shared database: its kind(s), steps, |E|, cost, tokens and last update."""
+    from tfgrpo.runs.rundir import step_history
+
+    threads = run_threads(backend)
+    in_store = {ns[1] for ns in backend.store.list_namespaces(prefix=("tfgrpo",), max_depth=2) if len(ns) > 1}
+    rows = []
+    for run_id in sorted(set(threads) | in_store):
+        history = step_history(backend.store, run_id)
+        tokens, usd, last = spent_in_store(backend.store, run_id)
+        kinds = sorted({t.partition("/")[2].split("-")[0] for t in threads.get(run_id, [])})
+        rows.append(
+            {
+                "run_id": run_id,
+                "kind": ",".join(kinds) or "-",
+                "steps": len(history),
+                "library_size": history[-1]["library_size"] if history else None,
+                "tokens": tokens,
+                "cost_usd": round(usd, 6),
+                "updated": last.strftime("%Y-%m-%d %H:%M") if last is not None else "",
+            }
+        )
+    return rows
+
+
+def remove_run(backend: Backend, run_id: str) -> tuple[int, int]:
+    """Delete run ``run_id``'s checkpoint threads and store items; (threads, items) deleted."""
+    from langgraph.store.base import PutOp
+
+    threads = run_threads(backend).get(run_id, [])
+    for thread in threads:
+        backend.saver.delete_thread(thread)
+    items = 0
+    while True:
+        page = backend.store.search(("tfgrpo", run_id), limit=MEMO_PAGE)
+        mine = [item for item in page if item.namespace[:2] == ("tfgrpo", run_id)]
+        if not mine:
+            return len(threads), items
+        backend.store.batch([PutOp(item.namespace, item.key, None) for item in mine])
+        items += len(mine)

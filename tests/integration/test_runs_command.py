@@ -1,0 +1,89 @@
+"""``tfgrpo runs list`` / ``tfgrpo runs rm RUN_ID``: the runs of a shared database (SQLite here; the same
+code reads PostgreSQL, see the postgres-marked test), real subprocesses and real HTTP to the fake server."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import PYTHON, cli_env
+from tfgrpo.testing.fake_openai import FakeOpenAIServer
+
+pytestmark = pytest.mark.integration
+PRICES = '{"openai:fake": {"input": 1.0, "output": 2.0}}'
+
+
+def tfgrpo(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [PYTHON, "-m", "tfgrpo.cli", *args], env=cli_env(), capture_output=True, text=True, timeout=300,
+        stdin=subprocess.DEVNULL,
+    )  # fmt: skip
+
+
+def learn(server: FakeOpenAIServer, tmp_path: Path, db: str, run_id: str, size: int) -> None:
+    out = tfgrpo(
+        "learn", "--dataset", f"rg:basic_arithmetic:size={size}:seed=2", "--model", "openai:fake",
+        "--base-url", server.base_url, "--run-dir", str(tmp_path / run_id), "--run-id", run_id, "--db", db,
+        "--epochs", "1", "--batch-size", "2", "--group-size", "3", "--no-progress", "--prices", PRICES,
+    )  # fmt: skip
+    assert out.returncode == 0, out.stderr
+
+
+def runs_of(db: str) -> dict[str, dict[str, object]]:
+    out = tfgrpo("runs", "list", "--db", db, "--json")
+    assert out.returncode == 0, out.stderr
+    return {r["run_id"]: r for r in json.loads(out.stdout)}
+
+
+def check_list_and_rm(server: FakeOpenAIServer, tmp_path: Path, db: str) -> None:
+    learn(server, tmp_path, db, "small", 2)
+    learn(server, tmp_path, db, "large", 6)
+    runs = runs_of(db)
+    assert sorted(runs) == ["large", "small"]
+    for run_id, steps in (("small", 1), ("large", 3)):
+        report = json.loads((tmp_path / run_id / "report.json").read_text())
+        row = runs[run_id]
+        assert row["kind"] == "learn" and row["steps"] == steps == len(report["steps"])
+        assert row["library_size"] == report["steps"][-1]["library_size"]
+        assert row["cost_usd"] == pytest.approx(report["totals"]["cost_usd"], abs=1e-6)
+        assert row["cost_usd"] > 0 and row["updated"]
+    table = tfgrpo("runs", "list", "--db", db)
+    assert table.returncode == 0 and "large" in table.stdout and "small" in table.stdout
+
+    refused = tfgrpo("runs", "rm", "small", "--db", db)  # no terminal to ask, no --yes: nothing deleted
+    assert refused.returncode == 2 and "pass --yes" in refused.stderr
+    unknown = tfgrpo("runs", "rm", "smal", "--db", db, "--yes")
+    assert unknown.returncode == 2 and "no run 'smal'" in unknown.stderr and "large, small" in unknown.stderr
+    gone = tfgrpo("runs", "rm", "small", "--db", db, "--yes")
+    assert gone.returncode == 0, gone.stderr
+    assert "deleted run 'small'" in gone.stdout
+    assert sorted(runs_of(db)) == ["large"]
+    # the other run is whole: E still shows, and its run resumes as complete
+    shown = tfgrpo("library", "show", "large", "--db", db, "--json")
+    assert (
+        shown.returncode == 0
+        and json.loads(shown.stdout)["items"]
+        == json.loads((tmp_path / "large" / "library.json").read_text())["items"]
+    )
+
+
+def test_runs_list_and_rm_in_a_shared_sqlite_file(fake_server: FakeOpenAIServer, tmp_path: Path) -> None:
+    check_list_and_rm(fake_server, tmp_path, str(tmp_path / "shared.sqlite"))
+
+
+@pytest.mark.postgres
+def test_runs_list_and_rm_in_postgresql(
+    fake_server: FakeOpenAIServer, tmp_path: Path, postgres_url: str
+) -> None:
+    check_list_and_rm(fake_server, tmp_path, postgres_url)
+
+
+def test_runs_needs_a_database(tmp_path: Path) -> None:
+    out = tfgrpo("runs", "list")
+    assert out.returncode == 2 and "needs --db" in out.stderr
+    missing = tfgrpo("runs", "list", "--db", str(tmp_path / "nope.sqlite"))
+    assert missing.returncode == 2 and "no such database file" in missing.stderr
+    assert not (tmp_path / "nope.sqlite").exists()  # listing creates nothing
