@@ -289,6 +289,11 @@ def _add_track_arg(p: argparse.ArgumentParser) -> None:
         help="log settings, per-step metrics, E after every step, evaluation metrics and plots to MLflow "
         "(URI: sqlite:///FILE, http://HOST:PORT, ...; default: MLflow's; pip install 'tfgrpo[tracking]')",
     )
+    p.add_argument(
+        "--track-traces",
+        action="store_true",
+        help="with --track: also record every model call as MLflow traces (mlflow.langchain.autolog)",
+    )
 
 
 def _add_unsafe_python_arg(p: argparse.ArgumentParser) -> None:
@@ -569,6 +574,7 @@ def cmd_learn(args: argparse.Namespace, ctx: Context) -> int:
         db=database_url(args.db),
         run_id=args.run_id or "",
         track=args.track or "",
+        track_traces=args.track_traces,
     )
 
 
@@ -609,6 +615,7 @@ def cmd_heldout(args: argparse.Namespace, ctx: Context, *, default: str) -> int:
         progress=not args.no_progress,
         ledger=ledger_from_args(args, eval_ctx),
         track=args.track or "",
+        track_traces=args.track_traces,
     )
     print(f"held-out evaluation: {time.monotonic() - started:.0f} s", flush=True)
     return code
@@ -672,6 +679,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
         db=db,
         run_id=args.run_id or "",
         track=args.track or "",
+        track_traces=args.track_traces,
     )
 
 

@@ -112,6 +112,7 @@ def run_eval(
     db: str = "",
     run_id: str = "",
     track: str = "",
+    track_traces: bool = False,
 ) -> int:
     """``tfgrpo eval`` (library vs baseline) or, with ``attribute``, ``tfgrpo attribute``: E against E
     without each of its experiences (leave-one-out), on the same questions and seeds; ``track`` is
@@ -144,7 +145,7 @@ def run_eval(
         eval_dir.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
         raise ConfigError(f"--eval-dir {eval_dir}: cannot create it ({exc.strerror or exc})") from None
-    tracker = open_tracker(track, eval_dir)
+    tracker = open_tracker(track, eval_dir, traces=track_traces)
     code = 1  # an exception below ends the MLflow run as FAILED
     with (
         lock_run_dir(eval_dir),  # one writer per eval directory

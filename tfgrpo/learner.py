@@ -115,6 +115,7 @@ def run_learning(
     db: str = "",
     run_id: str = "",
     track: str = "",
+    track_traces: bool = False,
 ) -> int:
     """Learn (or resume) the run in ``run_dir``; ``db`` is ``--db`` (see :mod:`tfgrpo.runs.backends`) and
     ``run_id`` names the run there (default: the run directory's name); ``track`` is ``--track``
@@ -131,7 +132,7 @@ def run_learning(
     build_models(ctx, learner=True)  # before the fan-out (see build_models)
     run = RunDir(run_dir)
     run.create()
-    tracker = open_tracker(track, run.path)
+    tracker = open_tracker(track, run.path, traces=track_traces)
     code = 1  # an exception below ends the MLflow run as FAILED
     with (
         lock_run_dir(run.path),  # one writer per run directory

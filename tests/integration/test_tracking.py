@@ -95,7 +95,7 @@ def test_eval_logs_mean_at_k_and_the_paired_difference(server: FakeOpenAIServer,
     out = tfgrpo(
         "eval", "--dataset", "rg:basic_arithmetic:size=6:seed=5", "--library", str(library), "--baseline",
         "--k", "2", "--model", "openai:fake", "--base-url", server.base_url, "--eval-dir",
-        str(tmp_path / "eval"), "--no-progress", "--track", f"mlflow:{uri}",
+        str(tmp_path / "eval"), "--no-progress", "--track", f"mlflow:{uri}", "--track-traces",
     )  # fmt: skip
     assert out.returncode == 0, out.stderr
     report = json.loads((tmp_path / "eval" / "report.json").read_text())
@@ -112,6 +112,10 @@ def test_eval_logs_mean_at_k_and_the_paired_difference(server: FakeOpenAIServer,
     assert metrics["paired.ci_high"] == pytest.approx(comparison["ci_high"])
     names = {a.path for a in mlflow.MlflowClient(uri).list_artifacts(run.info.run_id)}
     assert {"report.md", "report.json", "comparison.png"} <= names
+    # --track-traces: MLflow's LangChain autologging recorded the model calls (6 x 2 x 2 runs)
+    traces = mlflow.search_traces(locations=[run.info.experiment_id], return_type="list")
+    spans = [span.name for trace in traces for span in trace.data.spans]
+    assert spans.count("ChatOpenAI") == 24, spans[:20]
 
 
 def test_python_api_tracks_too(server: FakeOpenAIServer, tmp_path: Path) -> None:
