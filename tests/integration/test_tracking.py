@@ -36,7 +36,8 @@ def learn_args(server: FakeOpenAIServer, run_dir: Path, uri: str, *extra: str) -
     return [
         "learn", "--dataset", "rg:basic_arithmetic:size=8:seed=2", "--model", "openai:fake",
         "--base-url", server.base_url, "--run-dir", str(run_dir), "--epochs", "1", "--batch-size", "2",
-        "--group-size", "3", "--no-progress", "--track", f"mlflow:{uri}", *extra,
+        "--group-size", "3", "--no-progress", "--track", f"mlflow:{uri}", "--max-concurrency", "1",
+        "--max-tokens", "200", "--learner-max-tokens", "600", *extra,
     ]  # fmt: skip
 
 
@@ -45,8 +46,9 @@ def test_learn_is_tracked_and_a_resumed_run_continues_the_same_mlflow_run(
 ) -> None:
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     run_dir = tmp_path / "run"
-    # a budget stop after the first steps, then the same command again: one MLflow run, every step once
-    stopped = tfgrpo(*learn_args(server, run_dir, uri, "--budget-tokens", "2500"))
+    # a budget stop after the first step (one call at a time, small caps: the ledger reserves a call's
+    # cap), then the same command again: one MLflow run, every step once
+    stopped = tfgrpo(*learn_args(server, run_dir, uri, "--budget-tokens", "8000"))
     assert stopped.returncode == 3, stopped.stderr
     first = json.loads((run_dir / "mlflow.json").read_text())
     assert 0 <= first["last_step"] < 3, first  # stopped part-way: the rest is logged on resume
