@@ -184,10 +184,12 @@ def _learn(
     graph_input: dict[str, Any] | None = None if values else {"seed": seed}
     if graph_input is not None and backend.shared:  # the run id keys its store items in a shared database
         graph_input["run_id"] = backend.run_id
+    if not values:
+        run.refuse_new_run_over_outputs()
+    tracker.start("learn", settings_params(ctx, seed=seed))  # a bad tracking URI stops here, before any call
     if values:
         print(f"resuming {run_dir} at step {values.get('step', 0)} of {n_steps}", flush=True)
     else:
-        run.refuse_new_run_over_outputs()
         run.write_settings(ctx, seed)
         print(f"learning: {len(queries)} queries, {n_steps} steps -> {run_dir}", flush=True)
 
@@ -200,7 +202,6 @@ def _learn(
     finished = step_history(store, values["run_id"]) if values.get("run_id") else []
     for report in finished:
         print(table_line(report), flush=True)
-    tracker.start("learn", settings_params(ctx, seed=seed))
     tracker.catch_up(finished, run_dir)
 
     def on_stop() -> None:

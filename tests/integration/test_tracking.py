@@ -140,3 +140,18 @@ def test_python_api_tracks_too(server: FakeOpenAIServer, tmp_path: Path) -> None
     child = runs["compare"]
     assert child.data.tags["mlflow.parentRunId"] == runs["learn"].info.run_id  # RUN_DIR/heldout nests
     assert child.data.metrics["paired.diff"] == pytest.approx(metrics["comparison"]["diff"])
+
+
+def test_an_unreachable_tracking_server_stops_the_run_before_any_model_call(
+    server: FakeOpenAIServer, tmp_path: Path
+) -> None:
+    env = {**cli_env(), "MLFLOW_HTTP_REQUEST_MAX_RETRIES": "0"}  # MLflow's own retries: minutes otherwise
+    out = subprocess.run(
+        [PYTHON, "-m", "tfgrpo.cli", *learn_args(server, tmp_path / "run", "http://127.0.0.1:9")],
+        env=env, capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert out.returncode == 2
+    (line,) = out.stderr.strip().splitlines()
+    assert line.startswith("tfgrpo: error: --track mlflow:http://127.0.0.1:9: cannot log to MLflow (")
+    assert server.requests == []  # nothing paid for
+    assert "learning:" not in out.stdout
