@@ -186,7 +186,20 @@ def test_architecture_names_every_room() -> None:
     assert not unnamed, f"docs/ARCHITECTURE.md does not name the root modules: {unnamed}"
 
 
-FILE_SUFFIXES = {".py", ".md", ".json", ".toml", ".txt", ".png", ".sqlite", ".gbnf"}
+FILE_SUFFIXES = {
+    ".py",
+    ".md",
+    ".json",
+    ".jsonl",
+    ".toml",
+    ".txt",
+    ".png",
+    ".sqlite",
+    ".gbnf",
+    ".parquet",
+    ".arrow",
+    ".csv",
+}
 DOTTED = re.compile(r"^(?:tfgrpo\.)?([a-z_]+)\.([A-Za-z_][\w.]*)$")
 
 
