@@ -15,7 +15,6 @@ context bound, so it behaves like any Runnable.
 
 from __future__ import annotations
 
-import json
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import asdict, replace
 from pathlib import Path
@@ -34,18 +33,12 @@ from tfgrpo.state.library import Library, render_library
 __all__ = ["ExperiencedAgent", "experienced_agent", "load_library", "render_library"]
 
 
-def load_library(path: str | Path) -> Library:
-    """A library from ``library.json`` or a run directory."""
-    file = Path(path)
-    if file.is_dir():
-        file = file / "library.json"
-    try:
-        data: Library = json.loads(file.read_text(encoding="utf-8"))
-    except (OSError, ValueError) as exc:
-        raise ConfigError(f"{file}: cannot read the experience library ({exc})") from None
-    if not isinstance(data, dict) or "items" not in data:
-        raise ConfigError(f"{file}: not an experience library (no 'items')")
-    return data
+def load_library(path: str | Path, *, db: str | None = None) -> Library:
+    """A library from ``library.json`` or a run directory or, when no such path exists, the run id of a
+    learn run in ``db`` (default ``$TFGRPO_DATABASE_URL``): see :mod:`tfgrpo.runs.library_ref`."""
+    from tfgrpo.runs.library_ref import load_named_library
+
+    return load_named_library(path, db=db)
 
 
 def _as_input(value: Any) -> Any:

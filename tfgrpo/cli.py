@@ -813,21 +813,15 @@ def _show_or_diff(
 
 def fetch_published_library(db: str, run_id: str, into: Path) -> Path:
     """Write the latest E that run ``run_id`` published in ``db`` to ``into/library.json``."""
-    from tfgrpo.nodes.publish import published_library
-    from tfgrpo.runs.backends import open_backend
+    from tfgrpo.runs.library_ref import fetch_published_library as fetch
 
-    with open_backend(db, local_dir=into, run_id=run_id) as backend:
-        library = published_library(backend.store, run_id)
-    into.mkdir(parents=True, exist_ok=True)
-    path = into / "library.json"
-    path.write_text(json.dumps(library, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
-    return path
+    return fetch(db, run_id, into)
 
 
 def _library_from_db(args: argparse.Namespace, db: str) -> int:
     """``tfgrpo library show|diff RUN_ID --db URL``: E as the run published it after each step."""
-    from tfgrpo.nodes.publish import published_library, published_steps
     from tfgrpo.runs.backends import open_backend
+    from tfgrpo.state.published import published_library, published_steps
 
     run_id = args.run_dir
     with open_backend(db, local_dir=Path(run_id), run_id=run_id) as backend:  # db given: no local files

@@ -7,6 +7,9 @@
     metrics = tfgrpo.evaluate(dataset=test_rows, agent=make_agent, library="runs/x", baseline=True)
 
 Both are resumable: call again with the same arguments (and directory) and finished work is kept.
+``db=`` (a SQLite file or ``postgresql://`` URL shared by several runs; default ``$TFGRPO_DATABASE_URL``,
+else the run directory's own SQLite files) and ``run_id=`` (the run's name there) work as the CLI's
+``--db`` / ``--run-id``; ``verbose=False`` prints nothing to stdout (the tables and notes).
 Models may be spec strings (``openai:gpt-4o-mini``) or LangChain chat-model objects (used as they are);
 datasets a file path or ``rg:`` spec, a list of dicts or any iterable of rows (``question``, ``answer``,
 optional ``id``), saved as JSONL in the run directory. Progress bars use ``tqdm.auto`` (Jupyter widgets).
@@ -15,6 +18,8 @@ A budget stop raises :class:`tfgrpo.models.ledger.BudgetExceeded` after saving; 
 
 from __future__ import annotations
 
+import contextlib
+import io
 import json
 import os
 from collections.abc import Iterable, Mapping
@@ -30,6 +35,7 @@ from tfgrpo.data import check_rows
 from tfgrpo.errors import ConfigError, TfgrpoError
 from tfgrpo.models.ledger import BudgetExceeded, Ledger, Prices
 from tfgrpo.models.spec import as_spec
+from tfgrpo.runs.backends import check_run_id, database_url
 from tfgrpo.state.library import Library
 
 __all__ = ["LearnResult", "evaluate", "learn"]
@@ -112,6 +118,18 @@ def _ledger(
     )
 
 
+def _quiet(verbose: bool) -> contextlib.AbstractContextManager[Any]:
+    """``verbose=False``: the CLI's tables and notes (stdout) are dropped; errors (stderr) still show."""
+    return contextlib.nullcontext() if verbose else contextlib.redirect_stdout(io.StringIO())
+
+
+def _db_and_run_id(db: str | None, run_id: str | None) -> tuple[str, str]:
+    """``db=`` or ``$TFGRPO_DATABASE_URL`` (as ``--db``), and a checked ``run_id`` ("": the folder's)."""
+    if run_id is not None:
+        check_run_id(run_id)
+    return database_url(db), run_id or ""
+
+
 def _raise_for(code: int, what: str, where: Path) -> None:
     if code == 3:
         raise BudgetExceeded(
@@ -142,6 +160,9 @@ def learn(
     keep_checkpoints: bool = False,
     callbacks: Any = None,
     track: str | None = None,
+    db: str | None = None,
+    run_id: str | None = None,
+    verbose: bool = True,
     **options: Any,
 ) -> LearnResult:
     """Learn an experience library E (Training-Free GRPO), like ``tfgrpo learn``; resumable.
@@ -158,12 +179,18 @@ def learn(
         callbacks: LangChain callback handlers (e.g. a LangSmith tracer) for the learn run; every
             LLM call of the run, rollouts of your agent included, nests under it.
         track: ``"mlflow"`` or ``"mlflow:URI"``: log the run to MLflow (docs/tracking.md).
+        db: a SQLite file or ``postgresql://`` URL several runs share (``--db``); default
+            ``$TFGRPO_DATABASE_URL``, else SQLite files in ``run_dir``.
+        run_id: the run's name in ``db`` (``--run-id``; default: ``run_dir``'s name). Its E is then
+            published there under that id (``ExperienceMiddleware(run=run_id, db=db)``).
+        verbose: False prints nothing to stdout.
         options: any :class:`tfgrpo.context.Context` field (``epochs``, ``batch_size``, ``group_size``,
             ``max_concurrency``, ``domain``, ``temperature``, ...).
     """
     from tfgrpo.learner import run_learning
 
     folder = Path(run_dir)
+    url, name = _db_and_run_id(db, run_id)
     spec = _agent_spec(agent)
     if agent is not None and learner is None and model is None and not options.get("learner_model"):
         raise ConfigError("learn(agent=...) needs learner= (or model=): the model that learns from its runs")
@@ -178,16 +205,19 @@ def learn(
     )
     check_context(ctx)  # before the ledger is built, so a bad setting costs nothing
     ledger = _ledger(ctx, budget_usd, budget_tokens, prices, max_retries=max_retries, backoff=retry_backoff)
-    code = run_learning(
-        ctx,
-        run_dir=folder,
-        seed=seed,
-        progress=progress,
-        keep_checkpoints=keep_checkpoints,
-        ledger=ledger,
-        callbacks=callbacks,
-        track=track or "",
-    )
+    with _quiet(verbose):
+        code = run_learning(
+            ctx,
+            run_dir=folder,
+            seed=seed,
+            progress=progress,
+            keep_checkpoints=keep_checkpoints,
+            ledger=ledger,
+            callbacks=callbacks,
+            db=url,
+            run_id=name,
+            track=track or "",
+        )
     _raise_for(code, "learning", folder)
     library: Library = json.loads((folder / "library.json").read_text(encoding="utf-8"))
     report: dict[str, Any] = json.loads((folder / "report.json").read_text(encoding="utf-8"))
@@ -214,15 +244,25 @@ def evaluate(
     retry_backoff: float = 1.0,
     retry_failed: bool = False,
     track: str | None = None,
+    db: str | None = None,
+    run_id: str | None = None,
+    verbose: bool = True,
     **options: Any,
 ) -> dict[str, Any]:
     """Mean@k / Pass@k with E (and, with ``baseline=True``, without it, paired), like ``tfgrpo eval``;
     resumable. Returns the evaluation report (``report.json`` of ``eval_dir``). ``library`` is a
-    library.json / run directory or a Library dict (e.g. ``learn(...).library``); ``track="mlflow[:URI]"``
-    logs Mean@k / Pass@k and the paired difference to MLflow (docs/tracking.md)."""
+    library.json / run directory, a Library dict (e.g. ``learn(...).library``) or the run id of a learn
+    run in ``db``; ``track="mlflow[:URI]"`` logs Mean@k / Pass@k and the paired difference to MLflow
+    (docs/tracking.md). ``db``, ``run_id`` (this evaluation's name in ``db``) and ``verbose`` as for
+    :func:`learn`."""
     from tfgrpo.evaluator import run_eval
 
     folder = Path(eval_dir)
+    url, name = _db_and_run_id(db, run_id)
+    if isinstance(library, str) and url and not Path(library).exists():  # a learn run's id in the database
+        from tfgrpo.runs.library_ref import fetch_published_library
+
+        library = fetch_published_library(url, library, folder / "published")
     if isinstance(library, dict):
         folder.mkdir(parents=True, exist_ok=True)
         (folder / "input-library.json").write_text(json.dumps(library, indent=2), encoding="utf-8")
@@ -239,17 +279,20 @@ def evaluate(
         reward=reward,
     )
     ledger = _ledger(ctx, budget_usd, budget_tokens, prices, max_retries=max_retries, backoff=retry_backoff)
-    code = run_eval(
-        ctx,
-        eval_dir=folder,
-        k=k,
-        seed=seed,
-        baseline=baseline,
-        progress=progress,
-        ledger=ledger,
-        retry_failed=retry_failed,
-        track=track or "",
-    )
+    with _quiet(verbose):
+        code = run_eval(
+            ctx,
+            eval_dir=folder,
+            k=k,
+            seed=seed,
+            baseline=baseline,
+            progress=progress,
+            ledger=ledger,
+            retry_failed=retry_failed,
+            db=url,
+            run_id=name,
+            track=track or "",
+        )
     _raise_for(code, "evaluation", folder)
     report: dict[str, Any] = json.loads((folder / "report.json").read_text(encoding="utf-8"))
     return report

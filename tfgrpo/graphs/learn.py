@@ -5,7 +5,7 @@
 
 The step's nodes are added flat (not as a subgraph) so that resume after a crash re-runs only the
 unfinished branches of the interrupted fan-out. After every step ``advance`` publishes E in the store
-under ``("tfgrpo", RUN_ID, "library")`` (:mod:`tfgrpo.nodes.publish`).
+under ``("tfgrpo", RUN_ID, "library")`` (:mod:`tfgrpo.state.published`).
 """
 
 from __future__ import annotations

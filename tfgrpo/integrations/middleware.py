@@ -9,8 +9,10 @@
 Before every model call the middleware appends E, rendered exactly as in training (``[G3] text`` lines
 under a short header, after a blank line), to the agent's own system prompt. Model, tools, prompt and the
 other middleware stay the user's. E comes from a ``library.json`` / run directory (re-read when the file
-changes), a ``Library`` dict, or a LangGraph store namespace (read from the agent's store on every call,
-so an update there takes effect at once).
+changes), a ``Library`` dict, the run id of a learn run (``run="dapo-s0", db=URL``: read from that
+database once; without a database, from the agent's store on every call, as a LangGraph server publishes
+it), or a LangGraph store namespace (read from the agent's store on every call, so an update there takes
+effect at once). Files and store items may hold E itself or E as published (``{"step", "library"}``).
 
 Learning on the user's agent uses the same middleware: a learning rollout passes E in the state key
 ``tfgrpo_experiences`` (which wins over the configured library) and its bookkeeping in the configurable
@@ -45,7 +47,10 @@ from langgraph.store.base import BaseStore
 
 from tfgrpo.errors import ConfigError
 from tfgrpo.models.ledger import CallFailed, Ledger, reserve_tokens
+from tfgrpo.runs.backends import check_run_id, database_url
+from tfgrpo.runs.library_ref import library_file, library_from_db
 from tfgrpo.state.library import Library, render_library
+from tfgrpo.state.published import LATEST, library_namespace, library_value
 from tfgrpo.state.types import CallRecord
 
 __all__ = ["EXPERIENCES_KEY", "ExperienceMiddleware", "ExperienceState", "append_experiences"]
@@ -71,16 +76,10 @@ def append_experiences(system: SystemMessage | None, experiences: str) -> System
     return SystemMessage(blocks, additional_kwargs=system.additional_kwargs)
 
 
-def _library_file(path: str | os.PathLike[str]) -> Path:
-    file = Path(path)
-    return file / "library.json" if file.is_dir() else file
-
-
-def _render_checked(library: Any, where: str) -> str:
-    if not isinstance(library, dict) or not isinstance(library.get("items"), list):
-        raise ConfigError(f"{where}: not an experience library (no 'items')")
+def _render_checked(value: Any, where: str) -> str:
+    library = library_value(value, where)  # E itself, or as published: {"step", "library"}
     try:
-        return render_library(library)  # type: ignore[arg-type]
+        return render_library(library)
     except (KeyError, TypeError) as exc:
         raise ConfigError(f"{where}: not an experience library ({exc})") from None
 
@@ -137,6 +136,11 @@ class ExperienceMiddleware(AgentMiddleware[ExperienceState, Any]):
         library: a ``library.json`` file or run directory (re-read when it changes), or a ``Library``
             dict (as returned by ``tfgrpo.learn`` or ``tfgrpo.api.load_library``). None: no E of its
             own (a learning run passes E in the ``tfgrpo_experiences`` state key).
+        run: instead of ``library``, the run id of a learn run (``tfgrpo learn --run-id``,
+            ``tfgrpo.learn(run_id=...)``, or a Studio learn run's ``run_id``): its latest E as published.
+        db: with ``run``, the database the run lives in (a SQLite file or ``postgresql://`` URL; default
+            ``$TFGRPO_DATABASE_URL``), read once, here. Neither given: E is read from the agent's store
+            (a LangGraph server's) at every model call.
         namespace: instead of ``library``, a LangGraph store namespace (``"a/b"`` or a tuple) holding
             the library under ``key``; read from the agent's store at every model call.
     """
@@ -147,22 +151,35 @@ class ExperienceMiddleware(AgentMiddleware[ExperienceState, Any]):
         self,
         library: str | os.PathLike[str] | Library | None = None,
         *,
+        run: str | None = None,
+        db: str | None = None,
         namespace: str | Sequence[str] | None = None,
         key: str = "library",
     ) -> None:
         super().__init__()
-        if library is not None and namespace is not None:
-            raise ConfigError("ExperienceMiddleware: give a library or a store namespace, not both")
+        if sum(x is not None for x in (library, run, namespace)) > 1:
+            raise ConfigError("ExperienceMiddleware: give one of library=, run= or namespace=")
+        if db is not None and run is None:
+            raise ConfigError("ExperienceMiddleware: db= names the database of a run: give run= too")
         self._path: Path | None = None
         self._static = ""
         self._cache: tuple[Any, str] | None = None
         self._namespace: tuple[str, ...] | None = None
         self._key = key
+        self._missing = ""  # the one-line error when the store holds nothing there
         if isinstance(library, dict):
             self._static = _render_checked(library, "ExperienceMiddleware(library=...)")
         elif library is not None:
-            self._path = _library_file(library)
+            self._path = library_file(library)
             self._from_file()  # fail now, with a clear message, not at the first question
+        if run is not None:
+            check_run_id(run)
+            url = database_url(db)
+            if url:  # read once, now: a bad run id or database fails here, not at the first question
+                self._static = _render_checked(library_from_db(url, run), f"run {run!r}")
+            else:  # the agent's store, as a LangGraph server's learn runs publish E
+                namespace, self._key = library_namespace(run), LATEST
+                self._missing = f"run {run!r}: no step has finished (nothing published in the agent's store)"
         if namespace is not None:
             parts = tuple(namespace.split("/")) if isinstance(namespace, str) else tuple(namespace)
             if not parts or not all(isinstance(p, str) and p for p in parts):
@@ -194,7 +211,9 @@ class ExperienceMiddleware(AgentMiddleware[ExperienceState, Any]):
     def _render_item(self, item: Any) -> str:
         assert self._namespace is not None
         if item is None:
-            raise ConfigError(f"no experience library in store namespace {'/'.join(self._namespace)!r}")
+            raise ConfigError(
+                self._missing or f"no experience library in store namespace {'/'.join(self._namespace)!r}"
+            )
         stamp = (item.updated_at, self._namespace)
         if self._cache is None or self._cache[0] != stamp:
             self._cache = (stamp, _render_checked(item.value, "/".join(self._namespace)))

@@ -41,8 +41,9 @@ from tfgrpo.models.ledger import BudgetExceeded, CallFailed, Ledger, current_led
 from tfgrpo.models.spec import UnconfiguredModel, apply_configurable, resolve_spec
 from tfgrpo.nodes._llm import learner_model, make_record, one_line, policy_model
 from tfgrpo.nodes._prompts import prompt_text
-from tfgrpo.nodes.publish import published_library
-from tfgrpo.state.library import INJECTION_HEADER, Library, render_library
+from tfgrpo.runs.library_ref import library_file
+from tfgrpo.state.library import INJECTION_HEADER, render_library
+from tfgrpo.state.published import is_published, library_value, published_library
 from tfgrpo.state.types import CallRecord
 
 BASE_PROMPT = (
@@ -92,17 +93,24 @@ _library_cache: dict[tuple[str, float], str] = {}
 def inference_experiences(ctx: Context, store: BaseStore | None) -> str:
     """E for inference: from a library file / run directory, a learn run's published E, or a store
     namespace."""
+    if (
+        ctx.library
+        and not Path(ctx.library).exists()
+        and store is not None
+        and is_published(store, ctx.library)
+    ):
+        return render_library(published_library(store, ctx.library))  # a learn run's id (Studio, --db)
     if ctx.library:
-        path = Path(ctx.library)
-        if path.is_dir():
-            path = path / "library.json"
+        path = library_file(ctx.library)
         try:
             key = (str(path), path.stat().st_mtime)
         except OSError:
-            raise ConfigError(f"{ctx.library}: no experience library there (library.json)") from None
+            raise ConfigError(
+                f"{ctx.library}: no experience library there (library.json), nor a learn run of that id"
+            ) from None
         if key not in _library_cache:
             try:
-                library: Library = json.loads(path.read_text(encoding="utf-8"))
+                library = library_value(json.loads(path.read_text(encoding="utf-8")), str(path))
                 _library_cache[key] = render_library(library)
             except (ValueError, KeyError, TypeError) as exc:
                 raise ConfigError(f"{path}: not an experience library ({exc})") from None
@@ -117,7 +125,7 @@ def inference_experiences(ctx: Context, store: BaseStore | None) -> str:
         item = store.get(tuple(ctx.library_namespace.split("/")), "library")
         if item is None:
             raise ConfigError(f"no library in store namespace {ctx.library_namespace!r}")
-        return render_library(item.value)  # type: ignore[arg-type]
+        return render_library(library_value(item.value, ctx.library_namespace))
     return ""
 
 

@@ -23,10 +23,10 @@ from tfgrpo.data import batches_per_epoch, dataset_fingerprint, epoch_order, tra
 from tfgrpo.errors import ConfigError, DataError
 from tfgrpo.nodes._llm import context_of, store_of
 from tfgrpo.nodes._prompts import validate_prompts
-from tfgrpo.nodes.publish import LATEST, library_namespace, publish_library
 from tfgrpo.runs.rundir import check_resume, history_namespace, step_history
 from tfgrpo.state.graph_state import LearnState
 from tfgrpo.state.library import empty_library
+from tfgrpo.state.published import LATEST, library_namespace, publish_library
 
 
 def cleared_step_channels() -> dict[str, Any]:

@@ -1,0 +1,67 @@
+"""One way to name a learned library E, for the CLI, the Python API, Studio and ExperienceMiddleware:
+
+* a run directory (its ``library.json``) or a ``library.json`` file; a file may hold E itself or E as
+  published in the store (``{"step", "library"}``);
+* a run id in a database (``--db URL`` / ``db=`` / ``$TFGRPO_DATABASE_URL``): the E that run published
+  after its latest step (:mod:`tfgrpo.state.published`);
+* in a LangGraph server (Studio), the run id of a learn run in the server's store.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+from tfgrpo.errors import ConfigError
+from tfgrpo.runs.backends import _sqlite_path, database_url, is_postgres, open_backend, redacted
+from tfgrpo.state.library import Library
+from tfgrpo.state.published import library_value, published_library
+
+
+def library_file(path: str | os.PathLike[str]) -> Path:
+    """The ``library.json`` a path names (a run directory holds one)."""
+    file = Path(path)
+    return file / "library.json" if file.is_dir() else file
+
+
+def read_library_file(path: str | os.PathLike[str]) -> Library:
+    """E from a ``library.json`` / run directory, in either shape; one line naming the file otherwise."""
+    file = library_file(path)
+    try:
+        data = json.loads(file.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as exc:
+        raise ConfigError(f"{file}: cannot read the experience library ({exc})") from None
+    return library_value(data, str(file))
+
+
+def library_from_db(db: str, run_id: str) -> Library:
+    """The latest E run ``run_id`` published in database ``db`` (a SQLite file or PostgreSQL URL)."""
+    if not is_postgres(db) and not _sqlite_path(db).exists():
+        raise ConfigError(f"{redacted(db)}: no such database (looking for run {run_id!r})")
+    scratch = Path(db).parent if not is_postgres(db) else Path.cwd()  # not written: db is given
+    with open_backend(db, local_dir=scratch, run_id=run_id, local_option="--db") as backend:
+        return published_library(backend.store, run_id)
+
+
+def load_named_library(name: str | os.PathLike[str], *, db: str | None = None) -> Library:
+    """E named by a path (run directory / library.json) or, when no such path exists, by a run id in
+    ``db`` (default ``$TFGRPO_DATABASE_URL``)."""
+    if Path(name).exists():
+        return read_library_file(name)
+    url = database_url(db)
+    if not url:
+        raise ConfigError(
+            f"{name}: no run directory or library.json there (a run id needs a database: db=URL, --db "
+            "or $TFGRPO_DATABASE_URL)"
+        )
+    return library_from_db(url, os.fspath(name))
+
+
+def fetch_published_library(db: str, run_id: str, into: Path) -> Path:
+    """Write the latest E that run ``run_id`` published in ``db`` to ``into/library.json``."""
+    library = library_from_db(db, run_id)
+    into.mkdir(parents=True, exist_ok=True)
+    path = into / "library.json"
+    path.write_text(json.dumps(library, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+    return path
