@@ -16,7 +16,7 @@ from types import FrameType
 from typing import TYPE_CHECKING, Any
 
 from tfgrpo.context import Context
-from tfgrpo.errors import TfgrpoError
+from tfgrpo.errors import ProviderError, TfgrpoError
 from tfgrpo.runs.backends import database_url
 
 if TYPE_CHECKING:
@@ -954,7 +954,7 @@ def main(argv: list[str] | None = None) -> int:
         return cmd_library(args)
     except TfgrpoError as exc:
         print(f"tfgrpo: error: {exc}", file=sys.stderr)
-        return 2
+        return 1 if isinstance(exc, ProviderError) else 2  # a provider's error: 1, as below
     except sqlite3.DatabaseError as exc:  # e.g. a disk that filled up in the middle of a run
         print(f"tfgrpo: error: the run's database failed ({exc}); finished work is kept, "
               "run the same command again once the cause is fixed", file=sys.stderr)  # fmt: skip

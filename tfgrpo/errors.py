@@ -18,6 +18,19 @@ class ConfigError(TfgrpoError):
     """A setting is missing or invalid (model spec, reward name, run directory, ...)."""
 
 
+class ProviderError(TfgrpoError):
+    """A model provider's error that survived the retries (unreachable server, refused credentials, unknown
+    model, ...), as the sentence a user can act on; ``cause`` is the provider's exception."""
+
+    def __init__(self, sentence: str, cause: BaseException | None = None) -> None:
+        super().__init__(sentence)
+        self.cause = cause
+
+
+class RunFailed(TfgrpoError):
+    """A run ended without learning anything (every LLM call failed, or no rollout could be scored)."""
+
+
 class StopRequested(TfgrpoError):
     """A map branch not yet started refuses to start because the run was asked to drain (Ctrl-C).
 

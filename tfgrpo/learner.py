@@ -37,6 +37,7 @@ from tfgrpo.runs.rundir import (
 from tfgrpo.runs.runlock import lock_run_dir
 from tfgrpo.runs.tracking import LEARN_FILES, Tracker, open_tracker, settings_params
 from tfgrpo.state.graph_state import LearnState
+from tfgrpo.state.report import nothing_worked
 from tfgrpo.state.types import StepReport
 
 THREAD_ID = "learn"
@@ -264,20 +265,6 @@ def gate_summary(history: list[StepReport]) -> str | None:
     by_reason = ", ".join(f"{reason} {n}" for reason, n in sorted(counts.items(), key=lambda kv: -kv[1]))
     sent_back = f"{retried} sent back once with the reason; " if retried else ""
     return f"lessons rejected by the lesson gate: {by_reason} ({sent_back}reasons in report.md)"
-
-
-def nothing_worked(history: list[StepReport], errors: list[str]) -> str | None:
-    """A sentence when no rollout of the run could be scored (every call failed, or every reward), else
-    None: such a run learned nothing and must not look like a success."""
-    rollouts = sum(r["rollouts"] for r in history)
-    if not rollouts or any(r["mean_reward"] is not None for r in history):
-        return None
-    calls = sum(r["calls"] for r in history)
-    failed = sum(r["calls_failed"] for r in history)
-    why = f" (first error: {errors[0]})" if errors else ""
-    if calls and failed == calls:
-        return f"every LLM call of this run failed ({failed} of {calls}){why}"
-    return f"no rollout could be scored: all {rollouts} rollouts failed or their reward did{why}"
 
 
 def _drive(

@@ -229,3 +229,50 @@ def test_studio_errors_reach_the_client_as_one_line(studio: str, fake_server: Fa
     assert "token budget reached" in capped["__error__"]["message"]
     done = client.runs.wait(thread, "learn", input=None, context=small_learn_context(fake_server))
     assert isinstance(done, dict) and len(done["history"]) == 2, done
+
+
+def test_studio_failures_are_failures_with_the_clis_line(studio: str, fake_server: FakeOpenAIServer) -> None:
+    """Issue 22, finding 1: a learn run whose every call failed ends as an error (not an empty library),
+    and provider errors reach the client as the one-line sentence, not 'An internal error occurred'."""
+    from langgraph_sdk import get_sync_client
+
+    client = get_sync_client(url=studio)
+    with FakeOpenAIServer() as gone:
+        dead = gone.base_url  # nothing listens there any more
+    failed = client.runs.wait(
+        client.threads.create()["thread_id"],
+        "learn",
+        input={"dataset": "rg:basic_arithmetic:size=4:seed=1"},
+        context={
+            "model": "openai:fake",
+            "base_url": dead,
+            "max_retries": 0,
+            "epochs": 1,
+            "batch_size": 2,
+            "group_size": 2,
+        },  # fmt: skip
+        raise_error=False,
+    )
+    assert isinstance(failed, dict) and "__error__" in failed, failed
+    message = failed["__error__"]["message"]
+    assert message.startswith("every LLM call of this run failed (8 of 8)"), message
+    assert f"cannot connect to {dead}" in message and "\n" not in message
+
+    def infer(base_url: str) -> dict[str, str]:
+        out = client.runs.wait(
+            client.threads.create()["thread_id"],
+            "inference",
+            input={"question": "Calculate 2 + 3."},
+            context={"model": "openai:fake", "base_url": base_url, "max_retries": 0},
+            raise_error=False,
+        )
+        assert isinstance(out, dict) and "__error__" in out, out
+        error: dict[str, str] = out["__error__"]
+        assert "internal error" not in error["message"] and "\n" not in error["message"], error
+        return error
+
+    assert infer(dead)["message"].startswith(f"cannot connect to {dead}")
+    fake_server.fail_next(1, status=401)
+    assert "refused the credentials (HTTP 401)" in infer(fake_server.base_url)["message"]
+    fake_server.fail_next(1, status=404)
+    assert "answered 404 (no such model or endpoint)" in infer(fake_server.base_url)["message"]

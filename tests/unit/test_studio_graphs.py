@@ -119,3 +119,36 @@ def test_runs_share_one_sqlite_file_by_run_id(scripted: list[ScriptedChatModel],
     with open_backend(db, local_dir=tmp_path, run_id="a") as backend:
         assert published_steps(backend.store, "a") == published_steps(backend.store, "b") == [0, 1]
         assert sum(1 for _ in backend.saver.list({"configurable": {"thread_id": "a/learn"}})) == 1
+
+
+# -- failures are failures on the server path too (issue 22, finding 1)
+
+
+def dead_url() -> str:
+    from tfgrpo.testing.fake_openai import FakeOpenAIServer
+
+    with FakeOpenAIServer() as server:
+        return server.base_url  # nothing listens there any more: every call is refused
+
+
+def test_a_studio_learn_run_whose_every_call_failed_is_an_error_not_an_empty_library() -> None:
+    url = dead_url()
+    graph = compile_learn_graph(checkpointer=InMemorySaver(), store=InMemoryStore(), studio=True)
+    context = Context(model="openai:fake", base_url=url, max_retries=0, epochs=1, batch_size=2, group_size=2)
+    with pytest.raises(TfgrpoError) as failed:  # a thread: its ledger takes max_retries from the context
+        graph.invoke({"dataset": DATASET}, {"configurable": {"thread_id": "dead"}}, context=context)
+    message = str(failed.value)
+    assert "\n" not in message
+    assert message.startswith("every LLM call of this run failed (8 of 8)"), message  # as the CLI says
+    assert f"cannot connect to {url}" in message
+
+
+def test_a_provider_error_in_the_inference_graph_is_a_one_line_tfgrpo_error() -> None:
+    url = dead_url()
+    with pytest.raises(TfgrpoError, match=f"^cannot connect to {url}.*is the server running") as failed:
+        build_studio_inference_graph(checkpointer=InMemorySaver(), store=InMemoryStore()).invoke(
+            {"question": "Hi"},
+            {"configurable": {"thread_id": "t"}},  # a thread: its ledger takes max_retries from the context
+            context=Context(model="openai:fake", base_url=url, max_retries=0),
+        )
+    assert "\n" not in str(failed.value)

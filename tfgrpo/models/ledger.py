@@ -27,7 +27,7 @@ from typing import Any, TypeVar
 
 from langchain_core.messages import AIMessage, BaseMessage
 
-from tfgrpo.errors import ConfigError, TfgrpoError
+from tfgrpo.errors import ConfigError, ProviderError, TfgrpoError
 from tfgrpo.state.types import CallRecord
 
 # USD per 1M tokens (input, output), list prices of late 2025; override with --prices FILE.
@@ -186,6 +186,16 @@ def explain(exc: BaseException) -> str | None:
     if isinstance(exc, openai.APIResponseValidationError | json.JSONDecodeError):
         return "the model server sent a response that is not valid OpenAI JSON: check --base-url"
     return None
+
+
+def as_provider_error(exc: BaseException) -> BaseException:
+    """``exc`` as a :class:`ProviderError` carrying :func:`explain`'s sentence (the LangGraph API server
+    shows the message of a ``ValueError``, "An internal error occurred" for an ``openai`` error), or
+    ``exc`` itself when it is not a provider error."""
+    sentence = explain(exc)
+    if sentence is None:
+        return exc
+    return ProviderError(sentence, exc)
 
 
 def reserve_tokens(messages: list[BaseMessage], extra: Any = None) -> int:

@@ -25,7 +25,7 @@ from langgraph.store.memory import InMemoryStore
 from pydantic import BaseModel, ValidationError
 
 from tfgrpo.context import Context
-from tfgrpo.errors import StopRequested
+from tfgrpo.errors import ProviderError, StopRequested
 from tfgrpo.models.known_keys import known_keys
 from tfgrpo.models.ledger import CallFailed, current_ledger, explain, make_record, reserve_tokens, role_of
 from tfgrpo.models.spec import ModelSettings, get_model, resolve_spec
@@ -162,6 +162,8 @@ def completion_cap(ctx: Context, node: str) -> int:
 
 
 def one_line(exc: BaseException | str) -> str:
+    if isinstance(exc, ProviderError) and exc.cause is not None:
+        exc = exc.cause  # named by the provider's exception type, as in the CLI's messages
     if isinstance(exc, BaseException) and (sentence := explain(exc)) is not None:
         return f"{type(exc).__name__}: {sentence}"[:300]
     text = str(exc) if not isinstance(exc, str) else exc

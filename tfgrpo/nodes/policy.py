@@ -37,7 +37,14 @@ from langgraph.types import Checkpointer
 from tfgrpo.context import Context, as_context
 from tfgrpo.errors import ConfigError
 from tfgrpo.evals.rewards import extract_final_answer
-from tfgrpo.models.ledger import BudgetExceeded, CallFailed, Ledger, current_ledger, reserve_tokens
+from tfgrpo.models.ledger import (
+    BudgetExceeded,
+    CallFailed,
+    Ledger,
+    as_provider_error,
+    current_ledger,
+    reserve_tokens,
+)
 from tfgrpo.models.spec import UnconfiguredModel, apply_configurable, resolve_spec
 from tfgrpo.nodes._llm import learner_model, make_record, one_line, policy_model
 from tfgrpo.nodes._prompts import prompt_text
@@ -228,7 +235,7 @@ class PolicyMiddleware(AgentMiddleware[PolicyState, Context]):
             )
         except CallFailed as failed:
             self._record(p, started, None, failed.retries)
-            raise failed.cause from None
+            raise as_provider_error(failed.cause) from None
         self._record(p, started, response, retries)
         return response
 
@@ -249,7 +256,7 @@ class PolicyMiddleware(AgentMiddleware[PolicyState, Context]):
             )
         except CallFailed as failed:
             self._record(p, started, None, failed.retries)
-            raise failed.cause from None
+            raise as_provider_error(failed.cause) from None
         self._record(p, started, response, retries)
         return response
 

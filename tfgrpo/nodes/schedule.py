@@ -16,17 +16,20 @@ from typing import Any
 
 from langgraph.graph import END
 from langgraph.runtime import Runtime
+from langgraph.store.base import BaseStore
 from langgraph.types import Overwrite
 
 from tfgrpo.context import Context
 from tfgrpo.data import batches_per_epoch, dataset_fingerprint, epoch_order, training_queries
-from tfgrpo.errors import ConfigError, DataError
-from tfgrpo.nodes._llm import context_of, store_of
+from tfgrpo.errors import ConfigError, DataError, RunFailed
+from tfgrpo.nodes._llm import context_of, step_namespace, store_of
 from tfgrpo.nodes._prompts import validate_prompts
 from tfgrpo.runs.rundir import check_resume, history_namespace, step_history
 from tfgrpo.state.graph_state import LearnState
 from tfgrpo.state.library import empty_library
 from tfgrpo.state.published import LATEST, library_namespace, publish_library
+from tfgrpo.state.report import nothing_worked
+from tfgrpo.state.types import StepReport
 
 
 def cleared_step_channels() -> dict[str, Any]:
@@ -132,8 +135,25 @@ def advance(state: LearnState, runtime: Runtime[Context]) -> dict[str, Any]:
 
 def finish(state: LearnState, runtime: Runtime[Context]) -> dict[str, Any]:
     """Studio's learn graph only: the run's output carries the per-step history, read from the store
-    once at the end (the CLI's graph never puts it in state, so its checkpoints stay flat in steps)."""
-    return {"history": step_history(store_of(runtime), state.get("run_id", ""))}
+    once at the end (the CLI's graph never puts it in state, so its checkpoints stay flat in steps).
+    A run that learned nothing because every call failed (or no rollout could be scored) ends as an
+    error with the CLI's line, not as a success with an empty library."""
+    store, run_id = store_of(runtime), state.get("run_id", "")
+    history = step_history(store, run_id)
+    failure = nothing_worked(history, first_rollout_errors(store, run_id, history))
+    if failure:
+        raise RunFailed(failure)
+    return {"history": history}
+
+
+def first_rollout_errors(store: BaseStore, run_id: str, history: list[StepReport]) -> list[str]:
+    """The reasons of the first failed rollouts of the run (from the rollout memo in the store)."""
+    for report in history:
+        items = store.search(step_namespace(run_id, report["step"], "rollouts"), limit=50)
+        errors = [e for item in items if (e := (item.value.get("rollout") or {}).get("error"))]
+        if errors:
+            return errors
+    return []
 
 
 def route_next(state: LearnState) -> str:

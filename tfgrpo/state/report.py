@@ -75,3 +75,17 @@ def build_step_report(
         "library_size": len(library["items"]),
         "library_version": library["version"],
     }
+
+
+def nothing_worked(history: list[StepReport], errors: list[str]) -> str | None:
+    """A sentence when no rollout of the run could be scored (every call failed, or every reward), else
+    None: such a run learned nothing and must not look like a success."""
+    rollouts = sum(r["rollouts"] for r in history)
+    if not rollouts or any(r["mean_reward"] is not None for r in history):
+        return None
+    calls = sum(r["calls"] for r in history)
+    failed = sum(r["calls_failed"] for r in history)
+    why = f" (first error: {errors[0]})" if errors else ""
+    if calls and failed == calls:
+        return f"every LLM call of this run failed ({failed} of {calls}){why}"
+    return f"no rollout could be scored: all {rollouts} rollouts failed or their reward did{why}"
