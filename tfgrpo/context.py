@@ -6,11 +6,13 @@ Everything here is a plain value so LangGraph Studio can render and edit it. Mod
 
 from __future__ import annotations
 
+import difflib
 import hashlib
 import json
 import os
-from dataclasses import asdict, dataclass, field
-from typing import Any
+from collections.abc import Iterable, Mapping
+from dataclasses import Field, asdict, dataclass, field, fields, is_dataclass, make_dataclass
+from typing import Any, get_type_hints
 
 from tfgrpo.errors import ConfigError
 
@@ -85,15 +87,20 @@ class Context:
     )
     max_model_calls: int = field(default=8, metadata={"description": "Agent: model calls per question."})
     max_tool_calls: int = field(default=6, metadata={"description": "Agent: tool calls per question."})
-    python_timeout: float = 10.0
-    tool_max_chars: int = 2000
+    python_timeout: float = field(
+        default=10.0, metadata={"description": "Python tool: seconds per run of model-written code."}
+    )
+    tool_max_chars: int = field(
+        default=2000,
+        metadata={"description": "Tools: cap on the characters of a tool result the model reads."},
+    )
     unsafe_python: bool = field(
         default=False,
         metadata={"description": "Run the Python tool without its OS sandbox (bubblewrap): unsafe."},
     )
     # The paper's hyper-parameters
-    epochs: int = 3
-    batch_size: int = 8
+    epochs: int = field(default=3, metadata={"description": "Passes over the training set."})
+    batch_size: int = field(default=8, metadata={"description": "Queries per step (B)."})
     group_size: int = field(default=5, metadata={"description": "G rollouts per query."})
     temperature: float = field(default=0.7, metadata={"description": "Sampling temperature of rollouts."})
     experiences_per_group: int = field(default=2, metadata={"description": "K: at most K per group."})
@@ -118,8 +125,12 @@ class Context:
         default_factory=lambda: os.environ.get("OPENAI_BASE_URL", ""),
         metadata={"description": "OpenAI-compatible endpoint (default: $OPENAI_BASE_URL)."},
     )
-    learner_temperature: float = 0.3
-    judge_temperature: float = 0.0
+    learner_temperature: float = field(
+        default=0.3, metadata={"description": "Sampling temperature of summarize / extract / update."}
+    )
+    judge_temperature: float = field(
+        default=0.0, metadata={"description": "Sampling temperature of the LLM judge."}
+    )
     max_tokens: int = field(default=1024, metadata={"description": "Cap on tokens per policy completion."})
     top_p: float | None = field(
         default=None, metadata={"description": "Nucleus sampling of the policy (None: the server's default)."}
@@ -158,7 +169,7 @@ class Context:
             "only ADD and NONE in any case."
         },
     )
-    request_timeout: float = 120.0
+    request_timeout: float = field(default=120.0, metadata={"description": "Seconds per LLM call."})
     # Robustness
     structured_retries: int = field(
         default=2, metadata={"description": "Extra attempts when structured output cannot be parsed."}
@@ -192,6 +203,10 @@ class Context:
     )
     retry_backoff: float = field(default=1.0, metadata={"description": "First retry delay, seconds."})
 
+    def __post_init__(self) -> None:
+        for f in fields(self):
+            check_field(f.name, getattr(self, f.name))
+
     def settings_fingerprint(self) -> str:
         """Hash of the run-defining settings, stored in state to refuse an inconsistent resume."""
         data = {k: asdict(self)[k] for k in RUN_DEFINING}
@@ -201,12 +216,172 @@ class Context:
         return {k: asdict(self)[k] for k in RUN_DEFINING}
 
 
+# -- checking values a user gives (Studio's JSON, a dict, keyword arguments) ----------------------------
+
+_EXPECTED = {
+    "int": "an integer",
+    "float": "a number",
+    "str": "a string",
+    "bool": "true or false",
+    "float | None": "a number or null",
+}
+# what a string field holds, where "a string" alone would not tell a user what to write
+_EXPECTED_TEXT = {
+    "prices": 'a string: inline JSON {"MODEL": {"input": USD per 1M tokens, "output": USD per 1M}} or the '
+    "path of such a JSON file",
+}
+
+
+def _kind(name: str) -> str:
+    hint = _hints()[name]
+    return {int: "int", float: "float", str: "str", bool: "bool"}.get(hint, "float | None")
+
+
+def _hints() -> dict[str, Any]:
+    global _HINTS
+    if not _HINTS:
+        _HINTS = get_type_hints(Context)
+    return _HINTS
+
+
+_HINTS: dict[str, Any] = {}
+
+
+def _shown(value: Any) -> str:
+    if isinstance(value, bool):
+        return json.dumps(value)
+    if isinstance(value, str):
+        return f"the string {json.dumps(value)[:60]}"
+    if isinstance(value, Mapping):
+        return "an object"
+    if isinstance(value, list | tuple):
+        return "a list"
+    return "null" if value is None else f"{type(value).__name__} {str(value)[:40]}"
+
+
+def check_field(name: str, value: Any) -> None:
+    """One line naming the field when ``value`` is not of its type (an int is a fine float)."""
+    kind = _kind(name)
+    number = isinstance(value, int | float) and not isinstance(value, bool)
+    ok = {
+        "int": isinstance(value, int) and not isinstance(value, bool),
+        "float": number,
+        "str": isinstance(value, str),
+        "bool": isinstance(value, bool),
+        "float | None": value is None or number,
+    }[kind]
+    if not ok:
+        expected = _EXPECTED_TEXT.get(name, _EXPECTED[kind])
+        raise ConfigError(f"context field {name!r}: expected {expected}, got {_shown(value)}")
+
+
+def check_names(given: Iterable[str], known: Iterable[str]) -> None:
+    """Refuse context fields the graph does not take, suggesting the field a near miss meant."""
+    names = list(known)
+    unknown = [name for name in given if name not in names]
+    if not unknown:
+        return
+    close = difflib.get_close_matches(unknown[0], names, n=1, cutoff=0.6)
+    hint = f" (did you mean {close[0]!r}?)" if close else ""
+    listed = ", ".join(repr(n) for n in unknown)
+    raise ConfigError(f"unknown context field{'s' if len(unknown) > 1 else ''} {listed}{hint}")
+
+
+def context_from(values: Mapping[str, Any], known: Iterable[str] | None = None) -> Context:
+    """A :class:`Context` from plain values (Studio's JSON, a dict): unknown names and wrong types are
+    one-line errors. ``known``: the fields the graph takes (default: all)."""
+    check_names(values, known if known is not None else _hints())
+    return Context(**values)
+
+
+class GraphContext:
+    """Base of the per-graph context schemas: the fields one graph uses, checked like :class:`Context`."""
+
+    def __post_init__(self) -> None:
+        for f in fields(self):  # type: ignore[arg-type]
+            check_field(f.name, getattr(self, f.name))
+
+    def to_context(self) -> Context:
+        return Context(**{f.name: getattr(self, f.name) for f in fields(self)})  # type: ignore[arg-type]
+
+
+def graph_context(name: str, names: Iterable[str], doc: str) -> type[GraphContext]:
+    """A dataclass with only ``names`` of :class:`Context`'s fields (same defaults and descriptions): the
+    ``context_schema`` of one graph, so Studio shows what that graph uses."""
+    wanted = set(names)
+    unknown = wanted - set(_hints())
+    if unknown:
+        raise ValueError(f"not Context fields: {sorted(unknown)}")
+    spec: list[tuple[str, Any, Field[Any]]] = []
+    for f in fields(Context):
+        if f.name in wanted:
+            copy: Field[Any] = field(
+                default=f.default, default_factory=f.default_factory, metadata=f.metadata
+            )
+            spec.append((f.name, _hints()[f.name], copy))
+    cls = make_dataclass(name, spec, bases=(GraphContext,), kw_only=True)
+    cls.__doc__ = doc
+    cls.__module__ = __name__
+    return cls
+
+
 def as_context(value: Any) -> Context:
-    """The run's :class:`Context` from what LangGraph hands a node or tool (a dict from Studio, or None)."""
+    """The run's :class:`Context` from what LangGraph hands a node or tool (a dict from Studio, a graph's
+    own context schema, or None)."""
     if value is None:
         return Context()
-    if isinstance(value, dict):
-        return Context(**value)
     if isinstance(value, Context):
         return value
+    if isinstance(value, GraphContext):
+        return value.to_context()
+    if isinstance(value, dict):
+        return context_from(value)
+    if is_dataclass(value) and not isinstance(value, type):
+        return context_from(asdict(value))
     raise ConfigError(f"unsupported context type {type(value).__name__}")
+
+
+# -- what each graph of langgraph.json uses: its context schema (Studio's form) -------------------------
+
+# calling a model: every graph
+_MODEL_FIELDS = (
+    "model", "base_url", "temperature", "max_tokens", "top_p", "answer_grammar", "request_timeout",
+    "prompts", "max_concurrency", "budget_usd", "budget_tokens", "prices", "max_retries", "retry_backoff",
+)  # fmt: skip
+# the policy agent (its tools and answer format): every graph; learning and evaluation may use the
+# user's own agent instead ("agent")
+_AGENT_FIELDS = (
+    "reward", "domain", "corpus", "max_model_calls", "max_tool_calls", "python_timeout",
+    "tool_max_chars", "unsafe_python",
+)  # fmt: skip
+# where the inference agent's E comes from
+_LIBRARY_FIELDS = ("library", "library_run", "library_namespace")
+_JUDGE_FIELDS = ("judge_model", "judge_temperature", "judge_max_tokens")
+# one step of Training-Free GRPO: the learner, the group, E's caps and the learner's output
+_STEP_FIELDS = (
+    *_JUDGE_FIELDS, "learner_model", "learner_temperature", "learner_max_tokens", "group_size",
+    "experiences_per_group", "max_library_items", "max_library_tokens", "lesson_pattern", "extract_ops",
+    "structured_retries", "structured_method",
+)  # fmt: skip
+_LEARN_FIELDS = ("dataset", "epochs", "batch_size", "validation", "validation_k", "validation_tolerance")
+
+InferenceContext = graph_context(
+    "InferenceContext",
+    (*_MODEL_FIELDS, *_AGENT_FIELDS, *_LIBRARY_FIELDS),
+    "Settings of the inference agent: its model, tools, caps and learned library E.",
+)
+EvalContext = graph_context(
+    "EvalContext",
+    (*_MODEL_FIELDS, *_AGENT_FIELDS, *_LIBRARY_FIELDS, *_JUDGE_FIELDS, "dataset", "agent"),
+    "Settings of an evaluation: the agent's, the questions (dataset) and the judge's.",
+)
+StepContext = graph_context(
+    "StepContext",
+    (*_MODEL_FIELDS, *_AGENT_FIELDS, *_STEP_FIELDS, "agent"),
+    "Settings of one Training-Free GRPO step: the policy, the learner, G, K and E's caps.",
+)
+LearnContext = graph_context(
+    "LearnContext",
+    (*_MODEL_FIELDS, *_AGENT_FIELDS, *_STEP_FIELDS, *_LEARN_FIELDS, "agent"),
+    "Settings of a learning run: the dataset, epochs and batch size, the step's settings, the budget.",
+)

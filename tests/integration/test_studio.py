@@ -149,6 +149,38 @@ def test_studio_forms_show_only_what_a_user_gives(studio: str) -> None:
     }
     context = client.assistants.get_schemas(by_graph["learn"]["assistant_id"])["context_schema"]["properties"]
     assert {"budget_usd", "budget_tokens", "prices", "max_retries", "max_concurrency"} <= set(context)
+    # each graph's context form: only the fields it uses, each described
+    inference = client.assistants.get_schemas(by_graph["inference"]["assistant_id"])["context_schema"]
+    assert not {"epochs", "group_size", "lesson_pattern", "batch_size"} & set(inference["properties"])
+    assert all(p.get("description") for p in inference["properties"].values())
+    assert all(p.get("description") for p in context.values())
+
+
+def test_studio_context_values_are_checked(studio: str) -> None:
+    """A misspelled field (which the API server would drop silently) and values of the wrong type end the
+    run with one line naming the field (issue 22, finding 2)."""
+    from langgraph_sdk import get_sync_client
+
+    client = get_sync_client(url=studio)
+    cases = [
+        ({"modle": "openai:gpt-4o-mini"}, "unknown context field 'modle' (did you mean 'model'?)"),
+        (
+            {"model": "openai:x", "max_model_calls": "4"},
+            "context field 'max_model_calls': expected an integer",
+        ),
+        (
+            {"model": "openai:x", "prices": {"x": {"input": 1, "output": 1}}},
+            "context field 'prices': expected",
+        ),
+    ]
+    for context, message in cases:
+        out = client.runs.wait(
+            client.threads.create()["thread_id"], "inference", input={"question": "Hi"}, context=context,
+            raise_error=False,
+        )  # fmt: skip
+        assert isinstance(out, dict) and "__error__" in out, out
+        assert out["__error__"]["message"].startswith(message), out
+        assert "\n" not in out["__error__"]["message"]
 
 
 def test_studio_learn_then_infer_and_eval_with_the_published_library(

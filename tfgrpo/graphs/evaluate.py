@@ -18,7 +18,7 @@ from langgraph.graph.state import CompiledStateGraph
 from langgraph.store.base import BaseStore
 from langgraph.types import Checkpointer
 
-from tfgrpo.context import Context
+from tfgrpo.context import Context, EvalContext
 from tfgrpo.nodes.attempt import attempt, fan_out_attempts, prepare
 from tfgrpo.nodes.score import score
 from tfgrpo.state.graph_state import EvalInput, EvalOutput, EvalState
@@ -28,7 +28,8 @@ def build_eval_graph(*, studio: bool = False) -> StateGraph[EvalState, Context, 
     """``studio``: the user-facing input and output schemas instead of the full state."""
     builder = StateGraph(
         EvalState,
-        context_schema=Context,
+        # Studio's form shows only the fields this graph uses; nodes read either through as_context
+        context_schema=cast("type[Context]", EvalContext) if studio else Context,
         input_schema=EvalInput if studio else EvalState,
         output_schema=EvalOutput if studio else EvalState,
     )

@@ -17,7 +17,7 @@ from langgraph.graph.state import CompiledStateGraph
 from langgraph.store.base import BaseStore
 from langgraph.types import Checkpointer
 
-from tfgrpo.context import Context
+from tfgrpo.context import Context, LearnContext
 from tfgrpo.graphs.step import add_step
 from tfgrpo.nodes.schedule import advance, finish, route_next, select_batch, start
 from tfgrpo.nodes.validate import fan_out_validation, validate, validation_gate
@@ -28,7 +28,8 @@ def build_learn_graph(*, studio: bool = False) -> StateGraph[LearnState, Context
     """``studio``: the user-facing input and output schemas instead of the full state."""
     builder = StateGraph(
         LearnState,
-        context_schema=Context,
+        # Studio's form shows only the fields this graph uses; nodes read either through as_context
+        context_schema=cast("type[Context]", LearnContext) if studio else Context,
         input_schema=LearnInput if studio else LearnState,
         output_schema=LearnOutput if studio else LearnState,
     )

@@ -14,7 +14,7 @@ from langgraph.graph.state import CompiledStateGraph
 from langgraph.store.base import BaseStore
 from langgraph.types import Checkpointer
 
-from tfgrpo.context import Context
+from tfgrpo.context import Context, StepContext
 from tfgrpo.nodes.extract import extract
 from tfgrpo.nodes.reward import reward
 from tfgrpo.nodes.rollout import fan_out_rollouts, rollout
@@ -54,7 +54,8 @@ def build_step_graph(*, studio: bool = False) -> StateGraph[StepState, Context, 
     """``studio``: the user-facing input (batch, E, run id) and output (E, the step's report)."""
     builder = StateGraph(
         StepState,
-        context_schema=Context,
+        # Studio's form shows only the fields this graph uses; nodes read either through as_context
+        context_schema=cast("type[Context]", StepContext) if studio else Context,
         input_schema=StepInput if studio else StepState,
         output_schema=StepOutput if studio else StepState,
     )

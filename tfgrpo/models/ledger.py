@@ -427,10 +427,9 @@ def _thread_ledger() -> Ledger | None:
     store = runtime.store
     if not thread or store is None:
         return None
-    from tfgrpo.context import Context
+    from tfgrpo.context import as_context
 
-    raw = runtime.context
-    ctx = raw if isinstance(raw, Context) else Context(**raw) if isinstance(raw, dict) else Context()
+    ctx = as_context(runtime.context)
     slot = (id(store), str(thread))  # a thread id is unique within one store (server, database)
     with _default_lock:
         ledger = _threads.get(slot)

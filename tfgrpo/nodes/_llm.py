@@ -24,7 +24,7 @@ from langgraph.store.base import BaseStore, GetOp, Item
 from langgraph.store.memory import InMemoryStore
 from pydantic import BaseModel, ValidationError
 
-from tfgrpo.context import Context
+from tfgrpo.context import Context, as_context
 from tfgrpo.errors import ProviderError, StopRequested
 from tfgrpo.models.known_keys import known_keys
 from tfgrpo.models.ledger import CallFailed, current_ledger, explain, make_record, reserve_tokens, role_of
@@ -116,12 +116,8 @@ def memo_get_many(
 
 
 def context_of(runtime: Runtime[Any]) -> Context:
-    ctx = runtime.context
-    if ctx is None:
-        return Context()
-    if isinstance(ctx, dict):  # Studio / API server pass plain JSON
-        return Context(**ctx)
-    return ctx
+    """The full :class:`Context` from a graph's context (a Context, a graph's own schema, a dict)."""
+    return as_context(runtime.context)
 
 
 def policy_model(ctx: Context, *, with_tools: bool = False) -> tuple[BaseChatModel, str]:
