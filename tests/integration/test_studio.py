@@ -10,6 +10,7 @@ import socket
 import subprocess
 import time
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import httpx
@@ -28,25 +29,29 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
-@pytest.fixture(scope="module")
-def studio() -> Iterator[str]:
+@contextmanager
+def langgraph_dev(config: Path, **env_vars: str) -> Iterator[str]:
+    """``langgraph dev`` on a free port with ``config`` (a langgraph.json); yields its URL."""
     exe = shutil.which("langgraph")
     if exe is None:
         pytest.skip("langgraph CLI not installed (pip install -e '.[test]' installs langgraph-cli[inmem])")
     port = free_port()
     env = dict(os.environ, LANGSMITH_TRACING="false", LANGGRAPH_CLI_NO_ANALYTICS="1")
     env.pop("OPENAI_API_KEY", None)
-    log = open(REPO / ".langgraph_api.test.log", "w")  # noqa: SIM115 - closed below
+    env.update(env_vars)
+    log_path = config.parent / ".langgraph_api.test.log"
+    log = open(log_path, "w")  # noqa: SIM115 - closed below
     proc = subprocess.Popen(
-        [exe, "dev", "--no-browser", "--no-reload", "--host", "127.0.0.1", "--port", str(port)],
-        cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+        [exe, "dev", "--no-browser", "--no-reload", "--host", "127.0.0.1", "--port", str(port),
+         "--config", str(config)],
+        cwd=config.parent, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
     )  # fmt: skip
     url = f"http://127.0.0.1:{port}"
     try:
         deadline = time.time() + 120
         while time.time() < deadline:
             if proc.poll() is not None:
-                pytest.fail("langgraph dev exited: " + (REPO / ".langgraph_api.test.log").read_text()[-2000:])
+                pytest.fail("langgraph dev exited: " + log_path.read_text()[-2000:])
             try:
                 if httpx.get(f"{url}/ok", timeout=1).status_code == 200:
                     break
@@ -62,7 +67,15 @@ def studio() -> Iterator[str]:
         except subprocess.TimeoutExpired:
             os.killpg(proc.pid, signal.SIGKILL)
         log.close()
-        (REPO / ".langgraph_api.test.log").unlink(missing_ok=True)
+        log_path.unlink(missing_ok=True)
+        if config.parent != REPO:  # an example app: leave its directory as it was
+            shutil.rmtree(config.parent / ".langgraph_api", ignore_errors=True)
+
+
+@pytest.fixture(scope="module")
+def studio() -> Iterator[str]:
+    with langgraph_dev(REPO / "langgraph.json") as url:
+        yield url
 
 
 def test_studio_lists_the_graphs(studio: str) -> None:
@@ -308,3 +321,34 @@ def test_studio_failures_are_failures_with_the_clis_line(studio: str, fake_serve
     assert "refused the credentials (HTTP 401)" in infer(fake_server.base_url)["message"]
     fake_server.fail_next(1, status=404)
     assert "answered 404 (no such model or endpoint)" in infer(fake_server.base_url)["message"]
+
+
+def test_a_users_own_agent_in_studio_gets_e_from_a_studio_learn_run(fake_server: FakeOpenAIServer) -> None:
+    """Issue 22, finding 3: learn in ``langgraph dev``, then the user's own ``create_agent`` served beside it
+    (examples/studio_app) names that run: ``ExperienceMiddleware(run=RUN_ID)`` reads E from the server's
+    store, and the system prompt the model server receives holds E after the user's own prompt."""
+    from langgraph_sdk import get_sync_client
+
+    app = REPO / "examples" / "studio_app" / "langgraph.json"
+    with langgraph_dev(app, OPENAI_BASE_URL=fake_server.base_url, OPENAI_API_KEY="sk-not-used",
+                       TFGRPO_LIBRARY_RUN="team-math") as url:  # fmt: skip
+        client = get_sync_client(url=url)
+        before = client.runs.wait(
+            None, "agent", input={"messages": [{"role": "user", "content": "Hi"}]}, raise_error=False
+        )
+        assert isinstance(before, dict) and "run 'team-math': no step has finished" in str(before), before
+        learned = client.runs.wait(
+            client.threads.create()["thread_id"],
+            "learn",
+            input={"dataset": "rg:basic_arithmetic:size=4:seed=1", "run_id": "team-math"},
+            context=small_learn_context(fake_server),
+        )
+        assert isinstance(learned, dict) and learned["library"]["items"], learned
+        answer = client.runs.wait(
+            None, "agent", input={"messages": [{"role": "user", "content": "Calculate 7 + 5."}]}
+        )
+        assert isinstance(answer, dict) and answer["messages"][-1]["type"] == "ai", answer
+    system = fake_server.requests[-1]["messages"][0]
+    assert system["role"] == "system" and fake_server.requests[-1]["model"] == "gpt-4o-mini"
+    assert system["content"].startswith("You are Acme's arithmetic assistant.")
+    assert all(f"[{i['id']}] {i['text']}" in system["content"] for i in learned["library"]["items"])
