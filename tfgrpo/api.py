@@ -15,6 +15,8 @@ context bound, so it behaves like any Runnable.
 
 from __future__ import annotations
 
+import json
+import tempfile
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import asdict, replace
 from pathlib import Path
@@ -119,7 +121,8 @@ class ExperiencedAgent(Runnable[Any, dict[str, Any]]):
 
 
 def experienced_agent(library: str | Path | None = None, **settings: Any) -> ExperiencedAgent:
-    """The inference agent with E from ``library`` (a library.json or run directory, or None for no E).
+    """The inference agent with E from ``library`` (a library.json or run directory, the run id of a learn
+    run in ``$TFGRPO_DATABASE_URL``, or None for no E).
 
     ``settings`` are :class:`tfgrpo.context.Context` fields: ``model``, ``base_url``, ``domain``
     (direct | math | search), ``corpus``, ``temperature``, ``max_model_calls``, ...
@@ -129,10 +132,19 @@ def experienced_agent(library: str | Path | None = None, **settings: Any) -> Exp
 
         validate_prompts(settings["prompts"])  # a bad prompt override fails here, before any call
     if library is not None:
-        load_library(library)  # fail early, with a clear message
+        loaded = load_library(library)  # fail early, with a clear message
+        if not Path(library).exists():  # a learn run's id in the database: its E, saved for the agent
+            library = _saved_library(str(library), loaded)
         settings["library"] = str(library)
     settings.setdefault("temperature", 0.0)
     return ExperiencedAgent(_with_settings(Context(), settings))
+
+
+def _saved_library(run_id: str, library: Library) -> Path:
+    folder = Path(tempfile.gettempdir()) / "tfgrpo-published" / run_id
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "library.json").write_text(json.dumps(library, indent=2, ensure_ascii=False), encoding="utf-8")
+    return folder
 
 
 def _with_settings(ctx: Context, settings: dict[str, Any]) -> Context:

@@ -16,7 +16,7 @@ from langgraph.store.memory import InMemoryStore
 
 import tfgrpo
 from tfgrpo import ExperienceMiddleware
-from tfgrpo.api import load_library
+from tfgrpo.api import experienced_agent, load_library
 from tfgrpo.errors import ConfigError
 from tfgrpo.runs.backends import open_backend
 from tfgrpo.state.published import library_namespace, publish_library, published_library
@@ -94,6 +94,9 @@ def test_the_database_comes_from_the_environment_as_for_the_cli(
     # ExperienceMiddleware(run=...) finds it through the same variable
     agent = user_agent(fake_server, ExperienceMiddleware(run="from-env"))
     agent.invoke({"messages": [HumanMessage("Hi")]})  # type: ignore[attr-defined]
+    assert all(item["text"] in system_prompt_sent(fake_server) for item in result.library["items"])
+    # ... and so does tfgrpo's own agent (experienced_agent)
+    experienced_agent("from-env", model="openai:fake", base_url=fake_server.base_url).invoke("Hi")
     assert all(item["text"] in system_prompt_sent(fake_server) for item in result.library["items"])
 
 
