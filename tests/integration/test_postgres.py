@@ -205,3 +205,33 @@ def test_advisory_lock_is_released_when_its_holder_dies(postgres_url: str) -> No
     finally:
         if holder.poll() is None:
             holder.kill()
+
+
+def test_the_python_api_learns_into_postgresql_from_the_environment_and_a_users_agent_reads_it(
+    fake_server: FakeOpenAIServer, postgres_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:  # fmt: skip
+    """Issue 22, finding 4: tfgrpo.learn() honours $TFGRPO_DATABASE_URL (it used to go to SQLite in the run
+    directory), quietly; ExperienceMiddleware(run=...) then finds the run's E in the same database."""
+    from langchain.agents import create_agent
+    from langchain_openai import ChatOpenAI
+
+    import tfgrpo
+
+    monkeypatch.setenv("TFGRPO_DATABASE_URL", postgres_url)
+    rows = [{"question": f"Calculate {a} + {a}.", "answer": str(2 * a)} for a in (3, 4, 5)]
+    result = tfgrpo.learn(
+        rows, model="openai:fake", base_url=fake_server.base_url, run_dir=tmp_path / "nb", run_id="nb-s0",
+        epochs=1, batch_size=3, group_size=2, verbose=False, progress=False,
+    )  # fmt: skip
+    assert capsys.readouterr().out == ""
+    assert not (tmp_path / "nb" / "checkpoints.sqlite").exists() and checkpoints_of(
+        postgres_url, "nb-s0/learn"
+    )
+    model = ChatOpenAI(model="app", base_url=fake_server.base_url, api_key="x", max_retries=0)  # type: ignore[arg-type]
+    agent = create_agent(
+        model, [], system_prompt="Be brief.", middleware=[tfgrpo.ExperienceMiddleware(run="nb-s0")]
+    )
+    agent.invoke({"messages": [("user", "Calculate 1 + 1.")]})
+    system = fake_server.requests[-1]["messages"][0]["content"]
+    assert result.library["items"] and all(i["text"] in system for i in result.library["items"])
