@@ -204,8 +204,7 @@ class Context:
     retry_backoff: float = field(default=1.0, metadata={"description": "First retry delay, seconds."})
 
     def __post_init__(self) -> None:
-        for f in fields(self):
-            check_field(f.name, getattr(self, f.name))
+        check_fields(self)
 
     def settings_fingerprint(self) -> str:
         """Hash of the run-defining settings, stored in state to refuse an inconsistent resume."""
@@ -227,8 +226,8 @@ _EXPECTED = {
 }
 # what a string field holds, where "a string" alone would not tell a user what to write
 _EXPECTED_TEXT = {
-    "prices": 'a string: inline JSON {"MODEL": {"input": USD per 1M tokens, "output": USD per 1M}} or the '
-    "path of such a JSON file",
+    "prices": 'an object {"MODEL": {"input": USD per 1M tokens, "output": USD per 1M}}, that object as '
+    "JSON text, or the path of such a JSON file",
 }
 
 
@@ -275,6 +274,18 @@ def check_field(name: str, value: Any) -> None:
         raise ConfigError(f"context field {name!r}: expected {expected}, got {_shown(value)}")
 
 
+def check_fields(settings: Any) -> None:
+    """Check every field of a :class:`Context` (or a graph's schema); a price table given as an object
+    (Studio's JSON) becomes the JSON text the field holds."""
+    if isinstance(getattr(settings, "prices", None), Mapping):
+        try:
+            settings.prices = json.dumps(settings.prices)
+        except (TypeError, ValueError) as exc:
+            raise ConfigError(f"context field 'prices': not a JSON object ({exc})") from None
+    for f in fields(settings):
+        check_field(f.name, getattr(settings, f.name))
+
+
 def check_names(given: Iterable[str], known: Iterable[str]) -> None:
     """Refuse context fields the graph does not take, suggesting the field a near miss meant."""
     names = list(known)
@@ -298,8 +309,7 @@ class GraphContext:
     """Base of the per-graph context schemas: the fields one graph uses, checked like :class:`Context`."""
 
     def __post_init__(self) -> None:
-        for f in fields(self):  # type: ignore[arg-type]
-            check_field(f.name, getattr(self, f.name))
+        check_fields(self)
 
     def to_context(self) -> Context:
         return Context(**{f.name: getattr(self, f.name) for f in fields(self)})  # type: ignore[arg-type]

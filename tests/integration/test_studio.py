@@ -182,8 +182,8 @@ def test_studio_context_values_are_checked(studio: str) -> None:
             "context field 'max_model_calls': expected an integer",
         ),
         (
-            {"model": "openai:x", "prices": {"x": {"input": 1, "output": 1}}},
-            "context field 'prices': expected",
+            {"model": "openai:x", "prices": ["x", 1]},
+            "context field 'prices': expected an object",
         ),
     ]
     for context, message in cases:

@@ -18,7 +18,7 @@ from tfgrpo.graphs.step import graph as step_graph
 
 BAD_VALUES = [
     ({"max_model_calls": "4"}, "context field 'max_model_calls': expected an integer, got the string \"4\""),
-    ({"prices": {"m": {"input": 1, "output": 2}}}, "context field 'prices': expected a string"),
+    ({"prices": ["m", 1]}, "context field 'prices': expected an object"),
     ({"temperature": "hot"}, "context field 'temperature': expected a number"),
     ({"unsafe_python": "yes"}, "context field 'unsafe_python': expected true or false"),
     ({"top_p": [1]}, "context field 'top_p': expected a number or null, got a list"),
@@ -33,6 +33,12 @@ def test_a_value_of_the_wrong_type_is_one_line_naming_the_field(values: dict[str
     # the same through a graph given a dict (LangGraph builds the graph's context schema from it)
     with pytest.raises(ConfigError, match=message.split(":")[0]):
         inference_graph.invoke({"question": "Hi"}, context={"model": "scripted:m", **values})
+
+
+def test_a_price_table_given_as_an_object_is_taken_as_its_json() -> None:
+    # Studio's JSON: an object is what a user writes for prices (it used to raise AttributeError)
+    ctx = as_context({"prices": {"m": {"input": 1, "output": 2}}})
+    assert ctx.prices == '{"m": {"input": 1, "output": 2}}'
 
 
 def test_numbers_stay_numbers() -> None:
