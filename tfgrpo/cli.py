@@ -395,6 +395,11 @@ def _add_eval_args(p: argparse.ArgumentParser, *, attribute: bool = False) -> No
     p.add_argument(
         "--retry-failed", action="store_true", help="run the failed runs of a finished evaluation again"
     )
+    p.add_argument(
+        "--exclude-failed",
+        action="store_true",
+        help="leave failed runs (API error after retries) out of Mean@k / Pass@k instead of scoring them 0",
+    )
     _add_db_args(p, run_id=True)
     _add_track_arg(p)
     _add_field_args(p)
@@ -675,6 +680,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
         progress=not args.no_progress,
         ledger=ledger_from_args(args, ctx),
         retry_failed=args.retry_failed,
+        exclude_failed=args.exclude_failed,
         attribute=args.command == "attribute",
         db=db,
         run_id=args.run_id or "",
