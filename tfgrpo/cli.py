@@ -15,6 +15,7 @@ from pathlib import Path
 from types import FrameType
 from typing import TYPE_CHECKING, Any
 
+from tfgrpo.checks import check_command_options
 from tfgrpo.context import Context
 from tfgrpo.errors import TfgrpoError
 from tfgrpo.runs.backends import database_url
@@ -604,7 +605,7 @@ def cmd_heldout(args: argparse.Namespace, ctx: Context, *, default: str) -> int:
     dataset = map_fields(args, args.heldout) if args.heldout is not None else default
     if not dataset:
         return 0
-    k = args.heldout_k or HELDOUT_K
+    k = HELDOUT_K if args.heldout_k is None else args.heldout_k  # 0 is refused, never replaced
     run_dir = Path(args.run_dir)
     eval_ctx = replace(ctx, dataset=dataset, library=str(run_dir), validation="")
     print(
@@ -941,6 +942,7 @@ def main(argv: list[str] | None = None) -> int:
     signal.signal(signal.SIGINT, _default_sigint)
     try:
         args = parse_args(argv)
+        check_command_options(args)
         check_python_sandbox(args)
         if args.command == "learn":
             preset = "embedded" if is_embedded(args.model) else "model"
