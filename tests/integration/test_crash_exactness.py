@@ -315,3 +315,35 @@ def test_pid_in_lock_file_is_the_holders(tmp_path: Path) -> None:
         lock.release()
         other.acquire()
         other.release()
+
+
+def test_deleting_the_lock_file_does_not_let_a_second_writer_in(
+    fake_server: FakeOpenAIServer, tmp_path: Path
+) -> None:
+    """The lock is on the run directory itself: removing RUN/.lock under a holder changes nothing."""
+    from tfgrpo.runs.runlock import FileRunLock, RunLocked
+
+    run_dir = tmp_path / "run"
+    holder = subprocess.Popen([sys.executable, "-c", textwrap.dedent(f"""
+        import time
+        from pathlib import Path
+        from tfgrpo.runs.runlock import FileRunLock
+        Path({str(run_dir)!r}).mkdir(parents=True)
+        FileRunLock(Path({str(run_dir)!r})).acquire()
+        print("locked", flush=True)
+        time.sleep(600)
+    """)], env=cli_env(), stdout=subprocess.PIPE, text=True)  # fmt: skip
+    try:
+        assert holder.stdout is not None and holder.stdout.readline().strip() == "locked"
+        (run_dir / ".lock").unlink()
+        with pytest.raises(RunLocked):
+            FileRunLock(run_dir).acquire()
+        out = tfgrpo(learn_args(fake_server, run_dir))
+        line = one_line_refusal(out, "in use by")
+        assert "one tfgrpo process per run directory" in line
+        assert fake_server.requests == []
+    finally:
+        holder.kill()
+        holder.wait(timeout=10)
+    out = tfgrpo(learn_args(fake_server, run_dir))  # the holder gone: the run starts
+    assert out.returncode == 0, out.stdout + out.stderr
