@@ -11,6 +11,11 @@ from tfgrpo.context import Context
 from tfgrpo.errors import ConfigError
 
 STRUCTURED_METHODS = ("function_calling", "json_mode", "json_schema")
+# Upper bounds of the options counted in seconds or retries: a value beyond them is a typo, and a
+# huge one would only fail later, mid-run and paid for (1e12 s overflows the clock: OverflowError).
+MAX_SECONDS = 86_400.0  # a day per LLM call or Python run
+MAX_BACKOFF = 3_600.0
+MAX_RETRIES = 100
 
 
 def _option(name: str) -> str:
@@ -64,13 +69,20 @@ def check_corpus(ctx: Context) -> None:
 
 def check_ledger_options(args: Any) -> None:
     """The ledger's command-line options: retries, backoff and budgets."""
-    check_number("max_retries", args.max_retries, low=0)
-    check_number("retry_backoff", args.retry_backoff, low=0)
+    check_number("max_retries", args.max_retries, low=0, high=MAX_RETRIES)
+    check_number("retry_backoff", args.retry_backoff, low=0, high=MAX_BACKOFF)
     for name in ("budget_usd", "budget_tokens"):
         value = getattr(args, name)
         check_number(name, value, low=0)
         if value is not None and value <= 0:
             raise ConfigError(f"{_option(name)} must be positive, got {value!r}")
+
+
+def check_command_options(args: Any) -> None:
+    """Options of a command that are not settings of the run (checked before learning, so that the
+    held-out evaluation that follows it cannot fail on them once the learning is paid for)."""
+    for name in ("heldout_k", "k"):
+        check_number(name, getattr(args, name, None), low=1)
 
 
 def check_context(ctx: Context) -> None:
@@ -99,7 +111,7 @@ def check_context(ctx: Context) -> None:
     check_number("validation_tolerance", ctx.validation_tolerance, low=0, high=1)
     for name in ("request_timeout", "python_timeout"):
         value = getattr(ctx, name)
-        check_number(name, value, low=0)
+        check_number(name, value, low=0, high=MAX_SECONDS)
         if value == 0:
             raise ConfigError(f"{_option(name)} must be more than 0 seconds")
     if ctx.structured_method not in STRUCTURED_METHODS:

@@ -15,6 +15,7 @@ from pathlib import Path
 from types import FrameType
 from typing import TYPE_CHECKING, Any
 
+from tfgrpo.checks import check_command_options
 from tfgrpo.context import Context
 from tfgrpo.errors import ProviderError, TfgrpoError
 from tfgrpo.runs.backends import database_url
@@ -395,6 +396,11 @@ def _add_eval_args(p: argparse.ArgumentParser, *, attribute: bool = False) -> No
     p.add_argument(
         "--retry-failed", action="store_true", help="run the failed runs of a finished evaluation again"
     )
+    p.add_argument(
+        "--exclude-failed",
+        action="store_true",
+        help="leave failed runs (API error after retries) out of Mean@k / Pass@k instead of scoring them 0",
+    )
     _add_db_args(p, run_id=True)
     _add_track_arg(p)
     _add_field_args(p)
@@ -599,7 +605,7 @@ def cmd_heldout(args: argparse.Namespace, ctx: Context, *, default: str) -> int:
     dataset = map_fields(args, args.heldout) if args.heldout is not None else default
     if not dataset:
         return 0
-    k = args.heldout_k or HELDOUT_K
+    k = HELDOUT_K if args.heldout_k is None else args.heldout_k  # 0 is refused, never replaced
     run_dir = Path(args.run_dir)
     eval_ctx = replace(ctx, dataset=dataset, library=str(run_dir), validation="")
     print(
@@ -675,6 +681,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
         progress=not args.no_progress,
         ledger=ledger_from_args(args, ctx),
         retry_failed=args.retry_failed,
+        exclude_failed=args.exclude_failed,
         attribute=args.command == "attribute",
         db=db,
         run_id=args.run_id or "",
@@ -929,6 +936,7 @@ def main(argv: list[str] | None = None) -> int:
     signal.signal(signal.SIGINT, _default_sigint)
     try:
         args = parse_args(argv)
+        check_command_options(args)
         check_python_sandbox(args)
         if args.command == "learn":
             preset = "embedded" if is_embedded(args.model) else "model"

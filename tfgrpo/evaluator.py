@@ -20,7 +20,13 @@ from tfgrpo.checks import check_context
 from tfgrpo.context import Context
 from tfgrpo.data import dataset_fingerprint, load_dataset
 from tfgrpo.errors import ConfigError
-from tfgrpo.evals.report import verdict, write_attribution_report, write_eval_report
+from tfgrpo.evals.report import (
+    FAILED_EXCLUDED,
+    FAILED_ZERO,
+    verdict,
+    write_attribution_report,
+    write_eval_report,
+)
 from tfgrpo.evals.rewards import ground_truth_reward, warm_up
 from tfgrpo.graphs.evaluate import compile_eval_graph
 from tfgrpo.models.cache import use_llm_cache
@@ -113,10 +119,12 @@ def run_eval(
     run_id: str = "",
     track: str = "",
     track_traces: bool = False,
+    exclude_failed: bool = False,
 ) -> int:
     """``tfgrpo eval`` (library vs baseline) or, with ``attribute``, ``tfgrpo attribute``: E against E
     without each of its experiences (leave-one-out), on the same questions and seeds; ``track`` is
-    ``--track`` (:mod:`tfgrpo.runs.tracking`)."""
+    ``--track`` (:mod:`tfgrpo.runs.tracking`). A failed run scores 0 in the metrics, or is left out
+    with ``exclude_failed``."""
     if k < 1:
         raise ConfigError("--k must be at least 1")
     check_context(ctx)
@@ -135,6 +143,7 @@ def run_eval(
         arms = (["library"] if ctx.library else []) + (["baseline"] if baseline or not ctx.library else [])
     settings = eval_settings(ctx, arms=arms, k=k, seed=seed, queries=queries)
     settings["mode"] = "attribute" if attribute else "compare"
+    settings["failed_runs"] = FAILED_EXCLUDED if exclude_failed else FAILED_ZERO
     if ctx.library and not settings["library_items"]:
         print(f"note: {ctx.library} holds no experience: both arms get the same prompt", flush=True)
     check_eval_resume(eval_dir, settings)
@@ -193,7 +202,13 @@ def _evaluate(
 ) -> int:
     store = backend.store
     graph = compile_eval_graph(checkpointer=backend.saver, store=store)
-    fresh_input: EvalState = {"questions": queries, "arms": arms, "k": k, "seed": seed}
+    fresh_input: EvalState = {
+        "questions": queries,
+        "arms": arms,
+        "k": k,
+        "seed": seed,
+        "failed_runs": settings["failed_runs"],
+    }
     total = len(queries) * k * len(arms)
     config, graph_input, spent = _plan_round(graph, backend, eval_dir, ctx, fresh_input, retry_failed)
     if config is not None:
@@ -220,6 +235,7 @@ def _evaluate(
         if code:
             return code
     results = graph.get_state(_config(eval_dir, ctx, backend)).values.get("results", [])
+    _record_failed_runs_policy(eval_dir, settings)
     if library is not None:
         report = write_attribution_report(eval_dir, settings, queries, results, library)
         _print_attribution(report, eval_dir)
@@ -237,6 +253,15 @@ def _evaluate(
         )
         return 1
     return 0
+
+
+def _record_failed_runs_policy(eval_dir: Path, settings: dict[str, Any]) -> None:
+    """The reports follow this command's ``--exclude-failed`` (it changes no run, only the scoring), and
+    eval.json says so, so that ``tfgrpo report`` rebuilds the same numbers."""
+    path = eval_dir / "eval.json"
+    recorded = json.loads(path.read_text(encoding="utf-8")) if path.exists() else {}
+    if recorded and recorded.get("failed_runs") != settings["failed_runs"]:
+        atomic_write(path, json.dumps({**recorded, "failed_runs": settings["failed_runs"]}, indent=2) + "\n")
 
 
 def eval_complete(values: dict[str, Any]) -> bool:
@@ -295,13 +320,14 @@ def _plan_round(
 
 
 def _print_comparison(report: dict[str, Any], eval_dir: Path, k: int) -> None:
+    policy = report["settings"]["failed_runs"]
     for arm, a in report["arms"].items():
         if a["mean_at_k"] is None:
             print(f"{arm:>8}: no usable run ({a['runs_failed']} failed; see report.md)")
             continue
         print(
             f"{arm:>8}: Mean@{k} {a['mean_at_k']:.3f} (95% CI {a['ci_low']:.3f} .. {a['ci_high']:.3f})  "
-            f"Pass@{k} {a['pass_at_k']:.3f}  failed runs {a['runs_failed']}  ${a['cost_usd']:.4f}"
+            f"Pass@{k} {a['pass_at_k']:.3f}  failed runs {a['runs_failed']} ({policy})  ${a['cost_usd']:.4f}"
         )
     print(verdict(report["comparison"]))
     print(f"report: {eval_dir / 'report.md'}   plot: {eval_dir / 'comparison.png'}")

@@ -4,6 +4,7 @@ outputs after every step, graceful Ctrl-C, and resume by running the same comman
 from __future__ import annotations
 
 import sys
+import uuid
 from pathlib import Path
 from typing import Any, cast
 
@@ -24,9 +25,12 @@ from tfgrpo.models.spec import resolve_spec
 from tfgrpo.nodes.policy import build_models
 from tfgrpo.runs.backends import Backend, open_backend, spent_in_store
 from tfgrpo.runs.gc_tuning import quiet_gc
+from tfgrpo.runs.pglock import redacted
 from tfgrpo.runs.rundir import (
     RunDir,
     check_resume,
+    check_store_holds_run,
+    mark_run,
     open_store,
     run_stoppably,
     show_progress,
@@ -175,19 +179,26 @@ def _learn(
     snapshot = graph.get_state(config)
     values = dict(snapshot.values or {})
     check_resume(values, ctx, queries)
+    if values.get("run_id"):
+        where = str(run.store) if not backend.shared else f"the run's store in {redacted(backend.url)}"
+        check_store_holds_run(
+            store, values["run_id"], where, f"start fresh with another --run-dir (or delete {run_dir})"
+        )
     # Complete only when the graph says so: ``advance`` sets ``done`` after the last step. An empty
     # ``snapshot.next`` is not enough: it is also empty when a task's writes are stored but the next
     # checkpoint is not (a kill there), and such a run must continue.
     if values.get("done"):
         history = _final_outputs(run, store, values)
         print(f"run in {run_dir} is already complete ({len(history)} steps)")
-        return 0
+        return _failed_run_exit(history, run_dir)
     graph_input: dict[str, Any] | None = None if values else {"seed": seed}
-    if graph_input is not None and backend.shared:  # the run id keys its store items in a shared database
-        graph_input["run_id"] = backend.run_id
     if not values:
         run.refuse_new_run_over_outputs()
     tracker.start("learn", settings_params(ctx, seed=seed))  # a bad tracking URI stops here, before any call
+    if graph_input is not None:
+        # the run id keys its store items (given in a shared database); the store knows it from the start
+        graph_input["run_id"] = backend.run_id if backend.shared else uuid.uuid4().hex
+        mark_run(store, graph_input["run_id"])
     if values:
         print(f"resuming {run_dir} at step {values.get('step', 0)} of {n_steps}", flush=True)
     else:
@@ -246,7 +257,12 @@ def _learn(
     gated = gate_summary(history)
     if gated:
         print(gated)
-    failure = nothing_worked(history, errors)
+    return _failed_run_exit(history, run_dir, errors)
+
+
+def _failed_run_exit(history: list[StepReport], run_dir: Path, errors: list[str] | None = None) -> int:
+    """1 with a one-line error when nothing of the run worked (the first time and every time after)."""
+    failure = nothing_worked(history, errors or [])
     if failure:
         print(f"tfgrpo: error: {failure}; what there is was saved in {run_dir}", file=sys.stderr)
         return 1

@@ -36,6 +36,13 @@ BAD = [
     (["--validation-tolerance", "-0.1"], "--validation-tolerance"),
     (["--max-retries", "-1"], "--max-retries"),
     (["--retry-backoff", "-1"], "--retry-backoff"),
+    (["--retry-backoff", "1e12"], "--retry-backoff"),
+    (["--request-timeout", "1e12"], "--request-timeout"),
+    (["--max-retries", "1000000"], "--max-retries"),
+    # refused before the learning is paid for, under its own name, never silently replaced by 4
+    (["--heldout", "rg:basic_arithmetic:size=2:seed=9", "--heldout-k", "0"], "--heldout-k"),
+    (["--heldout", "rg:basic_arithmetic:size=2:seed=9", "--heldout-k", "-1"], "--heldout-k"),
+    (["--heldout-k", "0"], "--heldout-k"),
     (["--learner-temperature", "3"], "--learner-temperature"),
     (["--domain", "search"], "--corpus"),
     (["--domain", "search", "--corpus", "missing.jsonl"], "missing.jsonl"),

@@ -315,3 +315,97 @@ def test_pid_in_lock_file_is_the_holders(tmp_path: Path) -> None:
         lock.release()
         other.acquire()
         other.release()
+
+
+def test_deleting_the_lock_file_does_not_let_a_second_writer_in(
+    fake_server: FakeOpenAIServer, tmp_path: Path
+) -> None:
+    """The lock is on the run directory itself: removing RUN/.lock under a holder changes nothing."""
+    from tfgrpo.runs.runlock import FileRunLock, RunLocked
+
+    run_dir = tmp_path / "run"
+    holder = subprocess.Popen([sys.executable, "-c", textwrap.dedent(f"""
+        import time
+        from pathlib import Path
+        from tfgrpo.runs.runlock import FileRunLock
+        Path({str(run_dir)!r}).mkdir(parents=True)
+        FileRunLock(Path({str(run_dir)!r})).acquire()
+        print("locked", flush=True)
+        time.sleep(600)
+    """)], env=cli_env(), stdout=subprocess.PIPE, text=True)  # fmt: skip
+    try:
+        assert holder.stdout is not None and holder.stdout.readline().strip() == "locked"
+        (run_dir / ".lock").unlink()
+        with pytest.raises(RunLocked):
+            FileRunLock(run_dir).acquire()
+        out = tfgrpo(learn_args(fake_server, run_dir))
+        line = one_line_refusal(out, "in use by")
+        assert "one tfgrpo process per run directory" in line
+        assert fake_server.requests == []
+    finally:
+        holder.kill()
+        holder.wait(timeout=10)
+    out = tfgrpo(learn_args(fake_server, run_dir))  # the holder gone: the run starts
+    assert out.returncode == 0, out.stdout + out.stderr
+
+
+def _outputs(run_dir: Path) -> dict[str, bytes]:
+    names = ("report.json", "report.md", "learning_curve.png", "library.json")
+    return {name: (run_dir / name).read_bytes() for name in names if (run_dir / name).exists()}
+
+
+def test_an_emptied_store_of_a_finished_run_is_refused_not_rewritten_as_zero_steps(
+    fake_server: FakeOpenAIServer, tmp_path: Path
+) -> None:
+    run_dir = tmp_path / "run"
+    finished_run(fake_server, run_dir)
+    (run_dir / "store.sqlite").write_bytes(b"")  # : > RUN/store.sqlite
+    before = _outputs(run_dir)
+    assert "report.md" in before and "learning_curve.png" in before
+    fake_server.reset_stats()
+    out = tfgrpo(learn_args(fake_server, run_dir, "--epochs", "1"))
+    one_line_refusal(out, "store.sqlite", "another --run-dir")
+    assert "already complete" not in out.stdout
+    assert _outputs(run_dir) == before
+    assert fake_server.requests == []
+
+
+def test_a_foreign_store_is_refused(fake_server: FakeOpenAIServer, tmp_path: Path) -> None:
+    mine, other = tmp_path / "mine", tmp_path / "other"
+    finished_run(fake_server, mine)
+    finished_run(fake_server, other)
+    for extra in ("", "-wal", "-shm"):
+        Path(str(mine / "store.sqlite") + extra).unlink(missing_ok=True)
+    (mine / "store.sqlite").write_bytes((other / "store.sqlite").read_bytes())
+    before = _outputs(mine)
+    out = tfgrpo(learn_args(fake_server, mine, "--epochs", "1"))
+    one_line_refusal(out, "store.sqlite", "another --run-dir")
+    assert _outputs(mine) == before
+
+
+def test_an_emptied_store_of_a_running_run_is_refused_without_traceback(
+    fake_server: FakeOpenAIServer, tmp_path: Path
+) -> None:
+    run_dir = tmp_path / "run"
+    killed = killed_at("variance_gate", 2, learn_args(fake_server, run_dir))
+    assert killed.returncode == -signal.SIGKILL, killed.stdout + killed.stderr
+    (run_dir / "store.sqlite").write_bytes(b"")
+    fake_server.reset_stats()
+    out = tfgrpo(learn_args(fake_server, run_dir))
+    one_line_refusal(out, "store.sqlite", "another --run-dir")
+    assert fake_server.requests == []
+
+
+def test_a_finished_run_where_every_call_failed_keeps_exiting_1(tmp_path: Path) -> None:
+    with FakeOpenAIServer() as server:
+        dead_url = server.base_url  # a port where nothing listens any more
+    run_dir = tmp_path / "run"
+    args = ["learn", "--dataset", "rg:basic_arithmetic:size=2:seed=1", "--model", "openai:fake",
+            "--base-url", dead_url, "--run-dir", str(run_dir), "--epochs", "1", "--batch-size", "2",
+            "--group-size", "2", "--no-progress", "--max-retries", "0"]  # fmt: skip
+    first = tfgrpo(args)
+    assert first.returncode == 1, first.stdout + first.stderr
+    again = tfgrpo(args)
+    assert again.returncode == 1, again.stdout + again.stderr
+    lines = again.stderr.strip().splitlines()
+    assert len(lines) == 1 and "every LLM call of this run failed" in lines[0], again.stderr

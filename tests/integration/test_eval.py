@@ -214,6 +214,49 @@ def test_retry_failed_reruns_only_the_failed_runs(eval_server: FakeOpenAIServer,
         assert [a["n_runs"] for a in report["arms"].values()] == [32, 32]
 
 
+def test_failed_runs_score_zero_and_exclude_failed_is_recorded(
+    eval_server: FakeOpenAIServer, tmp_path: Path
+) -> None:
+    library = write_library(tmp_path / "library.json")
+    eval_dir = tmp_path / "eval"
+    eval_server.fail_next(5, status=400)  # not transient: 5 runs of the library arm fail for good
+    first = tfgrpo(*eval_args(eval_server, eval_dir, library, "--max-concurrency", "1"))
+    assert first.returncode == 0, first.stderr
+    report = json.loads((eval_dir / "report.json").read_text())
+    lib, base = report["arms"]["library"], report["arms"]["baseline"]
+    assert (lib["runs_failed"], base["runs_failed"]) == (5, 0)
+    assert lib["n_runs"] == base["n_runs"] == 32  # every planned run counts, the failed ones as 0
+    assert json.loads((eval_dir / "eval.json").read_text())["failed_runs"] == "scored 0"
+    assert "failed runs 5 (scored 0)" in first.stdout and "failed runs 0 (scored 0)" in first.stdout
+    assert "failed runs scored 0" in (eval_dir / "report.md").read_text()
+
+    # the same finished evaluation scored the other way: no request, the report and eval.json say so
+    eval_server.reset_stats()
+    excluded = tfgrpo(*eval_args(eval_server, eval_dir, library, "--exclude-failed"))
+    assert excluded.returncode == 0, excluded.stderr
+    assert eval_server.requests == []
+    report = json.loads((eval_dir / "report.json").read_text())
+    assert [a["n_runs"] for a in report["arms"].values()] == [27, 32]
+    # paired on the same run indices: the 5 failed library runs leave their baseline twins out too
+    runs = {
+        (r["arm"], r["query_id"], r["i"]): r["reward"]
+        for r in json.loads((eval_dir / "results.json").read_text())["results"]
+    }
+    diffs = []
+    for q in report["questions"]:
+        kept = [i for i in range(4) if runs[("library", q["id"], i)] is not None]
+        if kept:
+            lib_mean = sum(runs[("library", q["id"], i)] for i in kept) / len(kept)
+            diffs.append(lib_mean - sum(runs[("baseline", q["id"], i)] for i in kept) / len(kept))
+    assert report["comparison"]["diff"] == pytest.approx(sum(diffs) / len(diffs))
+    assert json.loads((eval_dir / "eval.json").read_text())["failed_runs"] == "excluded"
+    assert "failed runs excluded" in (eval_dir / "report.md").read_text()
+    assert "failed runs 5 (excluded)" in excluded.stdout
+    (eval_dir / "report.md").unlink()
+    assert tfgrpo("report", str(eval_dir)).returncode == 0
+    assert "failed runs excluded" in (eval_dir / "report.md").read_text()
+
+
 def attribution_responder(body: dict) -> dict:
     """Right with probability (2 + [G1 shown] - [G2 shown]) / 4 by seed: G1 helps, G2 hurts, G3 is inert."""
     system = body["messages"][0]["content"]

@@ -130,7 +130,7 @@ def test_library_arm_without_library_is_refused(model: ScriptedChatModel) -> Non
     assert model.calls == []
 
 
-def test_failed_runs_are_counted_not_scored(tmp_path: Path) -> None:
+def test_failed_runs_are_counted_and_scored_zero(tmp_path: Path) -> None:
     def flaky(body: dict[str, Any]) -> dict[str, Any]:
         if body.get("seed", 0) % 3 == 0:
             raise ValueError("model exploded")
@@ -147,8 +147,13 @@ def test_failed_runs_are_counted_not_scored(tmp_path: Path) -> None:
     )
     total_failed = sum(a["runs_failed"] for a in report["arms"].values())
     assert total_failed == len(failed)
-    assert sum(a["n_runs"] for a in report["arms"].values()) == len(out["results"]) - len(failed)
-    assert "Failed runs" in eval_markdown(report) and "model exploded" in eval_markdown(report)
+    # every planned run is scored (failed ones as 0) ...
+    assert sum(a["n_runs"] for a in report["arms"].values()) == len(out["results"])
+    assert "Failed runs (scored 0)" in eval_markdown(report) and "model exploded" in eval_markdown(report)
+    # ... unless excluded
+    settings = {"dataset": DATASET, "arms": out["arms"], "k": 3, "seed": 1, "failed_runs": "excluded"}
+    excluded = build_eval_report(settings, out["questions"], out["results"])
+    assert sum(a["n_runs"] for a in excluded["arms"].values()) == len(out["results"]) - len(failed)
 
 
 def test_an_empty_library_is_still_evaluated_against_the_baseline(
@@ -167,4 +172,56 @@ def test_an_empty_library_is_still_evaluated_against_the_baseline(
     report = build_eval_report({"dataset": DATASET, "arms": out["arms"], "k": 2, "seed": 3}, out["questions"],
                                out["results"])  # fmt: skip
     assert report["comparison"]["diff"] == 0 and report["comparison"]["p_value"] == 1.0
-    assert "spans zero" in eval_markdown(report)
+    assert "not reliable: no verdict" in eval_markdown(report)  # 6 questions: too few for one
+
+
+def _result(arm: str, qid: str, i: int, reward: float | None) -> Any:
+    return {
+        "arm": arm, "query_id": qid, "i": i, "reward": reward, "answer": "" if reward is None else "x",
+        "error": "APIError: server said no" if reward is None else None,
+        "calls": 1, "input_tokens": 1, "output_tokens": 1, "cost_usd": 0.0,
+    }  # fmt: skip
+
+
+def _failing_results() -> tuple[list[dict[str, Any]], list[Any]]:
+    """q1: library 1, FAIL, 0, 0 / baseline 0, 1, 1, 1; q2: 1, 1, 1, 1 / 0, 0, FAIL, 0."""
+    questions = [{"id": "q1", "answer": "1"}, {"id": "q2", "answer": "2"}]
+    rows = {
+        ("library", "q1"): [1.0, None, 0.0, 0.0],
+        ("baseline", "q1"): [0.0, 1.0, 1.0, 1.0],
+        ("library", "q2"): [1.0, 1.0, 1.0, 1.0],
+        ("baseline", "q2"): [0.0, 0.0, None, 0.0],
+    }
+    results = [_result(arm, q, i, r) for (arm, q), rewards in rows.items() for i, r in enumerate(rewards)]
+    return questions, results
+
+
+def test_failed_runs_score_zero_by_default_and_are_shown() -> None:
+    questions, results = _failing_results()
+    settings = {"dataset": "d.jsonl", "arms": ["library", "baseline"], "k": 4, "seed": 0}
+    report = build_eval_report(settings, questions, results)
+    lib, base = report["arms"]["library"], report["arms"]["baseline"]
+    assert report["settings"]["failed_runs"] == "scored 0"
+    # every planned run counts: the failed one is a 0, not left out
+    assert lib["mean_at_k"] == pytest.approx((0.25 + 1.0) / 2)
+    assert base["mean_at_k"] == pytest.approx((0.75 + 0.0) / 2)
+    assert lib["n_runs"] == base["n_runs"] == 8
+    assert lib["runs_failed"] == base["runs_failed"] == 1
+    assert lib["pass_at_1"] == pytest.approx((0.25 + 1.0) / 2)
+    assert report["comparison"]["diff"] == pytest.approx(lib["mean_at_k"] - base["mean_at_k"])
+    text = eval_markdown(report)
+    assert "failed runs scored 0" in text and "--exclude-failed" in text
+    assert "## Failed runs (scored 0)" in text
+
+
+def test_exclude_failed_leaves_them_out_and_pairs_the_same_run_indices() -> None:
+    questions, results = _failing_results()
+    settings = {"dataset": "d.jsonl", "arms": ["library", "baseline"], "k": 4, "seed": 0}
+    report = build_eval_report({**settings, "failed_runs": "excluded"}, questions, results)
+    lib, base = report["arms"]["library"], report["arms"]["baseline"]
+    assert report["settings"]["failed_runs"] == "excluded"
+    assert lib["mean_at_k"] == pytest.approx((1 / 3 + 1.0) / 2)  # today's behaviour per arm
+    assert lib["n_runs"] == base["n_runs"] == 7
+    # paired on run indices usable in both arms: q1 runs 0, 2, 3 (1,0,0 vs 0,1,1); q2 runs 0, 1, 3
+    assert report["comparison"]["diff"] == pytest.approx(((1 / 3 - 2 / 3) + 1.0) / 2)
+    assert "failed runs excluded" in eval_markdown(report)

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import itertools
 import random
 from math import comb
 
+import numpy as np
 import pytest
 
 from tfgrpo.evals.metrics import arm_summary, mean_at_k, paired_comparison, pass_at_k
@@ -206,3 +208,99 @@ def test_paired_without_shared_questions_raises() -> None:
         paired_comparison({"q1": [1.0]}, {"q2": [1.0]})
     with pytest.raises(ValueError, match="no question"):
         paired_comparison({"q1": []}, {"q1": [1.0]})
+
+
+# ------------------------------------------------------- one verdict: interval and p-value that agree
+
+
+def test_paired_issue_example_four_questions_no_narrow_interval_beside_large_p() -> None:
+    # issue 20: 4 questions, +0.375, percentile CI +0.125..+0.5 beside p = 0.245
+    a = {"q1": [1.0, 1.0], "q2": [1.0, 0.5], "q3": [0.5, 0.5], "q4": [1.0, 0.5]}
+    b = {"q1": [0.5, 0.5], "q2": [0.5, 0.5], "q3": [0.0, 0.0], "q4": [0.5, 0.5]}
+    r = paired_comparison(a, b)
+    assert r["n_questions"] == 4
+    assert r["spans_zero"] is True  # p > 0.05: the interval must contain 0 too
+    assert r["p_value"] > 0.05
+    assert r["reliable"] is False  # below MIN_QUESTIONS: no verdict
+
+
+Arm = dict[str, list[float]]
+
+
+def _random_dataset(rng: np.random.Generator, n: int) -> tuple[Arm, Arm]:
+    k = int(rng.integers(1, 5))
+    p_b = rng.uniform(0.0, 1.0, n)
+    p_a = np.clip(p_b + rng.normal(rng.choice([0.0, 0.1, 0.3]), 0.2, n), 0.0, 1.0)
+    a = {f"q{i}": (rng.random(k) < p_a[i]).astype(float).tolist() for i in range(n)}
+    b = {f"q{i}": (rng.random(k) < p_b[i]).astype(float).tolist() for i in range(n)}
+    return a, b
+
+
+def test_paired_interval_excludes_zero_exactly_when_p_at_most_alpha() -> None:
+    """The interval is the inverted sign-flip test (same sign vectors), so 'CI excludes 0' and
+    'p <= 1 - confidence' are one and the same statement, on every dataset."""
+    rng = np.random.default_rng(2026)
+    seen = {True: 0, False: 0}
+    for trial in range(300):
+        n = int(rng.choice([3, 6, 10, 14, 25, 60]))
+        a, b = _random_dataset(rng, n)
+        r = paired_comparison(a, b, n_resamples=2000, seed=trial)
+        excludes = not r["spans_zero"]
+        assert excludes == (r["p_value"] <= 0.05), (n, r)
+        assert r["ci_low"] <= r["diff"] <= r["ci_high"]
+        seen[excludes] += 1
+    assert min(seen.values()) > 30  # both verdicts were exercised
+
+
+def test_paired_interval_bounds_match_a_brute_force_inversion() -> None:
+    from tfgrpo.evals.metrics import sign_flip_test
+
+    rng = np.random.default_rng(4)
+    d = rng.normal(0.1, 0.3, 9)
+    signs = np.array(list(itertools.product([-1.0, 1.0], repeat=9)))
+    lo, hi, p0 = sign_flip_test(d, signs, 0.05)
+
+    def p_at(mu: float) -> float:
+        x = d - mu
+        return float(np.mean(np.abs((signs * x).mean(axis=1)) >= abs(x.mean()) - 1e-12))
+
+    assert p0 == pytest.approx(p_at(0.0))
+    assert p_at(lo + 1e-6) > 0.05 and p_at(hi - 1e-6) > 0.05
+    assert p_at(lo - 1e-6) <= 0.05 and p_at(hi + 1e-6) <= 0.05
+
+
+@pytest.mark.parametrize("n", [10, 30, 100])
+@pytest.mark.parametrize("effect", [0.0, 0.15])
+def test_paired_interval_coverage_by_simulation(n: int, effect: float) -> None:
+    """Nominal 95%, checked on 2000 simulated evaluations of the realistic kind: k = 4 Bernoulli runs
+    per question, per-question difficulty, a library that helps some questions more than others (mean
+    effect known). Measured (seeds as here): 97.9 / 95.4 % at n = 10 (no effect / effect; ties between
+    discrete differences make the test conservative), 96.6 / 96.3 at 30, 95.6 / 95.4 at 100. The
+    standard error of one figure is 0.5 point."""
+    from tfgrpo.evals.metrics import sign_flip_intervals, sign_vectors
+
+    rng = np.random.default_rng(n)
+    reps, k = 2000, 4
+    p_b = rng.uniform(0.05, 0.7, (reps, n))
+    p_a = p_b + effect * rng.uniform(0.0, 2.0, (reps, n))
+    true_mu = (p_a - p_b).mean(axis=1)  # the mean difference over these questions
+    d = rng.binomial(k, p_a) / k - rng.binomial(k, p_b) / k
+    signs = sign_vectors(n, np.random.default_rng(0), 2000)
+    lo, hi, _ = sign_flip_intervals(d, signs, 0.05)
+    coverage = float(np.mean((lo <= true_mu) & (true_mu <= hi)))
+    assert 0.93 <= coverage <= 0.985, coverage
+
+
+def test_paired_below_minimum_questions_gives_no_verdict() -> None:
+    from tfgrpo.evals.metrics import MIN_QUESTIONS
+    from tfgrpo.evals.report import verdict
+
+    a = {f"q{i}": [1.0] for i in range(MIN_QUESTIONS - 1)}
+    b = {f"q{i}": [0.0] for i in range(MIN_QUESTIONS - 1)}
+    r = paired_comparison(a, b)
+    assert r["reliable"] is False
+    text = verdict(r)
+    assert "not reliable" in text and "better" not in text
+    r = paired_comparison({**a, "z": [1.0]}, {**b, "z": [0.0]})
+    assert r["reliable"] is True and r["spans_zero"] is False
+    assert "better" in verdict(r)

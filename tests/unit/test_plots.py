@@ -86,3 +86,9 @@ def test_comparison_text_format() -> None:
     comparison = {"diff": 0.5, "ci_low": 0.5, "ci_high": 0.5, "p_value": 0.0002, "n_questions": 20}
     text = _comparison_text({**comparison, "spans_zero": False})
     assert "spans" not in text and "p = 0.0002" in text
+
+
+def test_comparison_text_below_the_minimum_questions_gives_no_verdict() -> None:
+    comparison = {"diff": 0.375, "ci_low": -1.0, "ci_high": 1.0, "p_value": 0.125, "n_questions": 4}
+    text = _comparison_text({**comparison, "spans_zero": True, "reliable": False})
+    assert text.endswith("(too few questions: no verdict)")

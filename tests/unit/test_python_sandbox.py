@@ -336,3 +336,66 @@ def test_tools_never_import_nodes_or_graphs() -> None:
                 names = [node.module or ""]
             for name in names:
                 assert not name.startswith(("tfgrpo.nodes", "tfgrpo.graphs")), f"{path.name} imports {name}"
+
+
+def _venv_under_tmp() -> Path:
+    """A venv made the way CI systems and newcomers do (``python3 -m venv /tmp/...``)."""
+    root = Path(__import__("tempfile").mkdtemp(prefix="tfgrpo-venv-", dir="/tmp"))
+    made = subprocess.run(
+        [sys.executable, "-m", "venv", "--system-site-packages", "--without-pip", str(root / "venv")],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    if made.returncode != 0:
+        shutil.rmtree(root, ignore_errors=True)
+        pytest.skip(f"cannot create a venv under /tmp here: {made.stderr.strip()[-200:]}")
+    return root
+
+
+@needs_bwrap
+def test_the_sandbox_starts_when_python_lives_under_tmp() -> None:
+    root = _venv_under_tmp()
+    try:
+        script = textwrap.dedent("""
+            import json, sys
+            from tfgrpo.tools.python_exec import run_python, sandbox_problem
+            code = (
+                "import os, sys, tempfile\\n"
+                "open('/tmp/x.txt', 'w').write('ok')\\n"
+                "print(sys.prefix, open('/tmp/x.txt').read(), os.path.realpath(tempfile.gettempdir()),"
+                " os.getcwd(), os.path.realpath('/tmp'))\\n"
+            )
+            result = run_python(code, timeout=20)
+            print(json.dumps({"problem": sandbox_problem(), "ok": result.ok, "stdout": result.stdout,
+                              "error": result.error, "prefix": sys.prefix}))
+        """)
+        out = subprocess.run(
+            [str(root / "venv" / "bin" / "python"), "-c", script],
+            env={**os.environ, "PYTHONPATH": str(REPO)},
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+        assert out.returncode == 0, out.stderr
+        seen = __import__("json").loads(out.stdout.strip().splitlines()[-1])
+        assert seen["prefix"].startswith("/tmp/")
+        assert seen["problem"] is None, seen
+        assert seen["ok"], seen
+        prefix, written, tmpdir, cwd, tmp = seen["stdout"].split()
+        assert prefix == seen["prefix"] and written == "ok"  # the venv's own Python, a writable /tmp
+        assert tmpdir == cwd == tmp  # scratch: TMPDIR, cwd and /tmp are one private place
+    finally:
+        shutil.rmtree(root, ignore_errors=True)
+
+
+def test_a_sandbox_failure_names_its_cause() -> None:
+    """Only a refused namespace is blamed on AppArmor / user namespaces; any other bwrap error is shown
+    as it is, with what the sandbox was mounting."""
+    other = python_exec.bwrap_failure("/usr/bin/bwrap", "bwrap: Can't make symlink at /tmp: File exists")
+    assert "Can't make symlink at /tmp: File exists" in other
+    assert "AppArmor" not in other and "user namespaces" not in other
+    refused = python_exec.bwrap_failure("/usr/bin/bwrap", "bwrap: setting up uid map: Permission denied")
+    assert "AppArmor" in refused and "user namespaces" in refused
+    refused = python_exec.bwrap_failure("/usr/bin/bwrap", "bwrap: No permissions to create new namespace")
+    assert "AppArmor" in refused

@@ -220,7 +220,9 @@ def _comparison_text(comparison: Mapping[str, Any]) -> str:
         f"library - baseline: {diff:+.3f} ({level}% CI {low:+.2f} .. {high:+.2f}), "
         f"p = {p_text}, n = {int(comparison['n_questions'])}"
     )
-    if comparison.get("spans_zero"):
+    if not comparison.get("reliable", True):
+        text += "  (too few questions: no verdict)"
+    elif comparison.get("spans_zero"):
         text += "  (CI spans 0)"
     return text
 

@@ -10,22 +10,65 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from tfgrpo.evals.metrics import arm_summary, paired_comparison
+from tfgrpo.evals.metrics import MIN_QUESTIONS, arm_summary, paired_comparison
 from tfgrpo.runs.rundir import atomic_write
 from tfgrpo.state.types import AttemptResult
 
 RESAMPLES = 10_000
 
 
+# What a failed run (API error after retries, a reward that could not be computed) counts as: 0 by
+# default, like the reference implementation, so every planned run counts and two arms with different
+# failure counts are compared on the same runs; ``--exclude-failed`` leaves them out instead.
+FAILED_ZERO = "scored 0"
+FAILED_EXCLUDED = "excluded"
+
+
+def failed_runs_policy(settings: Mapping[str, Any]) -> str:
+    """``settings["failed_runs"]``; an evaluation that does not say (older ``eval.json``) scores them 0."""
+    policy = str(settings.get("failed_runs") or FAILED_ZERO)
+    if policy not in (FAILED_ZERO, FAILED_EXCLUDED):
+        raise ValueError(f"failed_runs must be {FAILED_ZERO!r} or {FAILED_EXCLUDED!r}, got {policy!r}")
+    return policy
+
+
 def rewards_by_question(
-    results: Sequence[AttemptResult], arm: str, question_ids: Sequence[str]
+    results: Sequence[AttemptResult], arm: str, question_ids: Sequence[str], *, exclude_failed: bool = False
 ) -> dict[str, list[float]]:
-    """Usable rewards per question, in run order; failed runs are left out (and counted elsewhere)."""
+    """Rewards per question, in run order; a failed run is a 0, or left out with ``exclude_failed``
+    (failures are counted per arm either way)."""
     out: dict[str, list[float]] = {qid: [] for qid in question_ids}
     for r in sorted(results, key=lambda r: r["i"]):
-        if r["arm"] == arm and r["reward"] is not None:
-            out.setdefault(r["query_id"], []).append(float(r["reward"]))
+        if r["arm"] == arm and not (exclude_failed and r["reward"] is None):
+            out.setdefault(r["query_id"], []).append(float(r["reward"] or 0.0))
     return out
+
+
+def paired_rewards(
+    results: Sequence[AttemptResult],
+    arm_a: str,
+    arm_b: str,
+    question_ids: Sequence[str],
+    *,
+    exclude_failed: bool = False,
+) -> tuple[dict[str, list[float]], dict[str, list[float]]]:
+    """The two arms' rewards per question on the same run indices: run i of one arm is paired with run
+    i of the other (they share their sampling seed). With ``exclude_failed`` an index failed in either
+    arm is left out of both."""
+    runs: dict[tuple[str, str], dict[int, float | None]] = {}
+    for r in results:
+        if r["arm"] in (arm_a, arm_b):
+            runs.setdefault((r["arm"], r["query_id"]), {})[r["i"]] = r["reward"]
+    a: dict[str, list[float]] = {}
+    b: dict[str, list[float]] = {}
+    for qid in question_ids:
+        ra, rb = runs.get((arm_a, qid), {}), runs.get((arm_b, qid), {})
+        both = sorted(
+            i for i in ra.keys() & rb.keys() if not (exclude_failed and (ra[i] is None or rb[i] is None))
+        )
+        a[qid] = [float(ra[i] or 0.0) for i in both]
+        b[qid] = [float(rb[i] or 0.0) for i in both]
+    return a, b
 
 
 def build_eval_report(
@@ -35,7 +78,9 @@ def build_eval_report(
     ids = [q["id"] for q in questions]
     arms: list[str] = list(settings["arms"])
     k, seed = int(settings["k"]), int(settings.get("seed", 0))
-    by_arm = {arm: rewards_by_question(results, arm, ids) for arm in arms}
+    policy = failed_runs_policy(settings)
+    exclude = policy == FAILED_EXCLUDED
+    by_arm = {arm: rewards_by_question(results, arm, ids, exclude_failed=exclude) for arm in arms}
     summaries: dict[str, Any] = {}
     for arm in arms:
         mine = [r for r in results if r["arm"] == arm]
@@ -62,9 +107,8 @@ def build_eval_report(
     comparison: dict[str, Any] | None = None
     if "library" in arms and "baseline" in arms:
         try:
-            comparison = dict(
-                paired_comparison(by_arm["library"], by_arm["baseline"], n_resamples=RESAMPLES, seed=seed)
-            )
+            paired = paired_rewards(results, "library", "baseline", ids, exclude_failed=exclude)
+            comparison = dict(paired_comparison(*paired, n_resamples=RESAMPLES, seed=seed))
         except ValueError as exc:  # no question has usable runs in both arms
             comparison = {"error": str(exc)}
     per_question = []
@@ -83,11 +127,24 @@ def build_eval_report(
             }
         per_question.append(row)
     return {
-        "settings": dict(settings),
+        "settings": {**settings, "failed_runs": policy},
         "arms": summaries,
         "comparison": comparison,
         "questions": per_question,
     }
+
+
+def failed_runs_note(settings: Mapping[str, Any]) -> str:
+    """The sentence of report.md saying how failed runs were counted."""
+    if failed_runs_policy(settings) == FAILED_EXCLUDED:
+        return (
+            "failed runs excluded from Mean@k and Pass@k (--exclude-failed); "
+            "paired on the run indices usable in both arms"
+        )
+    return (
+        "failed runs scored 0 in Mean@k and Pass@k "
+        "(every planned run counts; --exclude-failed leaves them out)"
+    )
 
 
 def _fmt(x: Any, digits: int = 3) -> str:
@@ -101,6 +158,13 @@ def verdict(comparison: Mapping[str, Any] | None) -> str:
     if "error" in comparison:
         return f"No comparison: {comparison['error']}"
     diff, lo, hi = comparison["diff"], comparison["ci_low"], comparison["ci_high"]
+    n = comparison["n_questions"]
+    if not comparison.get("reliable", True):
+        return (
+            f"Library minus baseline Mean@k: {diff:+.3f} over only {n} paired questions "
+            f"(p = {comparison['p_value']:.3g}). With fewer than {MIN_QUESTIONS} questions the interval is "
+            "not reliable: no verdict; evaluate more questions."
+        )
     span = f"{diff:+.3f} (95% CI {lo:+.3f} .. {hi:+.3f}, p = {comparison['p_value']:.3g})"
     if comparison["spans_zero"]:
         return (
@@ -122,12 +186,13 @@ def eval_markdown(report: Mapping[str, Any]) -> str:
         f"- model: `{s.get('model') or 'embedded default'}`, domain: {s.get('domain')}, "
         f"reward: {s.get('reward')}, temperature: {s.get('temperature')}",
         f"- library: `{s.get('library') or '-'}` ({s.get('library_items', 0)} experiences)",
+        f"- {failed_runs_note(s)}",
         "",
         "## Result",
         "",
         verdict(report.get("comparison")),
         "",
-        f"| arm | Mean@{k} | 95% CI | Pass@1 | Pass@{k} | runs ok / planned | failed | tokens / question "
+        f"| arm | Mean@{k} | 95% CI | Pass@1 | Pass@{k} | runs scored / planned | failed | tokens / question "
         "| $ / question |",
         "|---|---|---|---|---|---|---|---|---|",
     ]
@@ -142,13 +207,15 @@ def eval_markdown(report: Mapping[str, Any]) -> str:
         lines += [
             "",
             f"Paired over {c['n_questions']} questions (run i of both arms shares its sampling seed): "
-            f"library better on {c['wins']}, worse on {c['losses']}, tied on {c['ties']}. CI: paired "
-            "percentile bootstrap over questions; p: two-sided paired sign-flip test "
-            f"({RESAMPLES} resamples).",
+            f"library better on {c['wins']}, worse on {c['losses']}, tied on {c['ties']}. p: two-sided "
+            "paired sign-flip test over questions (exact below 14 questions, else "
+            f"{RESAMPLES} random sign vectors); CI: the same test inverted, so it excludes 0 exactly "
+            "when p <= 0.05.",
         ]
     failed = {arm: a["failure_reasons"] for arm, a in report["arms"].items() if a["failure_reasons"]}
     if failed:
-        lines += ["", "## Failed runs (left out of the metrics)", ""]
+        how = "left out of the metrics" if failed_runs_policy(s) == FAILED_EXCLUDED else "scored 0"
+        lines += ["", f"## Failed runs ({how})", ""]
         for arm, reasons in failed.items():
             lines += [f"- {arm}: {n} x {why}" for why, n in reasons.items()]
     arms = list(report["arms"])
@@ -223,7 +290,9 @@ def build_attribution_report(
     over questions. Positive: the experience helps; an interval entirely below zero: it hurts."""
     ids = [q["id"] for q in questions]
     k, seed = int(settings["k"]), int(settings.get("seed", 0))
-    full = rewards_by_question(results, "full", ids)
+    policy = failed_runs_policy(settings)
+    exclude = policy == FAILED_EXCLUDED
+    full = rewards_by_question(results, "full", ids, exclude_failed=exclude)
     try:
         full_summary: dict[str, Any] | None = dict(arm_summary(full, k, n_resamples=RESAMPLES, seed=seed))
     except ValueError:
@@ -233,21 +302,23 @@ def build_attribution_report(
         arm = f"without:{item['id']}"
         row: dict[str, Any] = {"id": item["id"], "text": item["text"]}
         try:
-            cmp = paired_comparison(
-                full, rewards_by_question(results, arm, ids), n_resamples=RESAMPLES, seed=seed
-            )
+            paired = paired_rewards(results, "full", arm, ids, exclude_failed=exclude)
+            cmp = paired_comparison(*paired, n_resamples=RESAMPLES, seed=seed)
         except ValueError as exc:
             row.update(contribution=None, ci_low=None, ci_high=None, p_value=None, verdict="no data")
             row["error"] = str(exc)
         else:
             lo, hi = cmp["ci_low"], cmp["ci_high"]
             row.update(contribution=cmp["diff"], ci_low=lo, ci_high=hi, p_value=cmp["p_value"])
-            row["verdict"] = "helps" if lo > 0 else "hurts" if hi < 0 else "unclear"
+            if not cmp["reliable"]:  # too few questions for the interval to mean anything
+                row["verdict"] = "too few questions"
+            else:
+                row["verdict"] = "helps" if lo > 0 else "hurts" if hi < 0 else "unclear"
         rows.append(row)
     rows.sort(key=lambda r: -1e9 if r["contribution"] is None else -r["contribution"])
     failed = sum(1 for r in results if r["reward"] is None)
     return {
-        "settings": dict(settings),
+        "settings": {**settings, "failed_runs": policy},
         "full": full_summary,
         "items": rows,
         "runs": len(results),
@@ -268,11 +339,13 @@ def attribution_markdown(report: Mapping[str, Any]) -> str:
         + (
             f"{full['mean_at_k']:.3f} (95% CI {full['ci_low']:.3f} .. {full['ci_high']:.3f})" if full else "-"
         ),
-        f"- runs: {report['runs']} ({report['runs_failed']} failed, left out), ${report['cost_usd']:.4f}",
+        f"- runs: {report['runs']} ({report['runs_failed']} failed), ${report['cost_usd']:.4f}; "
+        + failed_runs_note(s),
         "",
         "Contribution = Mean@k with E minus Mean@k with E without the experience, paired over questions "
         "(run i of every variant shares its sampling seed). `helps` / `hurts`: the 95% interval is above / "
-        "below zero; `unclear`: it spans zero (no evidence either way).",
+        "below zero; `unclear`: it spans zero (no evidence either way); `too few questions`: fewer than "
+        f"{MIN_QUESTIONS} questions, the interval is not reliable.",
         "",
         "| id | contribution | 95% CI | p | verdict | experience |",
         "|---|---|---|---|---|---|",

@@ -410,6 +410,25 @@ def check_resume(values: dict[str, Any], ctx: Context, queries: list[Query]) -> 
         )
 
 
+def mark_run(store: BaseStore, run_id: str) -> None:
+    """Put the run's identity in its store before its first step, so that a resume can tell the run's
+    store from an emptied one or another run's (:func:`check_store_holds_run`)."""
+    store.put(("tfgrpo", run_id or "default", "run"), "identity", {"run_id": run_id}, index=False)
+
+
+def check_store_holds_run(store: BaseStore, run_id: str, where: str, fresh: str) -> None:
+    """A checkpoint names its run; the store beside it must hold something of that run (its identity,
+    E, step reports, the result memo). An emptied store (``: > store.sqlite``) or another run's would
+    make a finished run look like 0 steps and rewrite its reports, or a running one die mid-step: refused
+    in one line, like a damaged checkpoints.sqlite."""
+    if store.search(("tfgrpo", run_id or "default"), limit=1):
+        return
+    raise DamagedRun(
+        f"{where} is damaged (it holds nothing of this run: emptied, or another run's store): this run "
+        f"cannot resume from it; {fresh}"
+    )
+
+
 def history_namespace(run_id: str) -> tuple[str, ...]:
     return ("tfgrpo", run_id or "default", "history")
 

@@ -2,9 +2,11 @@
 
 Two processes on one directory would both pay for every call and the last writer would win, so
 ``learn``, ``eval`` and ``attribute`` hold a lock for as long as they run. The lock is an OS file lock
-(``flock``) on ``RUN_DIR/.lock``: the kernel drops it when its process dies, however it dies, so a lock
-left by a killed process is taken over by the next one without any clean-up. The file holds the PID of
-the holder, for the error message of the process that is refused.
+(``flock``) on the run directory itself (a descriptor of the directory): the kernel drops it when its
+process dies, however it dies, so a lock left by a killed process is taken over by the next one without
+any clean-up, and unlike a lock file the directory cannot be deleted from under its holder while the
+run's files are in it (deleting ``RUN_DIR/.lock`` let a second process in). ``RUN_DIR/.lock`` only
+holds the PID of the holder, for the error message of the process that is refused.
 
 The interface is :class:`RunLock` (``acquire`` / ``release``, or ``with``) and :func:`lock_run_dir`; a
 lock held somewhere else (e.g. a database advisory lock) implements the same two methods.
@@ -45,7 +47,7 @@ class RunLock(Protocol):
 
 
 class FileRunLock:
-    """``flock`` on ``DIR/.lock``; the lock file keeps the holder's PID."""
+    """``flock`` on ``DIR`` itself; ``DIR/.lock`` keeps the holder's PID."""
 
     def __init__(self, directory: Path) -> None:
         self.directory = Path(directory)
@@ -55,16 +57,14 @@ class FileRunLock:
     def acquire(self) -> None:
         if self._fd is not None:
             return
-        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+        fd = os.open(self.directory, os.O_RDONLY | os.O_DIRECTORY)
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
-            pid = _read_pid(fd)
             os.close(fd)
-            raise RunLocked(str(self.directory), pid) from None
+            raise RunLocked(str(self.directory), _read_pid(self.path)) from None
         # ours now (a PID left in the file by a dead holder is simply overwritten)
-        os.ftruncate(fd, 0)
-        os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+        self.path.write_text(f"{os.getpid()}\n", encoding="ascii")
         self._fd = fd
 
     def release(self) -> None:
@@ -72,7 +72,10 @@ class FileRunLock:
             return
         fd, self._fd = self._fd, None
         try:
-            os.ftruncate(fd, 0)
+            if _read_pid(self.path) == os.getpid():
+                self.path.write_text("", encoding="ascii")
+        except OSError:
+            pass  # the PID note is only for messages; the lock itself is the descriptor
         finally:
             os.close(fd)  # closing the descriptor drops the flock
 
@@ -84,9 +87,9 @@ class FileRunLock:
         self.release()
 
 
-def _read_pid(fd: int) -> int | None:
+def _read_pid(path: Path) -> int | None:
     try:
-        text = os.pread(fd, 32, 0).decode("ascii", "replace").strip()
+        text = path.read_text(encoding="ascii", errors="replace").strip()
         return int(text) if text else None
     except (OSError, ValueError):
         return None

@@ -73,6 +73,8 @@ class EvalState(TypedDict):
     dataset: NotRequired[str]
     library: NotRequired[str]
     baseline: NotRequired[bool]
+    # how score counts a failed run: "scored 0" (default) or "excluded" (--exclude-failed)
+    failed_runs: NotRequired[str]
     # the scores, once every run is done
     metrics: NotRequired[dict[str, Any]]
     comparison: NotRequired[dict[str, Any] | None]

@@ -449,12 +449,28 @@ def _probe(bwrap: str | None) -> str | None:
         return f"bubblewrap ({bwrap}) cannot run: {type(exc).__name__}: {exc}".replace("\n", " ")
     if done.returncode != 0:
         why = _last_line(done.stderr.decode("utf-8", "replace")) or f"exit code {done.returncode}"
+        return bwrap_failure(bwrap, why)
+    return None
+
+
+# bwrap's words when the kernel or a security module refuses it a namespace
+_NAMESPACE_REFUSED = re.compile(r"namespace|uid map|gid map|setgroups", re.IGNORECASE)
+
+
+def bwrap_failure(bwrap: str, why: str) -> str:
+    """One line for a sandbox that would not start: the AppArmor / user-namespace advice only when the
+    namespace was refused; any other failure (a mount, a path) as bwrap said it, with what was mounted."""
+    if _NAMESPACE_REFUSED.search(why):
         return (
             f"bubblewrap ({bwrap}) cannot start its sandbox here: {why} (it needs user namespaces; on "
             "Ubuntu 24.04 load the bwrap-userns-restrict AppArmor profile or set sysctl "
             "kernel.apparmor_restrict_unprivileged_userns=0)"
         )
-    return None
+    mounted = ", ".join(["/usr", *_python_dirs()])
+    return (
+        f"bubblewrap ({bwrap}) cannot start its sandbox here: {why} (while mounting {mounted} read-only "
+        f"and a private {_SCRATCH} and /tmp)"
+    )
 
 
 def _bwrap_argv(
@@ -489,15 +505,21 @@ def _bwrap_argv(
             argv += ["--ro-bind", top, top]
     for name in ("ld.so.cache", "ld.so.conf", "ld.so.conf.d", "alternatives", "localtime"):
         argv += ["--ro-bind-try", f"/etc/{name}", f"/etc/{name}"]
-    for prefix in _python_dirs():
-        argv += ["--ro-bind", prefix, prefix]
     argv += ["--proc", "/proc", "--dev", "/dev", "--remount-ro", "/dev"]  # /dev/shm: no unbounded tmpfs
+    pythons = _python_dirs()
+    # The scratch tmpfs is /scratch, with /tmp a symlink to it; when Python lives under /tmp (python3 -m
+    # venv /tmp/venv) /tmp must be a directory to mount it in, so the scratch is /tmp and /scratch the link.
+    at_tmp = any(d == "/tmp" or d.startswith("/tmp/") for d in pythons)
+    place, link = ("/tmp", _SCRATCH) if at_tmp else (_SCRATCH, "/tmp")
     if version >= (0, 7):
-        argv += ["--size", str(SCRATCH_LIMIT), "--tmpfs", _SCRATCH]
+        argv += ["--size", str(SCRATCH_LIMIT), "--tmpfs", place]
     else:
-        argv += ["--bind", scratch, _SCRATCH]
-    argv += ["--symlink", _SCRATCH, "/tmp", "--ro-bind", code_path, _CODE_PATH]
-    argv += ["--remount-ro", "/", "--chdir", _SCRATCH]  # bwrap's root is a tmpfs without a size limit
+        argv += ["--bind", scratch, place]
+    argv += ["--symlink", place, link]
+    for prefix in pythons:  # after the scratch: one under /tmp is mounted inside it
+        argv += ["--ro-bind", prefix, prefix]
+    argv += ["--ro-bind", code_path, _CODE_PATH]
+    argv += ["--remount-ro", "/", "--chdir", place]  # bwrap's root is a tmpfs without a size limit
     if filter_fd is not None:
         argv += ["--seccomp", str(filter_fd)]
     return [*argv, "--"]
