@@ -9,6 +9,7 @@ from urllib.parse import urlparse
 
 from tfgrpo.context import Context
 from tfgrpo.errors import ConfigError
+from tfgrpo.evals.rewards import check_reward_datasets
 
 STRUCTURED_METHODS = ("function_calling", "json_mode", "json_schema")
 # Upper bounds of the options counted in seconds or retries: a value beyond them is a typo, and a
@@ -117,4 +118,5 @@ def check_context(ctx: Context) -> None:
     if ctx.structured_method not in STRUCTURED_METHODS:
         raise ConfigError(f"structured_method must be one of {', '.join(STRUCTURED_METHODS)}")
     check_base_url(ctx.base_url)
+    check_reward_datasets(ctx.reward, ctx.dataset, ctx.validation)
     check_corpus(ctx)

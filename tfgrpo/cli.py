@@ -102,6 +102,8 @@ def apply_main_job_defaults(args: argparse.Namespace) -> bool:
         args.lesson_pattern = MAIN_JOB_LESSON_PATTERN
     if getattr(args, "extract_ops", None) is None:
         args.extract_ops = MAIN_JOB_EXTRACT_OPS
+    # its prompt, grammar and README figures are built on boxed answers checked by math-verify
+    args.reward = args.reward or "math"
     return True
 
 
@@ -176,8 +178,8 @@ def _add_agent_args(p: argparse.ArgumentParser, *, demo: bool, temperature: floa
     p.add_argument(
         "--reward",
         default=None,
-        help="math | exact_match | f1 | judge | majority (no ground truth) | module:function (default: the "
-        "domain's: math, or judge for search)",
+        help="math | exact_match | f1 | rg | judge | majority (no ground truth) | module:function (default: "
+        "rg, the task's own scorer, for an rg: dataset; else the domain's: math, or judge for search)",
     )
     p.add_argument(
         "--domain",
@@ -478,6 +480,13 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def reward_of(args: argparse.Namespace, *datasets: str) -> str:
+    """``--reward``, else the task's own scorer for reasoning_gym datasets, else the domain's."""
+    from tfgrpo.evals.rewards import default_reward
+
+    return args.reward or default_reward(DOMAIN_REWARDS[args.domain], *datasets)
+
+
 def require_positive(ctx: Context, *names: str) -> None:
     for name in names:
         if getattr(ctx, name) < 1:
@@ -486,10 +495,11 @@ def require_positive(ctx: Context, *names: str) -> None:
 
 def context_from_args(args: argparse.Namespace, *, preset: str, **override: Any) -> Context:
     sized = {name: getattr(args, name) for name in PRESETS[preset]}
+    dataset = args.dataset if args.dataset is not None else PRESETS[preset]["dataset"]
     values = {
         **{name: PRESETS[preset][name] if value is None else value for name, value in sized.items()},
         "temperature": args.temperature,
-        "reward": args.reward or DOMAIN_REWARDS[args.domain],
+        "reward": reward_of(args, dataset, args.validation),
         "experiences_per_group": args.experiences_per_group,
         "max_library_items": args.max_library_items,
         "max_library_tokens": args.max_library_tokens,
@@ -607,7 +617,9 @@ def cmd_heldout(args: argparse.Namespace, ctx: Context, *, default: str) -> int:
         return 0
     k = HELDOUT_K if args.heldout_k is None else args.heldout_k  # 0 is refused, never replaced
     run_dir = Path(args.run_dir)
-    eval_ctx = replace(ctx, dataset=dataset, library=str(run_dir), validation="")
+    eval_ctx = replace(
+        ctx, dataset=dataset, reward=reward_of(args, dataset), library=str(run_dir), validation=""
+    )
     print(
         f"\nheld-out evaluation: E against the baseline (same model without E), paired, k={k}, on {dataset}"
     )
@@ -663,7 +675,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
         args,
         dataset=map_fields(args, args.dataset),
         judge_model=args.judge_model,
-        reward=args.reward or DOMAIN_REWARDS[args.domain],
+        reward=reward_of(args, args.dataset),
         max_tokens=max_tokens,
         max_concurrency=args.max_concurrency,
         request_timeout=args.request_timeout,

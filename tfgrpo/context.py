@@ -42,7 +42,11 @@ class Context:
     )
     reward: str = field(
         default="math",
-        metadata={"description": "math | exact_match | f1 | module:function returning a float in [0,1]."},
+        metadata={
+            "description": "math | exact_match | f1 | rg (a reasoning_gym task's own scorer; the CLI's "
+            "and Python API's default for rg: datasets) | judge | majority | module:function returning a "
+            "float in [0,1]."
+        },
     )
     domain: str = field(
         default="direct",

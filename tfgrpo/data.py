@@ -83,7 +83,7 @@ from tfgrpo.state.types import Query
 if TYPE_CHECKING:
     from tfgrpo.context import Context
 
-__all__ = ["check_rows", "clear_cache", "dataset_fingerprint", "load_dataset", "with_fields"]
+__all__ = ["check_rows", "clear_cache", "dataset_fingerprint", "load_dataset", "rg_entry", "with_fields"]
 
 RG_PREFIX = "rg:"
 HF_PREFIX = "hf:"
@@ -108,6 +108,8 @@ _Row = tuple[str, str, str]  # (id, question, answer): immutable, safe to keep i
 _CACHE_MAX = 32
 _cache: OrderedDict[tuple[Any, ...], tuple[_Row, ...]] = OrderedDict()
 _cache_lock = threading.Lock()
+# reasoning_gym datasets with their entries, by spec: a row's task scorer needs the dataset and the entry
+_rg_loaded: OrderedDict[str, tuple[Any, list[dict[str, Any]]]] = OrderedDict()
 
 
 # --------------------------------------------------------------------------- public API
@@ -175,6 +177,8 @@ def load_dataset(spec: str, *, limit: int | None = None, answers: bool = True) -
                 raise DataError(f"{spec}: the row range selects no rows")
     if limit is not None:
         rows = rows[:limit]
+    if spec.startswith(RG_PREFIX):
+        return [Query(id=i, question=q, answer=a, source=spec, index=n) for n, (i, q, a) in enumerate(rows)]
     return [Query(id=i, question=q, answer=a) for i, q, a in rows]
 
 
@@ -248,6 +252,7 @@ def clear_cache() -> None:
     """Forget every cached dataset."""
     with _cache_lock:
         _cache.clear()
+        _rg_loaded.clear()
 
 
 # --------------------------------------------------------------------------- cache
@@ -641,6 +646,11 @@ def _load_reasoning_gym(spec: str) -> tuple[_Row, ...]:
         raise DataError(
             f"{spec}: invalid options for reasoning_gym dataset '{name}' ({user_opts}): {msg}"
         ) from None
+    with _cache_lock:
+        _rg_loaded[spec] = (dataset, entries)
+        _rg_loaded.move_to_end(spec)
+        while len(_rg_loaded) > _CACHE_MAX:
+            _rg_loaded.popitem(last=False)
     seed = kwargs.get("seed")
     rows: list[_Row] = []
     for index, entry in enumerate(entries):
@@ -655,6 +665,27 @@ def _load_reasoning_gym(spec: str) -> tuple[_Row, ...]:
     if not rows:
         raise DataError(f"{spec}: generated no items (size={kwargs.get('size')!r})")
     return tuple(rows)
+
+
+def rg_entry(query: Query) -> tuple[Any, dict[str, Any]]:
+    """The reasoning_gym dataset and entry a row came from (regenerated from its spec when this process
+    has not loaded it yet: entries are seeded, so the same spec gives the same entry). One-line
+    DataError for a row that did not come from an ``rg:`` spec."""
+    spec, index = query.get("source", ""), query.get("index")
+    if not spec.startswith(RG_PREFIX) or not isinstance(index, int):
+        raise DataError(
+            f"row {query['id']!r} is not from a reasoning_gym dataset (rg:NAME): no entry to score"
+        )
+    with _cache_lock:
+        loaded = _rg_loaded.get(spec)
+    if loaded is None:
+        _load_reasoning_gym(spec)
+        with _cache_lock:
+            loaded = _rg_loaded[spec]
+    dataset, entries = loaded
+    if not 0 <= index < len(entries):
+        raise DataError(f"{spec}: row {query['id']!r}: no item {index} (the dataset has {len(entries)})")
+    return dataset, entries[index]
 
 
 # --- the training set of a run, and its order (the outer loop of the paper's Algorithm 1) ---

@@ -33,6 +33,7 @@ from tfgrpo.checks import check_context
 from tfgrpo.context import Context
 from tfgrpo.data import check_rows
 from tfgrpo.errors import ConfigError, TfgrpoError
+from tfgrpo.evals.rewards import default_reward
 from tfgrpo.models.ledger import BudgetExceeded, Ledger, Prices
 from tfgrpo.models.spec import as_spec
 from tfgrpo.runs.backends import check_run_id, database_url
@@ -86,6 +87,10 @@ def _context(options: dict[str, Any], **values: Any) -> Context:
     if unknown:
         raise ConfigError(f"unknown setting(s): {', '.join(unknown)} (see tfgrpo.context.Context)")
     merged = {**options, **{k: v for k, v in values.items() if v is not None}}
+    if "reward" not in merged:  # a reasoning_gym dataset is scored by its own task
+        merged["reward"] = default_reward(
+            Context().reward, merged.get("dataset", ""), merged.get("validation", "")
+        )
     for name in MODEL_FIELDS:
         if name in merged:
             merged[name] = as_spec(merged[name])
@@ -174,7 +179,8 @@ def learn(
             ``file.py:attr`` string. Without it the policy is tfgrpo's agent on ``model``.
         model: the policy model of tfgrpo's agent (and the default ``learner``), spec or object.
         learner: the model that summarizes rollouts and extracts experiences, spec or object.
-        reward: ``math`` (default), ``exact_match``, ``f1``, ``judge``, ``majority`` or ``module:function``.
+        reward: ``math``, ``exact_match``, ``f1``, ``rg``, ``judge``, ``majority`` or ``module:function``
+            (default: ``rg``, the task's own scorer, for an ``rg:`` dataset, else ``math``).
         run_dir: where checkpoints, E and reports go; the same directory resumes.
         callbacks: LangChain callback handlers (e.g. a LangSmith tracer) for the learn run; every
             LLM call of the run, rollouts of your agent included, nests under it.

@@ -7,6 +7,9 @@ Built-ins (see :func:`get_reward`):
   :mod:`tfgrpo.evals.math_verify_pool`);
 * ``exact_match`` / ``em`` -- SQuAD-normalised exact match of the extracted final answer;
 * ``f1`` -- SQuAD token F1 of the extracted final answer;
+* ``rg`` -- a reasoning_gym row scored as its authors do: the task's own ``score_answer`` on the extracted
+  final answer (partial credit where the task gives it); the default for ``rg:`` datasets
+  (:func:`default_reward`);
 * ``module:function`` or ``path/to/file.py:function`` -- a user function, result validated.
 
 Importing this module is cheap and has no side effects: math-verify (and sympy) are only imported
@@ -32,6 +35,7 @@ from typing import Any
 
 from tfgrpo.errors import ConfigError
 from tfgrpo.evals import math_verify_pool
+from tfgrpo.state.types import Query
 
 __all__ = [
     "GROUP_REWARDS",
@@ -42,7 +46,10 @@ __all__ = [
     "exact_match_reward",
     "extract_final_answer",
     "f1_reward",
+    "default_reward",
     "get_reward",
+    "reasoning_gym_reward",
+    "score_row",
     "load_user_reward",
     "math_reward",
     "normalize_answer",
@@ -326,11 +333,58 @@ def load_user_reward(spec: str) -> RewardFn:
     return user_reward
 
 
+RG_REWARD = "rg"
+
+
+def reasoning_gym_reward(response: str, answer: str) -> float:
+    """The ``rg`` reward needs the row, not only its answer: call :func:`score_row`."""
+    raise ConfigError(
+        "the 'rg' reward scores a reasoning_gym row: it needs the row (score_row), not an answer"
+    )
+
+
+def _score_reasoning_gym(response: str, query: Query) -> float:
+    from tfgrpo.data import rg_entry
+
+    dataset, entry = rg_entry(query)
+    score = dataset.score_answer(extract_final_answer(response), entry)
+    return _check_reward_value(query.get("source", RG_REWARD), score)
+
+
+def score_row(fn: RewardFn, response: str, query: Query) -> float:
+    """``fn`` on a response and its row: the row's gold answer for ordinary rewards, the whole row (its
+    reasoning_gym entry) for the ``rg`` reward."""
+    if fn is reasoning_gym_reward:
+        return _score_reasoning_gym(response, query)
+    return fn(response, query["answer"])
+
+
+def default_reward(fallback: str, *datasets: str) -> str:
+    """The reward a run gets when none is named: reasoning_gym datasets are scored by their own task
+    (``rg``) when every dataset the run scores (training, validation) is one; anything else by
+    ``fallback`` (the domain's)."""
+    named = [str(d) for d in datasets if d]
+    return RG_REWARD if named and all(d.startswith("rg:") for d in named) else fallback
+
+
+def check_reward_datasets(reward: str, *datasets: str) -> None:
+    """One line, before any cost, when the ``rg`` reward is asked for rows that are not reasoning_gym's."""
+    if reward != RG_REWARD:
+        return
+    for dataset in datasets:
+        if dataset and not str(dataset).startswith("rg:"):
+            raise ConfigError(
+                f"reward 'rg' scores reasoning_gym datasets (rg:NAME) only, not {dataset!r}: "
+                "name another --reward"
+            )
+
+
 _BUILTIN_REWARDS: dict[str, RewardFn] = {
     "math": math_reward,
     "exact_match": exact_match_reward,
     "em": exact_match_reward,
     "f1": f1_reward,
+    RG_REWARD: reasoning_gym_reward,
 }
 
 

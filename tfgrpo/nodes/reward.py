@@ -1,6 +1,7 @@
 """Step 2 of Training-Free GRPO: **reward**. A scalar r in [0, 1] for every rollout of the batch.
 
-The reward comes from the context: ``math`` (math-verify), ``exact_match``, ``f1``, a user
+The reward comes from the context: ``math`` (math-verify), ``exact_match``, ``f1``, ``rg`` (a
+reasoning_gym task's own scorer), a user
 ``module:function``, or ``judge`` -- an LLM grading the answer against the ground truth as CORRECT or
 INCORRECT ("grade a quiz", as the paper does for web tasks), with the judge model and memoized like every
 other LLM result. A rollout that failed, or whose reward raised, gets ``None`` (unusable) and is counted
@@ -23,6 +24,7 @@ from tfgrpo.evals.rewards import (
     ground_truth_reward,
     majority_rewards,
     reward_function,
+    score_row,
 )
 from tfgrpo.models.spec import ModelSettings, get_model, resolve_spec
 from tfgrpo.nodes._llm import (
@@ -90,7 +92,7 @@ def score_response(
         value, error, record = judge_grade(ctx, query, response)
         return value, error, [record]
     try:
-        return min(1.0, max(0.0, float(reward_fn(response, query["answer"])))), None, []
+        return min(1.0, max(0.0, float(score_row(reward_fn, response, query)))), None, []
     except Exception as exc:
         return None, one_line(exc), []
 

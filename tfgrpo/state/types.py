@@ -13,6 +13,10 @@ class Query(TypedDict):
     id: str
     question: str
     answer: str
+    # a reasoning_gym row: the ``rg:`` spec that generated it and its index there (its task's scorer
+    # needs the whole entry, which is regenerated from these rather than kept in checkpointed state)
+    source: NotRequired[str]
+    index: NotRequired[int]
 
 
 class Rollout(TypedDict):
