@@ -791,7 +791,11 @@ def cmd_infer(args: argparse.Namespace) -> int:
                 print(f"<- {msg.name}: {str(msg.content)[:500]}")
             elif isinstance(msg, AIMessage):
                 print(f"assistant: {msg.content}")
-    print(f"answer: {out.get('answer', '')}")
+    answer = str(out.get("answer") or "").strip()
+    if not answer:  # never an empty "answer: " line
+        print("no answer: the model's final reply was empty, also when asked again without tools")
+        return 1
+    print(f"answer: {answer}")
     return 0
 
 

@@ -68,6 +68,7 @@ DOMAIN_TOOLS: dict[str, frozenset[str]] = {
     "search": frozenset({"search", "open_page", "web_search", "web_extract"}),
 }
 LIMIT_NOTE = "Tool budget used up: answer now with what you have."
+EMPTY_NOTE = "Your last reply was empty: give your final answer now."
 
 
 def policy_system_prompt(ctx: Context, experiences: str, *, with_tools: bool) -> str:
@@ -177,11 +178,19 @@ class _Prepared:
     node: str
 
 
+def _empty_with_tools_offered(p: _Prepared, response: ModelResponse) -> bool:
+    """A reply with neither text nor a tool call to a request that offered tools would end the run
+    without an answer (small models do this after a tool result)."""
+    msg = _ai_message(response)
+    return bool(p.request.tools) and msg is not None and not msg.tool_calls and not msg.text.strip()
+
+
 class PolicyMiddleware(AgentMiddleware[PolicyState, Context]):
     state_schema = PolicyState
 
-    def _prepare(self, request: ModelRequest[Context]) -> _Prepared:
-        """Everything before the call: model, E, tools allowed now, prompt, seed (blocking I/O inside)."""
+    def _prepare(self, request: ModelRequest[Context], *, answer_now: bool = False) -> _Prepared:
+        """Everything before the call: model, E, tools allowed now, prompt, seed (blocking I/O inside).
+        ``answer_now``: the call that follows an empty reply, without tools."""
         configurable = get_config().get("configurable") or {}
         # honour Context fields in configurable; the graph does not police keys that servers add
         ctx = apply_configurable(as_context(request.runtime.context), configurable, strict=False)
@@ -192,11 +201,13 @@ class PolicyMiddleware(AgentMiddleware[PolicyState, Context]):
         tool_calls = sum(isinstance(m, ToolMessage) for m in turn)
         allowed = DOMAIN_TOOLS.get(ctx.domain, frozenset())
         tools = [t for t in request.tools if getattr(t, "name", None) in allowed]
-        if model_calls + 1 >= ctx.max_model_calls or tool_calls >= ctx.max_tool_calls:
+        if model_calls + 1 >= ctx.max_model_calls or tool_calls >= ctx.max_tool_calls or answer_now:
             tools = []  # the last allowed call must answer
         model, spec = policy_model(ctx, with_tools=bool(tools))
         prompt = policy_system_prompt(ctx, experiences, with_tools=bool(tools))
-        if not tools and (model_calls or tool_calls):
+        if answer_now:
+            prompt += "\n\n" + EMPTY_NOTE
+        elif not tools and (model_calls or tool_calls):
             prompt += "\n\n" + LIMIT_NOTE
         settings = dict(request.model_settings)
         if configurable.get("tfgrpo_seed") is not None:
@@ -224,6 +235,12 @@ class PolicyMiddleware(AgentMiddleware[PolicyState, Context]):
         self, request: ModelRequest[Context], handler: Callable[[ModelRequest[Context]], ModelResponse]
     ) -> ModelResponse:
         p = self._prepare(request)
+        response = self._call(p, handler)
+        if _empty_with_tools_offered(p, response):  # one more call, without tools, must answer
+            response = self._call(self._prepare(request, answer_now=True), handler)
+        return response
+
+    def _call(self, p: _Prepared, handler: Callable[[ModelRequest[Context]], ModelResponse]) -> ModelResponse:
         started = time.time()
         try:
             response, retries = p.ledger.call(
@@ -244,7 +261,17 @@ class PolicyMiddleware(AgentMiddleware[PolicyState, Context]):
         request: ModelRequest[Context],
         handler: Callable[[ModelRequest[Context]], Awaitable[ModelResponse]],
     ) -> ModelResponse:
-        p = await asyncio.to_thread(self._prepare, request)  # file and TLS setup stay off the event loop
+        # file and TLS setup stay off the event loop
+        p = await asyncio.to_thread(self._prepare, request)
+        response = await self._acall(p, handler)
+        if _empty_with_tools_offered(p, response):  # one more call, without tools, must answer
+            again = await asyncio.to_thread(self._prepare, request, answer_now=True)
+            response = await self._acall(again, handler)
+        return response
+
+    async def _acall(
+        self, p: _Prepared, handler: Callable[[ModelRequest[Context]], Awaitable[ModelResponse]]
+    ) -> ModelResponse:
         started = time.time()
         try:
             response, retries = await p.ledger.acall(
