@@ -33,6 +33,7 @@ from tfgrpo.context import Context
 from tfgrpo.data import dataset_fingerprint
 from tfgrpo.errors import ConfigError, StopRequested
 from tfgrpo.models.ledger import BudgetExceeded, Ledger, role_of, use_ledger
+from tfgrpo.models.spec import resolve_spec
 from tfgrpo.state.library import Library, empty_library, library_markdown
 from tfgrpo.state.types import Query, StepReport
 
@@ -221,6 +222,19 @@ def totals(history: list[StepReport]) -> dict[str, Any]:
     }
 
 
+def recorded_context(ctx: Context) -> dict[str, Any]:
+    """The run's settings as ``run.json`` keeps them: the models that answered named as resolved (no
+    model given is the embedded default, as ``eval.json`` says), not as ''. A user's agent brings its own
+    policy model, so ``model`` stays as given there."""
+    context = asdict(ctx)
+    if not ctx.agent:
+        context["model"] = resolve_spec(ctx.model)
+    context["learner_model"] = resolve_spec(ctx.learner_model or ctx.model)
+    if ctx.reward == "judge":
+        context["judge_model"] = resolve_spec(ctx.judge_model or ctx.model)
+    return context
+
+
 class RunDir:
     def __init__(self, path: str | Path) -> None:
         self.path = Path(path)
@@ -258,7 +272,8 @@ class RunDir:
 
     def write_settings(self, ctx: Context, seed: int) -> None:
         atomic_write(
-            self.path / "run.json", json.dumps({"seed": seed, "context": asdict(ctx)}, indent=2) + "\n"
+            self.path / "run.json",
+            json.dumps({"seed": seed, "context": recorded_context(ctx)}, indent=2) + "\n",
         )
 
     def write_library(self, library: Library, step: int | None = None) -> None:
