@@ -284,8 +284,20 @@ def test_resume_with_changed_group_size_is_refused(tmp_path: Path) -> None:
     graph = compile_learn_graph(checkpointer=InMemorySaver(), store=InMemoryStore())
     config = {**CONFIG, "configurable": {"thread_id": "t3"}}
     graph.invoke({}, context=context(fake, dataset, epochs=1), config=config)
-    with pytest.raises(ConfigError, match="settings differ"):
-        graph.invoke({}, context=context(fake, dataset, epochs=1, group_size=3), config=config)
+    with pytest.raises(ConfigError, match="settings differ") as refused:
+        graph.invoke({}, context=context(fake, dataset, epochs=1, group_size=3, reward="f1"), config=config)
+    # the refusal names each setting that changed, with the run's value and the new one
+    assert "group_size: 2 -> 3, reward: 'exact_match' -> 'f1'" in str(refused.value)
+    assert "epochs" not in str(refused.value).split("(")[0]  # unchanged settings are not listed as changed
+
+
+def test_resume_of_a_run_that_kept_no_settings_is_refused_with_the_generic_message(tmp_path: Path) -> None:
+    queries = load_dataset(write_dataset(tmp_path / "a.jsonl", 4))
+    ctx = Context(model="x:y", dataset="a.jsonl")
+    old = {"settings_fingerprint": Context(model="x:y", dataset="a.jsonl", epochs=9).settings_fingerprint()}
+    with pytest.raises(ConfigError) as refused:
+        check_resume(old, ctx, queries)  # a run from before the settings were kept in state
+    assert str(refused.value).startswith("settings differ from the ones this run started with (dataset, ")
 
 
 def test_reinvoking_a_finished_run_with_same_settings_does_no_new_work(tmp_path: Path) -> None:

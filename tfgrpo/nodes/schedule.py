@@ -82,6 +82,7 @@ def start(state: LearnState, runtime: Runtime[Context]) -> dict[str, Any]:
         "step": state.get("step", 0),
         "dataset_fingerprint": dataset_fingerprint(queries),
         "settings_fingerprint": ctx.settings_fingerprint(),
+        "run_settings": ctx.run_defining(),
         "done": state.get("epoch", 0) >= ctx.epochs,
         # a thread re-invoked with input restarts its current step: drop that step's partial records
         **cleared_step_channels(),

@@ -419,9 +419,11 @@ def check_resume(values: dict[str, Any], ctx: Context, queries: list[Query]) -> 
         raise ConfigError(f"dataset {ctx.dataset!r} differs from the one this run started with")
     settings = values.get("settings_fingerprint")
     if settings and settings != ctx.settings_fingerprint():
+        changed = changed_settings(values.get("run_settings"), ctx.run_defining())
         raise ConfigError(
-            "settings differ from the ones this run started with "
-            f"({', '.join(ctx.run_defining())} must stay the same to resume)"
+            "settings differ from the ones this run started with"
+            + (f": {changed}" if changed else "")
+            + f" ({', '.join(ctx.run_defining())} must stay the same to resume)"
         )
 
 
@@ -441,6 +443,18 @@ def check_store_holds_run(store: BaseStore, run_id: str, where: str, fresh: str)
     raise DamagedRun(
         f"{where} is damaged (it holds nothing of this run: emptied, or another run's store): this run "
         f"cannot resume from it; {fresh}"
+    )
+
+
+def changed_settings(started: Any, now: dict[str, object]) -> str:
+    """``name: old -> new`` for each run-defining setting that changed; '' when the run did not store its
+    settings (runs from before they were kept in state)."""
+    if not isinstance(started, dict):
+        return ""
+    return ", ".join(
+        f"{name}: {started[name]!r} -> {value!r}"
+        for name, value in now.items()
+        if name in started and started[name] != value
     )
 
 

@@ -49,6 +49,7 @@ class LearnState(StepState):
     dataset: NotRequired[str]  # given as input (Studio): replaces the context's dataset
     dataset_fingerprint: NotRequired[str]
     settings_fingerprint: NotRequired[str]
+    run_settings: NotRequired[dict[str, Any]]  # the run-defining settings: a refused resume names changes
     done: NotRequired[bool]
     history: NotRequired[list[StepReport]]  # Studio's graph only: written once, by ``finish``
     # validation-gated updates (optional): E at the start of the step, and the held-out runs
