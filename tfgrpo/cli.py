@@ -600,6 +600,16 @@ def resolve_model(model: str) -> str:
     return resolve_spec(model)
 
 
+def require_learner(args: argparse.Namespace) -> None:
+    """``learn --agent`` learns with a model the agent does not name: refused in one line before the run
+    header, as the Python API refuses ``learn(agent=...)`` without ``learner=``."""
+    if args.agent and not args.model and not args.learner_model:
+        raise TfgrpoError(
+            "learn --agent needs the model that learns from its runs: name --model or --learner-model "
+            "(the agent brings its own model)"
+        )
+
+
 def is_embedded(model: str) -> bool:
     """No model given (the embedded default) or ``local:NAME``: CPU-sized presets apply."""
     return resolve_model(model).startswith("local:")
@@ -955,6 +965,7 @@ def main(argv: list[str] | None = None) -> int:
         check_command_options(args)
         check_python_sandbox(args)
         if args.command == "learn":
+            require_learner(args)
             preset = "embedded" if is_embedded(args.model) else "model"
             apply_main_job_defaults(args)
             if preset == "embedded" and not args.agent:

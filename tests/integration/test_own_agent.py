@@ -315,3 +315,19 @@ def test_learn_on_a_compiled_user_graph(server: FakeOpenAIServer, tmp_path: Path
     assert system_text(step2) == acme_agent.SYSTEM_PROMPT + "\n\n" + render_library(
         json.loads((tmp_path / "run" / "libraries" / "step-0000.json").read_text())
     )  # E of step 0, rendered as ExperienceMiddleware renders it in production
+
+
+def test_learn_on_an_agent_without_a_model_is_refused_before_the_header(
+    server: FakeOpenAIServer, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from tfgrpo.cli import main
+
+    run_dir = tmp_path / "run"
+    code = main(["learn", "--agent", "tests/integration/acme_agent.py:factory", "--run-dir", str(run_dir)])
+    out, err = capsys.readouterr()
+    assert code == 2 and out == ""  # no run header, no embedded model's install
+    assert err.strip().splitlines() == [
+        "tfgrpo: error: learn --agent needs the model that learns from its runs: name --model or "
+        "--learner-model (the agent brings its own model)"
+    ]
+    assert not run_dir.exists() and server.requests == []
