@@ -96,6 +96,7 @@ def test_resume_with_other_settings_is_refused(tmp_path: Path, fake_server: Fake
         *learn_args(fake_server, run_dir, "rg:basic_arithmetic:size=4:seed=1", "--group-size", "4")
     )
     assert other.returncode == 2 and "settings differ" in other.stderr
+    assert "group_size: 3 -> 4" in other.stderr  # which setting changed, old and new
     changed = tfgrpo(*learn_args(fake_server, run_dir, "rg:basic_arithmetic:size=4:seed=9"))
     assert changed.returncode == 2 and "differs from the one this run started with" in changed.stderr
 
