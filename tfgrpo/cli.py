@@ -450,6 +450,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     pr.add_argument("--domain", default=d.domain, choices=sorted(DOMAIN_REWARDS))
     pr.add_argument("--reward", default=None, help="answer format of the policy prompt (as for learn)")
+    pr.add_argument(
+        "--dataset", default=None, help="as for learn: an rg: dataset's own scorer sets the answer format"
+    )
     pr.add_argument("--library", default="", help="show E from this library.json or run directory")
     pr.add_argument("--experiences-per-group", type=int, default=d.experiences_per_group, help="K")
     pr.add_argument("--max-library-items", type=int, default=d.max_library_items)
@@ -752,7 +755,7 @@ def cmd_prompts(args: argparse.Namespace) -> int:
         return 0
     ctx = Context(
         domain=args.domain,
-        reward=args.reward or DOMAIN_REWARDS[args.domain],
+        reward=reward_of(args, args.dataset or PRESETS["model"]["dataset"]),
         experiences_per_group=args.experiences_per_group,
         max_library_items=args.max_library_items,
         max_library_tokens=args.max_library_tokens,

@@ -141,8 +141,8 @@ def test_sigkill_mid_eval_repeats_no_finished_run(eval_server: FakeOpenAIServer,
     ("reward", "message"),
     [
         ("majority", "the majority reward needs a group of rollouts: evaluate with a ground-truth reward"),
-        ("exact_mtach", "unknown reward 'exact_mtach'; valid: math, exact_match, em, f1, judge, majority, "
-         "or 'module:function' / 'path/to/file.py:function'"),
+        ("exact_mtach", "unknown reward 'exact_mtach'; valid: math, exact_match, em, f1, rg, judge, "
+         "majority, or 'module:function' / 'path/to/file.py:function'"),
     ],
 )  # fmt: skip
 def test_bad_reward_is_refused_before_any_run(

@@ -115,14 +115,13 @@ def test_overridden_prompts_are_listed_and_sent(fake_server: FakeOpenAIServer, t
     assert out.returncode == 0, out.stderr
     systems = set(received(fake_server, "system"))
     assert "SUMMARIZE this attempt in three lines, and say why it failed." in systems
-    assert "Solve it; put the final answer in \\boxed{}. Be brief." in systems
+    # an rg: dataset is scored by its task's own scorer, which asks for an 'Answer:' line, not a boxed one
+    sent = "Solve it; put the final answer on a last line of the form 'Answer: <answer>'. Be brief."
+    assert sent in systems
     # E in the second step's policy prompts, under the header from the directory, never the default
     with_e = [s for s in systems if "[G1] " in s]
     assert with_e and all(
-        s.startswith(
-            "Solve it; put the final answer in \\boxed{}. Be brief.\n\n"
-            "Lessons from earlier problems (use the relevant ones):\n[G1] "
-        )
+        s.startswith(sent + "\n\nLessons from earlier problems (use the relevant ones):\n[G1] ")
         for s in with_e
     )
     assert not any("Experiences learned from earlier problems" in s for s in systems)
