@@ -649,7 +649,32 @@ def cmd_heldout(args: argparse.Namespace, ctx: Context, *, default: str) -> int:
         track_traces=args.track_traces,
     )
     print(f"held-out evaluation: {time.monotonic() - started:.0f} s", flush=True)
+    if code == 0 and default:  # the embedded main job (no --model): its last line
+        print(main_job_closing(run_dir / "heldout" / "report.json"), flush=True)
     return code
+
+
+LEARNING_EFFECT_DOC = "docs/learning-effect.md"
+
+
+def main_job_closing(report_path: Path) -> str:
+    """The main job's last line: whether this run showed an effect, said plainly, and where the study of
+    where lessons help at this scale is (issue 19: nothing may suggest an effect that was not measured)."""
+    try:
+        comparison = json.loads(report_path.read_text()).get("comparison") or {}
+    except (OSError, ValueError):
+        comparison = {}
+    doc = f"where lessons help at this scale: {LEARNING_EFFECT_DOC} in the tfgrpo repository"
+    if not comparison or "error" in comparison or not comparison.get("reliable", True):
+        return f"This run measured no effect of learning (no usable comparison); {doc}."
+    if comparison.get("spans_zero", True):
+        return f"This run showed no effect of learning: the interval of the difference spans zero; {doc}."
+    if comparison["diff"] > 0:
+        return (
+            f"This run's library did better than the baseline beyond the 95% interval "
+            f"({comparison['diff']:+.3f}); one run is not a confirmed effect: {doc}."
+        )
+    return f"This run's library did worse than the baseline beyond the 95% interval; {doc}."
 
 
 def agent_context(args: argparse.Namespace, **settings: Any) -> Context:

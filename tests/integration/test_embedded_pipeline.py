@@ -82,7 +82,9 @@ def test_default_model_learns_then_compares_on_held_out_questions(tmp_path: Path
     assert "held-out evaluation: E against the baseline" in out
     assert "evaluating: 3 questions x k=2 x library/baseline = 12 runs" in out
     assert "library: Mean@2" in out and "baseline: Mean@2" in out
-    assert "Library minus baseline Mean@k:" in out and "95% CI" in out
+    assert "Library minus baseline Mean@k:" in out and "over only 3 paired questions" in out
+    last = out.strip().splitlines()[-1]  # 3 questions: no verdict, said plainly, and where the study is
+    assert last.startswith("This run measured no effect") and "docs/learning-effect.md" in last, last
     report = json.loads((run_dir / "heldout" / "report.json").read_text())
     for arm in ("library", "baseline"):
         assert report["arms"][arm]["n_runs"] == 6 and report["arms"][arm]["runs_failed"] == 0

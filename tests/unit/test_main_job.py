@@ -107,3 +107,22 @@ def test_eval_takes_the_grammar_too() -> None:
 def test_a_bad_grammar_file_is_one_line() -> None:
     with pytest.raises(TfgrpoError, match="cannot read the --grammar file"):
         cli.context_from_args(cli.parse_args(["learn", "--grammar", "/nonexistent.gbnf"]), preset="embedded")
+
+
+def test_the_main_jobs_last_line_says_plainly_whether_this_run_showed_an_effect(tmp_path) -> None:
+    """Issue 19 s.3: a main job whose interval spans zero says so and points to the study; one that
+    excludes zero says which way, and that one run is not a confirmed effect."""
+    report = tmp_path / "report.json"
+    report.write_text(
+        '{"comparison": {"diff": 0.01, "ci_low": -0.04, "ci_high": 0.07, "p_value": 0.7, '
+        '"spans_zero": true, "reliable": true, "n_questions": 50}}'
+    )
+    line = cli.main_job_closing(report)
+    assert line.startswith("This run showed no effect of learning") and "docs/learning-effect.md" in line
+    report.write_text(
+        '{"comparison": {"diff": 0.2, "ci_low": 0.1, "ci_high": 0.3, "p_value": 0.001, '
+        '"spans_zero": false, "reliable": true, "n_questions": 50}}'
+    )
+    line = cli.main_job_closing(report)
+    assert "better than the baseline" in line and "not a confirmed effect" in line
+    assert "no usable comparison" in cli.main_job_closing(tmp_path / "missing.json")
