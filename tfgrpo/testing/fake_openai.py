@@ -489,6 +489,7 @@ class _Handler(BaseHTTPRequestHandler):
             logger.exception("fake-openai responder failed")
             self._send_error(500, f"responder error: {type(exc).__name__}: {exc}")
             return
+        fake._count_usage(_usage(body, reply))
         if stream:
             self._stream_reply(body, reply)
         else:
@@ -648,6 +649,7 @@ class FakeOpenAIServer:
         self._completed: list[dict] = []
         self._in_flight = 0
         self._max_in_flight = 0
+        self._usage = {"calls": 0, "prompt_tokens": 0, "completion_tokens": 0, "total_tokens": 0}
         self._hold_predicate: Callable[[dict], bool] | None = None
         self._hold_generation = 0
         self._held = 0
@@ -794,9 +796,17 @@ class FakeOpenAIServer:
         with self._lock:
             return self._max_in_flight
 
-    def reset_stats(self) -> None:
-        """Forget recorded requests and the in-flight peak."""
+    @property
+    def usage_totals(self) -> dict[str, int]:
+        """What a provider would bill: the ``usage`` of every answer sent (``calls``: how many), error
+        responses and broken bodies excluded."""
         with self._lock:
+            return dict(self._usage)
+
+    def reset_stats(self) -> None:
+        """Forget recorded requests, usage totals and the in-flight peak."""
+        with self._lock:
+            self._usage = dict.fromkeys(self._usage, 0)
             self._requests.clear()
             self._completed.clear()
             self._max_in_flight = self._in_flight
@@ -819,6 +829,12 @@ class FakeOpenAIServer:
             self._in_flight -= 1
             if completed:
                 self._completed.append(body)
+
+    def _count_usage(self, usage: dict[str, int]) -> None:
+        with self._lock:
+            self._usage["calls"] += 1
+            for key, value in usage.items():
+                self._usage[key] = self._usage.get(key, 0) + value
 
     def _next_fault(self) -> _Fault | None:
         with self._lock:
