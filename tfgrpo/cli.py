@@ -742,7 +742,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
 
 def cmd_report(args: argparse.Namespace) -> int:
     from tfgrpo.evals.report import rebuild_eval_report, verdict, write_learning_curve
-    from tfgrpo.learner import stored_history
+    from tfgrpo.learner import stored_history, stored_paid
     from tfgrpo.runs.rundir import RunDir
 
     path = Path(args.dir)
@@ -762,7 +762,7 @@ def cmd_report(args: argparse.Namespace) -> int:
             steps = json.loads((path / "report.json").read_text(encoding="utf-8"))["steps"]
         except (OSError, ValueError, KeyError) as exc:
             raise TfgrpoError(f"{path / 'report.json'}: cannot read the run report ({exc})") from None
-    run.write_outputs({"library": run.library_at(None)}, steps)
+    run.write_outputs({"library": run.library_at(None)}, steps, stored_paid(run))
     write_learning_curve(path, steps)
     print(f"wrote {path / 'report.md'}, {path / 'report.json'}, {path / 'learning_curve.png'}")
     return 0

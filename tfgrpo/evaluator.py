@@ -29,8 +29,7 @@ from tfgrpo.evals.report import (
 )
 from tfgrpo.evals.rewards import ground_truth_reward, warm_up
 from tfgrpo.graphs.evaluate import compile_eval_graph
-from tfgrpo.models.cache import use_llm_cache
-from tfgrpo.models.ledger import Ledger
+from tfgrpo.models.ledger import Ledger, use_llm_cache
 from tfgrpo.models.spec import resolve_spec
 from tfgrpo.nodes._llm import publish_library_text
 from tfgrpo.nodes.attempt import attempt_key, attempt_namespace
@@ -230,7 +229,7 @@ def _evaluate(
         ledger.check_prices(sorted({settings["model"], settings["judge_model"] or settings["model"]}))
         ledger.spent_tokens, ledger.spent_usd = spent
         # every response is kept the moment it arrives (per run id in a shared database)
-        with quiet_gc(), use_llm_cache(store, backend.run_id if backend.shared else ""):
+        with quiet_gc(), use_llm_cache(store, backend.run_id if backend.shared else "", ledger):
             code = _drive(graph, graph_input, config, ctx, ledger, total, progress, eval_dir)
         if code:
             return code

@@ -3,6 +3,7 @@ outputs after every step, graceful Ctrl-C, and resume by running the same comman
 
 from __future__ import annotations
 
+import json
 import sys
 import uuid
 from pathlib import Path
@@ -19,11 +20,10 @@ from tfgrpo.data import batches_per_epoch, load_dataset, training_queries
 from tfgrpo.errors import ConfigError
 from tfgrpo.evals.rewards import reward_function, warm_up
 from tfgrpo.graphs.learn import compile_learn_graph
-from tfgrpo.models.cache import use_llm_cache
-from tfgrpo.models.ledger import Ledger
+from tfgrpo.models.ledger import Ledger, Prices, paid_totals, use_llm_cache
 from tfgrpo.models.spec import resolve_spec
 from tfgrpo.nodes.policy import build_models
-from tfgrpo.runs.backends import Backend, open_backend, spent_in_store
+from tfgrpo.runs.backends import Backend, open_backend
 from tfgrpo.runs.gc_tuning import quiet_gc
 from tfgrpo.runs.pglock import redacted
 from tfgrpo.runs.rundir import (
@@ -80,10 +80,11 @@ class Progress:
             self.close()
 
 
-def spent_so_far(store: BaseStore, run_id: str) -> tuple[int, float]:
-    """Tokens and dollars of every finished call of a run, from the result memo (exact after a crash)."""
-    tokens, usd, _ = spent_in_store(store, run_id)
-    return tokens, usd
+def spent_so_far(store: BaseStore, run_id: str = "", prices: Prices | None = None) -> tuple[int, float]:
+    """Tokens and dollars the server was paid for a run (``run_id``: its result cache's, "" in its own
+    run directory), exact after a crash."""
+    paid = paid_totals(store, run_id, prices)
+    return paid["input_tokens"] + paid["output_tokens"], paid["cost_usd"]
 
 
 def stored_history(run: RunDir) -> list[StepReport]:
@@ -98,12 +99,34 @@ def stored_history(run: RunDir) -> list[StepReport]:
         store.conn.close()
 
 
-def _final_outputs(run: RunDir, store: BaseStore, values: dict[str, Any]) -> list[StepReport]:
+def stored_paid(run: RunDir) -> dict[str, Any] | None:
+    """What the server was paid for the run in ``run`` (its own run directory's result cache)."""
+    if not run.store.exists():
+        return None
+    store = open_store(run.store)
+    try:
+        return paid_totals(store, "", Prices.load(run_prices(run)))
+    finally:
+        store.conn.close()
+
+
+def run_prices(run: RunDir) -> str | None:
+    try:
+        settings = json.loads((run.path / "run.json").read_text(encoding="utf-8"))
+        found = settings["context"]["prices"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+    return found if isinstance(found, str) and found else None
+
+
+def _final_outputs(
+    run: RunDir, store: BaseStore, values: dict[str, Any], paid: dict[str, Any] | None = None
+) -> list[StepReport]:
     """The run's files plus its learning curve (plotted at the end only: matplotlib is not free)."""
     from tfgrpo.evals.report import write_learning_curve
 
     history = step_history(store, values.get("run_id", "")) if values else []
-    run.write_outputs(values, history)
+    run.write_outputs(values, history, paid)
     write_learning_curve(run.path, history)
     return history
 
@@ -207,8 +230,8 @@ def _learn(
 
     ledger = ledger or Ledger(max_concurrency=ctx.max_concurrency)
     ledger.check_prices(sorted({resolve_spec(ctx.model), resolve_spec(ctx.learner_model or ctx.model)}))
-    if values.get("run_id"):
-        ledger.spent_tokens, ledger.spent_usd = spent_so_far(store, values["run_id"])
+    cache_run = backend.run_id if backend.shared else ""  # the namespace of the run's result cache
+    ledger.spent_tokens, ledger.spent_usd = spent_so_far(store, cache_run, ledger.prices)
     bars = Progress(progress, ctx.group_size)
     print(table_header(), flush=True)
     finished = step_history(store, values["run_id"]) if values.get("run_id") else []
@@ -218,12 +241,13 @@ def _learn(
 
     def on_stop() -> None:
         bars.close()
-        _final_outputs(run, store, graph.get_state(config).values)
+        paid = paid_totals(store, cache_run, ledger.prices)
+        _final_outputs(run, store, graph.get_state(config).values, paid)
 
     errors: list[str] = []
     try:
         # every response is kept the moment it arrives (per run id in a shared database)
-        with quiet_gc(), use_llm_cache(store, backend.run_id if backend.shared else ""):
+        with quiet_gc(), use_llm_cache(store, cache_run, ledger):
             code = run_stoppably(
                 lambda control: _drive(
                     graph,
@@ -248,7 +272,7 @@ def _learn(
         return code
 
     final = graph.get_state(config).values
-    history = _final_outputs(run, store, final)
+    history = _final_outputs(run, store, final, paid_totals(store, cache_run, ledger.prices))
     library = final.get("library", {"items": []})
     print(f"\ndone: {len(history)} steps, {len(library['items'])} experiences")
     print(f"library: {run_dir / 'library.md'}   report: {run_dir / 'report.md'}")

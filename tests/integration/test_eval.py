@@ -159,8 +159,12 @@ def test_token_budget_stops_an_eval_that_then_resumes_without_repeats(
     eval_server: FakeOpenAIServer, tmp_path: Path
 ) -> None:
     library = write_library(tmp_path / "library.json")
+    whole = tfgrpo(*eval_args(eval_server, tmp_path / "whole", library))
+    assert whole.returncode == 0, whole.stderr
+    half = eval_server.usage_totals["total_tokens"] // 2  # a budget buys about what it says
+    eval_server.reset_stats()
     eval_dir = tmp_path / "eval"
-    stopped = tfgrpo(*eval_args(eval_server, eval_dir, library, "--budget-tokens", "6000"))
+    stopped = tfgrpo(*eval_args(eval_server, eval_dir, library, "--budget-tokens", str(half)))
     assert stopped.returncode == 3, stopped.stdout + stopped.stderr
     assert "token budget reached" in stopped.stderr and "Traceback" not in stopped.stderr
     paid = len(eval_server.completed)

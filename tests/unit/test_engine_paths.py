@@ -11,11 +11,11 @@ from langchain_core.messages import HumanMessage
 from langgraph.store.memory import InMemoryStore
 
 from tfgrpo.context import Context
-from tfgrpo.models.cache import use_llm_cache
 from tfgrpo.models.known_keys import KnownKeys
+from tfgrpo.models.ledger import current_ledger, use_llm_cache
 from tfgrpo.models.spec import register_provider
 from tfgrpo.nodes._llm import memo_get, memo_put
-from tfgrpo.nodes.policy import rollout_agent, run_policy
+from tfgrpo.nodes.policy import LEDGER_KEY, rollout_agent, run_policy
 from tfgrpo.testing.scripted import ScriptedChatModel
 
 
@@ -41,7 +41,8 @@ def test_direct_rollout_sends_the_agents_request_and_shares_its_cache_entry() ->
         assert messages[-1].text.endswith("\\boxed{4}") and messages[-1].name == "policy"
         fast = models[0].calls[-1]
         # the agent path (what every rollout ran before): same question, E and seed
-        config: Any = {"configurable": {"tfgrpo_seed": 7, "tfgrpo_calls": []}}
+        # (the run's ledger goes with the detached agent, as run_policy passes it)
+        config: Any = {"configurable": {"tfgrpo_seed": 7, "tfgrpo_calls": [], LEDGER_KEY: current_ledger()}}
         contextvars.Context().run(
             rollout_agent().invoke,
             {"messages": [HumanMessage("What is 2 + 2?")], "experiences": "[G1] Add carefully."},
@@ -114,7 +115,13 @@ def test_structured_call_sends_with_structured_outputs_request_and_cache_key(fak
         )
         assert error is None and isinstance(parsed, ExtractedExperiences) and records[0]["ok"]
         old = model.with_structured_output(ExtractedExperiences, method="function_calling", include_raw=True)
-        out = old.invoke(messages)
+        out, _ = current_ledger().call(  # (the run's cache answers the calls of the run's ledger)
+            lambda: old.invoke(messages),
+            spec=spec,
+            reserve_in=100,
+            reserve_out=100,
+            message_of=lambda o: None,
+        )
     assert isinstance(out, dict) and isinstance(out["parsed"], BaseModel)
     assert out["parsed"] == parsed
     assert len(fake_server.requests) == 1, "with_structured_output's request has the same cache key"

@@ -15,7 +15,7 @@ from tfgrpo import cli
 from tfgrpo.context import Context
 from tfgrpo.data import load_dataset
 from tfgrpo.errors import TfgrpoError
-from tfgrpo.models.cache import use_llm_cache
+from tfgrpo.models.ledger import use_llm_cache
 from tfgrpo.models.spec import DEFAULT_MODEL
 from tfgrpo.nodes._llm import learner_model
 from tfgrpo.nodes.policy import run_policy

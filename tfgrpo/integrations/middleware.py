@@ -46,7 +46,7 @@ from langgraph.config import get_config
 from langgraph.store.base import BaseStore
 
 from tfgrpo.errors import ConfigError
-from tfgrpo.models.ledger import CallFailed, Ledger, reserve_tokens
+from tfgrpo.models.ledger import CallFailed, Ledger, reserve_tokens, with_cap
 from tfgrpo.runs.backends import check_run_id, database_url
 from tfgrpo.runs.library_ref import library_file, library_from_db
 from tfgrpo.state.library import Library, render_library
@@ -278,10 +278,9 @@ class ExperienceMiddleware(AgentMiddleware[ExperienceState, Any]):
             return None
         record: CallRecord = item.value["record"]
         result = messages_from_dict([item.value["message"]])
-        hooks.sink.append(record)  # paid before the interruption: booked once, here
-        # ... and spent: a resumed ledger starts from the finished rollouts only
-        msg = next((m for m in result if isinstance(m, AIMessage)), None)
-        hooks.ledger._settle(record["model"], msg, record["input_tokens"])
+        # paid before the interruption: booked once, here (the resumed ledger's spending already counts
+        # it: it starts from what the server was paid, see tfgrpo.models.ledger.paid_totals)
+        hooks.sink.append(record)
         return ModelResponse(result=result)
 
     @staticmethod
@@ -325,7 +324,9 @@ class ExperienceMiddleware(AgentMiddleware[ExperienceState, Any]):
         plan = self._reservation(request, hooks)
         started = time.time()
         try:
-            response, retries = hooks.ledger.call(lambda: handler(request), message_of=_ai_message, **plan)
+            response, retries = hooks.ledger.call(
+                lambda: handler(with_cap(request)), message_of=_ai_message, **plan
+            )
         except CallFailed as failed:
             hooks.sink.append(make_record(hooks.node, plan["spec"], False, started, None, failed.retries))
             raise failed.cause from None
@@ -351,7 +352,7 @@ class ExperienceMiddleware(AgentMiddleware[ExperienceState, Any]):
         started = time.time()
         try:
             response, retries = await hooks.ledger.acall(
-                lambda: handler(request), message_of=_ai_message, **plan
+                lambda: handler(with_cap(request)), message_of=_ai_message, **plan
             )
         except CallFailed as failed:
             hooks.sink.append(make_record(hooks.node, plan["spec"], False, started, None, failed.retries))

@@ -6,8 +6,13 @@ Every LLM call of a run goes through :meth:`Ledger.call`:
   is per graph level; ``extract`` also runs its own pool);
 * before the call, its worst-case cost is *reserved*: input tokens are bounded by the prompt's UTF-8
   bytes (a byte-level BPE token covers at least one byte) plus a per-message allowance, output tokens by
-  ``max_tokens``. A call whose reservation would pass ``--budget-tokens`` / ``--budget-usd`` is not made:
-  :class:`BudgetExceeded` stops the run resumably, so the budget is never exceeded, only approached;
+  ``max_tokens``. With ``--budget-tokens`` / ``--budget-usd``, a call's ``max_tokens`` is capped by what
+  the budget has left after its prompt and the calls in flight; a call that could not get a useful
+  answer waits for the calls in flight to settle (they usually cost less than reserved), and only when
+  none is in flight and the rest still cannot pay one does :class:`BudgetExceeded` stop the run
+  resumably. The budget is never exceeded, and most of it is used;
+* a call answered from the run's result cache (:mod:`tfgrpo.models.cache`) paid nothing: it is booked
+  apart (``cached``) and never against the budget;
 * transient failures (429, 5xx, timeouts, connection resets, malformed bodies) are retried with
   exponential backoff and jitter; other 4xx errors are not; retries are counted.
 """
@@ -21,6 +26,7 @@ import threading
 import time
 from collections.abc import Awaitable, Callable, Iterator
 from contextlib import contextmanager
+from contextvars import ContextVar
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
@@ -28,6 +34,18 @@ from typing import Any, TypeVar
 from langchain_core.messages import AIMessage, BaseMessage
 
 from tfgrpo.errors import ConfigError, ProviderError, TfgrpoError
+from tfgrpo.models.cache import (
+    CACHED_FLAG,
+    NAMESPACE,
+    CallScope,
+    StoreLLMCache,
+    current_scope,
+    enter_scope,
+    exit_scope,
+    install,
+    paid_usage,
+    uninstall,
+)
 from tfgrpo.state.types import CallRecord
 
 # USD per 1M tokens (input, output), list prices of late 2025; override with --prices FILE.
@@ -44,6 +62,14 @@ DEFAULT_PRICES: dict[str, tuple[float, float]] = {
     "qwen2.5-coder-1.5b-instruct": (0.0, 0.0),
 }
 PER_MESSAGE_TOKENS = 16
+# A prompt's token bound is its UTF-8 bytes (strict: a byte-level BPE token covers at least one byte) until
+# the model has answered; then the most tokens per byte its prompts have had in this run, with this
+# margin (never above the bytes): the bytes bound is ~4x too high for English text, and a budget would
+# stop with a quarter of it unspent.
+DENSITY_MARGIN = 1.25
+# The least completion a call is made with when the budget caps it (or its own max_tokens, if smaller):
+# fewer would buy an answer cut off before it says anything.
+MIN_COMPLETION_TOKENS = 128
 T = TypeVar("T")
 ROLES = {
     "rollout": "policy",
@@ -231,10 +257,21 @@ class Ledger:
         self.spent_tokens = spent_tokens
         self._reserved_usd = 0.0
         self._reserved_tokens = 0
+        self._in_flight = 0  # calls holding a reservation
         self._lock = threading.Lock()
+        self._settled = threading.Condition(self._lock)  # a reservation was given back
         # called with the totals after every call (the server's per-thread ledgers persist them)
         self.on_spend: Callable[[int, float], None] | None = None
         self._persist_lock = threading.Lock()
+        self.cache: StoreLLMCache | None = None  # the run's result cache (see use_llm_cache)
+        self._density: dict[str, float] = {}  # model -> most prompt tokens per bound unit seen
+
+    def prompt_bound(self, spec: str, reserve_in: int) -> int:
+        """The prompt tokens to reserve for a call whose bytes bound is ``reserve_in``."""
+        density = self._density.get(spec)
+        if density is None:
+            return reserve_in
+        return min(reserve_in, int(reserve_in * density * DENSITY_MARGIN) + PER_MESSAGE_TOKENS)
 
     def check_prices(self, specs: list[str]) -> None:
         if self.budget_usd is None:
@@ -246,29 +283,86 @@ class Ledger:
                     '({"MODEL": {"input": USD per 1M tokens, "output": USD per 1M tokens}})'
                 )
 
-    def _reserve(self, spec: str, tokens_in: int, tokens_out: int) -> tuple[int, float]:
-        tokens = tokens_in + tokens_out
-        usd = self.prices.cost(spec, tokens_in, tokens_out) or 0.0
-        with self._lock:
-            if self.budget_tokens is not None and (
-                self.spent_tokens + self._reserved_tokens + tokens > self.budget_tokens
-            ):
-                raise BudgetExceeded(
-                    f"token budget reached: {self.spent_tokens} of {self.budget_tokens} tokens spent and the "
-                    f"next call may need up to {tokens}; raise --budget-tokens and run the same command"
-                )
-            if self.budget_usd is not None and (self.spent_usd + self._reserved_usd + usd > self.budget_usd):
-                raise BudgetExceeded(
-                    f"dollar budget reached: ${self.spent_usd:.4f} of ${self.budget_usd:.4f} spent and the "
-                    f"next call may cost up to ${usd:.4f}; raise --budget-usd and run the same command"
-                )
-            self._reserved_tokens += tokens
-            self._reserved_usd += usd
-        return tokens, usd
+    def _affordable(self, spec: str, tokens_in: int) -> float:
+        """The most output tokens the budget can still pay after ``tokens_in`` and the calls in flight
+        (infinite without a budget). Under ``self._lock``."""
+        out = float("inf")
+        if self.budget_tokens is not None:
+            out = min(out, self.budget_tokens - self.spent_tokens - self._reserved_tokens - tokens_in)
+        if self.budget_usd is not None:
+            rate_in, rate_out = self.prices.rate(spec) or (0.0, 0.0)
+            left = (self.budget_usd - self.spent_usd - self._reserved_usd) * 1e6 - tokens_in * rate_in
+            if left < 0:
+                out = min(out, -1.0)
+            elif rate_out > 0:
+                out = min(out, left / rate_out)
+        return out
+
+    def _try_reserve(self, spec: str, tokens_in: int, tokens_out: int) -> tuple[int, float, int] | None:
+        """(tokens, usd, max output tokens) reserved, or None when the call must wait for the calls in
+        flight; raises :class:`BudgetExceeded` when none is in flight and the budget cannot pay it.
+        Under ``self._lock``."""
+        need = min(tokens_out, MIN_COMPLETION_TOKENS)
+        tokens_in = self.prompt_bound(spec, tokens_in)
+        affordable = self._affordable(spec, tokens_in)
+        if affordable < need:
+            # wait for the calls in flight to settle; never inside a call (it would wait for itself)
+            if self._in_flight and current_scope() is None:
+                return None
+            raise BudgetExceeded(self._stop_message(spec, tokens_in, need))
+        out = int(min(tokens_out, affordable))
+        tokens = tokens_in + out
+        usd = self.prices.cost(spec, tokens_in, out) or 0.0
+        self._reserved_tokens += tokens
+        self._reserved_usd += usd
+        self._in_flight += 1
+        return tokens, usd, out
+
+    def _stop_message(self, spec: str, tokens_in: int, need: int) -> str:
+        what = f"a call to {spec} may need up to {tokens_in} tokens of prompt and at least {need} of answer"
+        if self.budget_tokens is not None and self._affordable_tokens(tokens_in) < need:
+            left = self.budget_tokens - self.spent_tokens
+            return (
+                f"token budget reached: {left} of {self.budget_tokens} tokens left ({self.spent_tokens} "
+                f"spent), too few for a useful call ({what}); raise --budget-tokens and run the same command"
+            )
+        left_usd = (self.budget_usd or 0.0) - self.spent_usd
+        return (
+            f"dollar budget reached: ${left_usd:.4f} of ${self.budget_usd or 0.0:.4f} left "
+            f"(${self.spent_usd:.4f} spent), too little for a useful call ({what}); raise --budget-usd "
+            "and run the same command"
+        )
+
+    def _affordable_tokens(self, tokens_in: int) -> float:
+        if self.budget_tokens is None:
+            return float("inf")
+        return self.budget_tokens - self.spent_tokens - self._reserved_tokens - tokens_in
+
+    def _reserve(self, spec: str, tokens_in: int, tokens_out: int) -> tuple[int, float, int]:
+        with self._settled:
+            while (got := self._try_reserve(spec, tokens_in, tokens_out)) is None:
+                self._settled.wait()
+            return got
+
+    async def _areserve(self, spec: str, tokens_in: int, tokens_out: int) -> tuple[int, float, int]:
+        delay = 0.001
+        while True:  # never a blocking wait on the event loop
+            with self._lock:
+                got = self._try_reserve(spec, tokens_in, tokens_out)
+            if got is not None:
+                return got
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, 0.05)
 
     def _settle(self, spec: str, msg: AIMessage | None, reserve_in: int) -> None:
         usage: dict[str, Any] = dict((msg.usage_metadata if msg is not None else None) or {})
-        used_in = int(usage.get("input_tokens", 0) or 0) or reserve_in  # no usage reported: assume the worst
+        reported_in = int(usage.get("input_tokens", 0) or 0)
+        if reported_in and reserve_in > 0:
+            with self._lock:
+                self._density[spec] = max(self._density.get(spec, 0.0), reported_in / reserve_in)
+        if msg is not None and (msg.response_metadata or {}).get(CACHED_FLAG):
+            return  # answered from the run's result cache: nothing was paid
+        used_in = reported_in or reserve_in  # no usage reported: assume the worst
         used_out = int(usage.get("output_tokens", 0) or 0)
         with self._lock:
             self.spent_tokens += used_in + used_out
@@ -280,9 +374,11 @@ class Ledger:
                 self.on_spend(*totals)
 
     def _release(self, tokens: int, usd: float) -> None:
-        with self._lock:
+        with self._settled:
             self._reserved_tokens -= tokens
             self._reserved_usd -= usd
+            self._in_flight -= 1
+            self._settled.notify_all()
 
     def _delay(self, retries: int, exc: BaseException | None = None) -> float:
         asked = retry_after(exc) if exc is not None else None
@@ -290,6 +386,9 @@ class Ledger:
             return min(RETRY_AFTER_MAX, asked) * (1 + 0.1 * random.random())
         # exponential backoff with jitter, so that parallel branches do not retry in lockstep
         return min(self.backoff_max, self.backoff * 2 ** (retries - 1)) * (0.5 + random.random())
+
+    def _scope(self, spec: str, out: int, reserve_out: int) -> CallScope:
+        return CallScope(self.cache, spec=spec, max_tokens=out if out < reserve_out else None)
 
     def call(
         self,
@@ -300,12 +399,16 @@ class Ledger:
         reserve_out: int,
         message_of: Callable[[T], AIMessage | None] = lambda out: out,  # type: ignore[assignment,return-value]
     ) -> tuple[T, int]:
-        """Run ``fn`` under the cap, the budget and the retry policy; returns (result, retries)."""
-        tokens, usd = self._reserve(spec, reserve_in, reserve_out)
+        """Run ``fn`` under the cap, the budget and the retry policy; returns (result, retries). ``fn``
+        runs in a :class:`~tfgrpo.models.cache.CallScope`: the run's result cache answers it, and
+        :func:`capped` gives the ``max_tokens`` the budget allows it."""
+        tokens, usd, out_cap = self._reserve(spec, reserve_in, reserve_out)
         retries = 0
         try:
             with self.semaphore:
                 while True:
+                    scope = self._scope(spec, out_cap, reserve_out)
+                    token = enter_scope(scope)
                     try:
                         out = fn()
                         break
@@ -313,7 +416,12 @@ class Ledger:
                         if not is_transient(exc) or retries >= self.max_retries:
                             raise CallFailed(exc, retries) from exc
                         retries += 1
+                        exit_scope(scope, token)
+                        token = None
                         time.sleep(self._delay(retries, exc))
+                    finally:
+                        if token is not None:
+                            exit_scope(scope, token)
             self._settle(spec, message_of(out), reserve_in)
             return out, retries
         finally:
@@ -338,12 +446,14 @@ class Ledger:
         message_of: Callable[[T], AIMessage | None],
     ) -> tuple[T, int]:
         """:meth:`call` for async graphs (the LangGraph API server runs graphs async)."""
-        tokens, usd = self._reserve(spec, reserve_in, reserve_out)
+        tokens, usd, out_cap = await self._areserve(spec, reserve_in, reserve_out)
         retries = 0
         try:
             await self._aacquire()
             try:
                 while True:
+                    scope = self._scope(spec, out_cap, reserve_out)
+                    token = enter_scope(scope)
                     try:
                         out = await fn()
                         break
@@ -351,7 +461,12 @@ class Ledger:
                         if not is_transient(exc) or retries >= self.max_retries:
                             raise CallFailed(exc, retries) from exc
                         retries += 1
+                        exit_scope(scope, token)
+                        token = None
                         await asyncio.sleep(self._delay(retries, exc))
+                    finally:
+                        if token is not None:
+                            exit_scope(scope, token)
             finally:
                 self.semaphore.release()
             self._settle(spec, message_of(out), reserve_in)
@@ -360,27 +475,88 @@ class Ledger:
             self._release(tokens, usd)
 
 
+def capped(settings: dict[str, Any] | None = None) -> dict[str, Any]:
+    """``settings`` with the ``max_tokens`` the budget allows the current ledger call (unchanged when the
+    budget does not cap it: the request is then the same as without a budget)."""
+    scope = current_scope()
+    settings = dict(settings or {})
+    if scope is not None and scope.max_tokens is not None:
+        settings["max_tokens"] = scope.max_tokens
+    return settings
+
+
 _default_lock = threading.Lock()
-_active: Ledger | None = None
+# The run's ledger, per context (not per process): two runs in two threads of one process each have
+# their own; the graph's branches inherit it (LangGraph runs them in copies of the caller's context).
+_active: ContextVar[Ledger | None] = ContextVar("tfgrpo_ledger", default=None)
 _defaults: dict[int, Ledger] = {}
 
 
 @contextmanager
 def use_ledger(ledger: Ledger) -> Iterator[Ledger]:
-    """Make ``ledger`` the one every node of this process uses (the CLI does this per run)."""
-    global _active
-    previous, _active = _active, ledger
+    """Make ``ledger`` the one every node of this run uses (the CLI does this per run)."""
+    token = _active.set(ledger)
     try:
         yield ledger
     finally:
-        _active = previous
+        _active.reset(token)
+
+
+def active_ledger() -> Ledger | None:
+    return _active.get()
+
+
+@contextmanager
+def use_llm_cache(store: Any, run_id: str = "", ledger: Ledger | None = None) -> Iterator[StoreLLMCache]:
+    """Persist every LLM response of the run in ``store`` for the ``with`` block. The cache belongs to
+    ``ledger`` (else the active one; else a new ledger made active for the block): it answers only the
+    calls made through that ledger, never a user's other models. ``run_id`` keeps the runs of a shared
+    database apart: a run never answers its calls with another run's responses."""
+    cache = StoreLLMCache(store, NAMESPACE + (run_id,) if run_id else NAMESPACE)
+    owner = ledger or active_ledger()
+    fresh = owner is None
+    if owner is None:
+        owner = Ledger()
+    previous, owner.cache = owner.cache, cache
+    install()
+    try:
+        if fresh:
+            with use_ledger(owner):
+                yield cache
+        else:
+            yield cache
+    finally:
+        uninstall()
+        owner.cache = previous
+
+
+def with_cap(request: Any) -> Any:
+    """An agent's ``ModelRequest`` with the ``max_tokens`` the budget allows the current ledger call."""
+    settings = capped(request.model_settings)
+    return request if settings == request.model_settings else request.override(model_settings=settings)
+
+
+def paid_totals(store: Any, run_id: str = "", prices: Prices | None = None) -> dict[str, Any]:
+    """What the server was paid for a run's responses (from its result cache, where each response is
+    stored with its usage as it arrives: exact after kills and resumes). ``cost_usd`` counts the priced
+    models only."""
+    prices = prices or Prices()
+    calls = tokens_in = tokens_out = 0
+    usd = 0.0
+    for paid in paid_usage(store, run_id):
+        calls += 1
+        tokens_in += int(paid.get("input_tokens", 0))
+        tokens_out += int(paid.get("output_tokens", 0))
+        usd += prices.cost(str(paid.get("spec", "")), paid["input_tokens"], paid["output_tokens"]) or 0.0
+    return {"calls": calls, "input_tokens": tokens_in, "output_tokens": tokens_out, "cost_usd": round(usd, 6)}
 
 
 def current_ledger(max_concurrency: int = 4) -> Ledger:
-    """The active ledger (the CLI's), else the thread's under a checkpointer and store (the LangGraph
+    """The active ledger (the run's), else the thread's under a checkpointer and store (the LangGraph
     server, Studio), else a shared unlimited one per concurrency level (library use)."""
-    if _active is not None:
-        return _active
+    active = _active.get()
+    if active is not None:
+        return active
     thread = _thread_ledger()
     if thread is not None:
         return thread
@@ -464,7 +640,7 @@ def make_record(
     usage = getattr(msg, "usage_metadata", None) or {}
     tokens_in = int(usage.get("input_tokens", 0) or 0)
     tokens_out = int(usage.get("output_tokens", 0) or 0)
-    return {
+    record: CallRecord = {
         "node": node,
         "role": role_of(node),
         "model": model,
@@ -476,3 +652,6 @@ def make_record(
         "started": started,
         "seconds": round(time.time() - started, 4),
     }
+    if msg is not None and (msg.response_metadata or {}).get(CACHED_FLAG):
+        record["cached"] = 1  # answered from the run's result cache: booked apart, not paid again
+    return record

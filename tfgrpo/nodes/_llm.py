@@ -27,7 +27,15 @@ from pydantic import BaseModel, ValidationError
 from tfgrpo.context import Context, as_context
 from tfgrpo.errors import ProviderError, StopRequested
 from tfgrpo.models.known_keys import known_keys
-from tfgrpo.models.ledger import CallFailed, current_ledger, explain, make_record, reserve_tokens, role_of
+from tfgrpo.models.ledger import (
+    CallFailed,
+    capped,
+    current_ledger,
+    explain,
+    make_record,
+    reserve_tokens,
+    role_of,
+)
 from tfgrpo.models.spec import ModelSettings, get_model, resolve_spec
 from tfgrpo.state.types import CallRecord
 
@@ -180,7 +188,7 @@ def call_text(
     started = time.time()
     try:
         msg, retries = ledger.call(
-            lambda: model.invoke(messages, **kwargs),
+            lambda: model.invoke(messages, **capped(kwargs)),
             spec=spec,
             reserve_in=reserve_tokens(messages),
             reserve_out=completion_cap(ctx, node),
@@ -333,11 +341,11 @@ def call_structured(
     records: list[CallRecord] = []
     error: str | None = None
     convo = list(messages)
-    for _attempt in range(retries + 1):
+    for attempt in range(retries + 1):
         started = time.time()
         try:
             out, n_retries = ledger.call(
-                lambda c=convo: _raw_and_parsed(runnable.invoke(c)),  # type: ignore[misc]
+                lambda c=convo: _raw_and_parsed(runnable.invoke(c, **capped())),  # type: ignore[misc]
                 spec=spec,
                 reserve_in=reserve_tokens(convo, json_schema_of(schema)),
                 reserve_out=completion_cap(ctx, node),
@@ -360,11 +368,13 @@ def call_structured(
             schema, raw if isinstance(raw, AIMessage) else None, perr, completion_cap(ctx, node)
         )
         records[-1]["malformed"] = 1
+        # the retry's number is in its text: two attempts that failed alike would otherwise send the
+        # same request, and the run's result cache would answer the retry with the same unusable reply
         convo = [
             *messages,
             HumanMessage(
                 f"Your previous reply could not be used ({error}). Call the {schema.__name__} tool "
-                "with arguments that match its schema exactly."
+                f"with arguments that match its schema exactly. (Retry {attempt + 1} of {retries}.)"
             ),
         ]
     return None, records, error

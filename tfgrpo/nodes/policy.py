@@ -42,8 +42,10 @@ from tfgrpo.models.ledger import (
     CallFailed,
     Ledger,
     as_provider_error,
+    capped,
     current_ledger,
     reserve_tokens,
+    with_cap,
 )
 from tfgrpo.models.spec import UnconfiguredModel, apply_configurable, resolve_spec
 from tfgrpo.nodes._llm import learner_model, make_record, one_line, policy_model
@@ -244,7 +246,7 @@ class PolicyMiddleware(AgentMiddleware[PolicyState, Context]):
         started = time.time()
         try:
             response, retries = p.ledger.call(
-                lambda: handler(p.request),
+                lambda: handler(with_cap(p.request)),
                 spec=p.spec,
                 reserve_in=p.reserve_in,
                 reserve_out=p.reserve_out,
@@ -275,7 +277,7 @@ class PolicyMiddleware(AgentMiddleware[PolicyState, Context]):
         started = time.time()
         try:
             response, retries = await p.ledger.acall(
-                lambda: handler(p.request),
+                lambda: handler(with_cap(p.request)),
                 spec=p.spec,
                 reserve_in=p.reserve_in,
                 reserve_out=p.reserve_out,
@@ -410,7 +412,7 @@ def _single_completion(
         # detached like the agent run: no callbacks of the calling graph's stream
         reply, retries = contextvars.Context().run(
             ledger.call,
-            lambda: bound.invoke(request, config),
+            lambda: bound.invoke(request, config, **capped()),
             spec=spec,
             reserve_in=reserve_tokens(request),
             reserve_out=ctx.max_tokens,

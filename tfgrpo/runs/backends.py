@@ -194,6 +194,8 @@ def spent_in_store(store: BaseStore, run_id: str) -> tuple[int, float, Any]:
             last = item.updated_at if last is None else max(last, item.updated_at)
             calls = item.value.get("calls", [])
             for call in calls if isinstance(calls, list) else []:  # (step reports count calls: an int)
+                if call.get("cached"):  # answered from the run's result cache: not paid
+                    continue
                 tokens += call["input_tokens"] + call["output_tokens"]
                 usd += call.get("cost_usd") or 0.0
         if len(items) < MEMO_PAGE:

@@ -15,13 +15,14 @@ import os
 import signal
 import sqlite3
 import sys
+import threading
 from collections import Counter
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import asdict
 from pathlib import Path
 from types import FrameType
-from typing import Any
+from typing import Any, cast
 
 from langgraph.checkpoint.sqlite import SqliteSaver
 from langgraph.errors import GraphDrained
@@ -51,6 +52,7 @@ REPORT_COLUMNS = (
     ("drop", 4),
     ("gate", 4),
     ("calls", 5),
+    ("cached", 6),
     ("retry", 5),
     ("tok_in", 7),
     ("tok_out", 7),
@@ -168,6 +170,7 @@ def report_row(r: StepReport) -> list[str]:
         str(sum(r["dropped"].values())),
         "-" if "validation" not in r else "keep" if r["validation"]["kept"] else "undo",
         str(r["calls"]),
+        str(r.get("cached_calls", 0)),
         str(r.get("retries", 0)),
         str(r["input_tokens"]),
         str(r["output_tokens"]),
@@ -185,7 +188,26 @@ def table_line(r: StepReport) -> str:
     return "  ".join(v.rjust(w) for v, (_, w) in zip(report_row(r), REPORT_COLUMNS, strict=True))
 
 
-def totals(history: list[StepReport]) -> dict[str, Any]:
+def totals(history: list[StepReport], paid: dict[str, Any] | None = None) -> dict[str, Any]:
+    """The run's totals. ``paid`` (from the run's result cache): what the server was paid for, kills
+    and unfinished steps included; its calls and tokens are then the totals' (the steps' own figures book
+    only the calls of finished steps)."""
+    out = _totals(history)
+    out["cached_calls"] = sum(r.get("cached_calls", 0) for r in history)
+    out["cached_tokens"] = sum(r.get("cached_tokens", 0) for r in history)
+    if paid is not None:
+        out["booked_in_steps"] = {k: out[k] for k in ("calls", "input_tokens", "output_tokens", "cost_usd")}
+        out["calls"], out["input_tokens"], out["output_tokens"] = (
+            paid["calls"],
+            paid["input_tokens"],
+            paid["output_tokens"],
+        )
+        if paid["cost_usd"] or not out["cost_usd"]:
+            out["cost_usd"] = paid["cost_usd"]
+    return out
+
+
+def _totals(history: list[StepReport]) -> dict[str, Any]:
     dropped: dict[str, int] = {}
     for r in history:
         for stage, n in r["dropped"].items():
@@ -195,10 +217,17 @@ def totals(history: list[StepReport]) -> dict[str, Any]:
         for node, u in r.get("usage", {}).items():
             agg = by_role.setdefault(
                 role_of(node),
-                {"calls": 0, "retries": 0, "input_tokens": 0, "output_tokens": 0, "cost_usd": 0.0},
+                {
+                    "calls": 0,
+                    "cached": 0,
+                    "retries": 0,
+                    "input_tokens": 0,
+                    "output_tokens": 0,
+                    "cost_usd": 0.0,
+                },
             )
             for key in agg:
-                agg[key] += u[key]  # type: ignore[literal-required]
+                agg[key] += cast(float, u.get(key, 0))
     return {
         "steps": len(history),
         "calls": sum(r["calls"] for r in history),
@@ -285,12 +314,14 @@ class RunDir:
             if not snap.exists():
                 atomic_write(snap, json.dumps(library, indent=2, ensure_ascii=False) + "\n")
 
-    def write_outputs(self, values: dict[str, Any], history: list[StepReport]) -> None:
+    def write_outputs(
+        self, values: dict[str, Any], history: list[StepReport], paid: dict[str, Any] | None = None
+    ) -> None:
         """Library and report from the graph state and the run's step history (idempotent). The reports
         are rewritten whole: the CLI does it when a run stops, not after every step (that would write
         O(steps^2) bytes over a run)."""
         self.write_library(values.get("library") or empty_library())
-        report: dict[str, Any] = {"totals": totals(history), "steps": history}
+        report: dict[str, Any] = {"totals": totals(history, paid), "steps": history}
         atomic_write(self.path / "report.json", json.dumps(report, indent=2, ensure_ascii=False) + "\n")
         lines = ["# Training-Free GRPO run report", "", "```", table_header()]
         lines += [table_line(r) for r in history]
@@ -371,6 +402,9 @@ def ctrl_c_drains() -> Iterator[RunControl]:
         )
         control.request_drain("Ctrl-C")
 
+    if threading.current_thread() is not threading.main_thread():
+        yield control  # a run in another thread (two learn() at once): Ctrl-C is the main thread's
+        return
     previous = signal.signal(signal.SIGINT, drain)
     try:
         yield control

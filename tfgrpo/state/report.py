@@ -19,6 +19,8 @@ def usage_totals(usage: dict[str, Usage]) -> dict[str, Any]:
     return {
         "calls": sum(u["calls"] for u in usage.values()),
         "calls_failed": sum(u["failed"] for u in usage.values()),
+        "cached_calls": sum(u.get("cached", 0) for u in usage.values()),
+        "cached_tokens": sum(u.get("cached_tokens", 0) for u in usage.values()),
         "retries": sum(u["retries"] for u in usage.values()),
         "cost_usd": round(sum(u["cost_usd"] for u in usage.values()), 6),
         "input_tokens": sum(u["input_tokens"] for u in usage.values()),

@@ -78,6 +78,7 @@ class CallRecord(TypedDict):
     seconds: float
     memo: NotRequired[bool]  # answered from the resume memo, no new request
     malformed: NotRequired[int]  # 1: the reply came back but its structured output was unusable
+    cached: NotRequired[int]  # 1: answered from the run's result cache (an identical request), not paid
 
 
 class Usage(TypedDict):
@@ -92,6 +93,8 @@ class Usage(TypedDict):
     cost_usd: float
     unpriced: int  # calls whose model has no price
     malformed: NotRequired[int]  # replies whose structured output was unusable (retried or dropped)
+    cached: NotRequired[int]  # calls answered from the result cache: not in calls, tokens or cost
+    cached_tokens: NotRequired[int]
     first_started: float
     last_ended: float
 
@@ -99,15 +102,18 @@ class Usage(TypedDict):
 def usage_of(records: list[CallRecord]) -> dict[str, Usage]:
     out: dict[str, Usage] = {}
     for r in records:
+        paid = not r.get("cached")  # a cached call paid nothing: counted apart
         one: Usage = {
-            "calls": 1,
+            "calls": 1 if paid else 0,
             "failed": 0 if r["ok"] else 1,
             "retries": r.get("retries", 0),
-            "input_tokens": r["input_tokens"],
-            "output_tokens": r["output_tokens"],
-            "cost_usd": r.get("cost_usd") or 0.0,
-            "unpriced": 1 if r.get("cost_usd") is None else 0,
+            "input_tokens": r["input_tokens"] if paid else 0,
+            "output_tokens": r["output_tokens"] if paid else 0,
+            "cost_usd": (r.get("cost_usd") or 0.0) if paid else 0.0,
+            "unpriced": 1 if r.get("cost_usd") is None and paid else 0,
             "malformed": r.get("malformed", 0),
+            "cached": 0 if paid else 1,
+            "cached_tokens": 0 if paid else r["input_tokens"] + r["output_tokens"],
             "first_started": r["started"],
             "last_ended": r["started"] + r["seconds"],
         }
@@ -132,6 +138,8 @@ def merge_usage(left: dict[str, Usage] | None, right: dict[str, Usage] | None) -
             "cost_usd": m["cost_usd"] + u["cost_usd"],
             "unpriced": m["unpriced"] + u["unpriced"],
             "malformed": m.get("malformed", 0) + u.get("malformed", 0),
+            "cached": m.get("cached", 0) + u.get("cached", 0),
+            "cached_tokens": m.get("cached_tokens", 0) + u.get("cached_tokens", 0),
             "first_started": min(m["first_started"], u["first_started"]),
             "last_ended": max(m["last_ended"], u["last_ended"]),
         }
@@ -184,8 +192,10 @@ class StepReport(TypedDict):
     lessons_rejected: NotRequired[dict[str, int]]  # lesson-gate reason -> ADD/UPDATEs rejected for good
     lessons_retried: NotRequired[dict[str, int]]  # first gate reason -> proposals sent back once
     malformed: NotRequired[dict[str, int]]  # stage -> replies with unusable structured output
-    calls: int
+    calls: int  # paid calls (requests the server answered or refused)
     calls_failed: int
+    cached_calls: NotRequired[int]  # answered from the run's result cache: paid nothing
+    cached_tokens: NotRequired[int]
     retries: int
     cost_usd: float
     usage: dict[str, Usage]  # per node
