@@ -189,12 +189,11 @@ def test_a_users_own_model_is_not_cached_or_booked_by_a_run(tmp_path: Path) -> N
     from langchain_openai import ChatOpenAI
 
     with FakeOpenAIServer(grpo_responder, latency=0.01) as run_server, FakeOpenAIServer() as own:
-        done = threading.Event()
-        thread = threading.Thread(target=lambda: (learn(run_server, tmp_path / "run"), done.set()))
+        thread = threading.Thread(target=learn, args=(run_server, tmp_path / "run"))
         thread.start()
         mine = ChatOpenAI(model="fake", base_url=own.base_url, api_key="x", max_retries=0)  # type: ignore[arg-type]
-        while not done.is_set() and len(run_server.requests) < 5:
-            done.wait(0.01)
+        while thread.is_alive() and len(run_server.requests) < 5:  # the run is going
+            thread.join(0.01)
         for _ in range(3):
             mine.invoke("the same question")
         thread.join()
