@@ -152,22 +152,22 @@ def test_a_retry_after_an_unusable_answer_is_a_new_request(tmp_path: Path) -> No
 
 
 def test_two_learns_in_two_threads_keep_their_own_cache_ledger_and_budget(tmp_path: Path) -> None:
-    with FakeOpenAIServer(grpo_responder) as solo:
-        assert learn(solo, tmp_path / "solo") == 0
-        solo_tokens, solo_bodies = server_tokens(solo), bodies(solo)
     results: dict[str, Any] = {}
+
+    def run(name: str, server: FakeOpenAIServer, **budget: Any) -> None:
+        try:
+            results[name] = tfgrpo.learn(
+                SHAPE["dataset"], model="openai:fake", base_url=server.base_url, run_dir=tmp_path / name,
+                seed=3, progress=False, **{k: v for k, v in SHAPE.items() if k != "dataset"}, **budget,
+            )  # fmt: skip
+        except Exception as exc:  # noqa: BLE001 - reported below
+            results[name] = exc
+
+    with FakeOpenAIServer(grpo_responder) as solo:
+        run("solo", solo)
+        solo_tokens, solo_bodies = server_tokens(solo), bodies(solo)
+    assert not isinstance(results["solo"], Exception), results["solo"]
     with FakeOpenAIServer(grpo_responder, latency=0.01) as a, FakeOpenAIServer(grpo_responder) as b:
-
-        def run(name: str, server: FakeOpenAIServer, **budget: Any) -> None:
-            try:
-                out = tfgrpo.learn(
-                    SHAPE["dataset"], model="openai:fake", base_url=server.base_url, run_dir=tmp_path / name,
-                    seed=3, progress=False, **{k: v for k, v in SHAPE.items() if k != "dataset"}, **budget,
-                )  # fmt: skip
-                results[name] = out
-            except Exception as exc:  # noqa: BLE001 - reported below
-                results[name] = exc
-
         threads = [
             threading.Thread(target=run, args=("a", a)),
             threading.Thread(target=run, args=("b", b), kwargs={"budget_tokens": solo_tokens // 2}),
