@@ -154,9 +154,14 @@ def load_plan(path: str | Path) -> Plan:
                 raise PlanError(f"{where}: unknown {role} model {name!r} (models: {', '.join(models)})")
         if arm == "learn" and not learner:
             raise PlanError(f"{where}: a learn cell needs field 'learner'")
-        settings = {k: int(c.get(k, defaults.get(k, 0))) for k in _SETTINGS}
-        if settings["k"] < 1:
-            raise PlanError(f"{where}: k must be at least 1")
+        settings: dict[str, int] = {}
+        for key in _SETTINGS if arm == "learn" else ("k",):
+            value = c.get(key, defaults.get(key))
+            if value is None:
+                raise PlanError(f"{where}: field {key!r} is missing (in the cell or in [defaults])")
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise PlanError(f"{where}: field {key!r} must be a positive integer, not {value!r}")
+            settings[key] = value
         cells.append(
             Cell(
                 id=cell_id,

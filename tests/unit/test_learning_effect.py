@@ -1,0 +1,203 @@
+"""The learning study's runner (benchmarks/learning_effect.py): plan parsing, the control's data and
+reward, and the table. No model, no /work/shared: datasets are only named by the plan, never read here."""
+
+from __future__ import annotations
+
+import importlib.util
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def _load(name: str):
+    spec = importlib.util.spec_from_file_location(name, ROOT / "benchmarks" / f"{name}.py")
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module  # dataclasses resolve annotations through sys.modules
+    spec.loader.exec_module(module)
+    return module
+
+
+le = _load("learning_effect")
+rewards = _load("learning_effect_rewards")
+PLAN = ROOT / "benchmarks" / "learning_effect_plan.toml"
+
+
+def test_the_committed_plan_meets_the_issue():
+    plan = le.load_plan(PLAN)
+    assert len(plan.tasks) >= 6
+    assert any(t.control for t in plan.tasks.values()), "a positive control"
+    assert any(t.domain == "search" and t.corpus for t in plan.tasks.values()), "a search task with a corpus"
+    assert {"0.5b", "1.5b"} <= set(plan.models)
+    learners = {c.learner for c in plan.cells if c.arm == "learn"}
+    assert {"0.5b", "1.5b"} <= learners
+    assert {c.gate for c in plan.cells if c.arm == "learn"} == {True, False}
+    # every task has a ceiling cell, and the first cells are ceilings
+    assert {c.task for c in plan.cells if c.arm == "ceiling"} == set(plan.tasks)
+    assert plan.cells[0].arm == "ceiling"
+    # confirmation seeds differ from every dataset the grid uses
+    grid = {t.data[k] for t in plan.tasks.values() for k in ("train", "heldout", "validation")}
+    assert not grid & {t.data[k] for t in plan.tasks.values() for k in ("confirm_train", "confirm_heldout")}
+
+
+def _write(tmp_path: Path, text: str) -> Path:
+    path = tmp_path / "plan.toml"
+    path.write_text(text, encoding="utf-8")
+    return path
+
+
+_TASK = """
+[study]
+results = "r.jsonl"
+work_dir = "/tmp/x"
+[models]
+small = "local:m"
+[defaults]
+k = 2
+[tasks.t]
+why = "w"
+train = "a.jsonl"
+heldout = "b.jsonl"
+validation = "c.jsonl"
+confirm_train = "d.jsonl"
+confirm_heldout = "e.jsonl"
+domain = "direct"
+reward = "math"
+max_tokens = 64
+lessons = ["L"]
+"""
+
+
+@pytest.mark.parametrize(
+    ("cells", "message"),
+    [
+        (
+            '[[cells]]\nid = "c"\ntask = "nope"\narm = "ceiling"\npolicy = "small"\n',
+            "cell 'c': unknown task 'nope'",
+        ),
+        ('[[cells]]\nid = "c"\ntask = "t"\narm = "learn"\npolicy = "small"\n', "needs field 'learner'"),
+        ('[[cells]]\nid = "c"\ntask = "t"\narm = "ceiling"\npolicy = "big"\n', "unknown policy model 'big'"),
+        ('[[cells]]\nid = "c"\ntask = "t"\narm = "grid"\npolicy = "small"\n', "arm must be one of"),
+        (
+            '[[cells]]\nid = "c"\ntask = "t"\narm = "ceiling"\npolicy = "small"\n' * 2,
+            "cell 'c': duplicate id",
+        ),
+    ],
+)
+def test_a_bad_plan_is_one_line_naming_the_cell(tmp_path, cells, message):
+    path = _write(tmp_path, _TASK + cells)
+    with pytest.raises(le.PlanError) as exc:
+        le.load_plan(path)
+    assert message in str(exc.value) and str(path) in str(exc.value)
+    assert "\n" not in str(exc.value)
+
+
+def test_a_learn_cell_needs_its_settings(tmp_path):
+    cell = '[[cells]]\nid = "c"\ntask = "t"\narm = "learn"\npolicy = "small"\nlearner = "small"\n'
+    with pytest.raises(le.PlanError, match="cell 'c': field 'batch_size' is missing"):
+        le.load_plan(_write(tmp_path, _TASK + cell))
+    with pytest.raises(le.PlanError, match="field 'k' must be a positive integer, not 0"):
+        le.load_plan(_write(tmp_path, _TASK + cell.replace('arm = "learn"', 'arm = "ceiling"\nk = 0')))
+
+
+def test_a_task_without_lessons_is_refused(tmp_path):
+    path = _write(tmp_path, _TASK.replace('lessons = ["L"]', "lessons = []"))
+    with pytest.raises(le.PlanError, match=r"\[tasks.t\]: field 'lessons'"):
+        le.load_plan(path)
+
+
+def test_the_control_data_is_deterministic_and_answered_in_decimal_hours():
+    rows = le.durations(22, 30)
+    assert rows == le.durations(22, 30)
+    assert rows != le.durations(23, 30)
+    for row in rows:
+        minutes = int(row["question"].split(" minutes")[0].split()[-1])
+        assert float(row["answer"]) == pytest.approx(minutes / 60, abs=1e-9)
+        assert minutes % 60, "never whole hours: those need no convention"
+        assert rewards.decimal_hours(f"Answer: {row['answer']}", row["answer"]) == 1.0
+        assert rewards.decimal_hours(f"Answer: {minutes} minutes", row["answer"]) == 0.0
+
+
+@pytest.mark.parametrize(
+    ("response", "reward"),
+    [
+        ("147 / 60 = 2.45\nAnswer: 2.45 hours", 1.0),
+        ("Answer: **2.45**.", 1.0),
+        ("Answer: 147 minutes", 0.0),
+        ("Answer: 2:27", 0.0),
+        ("Answer: 2 hours and 27 minutes", 0.0),
+        ("It lasted a while.", 0.0),
+    ],
+)
+def test_decimal_hours_rewards_only_the_convention(response, reward):
+    assert rewards.decimal_hours(response, "2.45") == reward
+
+
+def test_reasoning_gym_rewards_use_the_tasks_own_scorer():
+    pytest.importorskip("reasoning_gym")
+    gold = "They, WARRANTY, niggard"
+    assert rewards.rg_word_sorting(f"Answer: {gold}", gold) == 1.0
+    assert rewards.rg_word_sorting("Answer: niggard, They, WARRANTY", gold) == pytest.approx(
+        0.2
+    )  # partial credit
+    assert rewards.rg_family_relationships("Answer: Mother-in-law", "mother-in-law") == 1.0
+    assert rewards.rg_fraction_simplification("Answer: 99/196", "$\\dfrac{99}{196}$") == 1.0
+
+
+def test_the_table_shows_every_row_failures_included():
+    ok = {
+        "cell": "t.ceiling.p0.5b",
+        "status": "ok",
+        "arm": "ceiling",
+        "learner": "-",
+        "gate": None,
+        "baseline": 0.1,
+        "library": 0.35,
+        "diff": 0.25,
+        "ci_low": 0.1,
+        "ci_high": 0.4,
+        "p": 0.001,
+        "library_size": 1,
+        "learn_s": 0,
+        "eval_s": 321,
+        "load_before": "1.00 1.00 1.00",
+        "load_after": "2.00 1.50 1.00",
+    }
+    learned = {
+        **ok,
+        "cell": "t.learn.p1.5b.l1.5b.gate",
+        "arm": "learn",
+        "learner": "1.5b",
+        "gate": True,
+        "proposed": 5,
+        "lessons_rejected": {"problem-specific": 2},
+        "validation_rollbacks": 1,
+    }
+    failed = {"cell": "t.learn.x", "status": "failed", "error": "exit 2: error: boom"}
+    skipped = {"cell": "u.learn.x", "status": "skipped", "error": "ceiling u.ceiling.p0.5b not measured"}
+    table = le.format_table([ok, learned, failed, skipped]).splitlines()
+    assert len(table) == 5
+    assert "+0.250 [+0.100 .. +0.400]" in table[1] and "1.00 1.00 1.00 -> 2.00 1.50 1.00" in table[1]
+    assert "5/2 (problem-specific 2) rollbacks 1" in table[2] and " on " in table[2]
+    assert table[3].startswith("t.learn.x") and "FAILED: exit 2: error: boom" in table[3]
+    assert "SKIPPED: ceiling u.ceiling.p0.5b not measured" in table[4]
+
+
+def test_a_learn_cell_is_skipped_when_its_ceiling_is_not_above_zero(tmp_path):
+    results = tmp_path / "r.jsonl"
+    path = _write(
+        tmp_path,
+        _TASK.replace('"r.jsonl"', f'"{results}"')
+        + '[[cells]]\nid = "t.learn"\ntask = "t"\narm = "learn"\npolicy = "small"\nlearner = "small"\n'
+        'requires = "ceiling"\nbatch_size = 2\ngroup_size = 2\nepochs = 1\nexperiences_per_group = 1\n'
+        "validation_k = 1\n",
+    )
+    plan = le.load_plan(path)
+    row = le.run_cell(plan, plan.cells[0])
+    assert row["status"] == "skipped" and "not measured" in row["error"]
+    le.append_result(results, {"cell": "t.ceiling.psmall", "status": "ok", "ci_low": -0.05})
+    row = le.run_cell(plan, plan.cells[0])
+    assert row["status"] == "skipped" and "-0.050 is not above zero" in row["error"]
