@@ -4,6 +4,7 @@
     python benchmarks/learning_effect.py --plan benchmarks/learning_effect_plan.toml --only CELL # one cell
     python benchmarks/learning_effect.py --plan ... --confirm CELL   # CELL again on its task's confirm seeds
     python benchmarks/learning_effect.py --plan ... --table          # print the table of the results file
+    python benchmarks/learning_effect.py --plan ... --skip-done      # go on with the cells not run yet
 
 Each cell is one paired comparison on its task's held-out set, through the CLI only (``tfgrpo.cli``):
 
@@ -542,6 +543,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--only", action="append", default=[], help="run this cell (repeatable)")
     parser.add_argument("--confirm", help="run this cell on its task's confirmation seeds")
     parser.add_argument("--table", action="store_true", help="only print the table of the results file")
+    parser.add_argument(
+        "--skip-done", action="store_true", help="skip cells that already have a row in the results file"
+    )
     parser.add_argument("--results", help="results file (default: the plan's)")
     parser.add_argument("--timeout", type=float, default=5400, help="seconds per CLI command")
     args = parser.parse_args(argv)
@@ -558,6 +562,11 @@ def main(argv: list[str] | None = None) -> int:
             todo = [(plan.cell(c), False) for c in args.only]
         else:
             todo = [(c, False) for c in plan.cells]
+        if args.skip_done:
+            done = {row.get("cell") for row in read_results(plan.results)}
+            todo = [
+                (c, confirm) for c, confirm in todo if (c.id + (".confirm" if confirm else "")) not in done
+            ]
         for cell, confirm in todo:
             print(
                 f"[{datetime.now(UTC):%H:%M:%S}] {cell.id}{' (confirm)' if confirm else ''} ...", flush=True
