@@ -79,6 +79,7 @@ class Plan:
     eval_seed: int
     learn_seed: int
     temperature: float
+    request_timeout: float | None
     models: dict[str, str]
     tasks: dict[str, Task]
     cells: list[Cell]
@@ -184,6 +185,7 @@ def load_plan(path: str | Path) -> Plan:
         eval_seed=int(study.get("eval_seed", 0)),
         learn_seed=int(study.get("learn_seed", 0)),
         temperature=float(study.get("temperature", 0.7)),
+        request_timeout=float(study["request_timeout"]) if "request_timeout" in study else None,
         models={str(k): str(v) for k, v in models.items()},
         tasks=tasks,
         cells=cells,
@@ -272,6 +274,8 @@ def _run(cmd: list[str], log: Path, timeout: float) -> tuple[float, str | None]:
 def _common(plan: Plan, task: Task, model: str) -> list[str]:
     args = ["--model", model, "--domain", task.domain, "--reward", task.reward]
     args += ["--max-tokens", str(task.max_tokens), "--temperature", str(plan.temperature), "--no-progress"]
+    if plan.request_timeout:
+        args += ["--request-timeout", str(plan.request_timeout)]
     if task.corpus:
         args += ["--corpus", task.corpus]
     if task.max_model_calls:
