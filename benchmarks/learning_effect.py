@@ -495,6 +495,11 @@ def table_rows(rows: list[dict[str, Any]]) -> list[tuple[str, ...]]:
     for r in rows:
         if r.get("status") != "ok":
             status = f"{r.get('status', '?').upper()}: {r.get('error', '')}"
+            if "learn_s" in r and r.get("arm") == "learn":  # the learning finished: say what it gave
+                status += f" [learned |E| {r.get('library_size', '?')}, proposed {r.get('proposed', '?')}"
+                status += (
+                    f", learn {r['learn_s']:.0f} s, load {r.get('load_before')} -> {r.get('load_after')}]"
+                )
             out.append((r.get("cell", "?"), status))
             continue
         gate = "-" if r.get("gate") is None else ("on" if r["gate"] else "off")

@@ -176,13 +176,22 @@ def test_the_table_shows_every_row_failures_included():
         "lessons_rejected": {"problem-specific": 2},
         "validation_rollbacks": 1,
     }
-    failed = {"cell": "t.learn.x", "status": "failed", "error": "exit 2: error: boom"}
+    failed = {
+        "cell": "t.learn.x",
+        "status": "failed",
+        "arm": "learn",
+        "error": "exit 2: error: boom",
+        "learn_s": 3306.8,
+        "library_size": 0,
+        "proposed": 0,
+    }
     skipped = {"cell": "u.learn.x", "status": "skipped", "error": "ceiling u.ceiling.p0.5b not measured"}
     table = le.format_table([ok, learned, failed, skipped]).splitlines()
     assert len(table) == 5
     assert "+0.250 [+0.100 .. +0.400]" in table[1] and "1.00 1.00 1.00 -> 2.00 1.50 1.00" in table[1]
     assert "5/2 (problem-specific 2) rollbacks 1" in table[2] and " on " in table[2]
     assert table[3].startswith("t.learn.x") and "FAILED: exit 2: error: boom" in table[3]
+    assert "learned |E| 0, proposed 0, learn 3307 s" in table[3]  # a failed eval keeps what learning gave
     assert "SKIPPED: ceiling u.ceiling.p0.5b not measured" in table[4]
 
 
