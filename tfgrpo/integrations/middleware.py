@@ -46,7 +46,7 @@ from langgraph.config import get_config
 from langgraph.store.base import BaseStore
 
 from tfgrpo.errors import ConfigError
-from tfgrpo.models.ledger import CallFailed, Ledger, reserve_tokens, with_cap
+from tfgrpo.models.ledger import CallFailed, Ledger, make_record, reserve_tokens, with_cap
 from tfgrpo.runs.backends import check_run_id, database_url
 from tfgrpo.runs.library_ref import library_file, library_from_db
 from tfgrpo.state.library import Library, render_library
@@ -315,8 +315,6 @@ class ExperienceMiddleware(AgentMiddleware[ExperienceState, Any]):
         request, hooks = self._prepare(request, self.experiences(request))
         if hooks is None:
             return handler(request)
-        from tfgrpo.models.ledger import make_record
-
         key = self._memo_key(request, hooks)
         recalled = self._recall(hooks, key)
         if recalled is not None:
@@ -342,8 +340,6 @@ class ExperienceMiddleware(AgentMiddleware[ExperienceState, Any]):
         request, hooks = self._prepare(request, await self.aexperiences(request))
         if hooks is None:
             return await handler(request)
-        from tfgrpo.models.ledger import make_record
-
         key = self._memo_key(request, hooks)
         recalled = self._recall(hooks, key)
         if recalled is not None:
