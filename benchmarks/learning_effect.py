@@ -69,6 +69,7 @@ class Cell:
     gate: bool = False
     requires: str = ""
     settings: dict[str, int] = field(default_factory=dict)
+    max_tokens: int | None = None  # the cell's own cap, else the task's
 
 
 @dataclass(frozen=True)
@@ -164,6 +165,11 @@ def load_plan(path: str | Path) -> Plan:
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise PlanError(f"{where}: field {key!r} must be a positive integer, not {value!r}")
             settings[key] = value
+        max_tokens = c.get("max_tokens")
+        if max_tokens is not None and (
+            isinstance(max_tokens, bool) or not isinstance(max_tokens, int) or max_tokens < 1
+        ):
+            raise PlanError(f"{where}: field 'max_tokens' must be a positive integer, not {max_tokens!r}")
         cells.append(
             Cell(
                 id=cell_id,
@@ -174,6 +180,7 @@ def load_plan(path: str | Path) -> Plan:
                 gate=bool(c.get("gate", False)),
                 requires=str(c.get("requires", "")),
                 settings=settings,
+                max_tokens=max_tokens,
             )
         )
     base = path.resolve().parents[1] if path.resolve().parent.name == "benchmarks" else Path.cwd()
@@ -211,17 +218,22 @@ _ITEMS = (
 )
 
 
-def durations(seed: int, size: int) -> list[dict[str, str]]:
-    """The positive control's rows: a duration in minutes, answered (by convention) in decimal hours.
+def durations(seed: int, size: int, ask: str = "long") -> list[dict[str, str]]:
+    """The positive controls' rows: a duration in minutes, answered (by convention) in decimal hours.
 
-    Minutes are multiples of 3 (so the hours have at most two decimals) and never whole hours."""
+    ``ask="long"`` asks "How long did it last?" (the unit is never named); ``ask="hours"`` asks "How many
+    hours did it last?" (the unit is named, the decimal form is not). Minutes are multiples of 3 (so the
+    hours have at most two decimals) and never whole hours."""
+    if ask not in ("long", "hours"):
+        raise PlanError(f"gen:durations: ask must be long or hours, not {ask!r}")
     rng = random.Random(seed)
     rows = []
     for i in range(size):
         minutes = rng.choice([m for m in range(21, 300, 3) if m % 60])
         subject, past, verb = rng.choice(_ITEMS)
         hours = f"{minutes / 60:.2f}".rstrip("0").rstrip(".")
-        question = f"{subject} {past} {minutes} minutes. How long did it {verb}?"
+        how = "How long" if ask == "long" else "How many hours"
+        question = f"{subject} {past} {minutes} minutes. {how} did it {verb}?"
         rows.append({"id": f"dur-{seed}-{i}", "question": question, "answer": hours})
     return rows
 
@@ -232,12 +244,15 @@ def resolve_dataset(spec: str, work_dir: Path) -> str:
         return spec
     parts = spec.split(":")
     if len(parts) < 2 or parts[1] != "durations":
-        raise PlanError(f"{spec}: unknown generated dataset (known: gen:durations:seed=S:size=N)")
+        raise PlanError(
+            f"{spec}: unknown generated dataset (known: gen:durations:seed=S:size=N[:ask=long|hours])"
+        )
     opts = dict(p.split("=", 1) for p in parts[2:] if "=" in p)
-    seed, size = int(opts.get("seed", 0)), int(opts.get("size", 20))
-    out = work_dir / "data" / f"durations-seed{seed}-size{size}.jsonl"
+    seed, size, ask = int(opts.get("seed", 0)), int(opts.get("size", 20)), opts.get("ask", "long")
+    rows = durations(seed, size, ask)
+    out = work_dir / "data" / f"durations-seed{seed}-size{size}{'' if ask == 'long' else '-' + ask}.jsonl"
     out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text("".join(json.dumps(r) + "\n" for r in durations(seed, size)), encoding="utf-8")
+    out.write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
     return str(out)
 
 
@@ -271,9 +286,15 @@ def _run(cmd: list[str], log: Path, timeout: float) -> tuple[float, str | None]:
     return seconds, None
 
 
-def _common(plan: Plan, task: Task, model: str) -> list[str]:
+def _common(plan: Plan, task: Task, cell: Cell, model: str) -> list[str]:
     args = ["--model", model, "--domain", task.domain, "--reward", task.reward]
-    args += ["--max-tokens", str(task.max_tokens), "--temperature", str(plan.temperature), "--no-progress"]
+    args += [
+        "--max-tokens",
+        str(cell.max_tokens or task.max_tokens),
+        "--temperature",
+        str(plan.temperature),
+        "--no-progress",
+    ]
     if plan.request_timeout:
         args += ["--request-timeout", str(plan.request_timeout)]
     if task.corpus:
@@ -319,6 +340,7 @@ def run_cell(plan: Plan, cell: Cell, *, confirm: bool = False, timeout: float = 
         "learner": cell.learner if cell.arm == "learn" else "-",
         "gate": cell.gate if cell.arm == "learn" else None,
         "k": cell.settings["k"],
+        "max_tokens": cell.max_tokens or task.max_tokens,
         "started": stamp,
         "commit": _git_head(),
         "dir": str(cell_dir),
@@ -363,7 +385,7 @@ def run_cell(plan: Plan, cell: Cell, *, confirm: bool = False, timeout: float = 
         cmd += ["--learner-model", plan.models[cell.learner], "--seed", str(plan.learn_seed), "--heldout", ""]
         if cell.gate:
             cmd += ["--validation", validation, "--validation-k", str(s["validation_k"])]
-        cmd += _common(plan, task, policy)
+        cmd += _common(plan, task, cell, policy)
         commands.append(shlex.join(cmd))
         seconds, error = _run(cmd, cell_dir / "learn.log", timeout)
         row["learn_s"] = round(seconds, 1)
@@ -384,7 +406,7 @@ def run_cell(plan: Plan, cell: Cell, *, confirm: bool = False, timeout: float = 
         "--seed",
         str(plan.eval_seed),
     ]
-    cmd += _common(plan, task, policy)
+    cmd += _common(plan, task, cell, policy)
     commands.append(shlex.join(cmd))
     seconds, error = _run(cmd, cell_dir / "eval.log", timeout)
     row.update(eval_s=round(seconds, 1), commands=commands, load_after=_load())
@@ -430,6 +452,8 @@ def _learn_summary(run_dir: Path) -> dict[str, Any]:
             rejected[reason] = rejected.get(reason, 0) + n
     return {
         "steps": len(steps),
+        "groups_kept": totals.get("groups_kept", sum(s.get("groups_kept", 0) for s in steps)),
+        "groups_skipped": totals.get("groups_skipped", sum(s.get("groups_skipped", 0) for s in steps)),
         "proposed": sum(s.get("operations_proposed", 0) for s in steps),
         "applied": sum(s.get("operations_applied", 0) for s in steps),
         "rejected_ops": sum(s.get("operations_rejected", 0) for s in steps),
@@ -510,6 +534,8 @@ def table_rows(rows: list[dict[str, Any]]) -> list[tuple[str, ...]]:
             proposed += f" ({reasons})"
         if r.get("validation_rollbacks"):
             proposed += f" rollbacks {r['validation_rollbacks']}"
+        if "groups_kept" in r:  # groups with unequal rewards: the only ones the learner sees
+            proposed += f" groups {r['groups_kept']}/{r['groups_kept'] + r.get('groups_skipped', 0)}"
         out.append(
             (
                 r["cell"],

@@ -4,6 +4,7 @@ reward, and the table. No model, no /work/shared: datasets are only named by the
 from __future__ import annotations
 
 import importlib.util
+import json
 import sys
 from pathlib import Path
 
@@ -210,3 +211,36 @@ def test_a_learn_cell_is_skipped_when_its_ceiling_is_not_above_zero(tmp_path):
     le.append_result(results, {"cell": "t.ceiling.psmall", "status": "ok", "ci_low": -0.05})
     row = le.run_cell(plan, plan.cells[0])
     assert row["status"] == "skipped" and "-0.050 is not above zero" in row["error"]
+
+
+def test_a_cell_can_set_its_own_token_cap(tmp_path, monkeypatch):
+    cell = '[[cells]]\nid = "c"\ntask = "t"\narm = "ceiling"\npolicy = "small"\n'
+    plan = le.load_plan(_write(tmp_path, _TASK + cell.replace('"small"\n', '"small"\nmax_tokens = 128\n', 1)))
+    assert le._common(plan, plan.tasks["t"], plan.cells[0], "local:m")[6:8] == ["--max-tokens", "128"]
+    plan = le.load_plan(_write(tmp_path, _TASK + cell))
+    assert le._common(plan, plan.tasks["t"], plan.cells[0], "local:m")[6:8] == ["--max-tokens", "64"]
+    with pytest.raises(le.PlanError, match="cell 'c': field 'max_tokens' must be a positive integer"):
+        le.load_plan(_write(tmp_path, _TASK + cell + "max_tokens = 0\n"))
+
+
+def test_a_learn_row_says_how_many_groups_the_learner_saw(tmp_path):
+    run = tmp_path / "run"
+    run.mkdir()
+    steps = [{"groups_kept": 0, "groups_skipped": 8, "operations_proposed": 0}]
+    report = {"totals": {"groups_kept": 0, "groups_skipped": 8}, "steps": steps}
+    (run / "report.json").write_text(json.dumps(report))
+    (run / "library.json").write_text('{"items": []}')
+    row = {"cell": "t.learn", "status": "ok", "arm": "learn", "learner": "1.5b", "gate": False}
+    row.update(le._learn_summary(run))
+    row.update(baseline=0.0, library=0.0, diff=0.0, ci_low=0.0, ci_high=0.0, p=1.0)
+    assert "0/0 groups 0/8" in le.format_table([row]).splitlines()[1]
+
+
+def test_the_second_control_names_the_unit_but_not_the_form(tmp_path):
+    rows = le.durations(61, 5, "hours")
+    assert all(" How many hours did it " in r["question"] for r in rows)
+    assert [r["answer"] for r in rows] == [r["answer"] for r in le.durations(61, 5)]
+    path = le.resolve_dataset("gen:durations:seed=61:size=5:ask=hours", tmp_path)
+    assert path.endswith("-hours.jsonl") and "How many hours" in Path(path).read_text()
+    with pytest.raises(le.PlanError, match="ask must be long or hours, not 'days'"):
+        le.resolve_dataset("gen:durations:seed=61:size=5:ask=days", tmp_path)
