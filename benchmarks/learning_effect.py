@@ -326,7 +326,7 @@ def _ceiling_row(plan: Plan, cell: Cell) -> dict[str, Any] | None:
 
 
 def run_cell(plan: Plan, cell: Cell, *, confirm: bool = False, timeout: float = 5400) -> dict[str, Any]:
-    """Run one cell and return its row (status ok, failed or skipped)."""
+    """Run one cell and return its row (status ok, failed, skipped, or empty: learning gave no lesson)."""
     task = plan.tasks[cell.task]
     stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
     name = cell.id + (".confirm" if confirm else "")
@@ -393,6 +393,11 @@ def run_cell(plan: Plan, cell: Cell, *, confirm: bool = False, timeout: float = 
             row.update(_learn_summary(run_dir))
         else:
             row.update(status="failed", error=error, commands=commands, load_after=_load())
+            return row
+        if row["library_size"] == 0:  # an empty E is the baseline: comparing the two measures nothing
+            kept, seen = row["groups_kept"], row["groups_kept"] + row["groups_skipped"]
+            why = f"learned E is empty (the learner saw {kept} of {seen} groups); held-out evaluation not run"
+            row.update(status="empty", error=why, commands=commands, load_after=_load())
             return row
         library = run_dir
     eval_dir = cell_dir / "eval"

@@ -244,3 +244,30 @@ def test_the_second_control_names_the_unit_but_not_the_form(tmp_path):
     assert path.endswith("-hours.jsonl") and "How many hours" in Path(path).read_text()
     with pytest.raises(le.PlanError, match="ask must be long or hours, not 'days'"):
         le.resolve_dataset("gen:durations:seed=61:size=5:ask=days", tmp_path)
+
+
+def test_a_learn_cell_whose_e_is_empty_is_not_evaluated(tmp_path, monkeypatch):
+    path = _write(
+        tmp_path,
+        _TASK.replace('"r.jsonl"', f'"{tmp_path / "r.jsonl"}"').replace('"/tmp/x"', f'"{tmp_path}"')
+        + '[[cells]]\nid = "t.learn"\ntask = "t"\narm = "learn"\npolicy = "small"\nlearner = "small"\n'
+        "batch_size = 2\ngroup_size = 2\nepochs = 1\nexperiences_per_group = 1\nvalidation_k = 1\n",
+    )
+    plan = le.load_plan(path)
+    commands = []
+
+    def fake_run(cmd, log, timeout):  # `tfgrpo learn` that skipped every group
+        commands.append(cmd[3])
+        run = Path(cmd[cmd.index("--run-dir") + 1])
+        run.mkdir(parents=True)
+        report = {"totals": {"groups_kept": 0, "groups_skipped": 2}, "steps": [{"operations_proposed": 0}]}
+        (run / "report.json").write_text(json.dumps(report))
+        (run / "library.json").write_text('{"items": []}')
+        return 1.0, None
+
+    monkeypatch.setattr(le, "_run", fake_run)
+    row = le.run_cell(plan, plan.cells[0])
+    assert commands == ["learn"]  # no `tfgrpo eval` of an empty E against itself
+    assert row["status"] == "empty" and "the learner saw 0 of 2 groups" in row["error"]
+    line = le.format_table([row]).splitlines()[1]
+    assert "EMPTY: learned E is empty" in line and "learned |E| 0, proposed 0" in line
