@@ -102,6 +102,12 @@ def _need(where: str, table: dict[str, Any], key: str, kind: type | tuple[type, 
     return value
 
 
+def _positive_int(where: str, key: str, value: Any) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise PlanError(f"{where}: field {key!r} must be a positive integer, not {value!r}")
+    return value
+
+
 def load_plan(path: str | Path) -> Plan:
     """The plan, validated: every problem is a one-line PlanError naming the file and the field."""
     path = Path(path)
@@ -162,14 +168,10 @@ def load_plan(path: str | Path) -> Plan:
             value = c.get(key, defaults.get(key))
             if value is None:
                 raise PlanError(f"{where}: field {key!r} is missing (in the cell or in [defaults])")
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise PlanError(f"{where}: field {key!r} must be a positive integer, not {value!r}")
-            settings[key] = value
+            settings[key] = _positive_int(where, key, value)
         max_tokens = c.get("max_tokens")
-        if max_tokens is not None and (
-            isinstance(max_tokens, bool) or not isinstance(max_tokens, int) or max_tokens < 1
-        ):
-            raise PlanError(f"{where}: field 'max_tokens' must be a positive integer, not {max_tokens!r}")
+        if max_tokens is not None:
+            _positive_int(where, "max_tokens", max_tokens)
         cells.append(
             Cell(
                 id=cell_id,
