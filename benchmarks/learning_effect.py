@@ -13,7 +13,9 @@ Each cell is one paired comparison on its task's held-out set, through the CLI o
   E against the empty library.
 
 Each finished cell appends one JSON line to the plan's results file (failures and skipped cells too), with
-the machine load before and after; the table of every row of that file is printed at the end.
+the machine load before and after; the table of every row of that file is printed at the end. A learning
+cell whose E comes out empty ends with status ``empty`` (E empty is the baseline: nothing to evaluate). A
+cell may set its own ``max_tokens`` (else its task's).
 """
 
 from __future__ import annotations
