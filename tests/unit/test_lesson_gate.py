@@ -359,3 +359,32 @@ def test_an_unparseable_retry_is_dropped_and_the_lesson_rejected_with_its_reason
     assert report["lessons_rejected"] == {OVER_CAP: 1}
     assert report["dropped"].get("retry_lesson") == 1
     assert out["library"]["items"] == []
+
+
+def test_a_rewrite_that_echoes_the_gates_reason_is_rejected() -> None:
+    # seen in the study (durations_hours_asked, 1.5B learner): told "template copy, copies the learner's
+    # instructions (...): say it in your own words", it stored "...; pitfall: copied learner's instructions."
+    copied = "When converting minutes to hours, what to do, the pitfall seen: divide by sixty."
+    echo = "To convert minutes to hours, divide by sixty; pitfall: copied learner's instructions."
+    fake = Fake(
+        extract=extract_reply([{"op": "ADD", "content": copied}]),
+        retry=lambda body: tool_reply("RevisedLesson", {"content": echo}),
+    )
+    out = run_step(fake, batch=BATCH[:1])
+    report = out["report"]
+    assert "copies the learner's instructions" in str(fake.bodies("retry")[0]["messages"])
+    assert report["lessons_retried"] == {TEMPLATE_COPY: 1}
+    assert report["lessons_rejected"] == {TEMPLATE_COPY: 1}
+    (why,) = [r["why"] for r in report["rejected"]]
+    assert "echoes the gate's reason ('learner s instructions')" in why
+    assert out["library"]["items"] == []
+
+
+def test_a_rewrite_sharing_only_common_words_with_the_reason_passes() -> None:
+    # "shorten it" / "the answer" are everyday words: only three consecutive words of the reason count
+    fake = Fake(
+        extract=extract_reply([{"op": "ADD", "content": LONG}]),
+        retry=lambda body: tool_reply("RevisedLesson", {"content": SHORT + " Shorten it."}),
+    )
+    out = run_step(fake, batch=BATCH[:1])
+    assert [i["text"] for i in out["library"]["items"]] == [SHORT + " Shorten it."]

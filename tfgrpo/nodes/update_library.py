@@ -370,6 +370,19 @@ def retry_hint(reason: str, detail: str, op: Operation) -> str:
     return f"{reason}, {detail}: {RETRY_ACTIONS[reason]}"
 
 
+# A rewrite that repeats this many consecutive words of the reason it was sent back with wrote the verdict
+# into the lesson (a 1.5B learner told "copies the learner's instructions" stored "...; pitfall: copied
+# learner's instructions."); two words ("shorten it", "the answer") are everyday prose.
+ECHO_WORDS = 3
+
+
+def echo_of(content: str, hint: str) -> str | None:
+    """Three or more consecutive words of the gate's ``hint`` in a rewrite's ``content``, or None. The
+    hint's parts in brackets (the lesson's own words, the problem's numbers) do not count."""
+    own = re.sub(r"\([^)]*\)", " ", hint)
+    return first_shared(_words(content), ngrams(_words(own), ECHO_WORDS), ECHO_WORDS)
+
+
 def retry_rejected(
     runtime: Runtime[Context],
     ctx: Context,
@@ -399,7 +412,7 @@ def retry_rejected(
     final: list[RejectedOperation] = []
     counts: Counter[str] = Counter()
     retried: Counter[str] = Counter(reason for reason, _ in first)
-    for rejected, (reason, _), rewrite in zip(gated, first, revised, strict=True):
+    for rejected, (reason, _), (_, hint), rewrite in zip(gated, first, items, revised, strict=True):
         if rewrite is None:
             counts[reason] += 1
             final.append({**rejected, "why": f"{rejected['why']} (retried once: no rewrite)"})
@@ -407,6 +420,11 @@ def retry_rejected(
         kept, again, again_counts = screen_lessons(
             [rewrite], batch, templates, where="proposal after retry: ", pattern=ctx.lesson_pattern
         )
+        echo = echo_of(rewrite.get("content") or "", hint) if kept else None
+        if echo is not None:
+            kept, again_counts = [], Counter({TEMPLATE_COPY: 1})
+            why = f"proposal after retry: {TEMPLATE_COPY}: echoes the gate's reason ({echo!r})"
+            again = [{"operation": rewrite, "why": why}]
         passed.extend(kept)
         final.extend({**r, "why": f"{r['why']} (first: {reason})"} for r in again)
         counts.update(again_counts)
