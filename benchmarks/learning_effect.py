@@ -59,6 +59,9 @@ class Task:
     corpus: str = ""
     max_model_calls: int | None = None
     max_tool_calls: int | None = None
+    # outside the decision rule: fixed lessons evaluated to answer a question the results raised; such a
+    # task needs only ``heldout``, has only ceiling cells and is never confirmed
+    exploratory: bool = False
 
 
 @dataclass(frozen=True)
@@ -128,10 +131,12 @@ def load_plan(path: str | Path) -> Plan:
         lessons = _need(where, t, "lessons", list)
         if not lessons or not all(isinstance(x, str) and x.strip() for x in lessons):
             raise PlanError(f"{where}: field 'lessons' must be a non-empty list of non-empty strings")
+        exploratory = _need(where, t, "exploratory", bool) if "exploratory" in t else False
+        needed = ("heldout",) if exploratory else TASK_DATA
         tasks[name] = Task(
             name=name,
             why=_need(where, t, "why", str),
-            data={key: _need(where, t, key, str) for key in TASK_DATA},
+            data={key: _need(where, t, key, str) if key in needed else "" for key in TASK_DATA},
             domain=_need(where, t, "domain", str),
             reward=_need(where, t, "reward", str),
             max_tokens=_need(where, t, "max_tokens", int),
@@ -140,6 +145,7 @@ def load_plan(path: str | Path) -> Plan:
             corpus=str(t.get("corpus", "")),
             max_model_calls=t.get("max_model_calls"),
             max_tool_calls=t.get("max_tool_calls"),
+            exploratory=exploratory,
         )
         if tasks[name].domain == "search" and not tasks[name].corpus:
             raise PlanError(f"{where}: a search task needs field 'corpus'")
@@ -158,6 +164,8 @@ def load_plan(path: str | Path) -> Plan:
         arm = _need(where, c, "arm", str)
         if arm not in ARMS:
             raise PlanError(f"{where}: arm must be one of {', '.join(ARMS)}, not {arm!r}")
+        if tasks[task].exploratory and arm != "ceiling":
+            raise PlanError(f"{where}: task {task!r} is exploratory: only the ceiling arm (fixed lessons)")
         policy = _need(where, c, "policy", str)
         learner = str(c.get("learner", ""))
         for role, name in (("policy", policy), ("learner", learner)):
@@ -339,6 +347,7 @@ def run_cell(plan: Plan, cell: Cell, *, confirm: bool = False, timeout: float = 
         "cell": name,
         "task": cell.task,
         "control": task.control,
+        "exploratory": task.exploratory,
         "arm": cell.arm,
         "policy": cell.policy,
         "learner": cell.learner if cell.arm == "learn" else "-",
@@ -361,13 +370,18 @@ def run_cell(plan: Plan, cell: Cell, *, confirm: bool = False, timeout: float = 
             row.update(status="skipped", error=f"ceiling {cell.task}.ceiling.p{cell.policy} {why}")
             return row
     try:
-        train = resolve_dataset(task.data["confirm_train" if confirm else "train"], plan.work_dir)
+        learning = cell.arm == "learn"
+        train = (
+            resolve_dataset(task.data["confirm_train" if confirm else "train"], plan.work_dir)
+            if learning
+            else ""
+        )
         heldout = resolve_dataset(task.data["confirm_heldout" if confirm else "heldout"], plan.work_dir)
-        validation = resolve_dataset(task.data["validation"], plan.work_dir)
+        validation = resolve_dataset(task.data["validation"], plan.work_dir) if cell.gate else ""
     except (PlanError, ValueError) as exc:
         row.update(status="failed", error=str(exc), load_after=_load())
         return row
-    row.update(heldout=heldout, train=train if cell.arm == "learn" else "")
+    row.update(heldout=heldout, train=train)
     cell_dir.mkdir(parents=True, exist_ok=True)
     policy = plan.models[cell.policy]
     commands: list[str] = []
@@ -524,7 +538,7 @@ _HEADER = (
 
 
 def table_rows(rows: list[dict[str, Any]]) -> list[tuple[str, ...]]:
-    out = []
+    out: list[tuple[str, ...]] = []
     for r in rows:
         if r.get("status") != "ok":
             status = f"{r.get('status', '?').upper()}: {r.get('error', '')}"
@@ -547,7 +561,7 @@ def table_rows(rows: list[dict[str, Any]]) -> list[tuple[str, ...]]:
             proposed += f" groups {r['groups_kept']}/{r['groups_kept'] + r.get('groups_skipped', 0)}"
         out.append(
             (
-                r["cell"],
+                r["cell"] + (" (exploratory)" if r.get("exploratory") else ""),
                 r.get("learner", "-"),
                 gate,
                 f"{r['baseline']:.3f}",
@@ -601,7 +615,10 @@ def main(argv: list[str] | None = None) -> int:
             print(format_table(read_results(plan.results)))
             return 0
         if args.confirm:
-            todo = [(plan.cell(args.confirm), True)]
+            cell = plan.cell(args.confirm)
+            if plan.tasks[cell.task].exploratory:
+                raise PlanError(f"{plan.path}: cell {cell.id!r} is exploratory: it has no confirmation seeds")
+            todo = [(cell, True)]
         elif args.only:
             todo = [(plan.cell(c), False) for c in args.only]
         else:

@@ -39,9 +39,10 @@ def test_the_committed_plan_meets_the_issue():
     # every task has a ceiling cell, and the first cells are ceilings
     assert {c.task for c in plan.cells if c.arm == "ceiling"} == set(plan.tasks)
     assert plan.cells[0].arm == "ceiling"
-    # confirmation seeds differ from every dataset the grid uses
-    grid = {t.data[k] for t in plan.tasks.values() for k in ("train", "heldout", "validation")}
-    assert not grid & {t.data[k] for t in plan.tasks.values() for k in ("confirm_train", "confirm_heldout")}
+    # confirmation seeds differ from every dataset the grid uses (exploratory tasks are outside the grid)
+    tasks = [t for t in plan.tasks.values() if not t.exploratory]
+    grid = {t.data[k] for t in tasks for k in ("train", "heldout", "validation")}
+    assert not grid & {t.data[k] for t in tasks for k in ("confirm_train", "confirm_heldout")}
 
 
 def _write(tmp_path: Path, text: str) -> Path:
@@ -271,3 +272,35 @@ def test_a_learn_cell_whose_e_is_empty_is_not_evaluated(tmp_path, monkeypatch):
     assert row["status"] == "empty" and "the learner saw 0 of 2 groups" in row["error"]
     line = le.format_table([row]).splitlines()[1]
     assert "EMPTY: learned E is empty" in line and "learned |E| 0, proposed 0" in line
+
+
+_EXPLORATORY = """
+[tasks.x]
+exploratory = true
+why = "w"
+heldout = "b.jsonl"
+domain = "direct"
+reward = "math"
+max_tokens = 64
+lessons = ["L"]
+"""
+
+
+def test_an_exploratory_task_is_fixed_lessons_only_and_never_confirmed(tmp_path, monkeypatch, capsys):
+    ceiling = '[[cells]]\nid = "x.c"\ntask = "x"\narm = "ceiling"\npolicy = "small"\n'
+    results = tmp_path / "r.jsonl"
+    text = _TASK.replace('"r.jsonl"', f'"{results}"').replace('"/tmp/x"', f'"{tmp_path}"') + _EXPLORATORY
+    plan = le.load_plan(_write(tmp_path, text + ceiling))  # needs no train/validation/confirmation data
+    assert plan.tasks["x"].exploratory and not plan.tasks["t"].exploratory
+    learn = ceiling.replace('"ceiling"', '"learn"') + 'learner = "small"\n'
+    with pytest.raises(le.PlanError, match="cell 'x.c': task 'x' is exploratory: only the ceiling arm"):
+        le.load_plan(_write(tmp_path, text + learn))
+    path = _write(tmp_path, text + ceiling)
+    assert le.main(["--plan", str(path), "--confirm", "x.c"]) == 2
+    assert "cell 'x.c' is exploratory: it has no confirmation seeds" in capsys.readouterr().err
+    # its row says so, and so does the table
+    monkeypatch.setattr(le, "_run", lambda cmd, log, timeout: (1.0, "exit 1: stop here"))
+    row = le.run_cell(plan, plan.cells[0])
+    assert row["exploratory"] is True and row["heldout"].endswith("b.jsonl") and row["train"] == ""
+    ok = {**row, "status": "ok", "baseline": 0.1, "library": 0.2, "diff": 0.1, "ci_low": -0.1, "ci_high": 0.3}
+    assert "x.c (exploratory)" in le.format_table([{**ok, "p": 0.5}]).splitlines()[1]
