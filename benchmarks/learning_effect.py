@@ -16,6 +16,9 @@ Each finished cell appends one JSON line to the plan's results file (failures an
 the machine load before and after; the table of every row of that file is printed at the end. A learning
 cell whose E comes out empty ends with status ``empty`` (E empty is the baseline: nothing to evaluate). A
 cell may set its own ``max_tokens`` (else its task's).
+A task marked ``exploratory = true`` answers a question the results raised, outside the decision rule:
+it needs only a held-out set, has only ceiling cells (fixed lessons), is never confirmed, and its rows
+say so in the table.
 """
 
 from __future__ import annotations
