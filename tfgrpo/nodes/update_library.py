@@ -283,18 +283,35 @@ def _spelled_numbers(text: str) -> set[str]:
     return found
 
 
+# A rewrite that repeats this many consecutive words of the reason it was sent back with wrote the verdict
+# into the lesson (a 1.5B learner told "copies the learner's instructions" stored "...; pitfall: copied
+# learner's instructions."); two words ("shorten it", "the answer") are everyday prose.
+ECHO_WORDS = 3
+
+
+def echo_of(content: str, hint: str) -> str | None:
+    """Three or more consecutive words of the gate's ``hint`` in a rewrite's ``content``, or None. The
+    hint's parts in brackets (the lesson's own words, the problem's numbers) do not count."""
+    own = re.sub(r"\([^)]*\)", " ", hint)
+    return first_shared(_words(content), ngrams(_words(own), ECHO_WORDS), ECHO_WORDS)
+
+
 def lesson_flaw(
-    content: str, batch: list[Query], templates: set[tuple[str, ...]], pattern: str = ""
+    content: str, batch: list[Query], templates: set[tuple[str, ...]], pattern: str = "", hint: str = ""
 ) -> tuple[str, str] | None:
     """``(reason, detail)`` when ``content`` must not enter E as a lesson (reasons in LESSON_REASONS, the
     first that applies), else None. ``pattern``: the run's lesson pattern (JSON-schema semantics: a
-    search, anchored by its own ^ and $), "" for none."""
+    search, anchored by its own ^ and $), "" for none. ``hint``: the reason a retried lesson was sent back
+    with; repeating it is a template copy."""
     leak = leak_of(content, batch)
     if leak is not None:
         return ANSWER_LEAK, leak
     copied = first_shared(_words(content), templates, TEMPLATE_WORDS)
     if copied is not None:
         return TEMPLATE_COPY, f"copies the learner's instructions ({copied!r})"
+    echo = echo_of(content, hint) if hint else None
+    if echo is not None:
+        return TEMPLATE_COPY, f"echoes the gate's reason ({echo!r})"
     numbers = _numbers(content) | _spelled_numbers(content)
     for query in batch:
         shared = numbers & _numbers(query.get("question") or "")
@@ -328,18 +345,20 @@ def screen_lessons(
     templates: set[tuple[str, ...]],
     where: str = "",
     pattern: str = "",
+    hint: str = "",
 ) -> tuple[list[Operation], list[RejectedOperation], Counter[str]]:
     """Split operations into those that may go on and those the lesson gate rejects (ADD/UPDATE only),
     with the rejections counted by reason. Each lesson is judged against its own problems
     (:func:`own_problems`): a general lesson is not rejected because another question of a large batch
-    happens to contain one of its numbers."""
+    happens to contain one of its numbers. ``hint``: for a retried lesson, the reason it was sent back with
+    (:func:`lesson_flaw`)."""
     kept: list[Operation] = []
     rejected: list[RejectedOperation] = []
     counts: Counter[str] = Counter()
     for op in operations:
         flaw = None
         if op["op"] in ("ADD", "UPDATE"):
-            flaw = lesson_flaw(op.get("content") or "", own_problems(op, batch), templates, pattern)
+            flaw = lesson_flaw(op.get("content") or "", own_problems(op, batch), templates, pattern, hint)
         if flaw is None:
             kept.append(op)
         else:
@@ -368,19 +387,6 @@ def retry_hint(reason: str, detail: str, op: Operation) -> str:
     if reason == PROBLEM_SPECIFIC and detail.startswith("quotes the numbers"):
         return f"names numbers of its problem ({detail.split('(', 1)[-1]}: {RETRY_ACTIONS[reason]}"
     return f"{reason}, {detail}: {RETRY_ACTIONS[reason]}"
-
-
-# A rewrite that repeats this many consecutive words of the reason it was sent back with wrote the verdict
-# into the lesson (a 1.5B learner told "copies the learner's instructions" stored "...; pitfall: copied
-# learner's instructions."); two words ("shorten it", "the answer") are everyday prose.
-ECHO_WORDS = 3
-
-
-def echo_of(content: str, hint: str) -> str | None:
-    """Three or more consecutive words of the gate's ``hint`` in a rewrite's ``content``, or None. The
-    hint's parts in brackets (the lesson's own words, the problem's numbers) do not count."""
-    own = re.sub(r"\([^)]*\)", " ", hint)
-    return first_shared(_words(content), ngrams(_words(own), ECHO_WORDS), ECHO_WORDS)
 
 
 def retry_rejected(
@@ -418,13 +424,8 @@ def retry_rejected(
             final.append({**rejected, "why": f"{rejected['why']} (retried once: no rewrite)"})
             continue
         kept, again, again_counts = screen_lessons(
-            [rewrite], batch, templates, where="proposal after retry: ", pattern=ctx.lesson_pattern
+            [rewrite], batch, templates, where="proposal after retry: ", pattern=ctx.lesson_pattern, hint=hint
         )
-        echo = echo_of(rewrite.get("content") or "", hint) if kept else None
-        if echo is not None:
-            kept, again_counts = [], Counter({TEMPLATE_COPY: 1})
-            why = f"proposal after retry: {TEMPLATE_COPY}: echoes the gate's reason ({echo!r})"
-            again = [{"operation": rewrite, "why": why}]
         passed.extend(kept)
         final.extend({**r, "why": f"{r['why']} (first: {reason})"} for r in again)
         counts.update(again_counts)
