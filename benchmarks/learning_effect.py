@@ -38,7 +38,9 @@ from pathlib import Path
 from typing import Any
 
 REPO = Path(__file__).resolve().parents[1]
-ARMS = ("ceiling", "learn")
+ARMS = ("ceiling", "learn", "probe")
+# optional per-cell learn settings, passed only when a cell sets them (older cells ran without them)
+_OPTIONAL = ("max_group_size", "learner_max_tokens")
 TASK_DATA = ("train", "heldout", "validation", "confirm_train", "confirm_heldout")
 
 
@@ -78,6 +80,8 @@ class Cell:
     requires: str = ""
     settings: dict[str, int] = field(default_factory=dict)
     max_tokens: int | None = None  # the cell's own cap, else the task's
+    # learn/probe: --max-group-size, --learner-max-tokens when the cell sets them
+    options: dict[str, int] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -174,10 +178,10 @@ def load_plan(path: str | Path) -> Plan:
         for role, name in (("policy", policy), ("learner", learner)):
             if name and name not in models:
                 raise PlanError(f"{where}: unknown {role} model {name!r} (models: {', '.join(models)})")
-        if arm == "learn" and not learner:
-            raise PlanError(f"{where}: a learn cell needs field 'learner'")
+        if arm in ("learn", "probe") and not learner:
+            raise PlanError(f"{where}: a {arm} cell needs field 'learner'")
         settings: dict[str, int] = {}
-        for key in _SETTINGS if arm == "learn" else ("k",):
+        for key in _SETTINGS if arm in ("learn", "probe") else ("k",):
             value = c.get(key, defaults.get(key))
             if value is None:
                 raise PlanError(f"{where}: field {key!r} is missing (in the cell or in [defaults])")
@@ -185,6 +189,7 @@ def load_plan(path: str | Path) -> Plan:
         max_tokens = c.get("max_tokens")
         if max_tokens is not None:
             _positive_int(where, "max_tokens", max_tokens)
+        options = {key: _positive_int(where, key, c[key]) for key in _OPTIONAL if key in c}
         cells.append(
             Cell(
                 id=cell_id,
@@ -196,6 +201,7 @@ def load_plan(path: str | Path) -> Plan:
                 requires=str(c.get("requires", "")),
                 settings=settings,
                 max_tokens=max_tokens,
+                options=options,
             )
         )
     base = path.resolve().parents[1] if path.resolve().parent.name == "benchmarks" else Path.cwd()
@@ -340,6 +346,18 @@ def _ceiling_row(plan: Plan, cell: Cell) -> dict[str, Any] | None:
     return found
 
 
+def _probe_responder() -> Any:
+    """The probe's scripted policy (benchmarks/learning_effect_probe.py), loaded by path like the rewards."""
+    import importlib.util
+
+    path = Path(__file__).with_name("learning_effect_probe.py")
+    spec = importlib.util.spec_from_file_location("learning_effect_probe", path)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module.one_in_eight
+
+
 def run_cell(plan: Plan, cell: Cell, *, confirm: bool = False, timeout: float = 5400) -> dict[str, Any]:
     """Run one cell and return its row (status ok, failed, skipped, or empty: learning gave no lesson)."""
     task = plan.tasks[cell.task]
@@ -353,8 +371,8 @@ def run_cell(plan: Plan, cell: Cell, *, confirm: bool = False, timeout: float = 
         "exploratory": task.exploratory,
         "arm": cell.arm,
         "policy": cell.policy,
-        "learner": cell.learner if cell.arm == "learn" else "-",
-        "gate": cell.gate if cell.arm == "learn" else None,
+        "learner": cell.learner if cell.arm != "ceiling" else "-",
+        "gate": cell.gate if cell.arm != "ceiling" else None,
         "k": cell.settings["k"],
         "max_tokens": cell.max_tokens or task.max_tokens,
         "started": stamp,
@@ -373,7 +391,7 @@ def run_cell(plan: Plan, cell: Cell, *, confirm: bool = False, timeout: float = 
             row.update(status="skipped", error=f"ceiling {cell.task}.ceiling.p{cell.policy} {why}")
             return row
     try:
-        learning = cell.arm == "learn"
+        learning = cell.arm != "ceiling"
         train = (
             resolve_dataset(task.data["confirm_train" if confirm else "train"], plan.work_dir)
             if learning
@@ -406,9 +424,21 @@ def run_cell(plan: Plan, cell: Cell, *, confirm: bool = False, timeout: float = 
         cmd += ["--learner-model", plan.models[cell.learner], "--seed", str(plan.learn_seed), "--heldout", ""]
         if cell.gate:
             cmd += ["--validation", validation, "--validation-k", str(s["validation_k"])]
-        cmd += _common(plan, task, cell, policy)
-        commands.append(shlex.join(cmd))
-        seconds, error = _run(cmd, cell_dir / "learn.log", timeout)
+        for key, value in sorted(cell.options.items()):
+            cmd += ["--" + key.replace("_", "-"), str(value)]
+        if cell.arm == "probe":
+            # the scripted policy (one right attempt in eight) learns; the real policy evaluates E below
+            from tfgrpo.testing.fake_openai import FakeOpenAIServer
+
+            with FakeOpenAIServer(_probe_responder()) as server:
+                cmd += _common(plan, task, cell, "openai:probe-one-in-eight")
+                cmd += ["--base-url", server.base_url]
+                commands.append(shlex.join(cmd))
+                seconds, error = _run(cmd, cell_dir / "learn.log", timeout)
+        else:
+            cmd += _common(plan, task, cell, policy)
+            commands.append(shlex.join(cmd))
+            seconds, error = _run(cmd, cell_dir / "learn.log", timeout)
         row["learn_s"] = round(seconds, 1)
         if error is None:
             row.update(_learn_summary(run_dir))
@@ -545,7 +575,7 @@ def table_rows(rows: list[dict[str, Any]]) -> list[tuple[str, ...]]:
     for r in rows:
         if r.get("status") != "ok":
             status = f"{r.get('status', '?').upper()}: {r.get('error', '')}"
-            if "learn_s" in r and r.get("arm") == "learn":  # the learning finished: say what it gave
+            if "learn_s" in r and r.get("arm") in ("learn", "probe"):  # the learning finished: what it gave
                 status += f" [learned |E| {r.get('library_size', '?')}, proposed {r.get('proposed', '?')}"
                 status += (
                     f", learn {r['learn_s']:.0f} s, load {r.get('load_before')} -> {r.get('load_after')}]"

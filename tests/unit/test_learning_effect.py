@@ -304,3 +304,49 @@ def test_an_exploratory_task_is_fixed_lessons_only_and_never_confirmed(tmp_path,
     assert row["exploratory"] is True and row["heldout"].endswith("b.jsonl") and row["train"] == ""
     ok = {**row, "status": "ok", "baseline": 0.1, "library": 0.2, "diff": 0.1, "ci_low": -0.1, "ci_high": 0.3}
     assert "x.c (exploratory)" in le.format_table([{**ok, "p": 0.5}]).splitlines()[1]
+
+
+probe = _load("learning_effect_probe")
+
+
+def test_the_probe_policy_is_right_in_exactly_one_of_eight_attempts():
+    question = "A flight took 147 minutes. How long did it take?"
+    body = {"messages": [{"role": "user", "content": question}]}
+    replies = [probe.one_in_eight(body) for _ in range(16)]
+    scores = [rewards.decimal_hours(reply, "2.45") for reply in replies]
+    assert scores.count(1.0) == 2 and scores[0] == scores[8] == 1.0  # one in each group of eight
+    wrong = {reply.rsplit("Answer: ", 1)[1] for reply, s in zip(replies, scores, strict=True) if not s}
+    assert wrong == {"147 minutes", "2 hours 27 minutes", "2:27"}  # the forms the learner must rule out
+
+
+def test_a_probe_cell_learns_with_the_scripted_policy_and_evaluates_with_the_real_one(tmp_path, monkeypatch):
+    path = _write(
+        tmp_path,
+        _TASK.replace('"r.jsonl"', f'"{tmp_path / "r.jsonl"}"').replace('"/tmp/x"', f'"{tmp_path}"')
+        + '[[cells]]\nid = "t.probe"\ntask = "t"\narm = "probe"\npolicy = "small"\nlearner = "small"\n'
+        "batch_size = 2\ngroup_size = 8\nepochs = 1\nexperiences_per_group = 1\nvalidation_k = 1\n"
+        "max_group_size = 16\nlearner_max_tokens = 1024\n",
+    )
+    plan = le.load_plan(path)
+    commands: list[list[str]] = []
+
+    def fake_run(cmd, log, timeout):
+        commands.append(cmd)
+        if cmd[3] == "learn":
+            run = Path(cmd[cmd.index("--run-dir") + 1])
+            run.mkdir(parents=True)
+            (run / "report.json").write_text(json.dumps({"totals": {"groups_kept": 2}, "steps": [{}]}))
+            (run / "library.json").write_text('{"items": [{"text": "Answer in decimal hours."}]}')
+        else:
+            return 1.0, "exit 1: stop here"
+        return 1.0, None
+
+    monkeypatch.setattr(le, "_run", fake_run)
+    row = le.run_cell(plan, plan.cells[0])
+    learn, evaluate = commands
+    assert learn[learn.index("--model") + 1].startswith("openai:probe")
+    assert learn[learn.index("--base-url") + 1].startswith("http://127.0.0.1:")
+    assert learn[learn.index("--max-group-size") + 1] == "16"
+    assert learn[learn.index("--learner-max-tokens") + 1] == "1024"
+    assert evaluate[evaluate.index("--model") + 1] == "local:m"  # the real policy judges the learned E
+    assert row["learner"] == "small" and row["lessons"] == ["Answer in decimal hours."]
