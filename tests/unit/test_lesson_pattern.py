@@ -24,7 +24,8 @@ from tfgrpo.nodes.extract import (
     offered_ops,
     shaped_operation,
 )
-from tfgrpo.nodes.update_library import OFF_PATTERN, LibraryUpdate, lesson_flaw, update_schema
+from tfgrpo.nodes.lesson_gate import OFF_PATTERN, lesson_flaw
+from tfgrpo.nodes.update_library import LibraryUpdate, update_schema
 from tfgrpo.state.library import empty_library
 
 PATTERN = cli.MAIN_JOB_LESSON_PATTERN

@@ -1,18 +1,21 @@
 """Part of step 6 of Training-Free GRPO (**update-library**): one retry of a proposal the lesson gate
 rejected.
 
-A proposed lesson the gate stops (:func:`tfgrpo.nodes.update_library.lesson_flaw`) goes back to the
+A proposed lesson the gate stops (:func:`tfgrpo.nodes.lesson_gate.lesson_flaw`) goes back to the
 learner once, with the problem it came from and the gate's reason as an instruction ("over 35 words:
 shorten it", "names a number of its problem"), instead of being dropped: an over-long or too specific
 lesson often holds a general one. The learner rewrites it or withdraws it (empty content); the rewrite
 then passes the same gate like any proposal. Calls run in parallel and are memoized in the store, so a
 resumed step pays for none twice. A retry whose output stays unparseable is recorded as dropped.
+:func:`retry_rejected` runs the whole round for update-library: hints, calls, the gate again.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+from collections import Counter
+from dataclasses import dataclass
 from typing import Any
 
 from langchain_core.messages import HumanMessage, SystemMessage
@@ -24,7 +27,9 @@ from tfgrpo.context import Context
 from tfgrpo.nodes._llm import call_structured, learner_model, memo_get, memo_put, step_namespace, store_of
 from tfgrpo.nodes._prompts import prompt_text
 from tfgrpo.nodes.extract import LESSON_MAX_CHARS, WORD_CAP
-from tfgrpo.state.library import Operation
+from tfgrpo.nodes.lesson_gate import lesson_flaw, own_problems, retry_hint, screen_lessons
+from tfgrpo.state.graph_state import StepState
+from tfgrpo.state.library import Operation, RejectedOperation
 from tfgrpo.state.types import CallRecord, Dropped, Query
 
 NODE = "retry_lesson"
@@ -159,3 +164,57 @@ def retry_lessons(
             )
         revised.append({**op, "content": done["content"]} if done["content"] else None)
     return revised, calls, dropped
+
+
+@dataclass(frozen=True)
+class RetryOutcome:
+    """One round of retries of the proposals the gate rejected: the rewrites that passed the gate
+    (``passed``), the final rejections (``rejected``) and their counts by reason (``counts``), the
+    retries counted by the first reason (``retried``), the call records and the failed retries
+    (``dropped``)."""
+
+    passed: list[Operation]
+    rejected: list[RejectedOperation]
+    counts: Counter[str]
+    retried: Counter[str]
+    calls: list[CallRecord]
+    dropped: list[Dropped]
+
+
+def retry_rejected(
+    runtime: Runtime[Context],
+    ctx: Context,
+    state: StepState,
+    gated: list[RejectedOperation],
+    templates: set[tuple[str, ...]],
+) -> RetryOutcome:
+    """Each proposal the gate rejected goes back to the learner once with the reason
+    (:func:`retry_lessons`); the rewrite passes the same gate."""
+    batch = state.get("batch", [])
+    items: list[tuple[Operation, str]] = []
+    first: list[tuple[str, str]] = []
+    for rejected in gated:
+        op = rejected["operation"]
+        flaw = lesson_flaw(op.get("content") or "", own_problems(op, batch), templates, ctx.lesson_pattern)
+        reason, detail = flaw if flaw is not None else ("", "")
+        first.append((reason, detail))
+        items.append((op, retry_hint(reason, detail, op) if reason else ""))
+    revised, calls, dropped = retry_lessons(
+        runtime, ctx, state.get("run_id", ""), state.get("step", 0), items, batch
+    )
+    passed: list[Operation] = []
+    final: list[RejectedOperation] = []
+    counts: Counter[str] = Counter()
+    for rejected, (reason, _), (_, hint), rewrite in zip(gated, first, items, revised, strict=True):
+        if rewrite is None:
+            counts[reason] += 1
+            final.append({**rejected, "why": f"{rejected['why']} (retried once: no rewrite)"})
+            continue
+        again = screen_lessons(
+            [rewrite], batch, templates, where="proposal after retry: ", pattern=ctx.lesson_pattern, hint=hint
+        )
+        passed.extend(again.kept)
+        final.extend({**r, "why": f"{r['why']} (first: {reason})"} for r in again.rejected)
+        counts.update(again.counts)
+    retried = Counter(reason for reason, _ in first)
+    return RetryOutcome(passed, final, counts, retried, calls, dropped)
