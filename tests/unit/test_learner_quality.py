@@ -15,9 +15,9 @@ from langgraph.store.memory import InMemoryStore
 
 from tfgrpo.context import Context
 from tfgrpo.graphs.step import compile_step_graph
+from tfgrpo.nodes.lesson_gate import leak_of
 from tfgrpo.nodes.policy import run_policy
 from tfgrpo.nodes.summarize import clip, trajectory_text
-from tfgrpo.nodes.lesson_gate import leak_of
 from tfgrpo.state.library import INJECTION_HEADER, REVIEW_HEADER, Library, render_library
 from tfgrpo.state.types import Query
 from tfgrpo.testing.fake_openai import FakeOpenAIServer, forced_tool_name, message_text

@@ -69,7 +69,10 @@ def test_a_copy_of_the_instructions_is_rejected() -> None:
     )
     assert reason_of("ADD/UPDATE: the lesson text (max 35 words). DELETE/NONE: empty.") == TEMPLATE_COPY
     # a short phrase in common with the instructions is a lesson's own words
-    assert reason_of("When a feature of the problem is a minus before brackets, flip every sign inside.") is None
+    lesson = (
+        "When a feature of a sum is a leading minus, flip every sign inside; dropped signs gave wrong totals."
+    )
+    assert reason_of(lesson) is None
 
 
 def test_numbers_and_operators_are_not_a_lesson() -> None:
@@ -173,5 +176,3 @@ def test_an_answer_is_a_leak_only_from_its_own_problem() -> None:
     assert screen_lessons([{**op, "sources": ["t"]}], batch, TEMPLATES).counts == {ANSWER_LEAK: 1}
     # no known provenance: the whole batch is its problem (the conservative reading)
     assert screen_lessons([{**op, "sources": []}], batch, TEMPLATES).counts == {ANSWER_LEAK: 1}
-
-

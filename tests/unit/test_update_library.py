@@ -47,9 +47,8 @@ def test_a_copy_of_the_learner_instructions_is_rejected() -> None:
     # the update prompt's lesson shape, pasted as a lesson (the main job stored its schema's twin)
     copied = "When it applies (a feature of the problem), what to do, the pitfall seen."
     assert real_reason_of(copied) == TEMPLATE_COPY
-    assert real_reason_of("When calculating (-9 / 9), what to do; the pitfall seen. Empty for DELETE/NONE.") == (
-        TEMPLATE_COPY
-    )
+    fragment = "When calculating (-9 / 9), what to do; the pitfall seen. Empty for DELETE/NONE."
+    assert real_reason_of(fragment) == TEMPLATE_COPY
     # the schema's own field descriptions count as instructions
     described = "ADD/UPDATE: the lesson text (max 35 words). DELETE/NONE: empty."
     assert real_reason_of(described) == TEMPLATE_COPY

@@ -63,7 +63,7 @@ from tfgrpo.state.library import (
     render_library_for_review,
 )
 from tfgrpo.state.report import build_step_report
-from tfgrpo.state.types import CallRecord, Dropped, Query, usage_of
+from tfgrpo.state.types import CallRecord, Dropped, usage_of
 
 
 class FinalOperation(ProposedOperation):
@@ -118,6 +118,7 @@ Capacity: {capacity}
 
 Proposed operations (JSON, with the problem each came from):
 {proposals}"""
+
 
 def capacity_text(library: Library, max_items: int, max_tokens: int) -> str:
     items, tokens = len(library["items"]), library_tokens(library)
