@@ -45,7 +45,7 @@ class Context:
         metadata={
             "description": "math | exact_match | f1 | rg (a reasoning_gym task's own scorer; the CLI's "
             "and Python API's default for rg: datasets) | judge | majority | module:function returning a "
-            "float in [0,1]."
+            "float in [0,1] or a (score, reason) pair."
         },
     )
     domain: str = field(

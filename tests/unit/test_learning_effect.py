@@ -111,6 +111,9 @@ def test_a_task_without_lessons_is_refused(tmp_path):
         le.load_plan(path)
 
 
+IN_MINUTES = "the duration in minutes, not in decimal hours"
+
+
 def test_the_control_data_is_deterministic_and_answered_in_decimal_hours():
     rows = le.durations(22, 30)
     assert rows == le.durations(22, 30)
@@ -119,34 +122,37 @@ def test_the_control_data_is_deterministic_and_answered_in_decimal_hours():
         minutes = int(row["question"].split(" minutes")[0].split()[-1])
         assert float(row["answer"]) == pytest.approx(minutes / 60, abs=1e-9)
         assert minutes % 60, "never whole hours: those need no convention"
-        assert rewards.decimal_hours(f"Answer: {row['answer']}", row["answer"]) == 1.0
-        assert rewards.decimal_hours(f"Answer: {minutes} minutes", row["answer"]) == 0.0
+        assert rewards.decimal_hours(f"Answer: {row['answer']}", row["answer"])[0] == 1.0
+        score, reason = rewards.decimal_hours(f"Answer: {minutes} minutes", row["answer"])
+        assert score == 0.0
+        assert reason == f"read '{minutes} minutes'; expected '{row['answer']}': {IN_MINUTES}"
 
 
 @pytest.mark.parametrize(
-    ("response", "reward"),
+    ("response", "reward", "why"),
     [
-        ("147 / 60 = 2.45\nAnswer: 2.45 hours", 1.0),
-        ("Answer: **2.45**.", 1.0),
-        ("Answer: 147 minutes", 0.0),
-        ("Answer: 2:27", 0.0),
-        ("Answer: 2 hours and 27 minutes", 0.0),
-        ("It lasted a while.", 0.0),
+        ("147 / 60 = 2.45\nAnswer: 2.45 hours", 1.0, "the duration in decimal hours"),
+        ("Answer: **2.45**.", 1.0, "the duration in decimal hours"),
+        ("Answer: 147 minutes", 0.0, IN_MINUTES),
+        ("Answer: 2:27", 0.0, "hours:minutes, not decimal hours"),
+        ("Answer: 2 hours and 27 minutes", 0.0, "a different number"),
+        ("It lasted a while.", 0.0, "no number in the answer"),
     ],
 )
-def test_decimal_hours_rewards_only_the_convention(response, reward):
-    assert rewards.decimal_hours(response, "2.45") == reward
+def test_decimal_hours_rewards_only_the_convention(response, reward, why):
+    score, reason = rewards.decimal_hours(response, "2.45")
+    assert score == reward and reason.endswith(f"expected '2.45': {why}")
 
 
 def test_reasoning_gym_rewards_use_the_tasks_own_scorer():
     pytest.importorskip("reasoning_gym")
     gold = "They, WARRANTY, niggard"
-    assert rewards.rg_word_sorting(f"Answer: {gold}", gold) == 1.0
-    assert rewards.rg_word_sorting("Answer: niggard, They, WARRANTY", gold) == pytest.approx(
-        0.2
-    )  # partial credit
-    assert rewards.rg_family_relationships("Answer: Mother-in-law", "mother-in-law") == 1.0
-    assert rewards.rg_fraction_simplification("Answer: 99/196", "$\\dfrac{99}{196}$") == 1.0
+    assert rewards.rg_word_sorting(f"Answer: {gold}", gold)[0] == 1.0
+    score, reason = rewards.rg_word_sorting("Answer: niggard, They, WARRANTY", gold)
+    assert score == pytest.approx(0.2)  # partial credit
+    assert reason == f"read 'niggard, They, WARRANTY'; expected '{gold}': the task's scorer gave 0.2"
+    assert rewards.rg_family_relationships("Answer: Mother-in-law", "mother-in-law")[0] == 1.0
+    assert rewards.rg_fraction_simplification("Answer: 99/196", "$\\dfrac{99}{196}$")[0] == 1.0
 
 
 def test_the_table_shows_every_row_failures_included():

@@ -245,6 +245,42 @@ def test_reward_that_raises_is_dropped_not_fatal(tmp_path) -> None:
     assert out["report"]["rollouts_failed"] == 0
 
 
+def test_reward_reasons_are_kept_beside_their_rollouts_and_bad_values_are_dropped(tmp_path) -> None:
+    reward_file = tmp_path / "why_reward.py"
+    reward_file.write_text(
+        "def score(response, answer):\n"
+        "    if '999' in response:\n"
+        "        return (0.5, None)  # a reason that is not text\n"
+        "    got = response.split()[-1]\n"
+        "    if got == answer:\n"
+        "        return (1.0, 'read ' + got)\n"
+        "    return (0.0, 'read ' + got + '; expected ' + answer)\n"
+    )
+
+    def policy(body: dict) -> dict:
+        return {"content": "Answer: 999" if "2 + 3" in question_of(body) else "Answer: 3"}
+
+    fake = Fake(rollout=policy)
+    out = run_step(fake, reward=f"{reward_file}:score")
+    groups = {g["query_id"]: g for g in out["groups"]}
+    assert groups["q1"]["rewards"] == [None, None]
+    assert groups["q1"]["reward_reasons"] == ["", ""]
+    assert groups["q2"]["rewards"] == [1.0, 1.0]
+    assert groups["q2"]["reward_reasons"] == ["read 3", "read 3"]
+    assert out["report"]["dropped"].get("reward") == 2
+    bad = [d["reason"] for d in out["dropped"] if d["stage"] == "reward"]
+    assert all("why_reward.py:score" in r and "(0.5, None)" in r and "\n" not in r for r in bad), bad
+
+
+def test_builtin_rewards_explain_every_rollout() -> None:
+    out = run_step(Fake(), batch=BATCH[:1])
+    (group,) = out["groups"]
+    assert sorted(group["reward_reasons"]) == [
+        "read '5'; expected '5': the same answer",
+        "read '51'; expected '5': a different answer",
+    ]
+
+
 def test_failed_summary_is_dropped_and_a_group_left_with_one_summary_is_not_extracted() -> None:
     def summarize(body: dict) -> dict:
         user = question_of(body)

@@ -266,6 +266,20 @@ def flag(response, answer):
 def zero(response, answer):
     return 0
 
+def explained(response, answer):
+    if answer in response:
+        return (1.0, "said " + answer)
+    return (0.0, "read " + repr(response) + "\\nno " + answer)
+
+def reason_not_text(response, answer):
+    return (1.0, 42)
+
+def pair_nan(response, answer):
+    return (float("nan"), "why")
+
+def triple(response, answer):
+    return (1.0, "why", "more")
+
 class Scorer:
     @staticmethod
     def half(response, answer):
@@ -305,7 +319,18 @@ def test_user_reward_from_module(user_module: tuple[Path, str]) -> None:
     assert zero == 0.0 and isinstance(zero, float)
 
 
-@pytest.mark.parametrize("func", ["too_big", "negative", "nan", "text"])
+def test_user_reward_may_say_why(user_module: tuple[Path, str]) -> None:
+    path, _ = user_module
+    fn = load_user_reward(f"{path}:explained")
+    right, wrong = fn("it is 42", "42"), fn("it is\n41", "42")
+    assert right == 1.0 and right.reason == "said 42"
+    assert wrong == 0.0 and wrong.reason == "read 'it is\\n41' no 42"  # one line
+    assert load_user_reward(f"{path}:contains")("42", "42").reason == ""  # a plain float: no reason
+
+
+@pytest.mark.parametrize(
+    "func", ["too_big", "negative", "nan", "text", "reason_not_text", "pair_nan", "triple"]
+)
 def test_user_reward_bad_values(user_module: tuple[Path, str], func: str) -> None:
     _, name = user_module
     spec = f"{name}:{func}"
@@ -372,3 +397,71 @@ def test_get_reward_registry() -> None:
 )
 def test_majority_rewards(responses: list[str | None], rewards: list[float | None], top: str | None) -> None:
     assert majority_rewards(responses) == (rewards, top)
+
+
+# --------------------------------------------------------------------------------------------------
+# every built-in reward says why: what it read, what it expected, why they differ
+# --------------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("reward", "response", "answer", "score", "reason"),
+    [
+        (
+            exact_match_reward,
+            "So.\nAnswer: 147 minutes",
+            "2.45",
+            0.0,
+            "read '147 minutes'; expected '2.45': a different answer",
+        ),
+        (
+            exact_match_reward,
+            "Answer: The Beatles.",
+            "the beatles",
+            1.0,
+            "read 'The Beatles'; expected 'the beatles': the same answer",
+        ),
+        (
+            exact_match_reward,
+            "Answer: 2.45 hours",
+            "2.45",
+            0.0,
+            "read '2.45 hours'; expected '2.45': the expected answer with extra words",
+        ),
+        (exact_match_reward, "", "7", 0.0, "no final answer found (empty reply); expected '7'"),
+        (
+            f1_reward,
+            "Answer: Paris France",
+            "Paris",
+            2 / 3,
+            "read 'Paris France'; expected 'Paris': token F1 0.67 (1 of 1 expected words, 1 other)",
+        ),
+        (f1_reward, "Answer: Lyon", "Paris", 0.0, "read 'Lyon'; expected 'Paris': no word in common"),
+        (
+            math_reward,
+            "So \\boxed{\\frac{1}{2}}",
+            "0.5",
+            1.0,
+            "read '\\frac{1}{2}'; expected '0.5': mathematically equal",
+        ),
+        (math_reward, "Answer: 147", "2.45", 0.0, "read '147'; expected '2.45': not mathematically equal"),
+    ],
+)
+def test_builtin_rewards_give_a_reason(
+    reward: rewards.RewardFn, response: str, answer: str, score: float, reason: str
+) -> None:
+    scored = reward(response, answer)
+    assert scored == pytest.approx(score)
+    assert isinstance(scored, rewards.Scored) and scored.reason.startswith(reason)
+
+
+def test_majority_rewards_say_why() -> None:
+    responses = ["Answer: 5", "Answer: 6", "Answer: 5", None]
+    _, top = majority_rewards(responses)
+    assert rewards.majority_reasons(responses, top) == [
+        "read '5': the group's majority answer",
+        "read '6'; the group's majority answer is '5'",
+        "read '5': the group's majority answer",
+        "",
+    ]
+    assert "no majority" in rewards.majority_reasons(["Answer: 5", "Answer: 6"], None)[0]

@@ -43,9 +43,11 @@ def test_partial_credit_where_the_task_gives_it() -> None:
     query = load_dataset(JUMBLE)[0]
     response = _half_unscrambled(query)
     ctx = Context(dataset=JUMBLE, reward="rg")
-    value, error, calls = score_response(ctx, get_reward(ctx.reward), query, response)
-    assert error is None and calls == []
-    assert value is not None and 0.8 < value < 1.0  # 10 of 11 words right
+    outcome = score_response(ctx, get_reward(ctx.reward), query, response)
+    assert outcome.error is None and outcome.calls == []
+    assert outcome.value is not None and 0.8 < outcome.value < 1.0  # 10 of 11 words right
+    assert outcome.reason.startswith(f"read '{response.removeprefix('Answer: ')[:40]}")
+    assert outcome.reason.endswith(f"the task's scorer gave {outcome.value:.3g}")
     assert exact_match_reward(response, query["answer"]) == 0.0  # what the row got before
 
 
@@ -59,8 +61,9 @@ def test_rows_stay_json_and_score_in_a_fresh_process() -> None:
 def test_rg_reward_on_a_row_without_an_entry_is_a_one_line_error(tmp_path: object) -> None:
     ctx = Context(reward="rg")
     query = Query(id="q1", question="2+2?", answer="4")
-    value, error, _ = score_response(ctx, get_reward("rg"), query, "Answer: 4")
-    assert value is None and error is not None and "'q1'" in error and "reasoning_gym" in error
+    outcome = score_response(ctx, get_reward("rg"), query, "Answer: 4")
+    error = outcome.error
+    assert outcome.value is None and error is not None and "'q1'" in error and "reasoning_gym" in error
     with pytest.raises(ConfigError, match="reward 'rg' scores reasoning_gym datasets"):
         check_context(Context(reward="rg", dataset="data/train.jsonl"))
     with pytest.raises(ConfigError, match="data/val.jsonl"):

@@ -124,6 +124,15 @@ def test_route_sends_one_summarize_per_usable_rollout_of_kept_groups() -> None:
     assert all(s.arg["query"] == BATCH[0] for s in sends)
 
 
+def test_each_summarize_branch_gets_its_rollouts_reward_reason() -> None:
+    explained = {**group([1.0, 0.0], "q1"), "reward_reasons": ["read '5'", "read '6'; expected '5'"]}
+    silent = group([0.0, 1.0], "q2")  # a reward that gives no reason (or a group from before reasons)
+    sends = route_in_graph([judge_group(explained), judge_group(silent)], BATCH)
+    assert isinstance(sends, list)
+    got = sorted((s.arg["key"], s.arg["reward_reason"]) for s in sends)
+    assert got == [("q1#0", "read '5'"), ("q1#1", "read '6'; expected '5'"), ("q2#0", ""), ("q2#1", "")]
+
+
 # ------------------------------------------------------------- through the step graph (partial)
 
 REWARD_SOURCE = """

@@ -4,6 +4,8 @@ and plots (:mod:`tfgrpo.evals.report`, :mod:`tfgrpo.evals.plots`)."""
 from tfgrpo.evals.rewards import (
     GROUP_REWARDS,
     RewardFn,
+    Scored,
+    check_reward_value,
     exact_match_reward,
     extract_final_answer,
     f1_reward,
@@ -19,6 +21,8 @@ from tfgrpo.evals.rewards import (
 __all__ = [
     "GROUP_REWARDS",
     "RewardFn",
+    "Scored",
+    "check_reward_value",
     "exact_match_reward",
     "extract_final_answer",
     "f1_reward",

@@ -1,4 +1,9 @@
-"""Reward functions: ``(response text, gold answer) -> float in [0, 1]``.
+"""Reward functions: ``(response text, gold answer) -> float in [0, 1]`` or ``(score, reason)``.
+
+A reward says *why* when it can: every built-in returns a :class:`Scored`, a float that carries its
+reason (what it read as the answer, what it expected, why they differ), and a user's reward may return
+a plain float or a ``(score, reason)`` pair. :func:`check_reward_value` turns any of them into a
+:class:`Scored`; the learner sees the reason next to the attempt.
 
 Built-ins (see :func:`get_reward`):
 
@@ -39,10 +44,14 @@ from tfgrpo.state.types import Query
 
 __all__ = [
     "GROUP_REWARDS",
+    "majority_reasons",
     "majority_rewards",
+    "read_expected",
     "MATH_VERIFY_TIMEOUT_S",
     "MAX_RESPONSE_CHARS",
     "RewardFn",
+    "Scored",
+    "check_reward_value",
     "exact_match_reward",
     "extract_final_answer",
     "f1_reward",
@@ -60,7 +69,29 @@ __all__ = [
     "warm_up",
 ]
 
-RewardFn = Callable[[str, str], float]
+RewardFn = Callable[[str, str], float | tuple[float, str]]
+
+#: A reason is kept per rollout in the checkpointed state and shown to the learner: one line, this long.
+MAX_REASON_CHARS = 300
+
+
+class Scored(float):
+    """A reward's score in [0, 1] (it *is* that float) with ``reason``: what the reward read as the
+    answer, what it expected and why they differ (``''`` when it gave none)."""
+
+    reason: str
+
+    def __new__(cls, score: float, reason: str = "") -> Scored:
+        scored = super().__new__(cls, score)
+        scored.reason = reason
+        return scored
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (Scored, (float(self), self.reason))
+
+    def __repr__(self) -> str:
+        return f"Scored({float(self)!r}, {self.reason!r})"
+
 
 # --------------------------------------------------------------------------------------------------
 # Tunables (module constants; read at call time so tests and callers may override them)
@@ -161,26 +192,47 @@ def normalize_answer(text: str) -> str:
     return " ".join(text.split())
 
 
-def exact_match_reward(response: str, answer: str) -> float:
+def _quoted(text: object, limit: int = 80) -> str:
+    return "'" + _one_line(text, limit) + "'"
+
+
+def read_expected(read: str, expected: object) -> str:
+    """The start of a reason: ``read 'X'; expected 'Y'`` (or that no final answer was found)."""
+    seen = f"read {_quoted(read)}" if read.strip() else "no final answer found (empty reply)"
+    return f"{seen}; expected {_quoted(expected)}"
+
+
+def exact_match_reward(response: str, answer: str) -> Scored:
     """1.0 if the normalised final answer of ``response`` equals the normalised ``answer``."""
-    pred = normalize_answer(extract_final_answer(response))
-    gold = normalize_answer(str(answer))
-    return 1.0 if pred == gold else 0.0
+    read = extract_final_answer(response)
+    pred, gold = normalize_answer(read), normalize_answer(str(answer))
+    if pred == gold:
+        return Scored(1.0, f"{read_expected(read, answer)}: the same answer")
+    if gold and pred and set(gold.split()) <= set(pred.split()):
+        why = "the expected answer with extra words"
+    else:
+        why = "a different answer" if pred else "nothing to compare"
+    return Scored(0.0, f"{read_expected(read, answer)}: {why}")
 
 
-def f1_reward(response: str, answer: str) -> float:
+def f1_reward(response: str, answer: str) -> Scored:
     """SQuAD token F1 between the normalised final answer of ``response`` and ``answer``."""
-    pred_tokens = normalize_answer(extract_final_answer(response)).split()
+    read = extract_final_answer(response)
+    pred_tokens = normalize_answer(read).split()
     gold_tokens = normalize_answer(str(answer)).split()
+    start = read_expected(read, answer)
     if not pred_tokens or not gold_tokens:
-        return 1.0 if pred_tokens == gold_tokens else 0.0
+        same = pred_tokens == gold_tokens
+        return Scored(1.0 if same else 0.0, f"{start}: {'both empty' if same else 'nothing to compare'}")
     common = Counter(pred_tokens) & Counter(gold_tokens)
     num_same = sum(common.values())
+    words = f"{num_same} of {len(gold_tokens)} expected words, {len(pred_tokens) - num_same} other"
     if num_same == 0:
-        return 0.0
+        return Scored(0.0, f"{start}: no word in common")
     precision = num_same / len(pred_tokens)
     recall = num_same / len(gold_tokens)
-    return 2 * precision * recall / (precision + recall)
+    f1 = 2 * precision * recall / (precision + recall)
+    return Scored(f1, f"{start}: token F1 {f1:.2f} ({words})")
 
 
 _NUMBER_WITH_WORDS_RE = re.compile(
@@ -199,7 +251,7 @@ def _gold_candidates(answer: str) -> list[str]:
     return golds
 
 
-def math_reward(response: str, answer: str) -> float:
+def math_reward(response: str, answer: str) -> Scored:
     """1.0 if math-verify finds the (whole) response equivalent to the gold ``answer``, else 0.0.
 
     Gold is parsed as ``\\boxed{answer}`` (as is if it already contains ``\\boxed``); the prediction
@@ -209,12 +261,15 @@ def math_reward(response: str, answer: str) -> float:
     """
     response = "" if response is None else str(response)
     answer = "" if answer is None else str(answer)
+    start = read_expected(extract_final_answer(response), answer)
     if not response.strip() or not answer.strip():
-        return 0.0
+        return Scored(0.0, f"{start}: nothing to compare")
     pred = response[-MAX_RESPONSE_CHARS:].replace("\\fbox{", "\\boxed{")
     golds = _gold_candidates(answer)
     same = math_verify_pool.verify(golds, pred, MATH_VERIFY_TIMEOUT_S, use_process=USE_WORKER_PROCESS)
-    return 1.0 if same else 0.0
+    if same:
+        return Scored(1.0, f"{start}: mathematically equal")
+    return Scored(0.0, f"{start}: not mathematically equal (math-verify, on the reply's last answer)")
 
 
 def reward_timeouts() -> int:
@@ -276,22 +331,42 @@ def _load_module_from_file(spec: str, path_text: str) -> Any:
     return module
 
 
-def _check_reward_value(spec: str, value: object) -> float:
+def _score_of(value: object) -> float | None:
     if isinstance(value, bool):
         return 1.0 if value else 0.0
     if isinstance(value, numbers.Real):
         number = float(value)
         if not math.isnan(number) and 0.0 <= number <= 1.0:
             return number
-    raise ValueError(f"reward {spec!r} returned {_one_line(repr(value), 80)}; expected a number in [0, 1]")
+    return None
+
+
+def check_reward_value(name: str, value: object) -> Scored:
+    """A reward's return value as a :class:`Scored`: a number (or bool) in [0, 1], a :class:`Scored`, or
+    a ``(score, reason)`` pair whose reason is a string. Anything else raises ``ValueError``, one line
+    naming the reward and the value."""
+    reason: object = getattr(value, "reason", "")
+    score: float | None
+    if isinstance(value, (tuple, list)) and len(value) == 2:
+        score, reason = _score_of(value[0]), value[1]
+    else:
+        score = _score_of(value)
+    if score is None or not isinstance(reason, str):
+        raise ValueError(
+            f"reward {name!r} returned {_one_line(repr(value), 80)}; expected a number in [0, 1] "
+            "or a (score, reason) pair with a string reason"
+        )
+    return Scored(score, _one_line(reason, MAX_REASON_CHARS) if reason.strip() else "")
 
 
 def load_user_reward(spec: str) -> RewardFn:
     """Load ``module:function`` or ``path/to/file.py:function`` (``function`` may be dotted).
 
-    Bad specs raise :class:`ConfigError` (one line).  The returned reward raises ``ValueError``
-    (one line, naming the spec and the value) when the function returns anything but a real number
-    or bool within [0, 1]; exceptions from the function itself propagate unchanged.
+    Bad specs raise :class:`ConfigError` (one line).  The returned reward gives a :class:`Scored` (its
+    ``reason`` is ``''`` when the function returned a plain number) and raises ``ValueError`` (one line,
+    naming the spec and the value) when the function returns anything but a real number or bool within
+    [0, 1] or a ``(score, reason)`` pair of those and a string; exceptions from the function itself
+    propagate unchanged.
     """
     spec = spec.strip()
     module_part, sep, attr_part = spec.rpartition(":")
@@ -326,8 +401,8 @@ def load_user_reward(spec: str) -> RewardFn:
         raise ConfigError(f"reward {spec!r}: {attr_part!r} is not callable (it is a {type(target).__name__})")
     fn: Callable[[str, str], object] = target
 
-    def user_reward(response: str, answer: str) -> float:
-        return _check_reward_value(spec, fn(response, answer))
+    def user_reward(response: str, answer: str) -> Scored:
+        return check_reward_value(spec, fn(response, answer))
 
     functools.update_wrapper(user_reward, fn)
     return user_reward
@@ -336,27 +411,28 @@ def load_user_reward(spec: str) -> RewardFn:
 RG_REWARD = "rg"
 
 
-def reasoning_gym_reward(response: str, answer: str) -> float:
+def reasoning_gym_reward(response: str, answer: str) -> Scored:
     """The ``rg`` reward needs the row, not only its answer: call :func:`score_row`."""
     raise ConfigError(
         "the 'rg' reward scores a reasoning_gym row: it needs the row (score_row), not an answer"
     )
 
 
-def _score_reasoning_gym(response: str, query: Query) -> float:
+def _score_reasoning_gym(response: str, query: Query) -> Scored:
     from tfgrpo.data import rg_entry
 
     dataset, entry = rg_entry(query)
-    score = dataset.score_answer(extract_final_answer(response), entry)
-    return _check_reward_value(query.get("source", RG_REWARD), score)
+    read = extract_final_answer(response)
+    score = check_reward_value(query.get("source", RG_REWARD), dataset.score_answer(read, entry))
+    return Scored(score, f"{read_expected(read, query['answer'])}: the task's scorer gave {score:.3g}")
 
 
-def score_row(fn: RewardFn, response: str, query: Query) -> float:
-    """``fn`` on a response and its row: the row's gold answer for ordinary rewards, the whole row (its
-    reasoning_gym entry) for the ``rg`` reward."""
+def score_row(fn: RewardFn, response: str, query: Query) -> Scored:
+    """``fn`` on a response and its row (the row's gold answer for ordinary rewards, the whole row, its
+    reasoning_gym entry, for the ``rg`` reward), checked: a :class:`Scored`, or ``ValueError``."""
     if fn is reasoning_gym_reward:
         return _score_reasoning_gym(response, query)
-    return fn(response, query["answer"])
+    return check_reward_value(getattr(fn, "__name__", "reward"), fn(response, query["answer"]))
 
 
 def default_reward(fallback: str, *datasets: str) -> str:
@@ -386,6 +462,24 @@ _BUILTIN_REWARDS: dict[str, RewardFn] = {
     "f1": f1_reward,
     RG_REWARD: reasoning_gym_reward,
 }
+
+
+def majority_reasons(responses: Sequence[str | None], top: str | None) -> list[str]:
+    """Why each response got its :func:`majority_rewards` reward (``''`` for a failed rollout)."""
+    reasons = []
+    for response in responses:
+        if response is None:
+            reasons.append("")
+            continue
+        read = extract_final_answer(response)
+        seen = f"read {_quoted(read)}" if read.strip() else "no final answer found (empty reply)"
+        if top is None:
+            reasons.append(f"{seen}; no answer was given by more attempts than any other (no majority)")
+        elif normalize_answer(read) == top:
+            reasons.append(f"{seen}: the group's majority answer")
+        else:
+            reasons.append(f"{seen}; the group's majority answer is {_quoted(top)}")
+    return reasons
 
 
 def majority_rewards(responses: Sequence[str | None]) -> tuple[list[float | None], str | None]:

@@ -1,16 +1,19 @@
-"""Step 2 of Training-Free GRPO: **reward**. A scalar r in [0, 1] for every rollout of the batch.
+"""Step 2 of Training-Free GRPO: **reward**. A scalar r in [0, 1] for every rollout of the batch, and
+the reward's reason (what it read as the answer, what it expected, why they differ) when it gives one.
 
 The reward comes from the context: ``math`` (math-verify), ``exact_match``, ``f1``, ``rg`` (a
 reasoning_gym task's own scorer), a user
 ``module:function``, or ``judge`` -- an LLM grading the answer against the ground truth as CORRECT or
 INCORRECT ("grade a quiz", as the paper does for web tasks), with the judge model and memoized like every
-other LLM result. A rollout that failed, or whose reward raised, gets ``None`` (unusable) and is counted
-as dropped rather than silently shrinking its group.
+other LLM result. A rollout that failed, or whose reward raised or returned a bad value, gets ``None``
+(unusable) and is counted as dropped rather than silently shrinking its group. The reasons go on the
+group (``reward_reasons``, parallel to its keys) for the learner.
 """
 
 from __future__ import annotations
 
 import re
+from dataclasses import dataclass, field
 from typing import Any
 
 from langchain_core.messages import BaseMessage, HumanMessage, SystemMessage
@@ -22,7 +25,9 @@ from tfgrpo.evals.rewards import (
     RewardFn,
     extract_final_answer,
     ground_truth_reward,
+    majority_reasons,
     majority_rewards,
+    read_expected,
     reward_function,
     score_row,
 )
@@ -53,7 +58,18 @@ JUDGE_USER = "Question: {question}\nTrue answer: {answer}\nStudent answer: {resp
 _VERDICT = re.compile(r"\b(INCORRECT|CORRECT)\b")
 
 
-def judge_grade(ctx: Context, query: Query, response: str) -> tuple[float | None, str | None, CallRecord]:
+@dataclass(frozen=True)
+class RewardOutcome:
+    """The reward of one response: ``value`` (None: unusable, ``error`` says why), the reward's
+    ``reason`` ('' when it gave none) and the calls it made (the judge's)."""
+
+    value: float | None
+    reason: str = ""
+    error: str | None = None
+    calls: list[CallRecord] = field(default_factory=list)
+
+
+def judge_grade(ctx: Context, query: Query, response: str) -> RewardOutcome:
     """One judge call, not memoized: 1.0 for CORRECT, 0.0 for INCORRECT, None with an error otherwise."""
     spec = resolve_spec(ctx.judge_model or ctx.model)
     model = get_model(
@@ -73,6 +89,7 @@ def judge_grade(ctx: Context, query: Query, response: str) -> tuple[float | None
     ]
     msg, record, error = call_text(ctx, model, spec, "judge", messages)
     value: float | None = None
+    reason = ""
     if msg is not None:
         verdict = _VERDICT.search(str(msg.content).upper())
         if verdict is None:
@@ -80,40 +97,50 @@ def judge_grade(ctx: Context, query: Query, response: str) -> tuple[float | None
             record["malformed"] = 1
         else:
             value = 1.0 if verdict.group(1) == "CORRECT" else 0.0
-    return value, error, record
+            reason = f"{read_expected(answer, query['answer'])}: the judge said {verdict.group(1)}"
+    return RewardOutcome(value, reason, error, [record])
 
 
-def score_response(
-    ctx: Context, reward_fn: RewardFn | None, query: Query, response: str
-) -> tuple[float | None, str | None, list[CallRecord]]:
-    """The reward of one response: ``reward_fn`` clipped to [0, 1], or the judge when it is None.
-    A reward that raised gives (None, error) -- unusable and counted, never a silent 0."""
+def score_response(ctx: Context, reward_fn: RewardFn | None, query: Query, response: str) -> RewardOutcome:
+    """The reward of one response: ``reward_fn`` (checked: a number in [0, 1] or a ``(score, reason)``
+    pair), or the judge when it is None. A reward that raised or returned a bad value is unusable (value
+    None, the error in one line naming the reward and the value) -- counted, never a silent 0."""
     if reward_fn is None:
-        value, error, record = judge_grade(ctx, query, response)
-        return value, error, [record]
+        return judge_grade(ctx, query, response)
     try:
-        return min(1.0, max(0.0, float(score_row(reward_fn, response, query)))), None, []
+        scored = score_row(reward_fn, response, query)
     except Exception as exc:
-        return None, one_line(exc), []
+        return RewardOutcome(None, error=one_line(exc))
+    return RewardOutcome(float(scored), scored.reason)
 
 
 def judge_score(
     runtime: Runtime[Context], ctx: Context, state: StepState, query: Query, key: str, stored: Rollout
-) -> tuple[float | None, str | None, list[CallRecord]]:
+) -> RewardOutcome:
     """One judge call per rollout, memoized in the store."""
     store = store_of(runtime)
     ns = step_namespace(state.get("run_id", ""), state.get("step", 0), "judge")
     done = memo_get(store, ns, key)
     if done is None:
-        value, error, record = judge_grade(ctx, query, stored["response"])
-        done = {"value": value, "error": error, "calls": [record]}
+        outcome = judge_grade(ctx, query, stored["response"])
+        done = {
+            "value": outcome.value,
+            "reason": outcome.reason,
+            "error": outcome.error,
+            "calls": outcome.calls,
+        }
         memo_put(store, ns, key, done)
-    return done["value"], done["error"], done["calls"]
+    return RewardOutcome(done["value"], done.get("reason", ""), done["error"], done["calls"])
 
 
-def majority_of_group(keys: list[str], stored: dict[str, Rollout]) -> list[float | None]:
+def majority_of_group(keys: list[str], stored: dict[str, Rollout]) -> list[RewardOutcome]:
     """No ground truth: agreement with the group's majority answer (the paper's self-judged ablation)."""
-    return majority_rewards([stored[key]["response"] if key in stored else None for key in keys])[0]
+    responses = [stored[key]["response"] if key in stored else None for key in keys]
+    values, top = majority_rewards(responses)
+    return [
+        RewardOutcome(value, reason)
+        for value, reason in zip(values, majority_reasons(responses, top), strict=True)
+    ]
 
 
 def scored_run(
@@ -124,10 +151,8 @@ def scored_run(
     messages, error, calls = run_policy(ctx, query["question"], experiences, seed, node=node)
     value: float | None = None
     if error is None:
-        value, error, judge_calls = score_response(
-            ctx, ground_truth_reward(ctx.reward), query, final_text(messages)
-        )
-        calls = [*calls, *judge_calls]
+        outcome = score_response(ctx, ground_truth_reward(ctx.reward), query, final_text(messages))
+        value, error, calls = outcome.value, outcome.error, [*calls, *outcome.calls]
     return messages, value, error, calls
 
 
@@ -142,12 +167,11 @@ def reward(state: StepState, runtime: Runtime[Context]) -> dict[str, Any]:
     found = memo_get_many(store_of(runtime), step_namespace(run_id, step, "rollouts"), usable)
     stored = {key: done["rollout"] for key, done in found.items() if done is not None}
 
-    def score(job: tuple[Query, str]) -> tuple[float | None, str | None, list[CallRecord]]:
+    def score(job: tuple[Query, str]) -> RewardOutcome:
         query, key = job
-        if ctx.reward == "majority":
-            return None, None, []  # scored per group below
-        if key not in stored:
-            return None, None, []  # a failed rollout, already counted as dropped by ``rollout``
+        if ctx.reward == "majority" or key not in stored:
+            # majority: scored per group below; not stored: a failed rollout, counted by ``rollout``
+            return RewardOutcome(None)
         if reward_fn is None:
             return judge_score(runtime, ctx, state, query, key, stored[key])
         return score_response(ctx, reward_fn, query, stored[key]["response"])
@@ -160,15 +184,21 @@ def reward(state: StepState, runtime: Runtime[Context]) -> dict[str, Any]:
     calls: list[CallRecord] = []
     for query in state.get("batch", []):
         keys = [rollout_key(query["id"], g) for g in range(ctx.group_size)]
-        for key in keys:
-            _, error, records = scored[key]
-            calls += records
-            if error is not None:
-                dropped.append({"stage": "reward", "item": key, "reason": error})
-        rewards = [scored[key][0] for key in keys]
+        outcomes = [scored[key] for key in keys]
+        for key, outcome in zip(keys, outcomes, strict=True):
+            calls += outcome.calls
+            if outcome.error is not None:
+                dropped.append({"stage": "reward", "item": key, "reason": outcome.error})
         if ctx.reward == "majority":
-            rewards = majority_of_group(keys, stored)
+            outcomes = majority_of_group(keys, stored)
         groups.append(
-            {"query_id": query["id"], "keys": keys, "rewards": rewards, "kept": False, "reason": "unjudged"}
+            {
+                "query_id": query["id"],
+                "keys": keys,
+                "rewards": [outcome.value for outcome in outcomes],
+                "reward_reasons": [outcome.reason for outcome in outcomes],
+                "kept": False,
+                "reason": "unjudged",
+            }
         )
     return {"groups": groups, "dropped": dropped, "usage": usage_of(calls)}

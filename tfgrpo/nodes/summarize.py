@@ -11,7 +11,7 @@ is stored (not kept in state) for ``extract``.
 from __future__ import annotations
 
 import json
-from typing import Any
+from typing import Any, NotRequired
 
 from langchain_core.messages import HumanMessage, SystemMessage
 from langgraph.runtime import Runtime
@@ -73,6 +73,7 @@ class SummarizeTask(TypedDict):
     key: str
     g: int
     reward: float
+    reward_reason: NotRequired[str]  # why the reward gave it ('' when it gave no reason)
     library_key: str
 
 

@@ -52,11 +52,13 @@ def route_after_gate(state: StepState) -> list[Send] | str:
                 "key": key,
                 "g": g,
                 "reward": value,
+                "reward_reason": reasons[g] if g < len(reasons) else "",
                 "library_key": library_key,
             },
         )
         for group in state.get("groups", [])
         if group["kept"]
+        for reasons in [group.get("reward_reasons", [])]
         for g, (key, value) in enumerate(zip(group["keys"], group["rewards"], strict=True))
         if value is not None
     ]

@@ -47,7 +47,9 @@ class Group(TypedDict):
     keys: list[str]  # store keys of the rollouts, in g order
     rewards: list[float | None]  # None = unusable (failed rollout or failed reward)
     kept: bool
-    reason: str
+    reason: str  # the variance gate's verdict
+    # parallel to ``keys``: why the reward gave what it gave ("read 'X'; expected 'Y': ..."), "" for none
+    reward_reasons: NotRequired[list[str]]
 
 
 class SummaryRef(TypedDict):
