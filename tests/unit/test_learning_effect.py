@@ -319,7 +319,7 @@ def test_the_probe_policy_is_right_in_exactly_one_of_eight_attempts():
     question = "A flight took 147 minutes. How long did it take?"
     body = {"messages": [{"role": "user", "content": question}]}
     replies = [probe.one_in_eight(body) for _ in range(16)]
-    scores = [rewards.decimal_hours(reply, "2.45") for reply in replies]
+    scores = [rewards.decimal_hours(reply, "2.45")[0] for reply in replies]
     assert scores.count(1.0) == 2 and scores[0] == scores[8] == 1.0  # one in each group of eight
     wrong = {reply.rsplit("Answer: ", 1)[1] for reply, s in zip(replies, scores, strict=True) if not s}
     assert wrong == {"147 minutes", "2 hours 27 minutes", "2:27"}  # the forms the learner must rule out
