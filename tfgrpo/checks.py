@@ -107,6 +107,7 @@ def check_context(ctx: Context) -> None:
     check_number("group_size", ctx.group_size, low=2)
     check_number("max_tool_calls", ctx.max_tool_calls, low=0)
     check_number("structured_retries", ctx.structured_retries, low=0)
+    check_number("whole_attempt_tokens", ctx.whole_attempt_tokens, low=0)
     for name in ("temperature", "learner_temperature", "judge_temperature"):
         check_number(name, getattr(ctx, name), low=0, high=2)
     check_number("validation_tolerance", ctx.validation_tolerance, low=0, high=1)

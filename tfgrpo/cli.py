@@ -72,7 +72,9 @@ PRESETS: dict[str, dict[str, Any]] = {
         "batch_size": 4,
         "group_size": 4,
         "max_tokens": 160,
-        "learner_max_tokens": 256,  # extract / update need room for their JSON
+        # extract / update need room for an analysis and their JSON, a summary for its diagnosis: with 256 a
+        # summary lost its diagnosis and a consolidation chunk held one proposal (issue 27)
+        "learner_max_tokens": 1024,
     },
     "demo": {
         "dataset": "rg:basic_arithmetic:size=20:seed=1",
@@ -347,7 +349,14 @@ def _add_learn_args(p: argparse.ArgumentParser, *, demo: bool) -> None:
         "--learner-max-tokens",
         type=int,
         default=None,
-        help="cap per summarize / extract / update completion (default 4096; 256 on the embedded model)",
+        help="cap per summarize / extract / update completion (default 4096; 1024 on the embedded model)",
+    )
+    p.add_argument(
+        "--whole-attempt-tokens",
+        type=int,
+        default=d.whole_attempt_tokens,
+        help="the extractor reads a group's attempts whole (no summarize calls) when each is at most this "
+        "many tokens and calls no tool; 0: summarize every attempt",
     )
     p.add_argument("--max-library-items", type=int, default=d.max_library_items)
     p.add_argument(
@@ -518,6 +527,7 @@ def context_from_args(args: argparse.Namespace, *, preset: str, **override: Any)
         "unsafe_python": args.unsafe_python,
         "top_p": args.top_p,
         "judge_max_tokens": args.judge_max_tokens,
+        "whole_attempt_tokens": args.whole_attempt_tokens,
         "prompts": args.prompts,
         "answer_grammar": read_grammar(getattr(args, "grammar", None)),
         "lesson_pattern": read_lesson_pattern(getattr(args, "lesson_pattern", None)),

@@ -144,6 +144,13 @@ class Context:
         metadata={"description": "Cap on tokens per summarize / extract / update completion."},
     )
     judge_max_tokens: int = field(default=64, metadata={"description": "Cap on tokens per judge verdict."})
+    whole_attempt_tokens: int = field(
+        default=300,
+        metadata={
+            "description": "A kept group whose attempts are all at most this many output tokens, with no "
+            "tool call, is read whole by the extractor, with no summarize call; 0: summarize every attempt."
+        },
+    )
     prompts: str = field(
         default="",
         metadata={"description": "Directory of NAME.txt files replacing prompts (see `tfgrpo prompts`)."},
@@ -373,7 +380,8 @@ _LIBRARY_FIELDS = ("library", "library_run", "library_namespace")
 _JUDGE_FIELDS = ("judge_model", "judge_temperature", "judge_max_tokens")
 # one step of Training-Free GRPO: the learner, the group, E's caps and the learner's output
 _STEP_FIELDS = (
-    *_JUDGE_FIELDS, "learner_model", "learner_temperature", "learner_max_tokens", "group_size",
+    *_JUDGE_FIELDS, "learner_model", "learner_temperature", "learner_max_tokens", "whole_attempt_tokens",
+    "group_size",
     "experiences_per_group", "max_library_items", "max_library_tokens", "lesson_pattern", "extract_ops",
     "structured_retries", "structured_method",
 )  # fmt: skip

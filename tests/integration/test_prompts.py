@@ -65,11 +65,21 @@ def learn(server: FakeOpenAIServer, run_dir: Path, *extra: str) -> subprocess.Co
 
 def test_prompts_listing_is_what_the_server_receives(fake_server: FakeOpenAIServer, tmp_path: Path) -> None:
     # the fake learner's lessons do not start with "When": each goes back once (the retry prompts)
-    out = learn(fake_server, tmp_path / "run", "--reward", "judge", "--lesson-pattern", "^(When .*)?$")
+    # --whole-attempt-tokens 0: the fake's one-line replies are summarized too, so every prompt is sent
+    out = learn(
+        fake_server, tmp_path / "run", "--reward", "judge", "--lesson-pattern", "^(When .*)?$",
+        "--whole-attempt-tokens", "0",
+    )  # fmt: skip
     assert out.returncode == 0, out.stderr
     listing = tfgrpo("prompts", "--reward", "judge")
     assert listing.returncode == 0, listing.stderr
     shown = sections(listing.stdout)
+    # what the learner sees of an attempt (issue 27): the reward's reason, the answer read, how it ended
+    assert "THAT THE WORSE DID NOT" in shown["extract_system"][1]
+    assert "Every lesson is checked before it is stored, and rejected when it:" in shown["extract_system"][1]
+    assert "wrong form or unit, no answer line, ran out of length" in shown["summarize_system"][1]
+    for line in ("The reward's reason: {reward_reason}", "How the attempt ended: {ending}"):
+        assert line in shown["summarize_user"][1]
     assert list(shown) == list(PROMPT_PLACEHOLDERS)  # policy, summarize, extract, update, retry, judge
     caps = {}
     for body in fake_server.requests:
@@ -111,7 +121,7 @@ def test_overridden_prompts_are_listed_and_sent(fake_server: FakeOpenAIServer, t
         "SUMMARIZE this attempt in three lines, and say why it failed.\n"
     )
     (prompts / "policy_system.txt").write_text("Solve it; put the final answer {answer_format}. Be brief.\n")
-    out = learn(fake_server, tmp_path / "run", "--prompts", str(prompts))
+    out = learn(fake_server, tmp_path / "run", "--prompts", str(prompts), "--whole-attempt-tokens", "0")
     assert out.returncode == 0, out.stderr
     systems = set(received(fake_server, "system"))
     assert "SUMMARIZE this attempt in three lines, and say why it failed." in systems

@@ -423,7 +423,9 @@ def test_majority_reward_learns_without_answers(tmp_path: Path) -> None:
         return {"content": f"Answer: {value if n % 3 else str(value) + '0'}"}  # rollouts 1, 2 right; 3 wrong
 
     fake = Fake(rollout=two_of_three_right)
-    final, _ = run_learn(fake, str(path), reward="majority", group_size=3, batch_size=3, epochs=1)
+    final, _ = run_learn(
+        fake, str(path), reward="majority", group_size=3, batch_size=3, epochs=1, whole_attempt_tokens=0
+    )
     (report,) = final["history"]
     assert report["mean_reward"] == pytest.approx(2 / 3, abs=1e-4)  # the majority (right) answer scores 1
     assert report["groups_kept"] == 3

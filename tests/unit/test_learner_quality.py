@@ -15,6 +15,7 @@ from langgraph.store.memory import InMemoryStore
 
 from tfgrpo.context import Context
 from tfgrpo.graphs.step import compile_step_graph
+from tfgrpo.nodes import summarize
 from tfgrpo.nodes.lesson_gate import leak_of
 from tfgrpo.nodes.policy import run_policy
 from tfgrpo.nodes.summarize import clip, trajectory_text
@@ -166,7 +167,8 @@ def test_a_40000_character_rollout_reaches_the_summarizer_with_head_tail_and_mar
 
 def test_a_short_rollout_reaches_the_summarizer_whole(serve) -> None:
     server = serve()
-    run_step(server, batch=BATCH[:1])
+    run_step(server, batch=BATCH[:1], whole_attempt_tokens=0)
+    assert bodies(server, "summarize")
     for body in bodies(server, "summarize"):
         assert "characters omitted" not in user_of(body)
         assert user_of(body).endswith(("Step by step.\nAnswer: 5", "Step by step.\nAnswer: 51"))
@@ -242,7 +244,7 @@ def test_clip_is_exact_and_keeps_first_and_last_lines() -> None:
 
 def test_learner_calls_carry_learner_max_tokens_and_the_judge_its_own(serve) -> None:
     server = serve(judge=lambda body: {"content": "CORRECT" if "Answer" in user_of(body) else "INCORRECT"})
-    run_step(server, batch=BATCH[:1])
+    run_step(server, batch=BATCH[:1], whole_attempt_tokens=0)
     for role in ("summarize", "extract", "update"):
         sent = bodies(server, role)
         assert sent, role
@@ -251,7 +253,14 @@ def test_learner_calls_carry_learner_max_tokens_and_the_judge_its_own(serve) -> 
     assert {b.get("max_completion_tokens") for b in bodies(server, "rollout")} == {1024}
 
     server = serve()
-    out = run_step(server, batch=BATCH[:1], reward="judge", learner_max_tokens=777, judge_max_tokens=33)
+    out = run_step(
+        server,
+        batch=BATCH[:1],
+        reward="judge",
+        learner_max_tokens=777,
+        judge_max_tokens=33,
+        whole_attempt_tokens=0,
+    )
     assert {b["max_completion_tokens"] for b in bodies(server, "judge")} == {33}
     assert {b["max_completion_tokens"] for b in bodies(server, "summarize")} == {777}
     assert out["report"]["calls"] > 0
@@ -440,7 +449,7 @@ def test_leak_check_answers_and_copied_questions() -> None:
 def test_learner_prompts_label_e_as_the_library_under_review(serve) -> None:
     library = library_of("When a sum has many terms, pair them first; left-to-right adding lost carries.")
     server = serve()
-    run_step(server, library=library)
+    run_step(server, library=library, whole_attempt_tokens=0)
     rollout_systems = {system_of(b) for b in bodies(server, "rollout")}
     assert all(render_library(library) in s for s in rollout_systems)
     for role in ("summarize", "extract", "update"):
@@ -547,7 +556,7 @@ def test_extract_receives_the_groups_contrastive_evidence(serve) -> None:
     (extract,) = bodies(server, "extract")
     sent = user_of(extract)
     # each distinct final answer, with how many attempts gave it and its reward
-    assert "Final answers of the 4 attempts (ground truth: 5):" in sent
+    assert "Answers of the 4 attempts as the reward read them (ground truth: 5):" in sent
     assert "- '5': 2 attempts, reward 1\n" in sent
     assert "- '6': 1 attempt, reward 0\n" in sent and "- '7': 1 attempt, reward 0" in sent
     # the first line where a right and a wrong attempt differ
@@ -562,9 +571,9 @@ def test_extract_receives_the_groups_contrastive_evidence(serve) -> None:
     # the two identical right attempts are shown once, with their count; the others once each
     headers = re.findall(r"^--- (.*) ---$", sent, re.M)
     assert len(headers) == 3
-    assert sum(bool(re.fullmatch(r"Attempts \d, \d: 2 identical \(reward 1\)", h)) for h in headers) == 1
-    # the evidence comes before the summaries
-    assert sent.index("Final answers") < sent.index("Attempts (summaries, with rewards):")
+    assert sum(bool(re.match(r"Attempts \d, \d: 2 identical: reward 1;", h)) for h in headers) == 1
+    # the evidence comes before the attempts
+    assert sent.index("Answers of the 4 attempts") < sent.index("The attempts, whole")
 
 
 def test_an_extract_prompt_override_without_evidence_still_gets_it(serve, tmp_path) -> None:
@@ -576,4 +585,117 @@ def test_an_extract_prompt_override_without_evidence_still_gets_it(serve, tmp_pa
     (extract,) = bodies(server, "extract")
     sent = user_of(extract)
     assert sent.startswith("Problem: Calculate 2 + 3.\nTruth: 5\n")
-    assert "Final answers of the 2 attempts (ground truth: 5):" in sent
+    assert "Answers of the 2 attempts as the reward read them (ground truth: 5):" in sent
+
+
+# --------------------------------------------- what the learner sees of an attempt; contrast first (issue 27)
+
+
+def scripted(*replies: dict) -> Handler:
+    """Rollouts answered in order from ``replies`` (one group at a time: batch of one question)."""
+    queue = list(replies)
+    lock = threading.Lock()
+
+    def policy(body: dict) -> dict:
+        with lock:
+            return queue.pop(0)
+
+    return policy
+
+
+RIGHT = {"content": "2 + 3 = 5\nAnswer: 5"}
+CUT = {"content": "First I add two and three, which is", "finish_reason": "length"}
+WRONG_FORM = {"content": "2 + 3 = 5\nAnswer: five"}
+
+
+def with_reasons(monkeypatch: pytest.MonkeyPatch, reason: Callable[[str], str]) -> None:
+    """The reward node's groups carry ``reward_reasons`` (``reason(response)`` per attempt), as a reward
+    returning (score, reason) gives them."""
+    import tfgrpo.graphs.step as step_graph
+    from tfgrpo.nodes.rollout import load_rollout
+
+    original = step_graph.reward
+
+    def reward(state: Any, runtime: Any) -> dict[str, Any]:
+        out = original(state, runtime)
+        for group in out["groups"]:
+            responses = [load_rollout(runtime, "run", 0, key) for key in group["keys"]]
+            group["reward_reasons"] = [reason(r["response"]) if r else "" for r in responses]
+        return out
+
+    monkeypatch.setattr(step_graph, "reward", reward)
+
+
+def test_short_attempts_are_read_whole_by_the_extractor_and_not_summarized(serve) -> None:
+    server = serve(rollout=scripted(RIGHT, CUT, WRONG_FORM, WRONG_FORM))
+    out = run_step(server, batch=BATCH[:1], group_size=4)
+    assert bodies(server, "summarize") == []  # no summarize call for one-line replies
+    (extract,) = bodies(server, "extract")
+    sent = user_of(extract)
+    # the attempts themselves, each under what the reward saw
+    assert "The attempts, whole" in sent and "summaries" not in sent
+    assert re.search(r"--- Attempt \d: reward 1; answer read: '5'; finished, \d+ tokens; the reward's", sent)
+    assert "2 + 3 = 5\nAnswer: 5" in sent
+    assert re.search(r"--- Attempts \d, \d: 2 identical: reward 0; answer read: 'five'; finished", sent)
+    assert out["report"]["groups_kept"] == 1 and out["report"]["operations_proposed"] >= 0
+
+
+def test_the_cut_off_flag_and_the_lone_success_come_first(serve) -> None:
+    server = serve(rollout=scripted(CUT, RIGHT, CUT, WRONG_FORM))
+    run_step(server, batch=BATCH[:1], group_size=4)
+    (extract,) = bodies(server, "extract")
+    sent = user_of(extract)
+    evidence = sent[: sent.index("The attempts, whole")]
+    assert "Answers of the 4 attempts as the reward read them (ground truth: 5):" in evidence
+    assert "- '5': 1 attempt, reward 1\n" in evidence
+    # a cut-off reply's last fragment is not presented as its answer
+    assert (
+        "- (no answer line; last line 'First I add two and three, which is') [cut off]: 2 attempts"
+        in evidence
+    )
+    assert "2 of the 4 attempts were cut off at the token limit (reward 0)." in evidence
+    assert re.search(
+        r"Attempt \d is the lone success \(reward 1\): what did it do that the other 3 did not\?", evidence
+    )
+    assert re.search(
+        r"--- Attempts \d, \d: 2 identical: reward 0; .*; CUT OFF at the token limit after", sent
+    )
+
+
+def test_the_rewards_reason_reaches_the_extractors_request(serve, monkeypatch) -> None:
+    with_reasons(monkeypatch, lambda response: f"read {response.splitlines()[-1]!r}; expected '5'")
+    server = serve(rollout=scripted(RIGHT, WRONG_FORM))
+    run_step(server, batch=BATCH[:1], group_size=2)
+    (extract,) = bodies(server, "extract")
+    assert "the reward's reason: read 'Answer: five'; expected '5' ---" in user_of(extract)
+
+
+def test_long_attempts_keep_summaries_with_the_reason_and_the_ending_in_view(serve, monkeypatch) -> None:
+    with_reasons(monkeypatch, lambda response: "no answer line" if "Answer" not in response else "")
+    server = serve(rollout=scripted(RIGHT, CUT))
+    run_step(server, batch=BATCH[:1], group_size=2, whole_attempt_tokens=5)  # every reply here is "long"
+    summaries = {
+        user_of(b).split("Reward of this attempt: ")[1][0]: user_of(b) for b in bodies(server, "summarize")
+    }
+    assert set(summaries) == {"1", "0"}
+    assert "The reward's reason: no answer line\n" in summaries["0"]
+    assert "The answer as the reward read it: (no answer line; last line 'First I add" in summaries["0"]
+    assert "How the attempt ended: CUT OFF at the token limit after " in summaries["0"]
+    assert "The reward's reason: (the reward gave no reason)\n" in summaries["1"]
+    assert "How the attempt ended: finished, " in summaries["1"]
+    (extract,) = bodies(server, "extract")
+    sent = user_of(extract)
+    assert "The attempts, summarized" in sent
+    assert "CUT OFF at the token limit" in sent and "the reward's reason: no answer line ---" in sent
+
+
+def test_the_learner_is_asked_for_the_difference_and_told_the_gates_rules(serve) -> None:
+    server = serve(rollout=scripted(RIGHT, WRONG_FORM))
+    run_step(server, batch=BATCH[:1], group_size=2)
+    (extract,) = bodies(server, "extract")
+    system = system_of(extract)
+    assert "THAT THE WORSE DID NOT" in system
+    assert "A step that every attempt took is not the difference and not a lesson." in system
+    assert "Every lesson is checked before it is stored, and rejected when it:" in system
+    for kind in ("wrong form or unit", "no answer line", "ran out of length"):
+        assert kind in summarize.SYSTEM_PROMPT

@@ -39,6 +39,18 @@ def test_no_model_means_the_embedded_preset_and_the_held_out_comparison() -> Non
     assert cli.is_embedded("local:smollm2-135m-instruct") and not cli.is_embedded("openai:gpt-4o-mini")
 
 
+@pytest.mark.parametrize(
+    "model", [[], ["--model", "local:qwen2.5-coder-1.5b-instruct"]], ids=["main", "1.5b"]
+)
+def test_the_embedded_learner_has_room_for_its_analysis_and_json(model: list[str]) -> None:
+    """At 256 tokens a summary lost its diagnosis and the extractor's analysis and operations shared
+    256 tokens of JSON (issue 27): the embedded learner gets at least 1024 unless told otherwise."""
+    ctx = cli.context_from_args(cli.parse_args(["learn", *model]), preset="embedded")
+    assert ctx.learner_max_tokens >= 1024
+    args = cli.parse_args(["learn", *model, "--learner-max-tokens", "300"])
+    assert cli.context_from_args(args, preset="embedded").learner_max_tokens == 300
+
+
 def test_the_main_job_asks_for_terse_answers_unless_told_otherwise(monkeypatch: pytest.MonkeyPatch) -> None:
     """The main job's policy prompt (one calculation per line, a worked example) and cap keep 400 held-out
     runs within the 15-minute goal; they apply only to the main job and yield to explicit flags."""

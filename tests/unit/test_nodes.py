@@ -184,7 +184,7 @@ def test_one_failed_rollout_in_a_group_of_three_leaves_the_rest_usable() -> None
         return {"content": f"Answer: {value if n % 2 == 0 else 999}"}
 
     fake = Fake(rollout=one_fails)
-    out = run_step(fake, batch=BATCH[:1], group_size=3)
+    out = run_step(fake, batch=BATCH[:1], group_size=3, whole_attempt_tokens=0)
     (grp,) = out["groups"]
     assert sum(r is None for r in grp["rewards"]) == 1
     assert sorted(r for r in grp["rewards"] if r is not None) == [0.0, 1.0]
@@ -289,7 +289,7 @@ def test_failed_summary_is_dropped_and_a_group_left_with_one_summary_is_not_extr
         return grpo_responder(body)
 
     fake = Fake(summarize=summarize)
-    out = run_step(fake)
+    out = run_step(fake, whole_attempt_tokens=0)  # every attempt summarized
     report = out["report"]
     assert fake.count("summarize") == 4
     assert report["dropped"].get("summarize") == 1
@@ -301,7 +301,7 @@ def test_failed_summary_is_dropped_and_a_group_left_with_one_summary_is_not_extr
 
 def test_summarizer_sees_ground_truth_reward_and_response() -> None:
     fake = Fake()
-    run_step(fake, batch=BATCH[:1])
+    run_step(fake, batch=BATCH[:1], whole_attempt_tokens=0)
     prompts = sorted(question_of(b) for b in fake.bodies("summarize"))
     assert len(prompts) == 2
     assert all("Ground-truth answer: 5" in p for p in prompts)

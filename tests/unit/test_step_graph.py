@@ -175,7 +175,7 @@ def test_empty_batch_goes_straight_to_update_without_any_call() -> None:
 
 def test_learning_step_calls_each_role_the_expected_number_of_times() -> None:
     fake = Fake(rollout=alternating_policy())
-    out = run_step(fake)
+    out = run_step(fake, whole_attempt_tokens=0)  # every attempt summarized
     assert fake.count("rollout") == 12
     assert fake.count("summarize") == 12  # every rollout of every (kept) group
     assert fake.count("extract") == 3  # one per kept group
@@ -189,7 +189,8 @@ def test_learning_step_calls_each_role_the_expected_number_of_times() -> None:
 
 def test_report_is_consistent_with_what_happened() -> None:
     fake = Fake(rollout=alternating_policy())
-    out = run_step(fake, {"library": LIBRARY, "step": 7, "epoch": 2, "batch_index": 1})
+    state = {"library": LIBRARY, "step": 7, "epoch": 2, "batch_index": 1}
+    out = run_step(fake, state, whole_attempt_tokens=0)  # every attempt summarized
     report = out["report"]
     bodies = fake.bodies()
     assert (report["step"], report["epoch"], report["batch_index"]) == (7, 2, 1)
@@ -254,7 +255,12 @@ def test_trajectories_are_in_the_store_not_in_state() -> None:
 
 def test_learner_model_is_used_for_learning_roles_and_policy_for_rollouts() -> None:
     policy, learner = Fake(rollout=alternating_policy()), Fake()
-    options: dict[str, Any] = {"reward": "exact_match", "group_size": 2, "batch_size": 3}
+    options: dict[str, Any] = {
+        "reward": "exact_match",
+        "group_size": 2,
+        "batch_size": 3,
+        "whole_attempt_tokens": 0,
+    }
     ctx = Context(model=policy.spec, learner_model=learner.spec, **options)
     compile_step_graph(store=InMemoryStore()).invoke(
         {"batch": BATCH, "run_id": "r"}, context=ctx, config={"recursion_limit": 500}

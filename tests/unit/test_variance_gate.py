@@ -177,7 +177,13 @@ def run_partial(tmp_path: Path, scores: dict[str, list[float]]) -> tuple[dict, l
 
     register_provider(prefix, factory)
     batch = [{"id": f"q{i}", "question": q, "answer": "x"} for i, q in enumerate(scores)]
-    ctx = Context(model=f"{prefix}:m", reward=f"{reward_file}:score", group_size=2, batch_size=len(batch))
+    ctx = Context(
+        model=f"{prefix}:m",
+        reward=f"{reward_file}:score",
+        group_size=2,
+        batch_size=len(batch),
+        whole_attempt_tokens=0,  # every attempt summarized
+    )
     out = compile_step_graph(store=InMemoryStore()).invoke(
         {"batch": batch, "run_id": "r"}, context=ctx, config={"recursion_limit": 500}
     )

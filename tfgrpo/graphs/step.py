@@ -1,7 +1,8 @@
 """One Training-Free GRPO step as a LangGraph graph: the paper's six steps, wired and nothing else.
 
 rollout (map over batch x G) -> reward -> variance_gate -> summarize (map) -> extract -> update_library
-                                                 \\______ nothing kept ______________________/
+variance_gate -> extract when every kept group's attempts are short (read whole, not summarized);
+variance_gate -> update_library when no group is kept.
 """
 
 from __future__ import annotations
@@ -39,7 +40,9 @@ def add_step(builder: StateGraph[Any, Any, Any, Any], *, entry: str) -> str:
     builder.add_conditional_edges(entry, fan_out_rollouts, ["rollout", "update_library"])
     builder.add_edge("rollout", "reward")  # join: runs once after every rollout branch
     builder.add_edge("reward", "variance_gate")
-    builder.add_conditional_edges("variance_gate", route_after_gate, ["summarize", "update_library"])
+    builder.add_conditional_edges(
+        "variance_gate", route_after_gate, ["summarize", "extract", "update_library"]
+    )
     builder.add_edge("summarize", "extract")  # join
     builder.add_edge("extract", "update_library")
     return "update_library"

@@ -21,7 +21,9 @@ PROMPT_PLACEHOLDERS: dict[str, frozenset[str]] = {
     "policy_system": frozenset({"answer_format"}),
     "experience_header": frozenset(),
     "summarize_system": frozenset(),
-    "summarize_user": frozenset({"question", "answer", "reward", "library", "trajectory"}),
+    "summarize_user": frozenset(
+        {"question", "answer", "reward", "reward_reason", "answer_read", "ending", "library", "trajectory"}
+    ),
     "extract_system": frozenset({"k", "word_cap"}),
     "extract_user": frozenset({"question", "answer", "library", "evidence", "attempts"}),
     "update_system": frozenset({"word_cap"}),

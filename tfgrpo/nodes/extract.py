@@ -1,14 +1,17 @@
 """Step 5 of Training-Free GRPO: **extract** the semantic advantage of each kept group.
 
-One learner call per kept group compares the G summaries (with rewards, the ground truth and the
-current E, labelled as the library under review) after the group's contrastive evidence: each distinct
-final answer with how many attempts gave it and its reward, and the first line where a better and a
-worse attempt's responses differ; identical attempts are shown once with their count. It reasons in
-free text first (``analysis``, the first field of the schema), then proposes at most K operations on E:
-the natural-language counterpart of GRPO's group-relative advantage. A lesson has a shape -- trigger,
-action, pitfall, at most ~35 words -- and NONE is the answer when nothing transfers. Calls run in
-parallel; each result is memoized in the store so a resumed run never pays for a finished group twice.
-Unparseable output is retried, then recorded as dropped.
+One learner call per kept group. Contrast comes first (``nodes/attempts.py``): the distinct answers as
+the reward read them, with how many attempts gave each and its reward, how many were cut off at the
+token limit, a lone success or lone failure named as such, and the first line where a better and a
+worse attempt differ. Then the attempts, each under its reward, the reward's reason, the answer read,
+finished or cut off, and its length: whole when the group's attempts are short and tool-less (no
+summaries were made for them), else through their summaries; identical attempts are shown once with
+their numbers. The learner (shown E as the library under review) reasons in free text first
+(``analysis``, the first field of the schema) about what the better attempts did that the worse did
+not, then proposes at most K operations on E: the natural-language counterpart of GRPO's
+group-relative advantage. The prompt states the lesson gate's rules. NONE is the answer when nothing
+transfers. Calls run in parallel; each result is memoized in the store so a resumed run never pays for
+a finished group twice. Unparseable output is retried, then recorded as dropped.
 """
 
 from __future__ import annotations
@@ -22,7 +25,6 @@ from langgraph.runtime import Runtime
 from pydantic import BaseModel, ConfigDict, Field, create_model
 
 from tfgrpo.context import Context
-from tfgrpo.evals.rewards import extract_final_answer
 from tfgrpo.nodes._llm import (
     call_structured,
     context_of,
@@ -33,7 +35,7 @@ from tfgrpo.nodes._llm import (
     store_of,
 )
 from tfgrpo.nodes._prompts import prompt_text
-from tfgrpo.nodes.rollout import load_rollout
+from tfgrpo.nodes.attempts import attempts_text, group_attempts, group_evidence
 from tfgrpo.nodes.summarize import NO_GROUND_TRUTH, load_summary
 from tfgrpo.state.graph_state import StepState
 from tfgrpo.state.library import Operation, render_library_for_review
@@ -173,24 +175,36 @@ def with_operations(
 
 
 SYSTEM_PROMPT = """You are the learner of a team that improves by comparing its own attempts. You get a \
-problem, its ground truth, the experience library under review and several attempts at the problem \
-(summaries with rewards).
+problem, its ground truth, the experience library under review, the answers of several attempts as the \
+reward read them (with counts and rewards), and the attempts: whole when they are short, else \
+summarized. Each attempt shows its reward, the reward's reason, whether it finished or was cut off at \
+the token limit, and its length.
 
-First reason in `analysis` (free text, before any operation): which decision separated the better \
-attempts from the worse ones; at which step the worse ones went wrong and why; whether an experience of \
-the library helped, was ignored or misled; and whether what you learned would help on a DIFFERENT \
-problem, before its answer is known.
+First reason in `analysis` (free text, before any operation): what did the better attempts do THAT THE \
+WORSE DID NOT? Compare the answers first: their form, unit, answer line and length, then the steps. A \
+step that every attempt took is not the difference and not a lesson. A lone success shows what to do; \
+a lone failure shows what to avoid. Say whether an experience of the library helped, was ignored or \
+misled, and whether the difference would help on a DIFFERENT problem, before its answer is known.
 
 Then write at most {k} operation(s) in `operations`:
 - ADD a new lesson; UPDATE an existing one (give its id) with a full replacement text that makes it \
 sharper; DELETE one (give its id) that misled the attempts; or NONE.
-- A lesson has three parts, in at most {word_cap} words: when it applies (the trigger: a feature of the \
-problem visible before solving it), what to do, and the pitfall the attempts fell into. Example shape: \
-"When <feature of the problem>, <do this>; <pitfall> led to wrong answers."
-- Never the answer, a quantity or object that only this problem has, or words copied from the question.
-- Generic advice ("double-check your work", "be careful") does not help: say what to check, and when.
-- NONE when nothing transfers (a lucky guess, a one-off slip with no pattern): NONE is better than a \
-vague lesson.
+- A lesson says when it applies (a feature of the problem visible before solving it), what the better \
+attempts did that the worse did not, and what went wrong without it, in at most {word_cap} words. \
+Example shape: "When <feature of the problem>, <do this>; <otherwise> gave wrong answers."
+- NONE when nothing transfers (a lucky guess, a one-off slip with no pattern, no difference between \
+better and worse): NONE is better than a vague lesson. Generic advice ("double-check your work") does \
+not help: say what to check, and when.
+
+Every lesson is checked before it is stored, and rejected when it:
+- contains the answer of this problem, or 8 or more consecutive words of its question;
+- quotes the numbers of this problem (one of two or more digits, or two different numbers): write \
+letters or words for them, and state the rule for new problems;
+- tells the story of these attempts ("this attempt", "attempt 3", "the first model turn") instead of \
+the rule;
+- copies 5 or more consecutive words of these instructions;
+- has fewer than 6 words, or is mostly numbers and symbols;
+- is longer than {word_cap} words.
 
 Call the ExtractedExperiences tool."""
 
@@ -203,51 +217,7 @@ Ground-truth answer: {answer}
 
 {evidence}
 
-Attempts (summaries, with rewards):
 {attempts}"""
-
-# how much of a differing line the evidence quotes (a line of a long solution can be a paragraph)
-DIFF_LINE_CHARS = 300
-
-
-def _lines(response: str) -> list[str]:
-    return [line.strip() for line in response.splitlines() if line.strip()]
-
-
-def _shown_reward(values: list[float]) -> str:
-    distinct = sorted(set(values))
-    return (
-        f"reward {distinct[0]:g}"
-        if len(distinct) == 1
-        else "rewards " + ", ".join(f"{v:g}" for v in distinct)
-    )
-
-
-def group_evidence(answer: str, attempts: list[tuple[int, float, str]]) -> str:
-    """The contrast a learner needs before reading summaries: the ground truth, each distinct final
-    answer with how many attempts gave it and its reward, and, for a best and a worst attempt, the first
-    line of their responses where they differ. ``attempts``: (attempt number, reward, final response)."""
-    by_answer: dict[str, list[float]] = {}
-    for _, value, response in attempts:
-        by_answer.setdefault(extract_final_answer(response) or "(no answer)", []).append(value)
-    out = [f"Final answers of the {len(attempts)} attempts (ground truth: {answer}):"]
-    for final, values in sorted(by_answer.items(), key=lambda kv: (-max(kv[1]), -len(kv[1]))):
-        n = len(values)
-        out.append(f"- {final!r}: {n} attempt{'s' if n > 1 else ''}, {_shown_reward(values)}")
-    best = max(attempts, key=lambda a: a[1])
-    worst = min(attempts, key=lambda a: a[1])
-    right, wrong = _lines(best[2]), _lines(worst[2])
-    if best[1] > worst[1] and right != wrong:
-        pairs = enumerate(zip(right, wrong, strict=False))
-        i = next((i for i, (a, b) in pairs if a != b), min(len(right), len(wrong)))
-        shown_right = right[i][:DIFF_LINE_CHARS] if i < len(right) else "(ends here)"
-        shown_wrong = wrong[i][:DIFF_LINE_CHARS] if i < len(wrong) else "(ends here)"
-        out.append(
-            f"First line where a better and a worse attempt differ (attempt {best[0]}, reward {best[1]:g}, "
-            f"vs attempt {worst[0]}, reward {worst[1]:g}; line {i + 1} of their responses):\n"
-            f"  better: {shown_right}\n  worse:  {shown_wrong}"
-        )
-    return "\n".join(out)
 
 
 def _proposal_key(query_id: str) -> str:
@@ -266,34 +236,21 @@ def _extract_group(
     ns = step_namespace(run_id, step, "extract")
     done = memo_get(store, ns, _proposal_key(query["id"]))
     if done is None:
-        # identical responses are shown once, with their count (their summaries say the same thing)
-        shown: dict[str, list[int]] = {}
-        summaries: dict[int, str] = {}
-        contrast: list[tuple[int, float, str]] = []
-        for g, (key, value) in enumerate(zip(group["keys"], group["rewards"], strict=True)):
-            summary = load_summary(runtime, run_id, step, key) if value is not None else None
-            if summary is None or value is None:
-                continue
-            rollout = load_rollout(runtime, run_id, step, key)
-            response = rollout["response"] if rollout is not None else summary
-            contrast.append((g + 1, value, response))
-            same = shown.setdefault(f"{value}\0{' '.join(response.split())}", [])
-            same.append(g + 1)
-            summaries.setdefault(same[0], summary)
-        attempts = []
-        for numbers in shown.values():
-            value = next(v for n, v, _ in contrast if n == numbers[0])
-            if len(numbers) == 1:
-                title = f"Attempt {numbers[0]} (reward {value:g})"
-            else:
-                title = (
-                    f"Attempts {', '.join(map(str, numbers))}: {len(numbers)} identical (reward {value:g})"
-                )
-            attempts.append(f"--- {title} ---\n{summaries[numbers[0]]}")
-        if len(contrast) < 2:
+        attempts = group_attempts(store, run_id, step, group)
+        whole = bool(group.get("read_whole"))
+        summaries: dict[int, str] | None = None
+        if not whole:  # long trajectories: each attempt through its summary (a failed one is left out)
+            summaries = {}
+            for a in attempts:
+                summary = load_summary(runtime, run_id, step, group["keys"][a.number - 1])
+                if summary is not None:
+                    summaries[a.number] = summary
+            attempts = [a for a in attempts if a.number in summaries]
+        if len(attempts) < 2:
+            what = "attempts" if whole else "summaries"
             done = {
                 "proposal": None,
-                "error": f"only {len(contrast)} summaries usable",
+                "error": f"only {len(attempts)} {what} usable",
                 "calls": [],
                 "over_k": 0,
             }
@@ -301,10 +258,10 @@ def _extract_group(
             model, spec = learner_model(ctx)
             system = prompt_text(ctx.prompts, "extract_system", SYSTEM_PROMPT)
             user = prompt_text(ctx.prompts, "extract_user", USER_TEMPLATE)
-            evidence = group_evidence(query["answer"] or NO_GROUND_TRUTH, contrast)
-            attempts_text = "\n\n".join(attempts)
+            evidence = group_evidence(query["answer"] or NO_GROUND_TRUTH, attempts)
+            shown = attempts_text(attempts, summaries)
             if "{evidence}" not in user:  # an override written before the evidence existed still gets it
-                attempts_text = f"{evidence}\n\n{attempts_text}"
+                shown = f"{evidence}\n\n{shown}"
             messages = [
                 SystemMessage(system.format(k=ctx.experiences_per_group, word_cap=WORD_CAP)),
                 HumanMessage(
@@ -313,7 +270,7 @@ def _extract_group(
                         answer=query["answer"] or NO_GROUND_TRUTH,
                         library=render_library_for_review(state.get("library")),
                         evidence=evidence,
-                        attempts=attempts_text,
+                        attempts=shown,
                     )
                 ),
             ]

@@ -1,6 +1,10 @@
-"""Step 4 of Training-Free GRPO: **summarize**. One learner call per usable rollout of a kept group.
+"""Step 4 of Training-Free GRPO: **summarize**. One learner call per usable rollout of a kept group
+whose attempts are not short enough to be read whole by ``extract`` (``nodes/attempts.py``).
 
-The summary says, step by step, what the trajectory did, which experiences it used, and where and *why*
+The summary starts with its diagnosis (right or wrong, and the kind of error: "wrong form or unit", "no
+answer line" and "ran out of length" among them), with the reward's reason, the answer as the reward
+read it and how the attempt ended (finished, or cut off at the token limit, and its length) in view.
+Then it says, step by step, what the trajectory did, which experiences it used, and where and *why*
 it erred or detoured, given the ground truth and its reward. The summarizer sees the whole trajectory:
 every model turn with the text written beside its tool calls, every call and result; a trajectory too
 long for the prompt keeps its head (where the approach is chosen) and its tail (where the answer is
@@ -30,20 +34,26 @@ from tfgrpo.nodes._llm import (
     store_of,
 )
 from tfgrpo.nodes._prompts import prompt_text
+from tfgrpo.nodes.attempts import attempt_of, ending, reason_text, shown_answer
 from tfgrpo.nodes.rollout import load_rollout
 from tfgrpo.state.library import review_text
-from tfgrpo.state.types import Dropped, Query, SummaryRef, usage_of
+from tfgrpo.state.types import Dropped, Query, Rollout, SummaryRef, usage_of
+
+_EMPTY: Rollout = {"query_id": "", "g": 0, "step": 0, "response": "", "trajectory": []}
 
 SYSTEM_PROMPT = (
-    "You SUMMARIZE one attempt at a problem for a team that learns from its own attempts. Write a "
-    "step-by-step summary of what the attempt did: the approach it chose and why, each tool call that "
-    "mattered and what it showed, the key intermediate results, and which of the listed experiences (by "
-    "id) it applied, ignored or was misled by. Then compare with the ground truth. If the attempt is "
-    "wrong or partly wrong, name the step where it went wrong and WHY: the wrong assumption, the misread "
-    "condition, the missed case, the slip in algebra or arithmetic, the misuse of a tool; and what would "
-    "have avoided it. If it is correct, name the decision that made it work and any detour that wasted "
-    "effort. A part marked [... N characters omitted ...] was cut for length: do not guess what it said. "
-    "Plain text, at most 15 lines."
+    "You SUMMARIZE one attempt at a problem for a team that learns from its own attempts. Start with "
+    "the diagnosis, on one line: right or wrong compared with the ground truth and, if wrong, the kind "
+    "of error: wrong approach, misread condition, missed case, slip in algebra or arithmetic, misuse of "
+    "a tool, wrong form or unit, no answer line, ran out of length (cut off at the token limit before "
+    "the answer). Read the reward's reason and how the attempt ended: they say what the reward saw. "
+    "Then a step-by-step summary of what the attempt did: the approach it chose and why, each tool call "
+    "that mattered and what it showed, the key intermediate results, and which of the listed "
+    "experiences (by id) it applied, ignored or was misled by. If the attempt is wrong, name the step "
+    "where it went wrong and WHY (the wrong assumption, the misread condition, the missed case) and "
+    "what would have avoided it. If it is correct, name the decision that made it work and any detour "
+    "that wasted effort. A part marked [... N characters omitted ...] was cut for length: do not guess "
+    "what it said. Plain text, at most 15 lines."
 )
 
 USER_TEMPLATE = """Problem:
@@ -51,6 +61,9 @@ USER_TEMPLATE = """Problem:
 
 Ground-truth answer: {answer}
 Reward of this attempt: {reward:g} (1 = fully correct, 0 = wrong)
+The reward's reason: {reward_reason}
+The answer as the reward read it: {answer_read}
+How the attempt ended: {ending}
 
 {library}
 
@@ -178,6 +191,7 @@ def summarize(task: SummarizeTask, runtime: Runtime[Context]) -> dict[str, Any]:
         stored = load_rollout(runtime, task["run_id"], task["step"], key)
         response = stored["response"] if stored else ""
         trajectory = trajectory_text(stored["trajectory"], response) if stored else ""
+        seen = attempt_of(task["g"] + 1, task["reward"], task.get("reward_reason") or "", stored or _EMPTY)
         model, spec = learner_model(ctx)
         user = prompt_text(ctx.prompts, "summarize_user", USER_TEMPLATE)
         messages = [
@@ -187,6 +201,9 @@ def summarize(task: SummarizeTask, runtime: Runtime[Context]) -> dict[str, Any]:
                     question=task["query"]["question"],
                     answer=task["query"]["answer"] or NO_GROUND_TRUTH,
                     reward=task["reward"],
+                    reward_reason=reason_text(seen),
+                    answer_read=shown_answer(seen),
+                    ending=ending(seen),
                     library=review_text(library_text_of(store, task["run_id"], task["library_key"])),
                     trajectory=trajectory or "(empty)",
                 )

@@ -4,18 +4,22 @@ A group teaches nothing when its rewards are all equal (its group-relative advan
 group when at least 2 rollouts are usable and their reward spread (max - min) is > 0. The reference code
 tests ``0 < mean < 1`` instead, which is wrong for partial rewards (e.g. F1 values all 0.5).
 
-The router after the gate sends one summarize branch per usable rollout of a kept group; when nothing
-passes it routes straight to ``update_library``: an empty list of Sends would end the whole run.
+A kept group whose attempts are all short and tool-less is marked ``read_whole``: the extractor reads
+those attempts themselves (``nodes/attempts.py``), so they get no summarize call. The router after the
+gate sends one summarize branch per usable rollout of every other kept group; with nothing to summarize
+it routes to ``extract`` when a group was kept, else straight to ``update_library`` (an empty list of
+Sends would end the whole run).
 """
 
 from __future__ import annotations
 
 from typing import Any
 
-from langgraph.runtime import get_runtime
+from langgraph.runtime import Runtime, get_runtime
 from langgraph.types import Send
 
-from tfgrpo.nodes._llm import publish_library_text, store_of
+from tfgrpo.nodes._llm import context_of, publish_library_text, store_of
+from tfgrpo.nodes.attempts import group_attempts, read_whole
 from tfgrpo.state.graph_state import StepState
 from tfgrpo.state.library import render_library
 from tfgrpo.state.types import Group
@@ -34,8 +38,24 @@ def judge_group(group: Group) -> Group:
     return {**group, "kept": kept, "reason": reason}
 
 
-def variance_gate(state: StepState) -> dict[str, Any]:
-    return {"groups": [judge_group(group) for group in state.get("groups", [])]}
+def _reasons(group: Group) -> list[str]:
+    """The reward's reason of each attempt, "" where it gave none (``reward_reasons`` is optional)."""
+    given = list(group.get("reward_reasons") or [])
+    return [given[g] if g < len(given) else "" for g in range(len(group["keys"]))]
+
+
+def variance_gate(state: StepState, runtime: Runtime[Any]) -> dict[str, Any]:
+    groups = [judge_group(group) for group in state.get("groups", [])]
+    store, run_id, step = store_of(runtime), state.get("run_id", ""), state.get("step", 0)
+    limit = context_of(runtime).whole_attempt_tokens
+    return {
+        "groups": [
+            {**group, "read_whole": read_whole(group_attempts(store, run_id, step, group), limit)}
+            if group["kept"]
+            else group
+            for group in groups
+        ]
+    }
 
 
 def route_after_gate(state: StepState) -> list[Send] | str:
@@ -52,14 +72,17 @@ def route_after_gate(state: StepState) -> list[Send] | str:
                 "key": key,
                 "g": g,
                 "reward": value,
-                "reward_reason": reasons[g] if g < len(reasons) else "",
                 "library_key": library_key,
+                "reward_reason": reason,
             },
         )
         for group in state.get("groups", [])
-        if group["kept"]
-        for reasons in [group.get("reward_reasons", [])]
-        for g, (key, value) in enumerate(zip(group["keys"], group["rewards"], strict=True))
+        if group["kept"] and not group.get("read_whole")
+        for g, (key, value, reason) in enumerate(
+            zip(group["keys"], group["rewards"], _reasons(group), strict=True)
+        )
         if value is not None
     ]
-    return sends or "update_library"
+    if sends:
+        return sends
+    return "extract" if any(group["kept"] for group in state.get("groups", [])) else "update_library"

@@ -17,7 +17,7 @@ import sqlite3
 import sys
 import threading
 from collections import Counter
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import asdict
 from pathlib import Path
@@ -152,6 +152,15 @@ def open_store(path: Path, *, option: str = "--run-dir") -> TransactionalSqliteS
     store = TransactionalSqliteStore(open_sqlite(path, option=option))
     store.setup()
     return store
+
+
+def operation_line(op: Mapping[str, Any]) -> str:
+    """An operation as report.md lists it: op, id, and the lesson's text in quotes (when it has one)."""
+    parts = [str(op.get("op") or "?"), str(op.get("id") or "")]
+    text = " ".join(str(op.get("content") or "").split())
+    if text:
+        parts.append(json.dumps(text, ensure_ascii=False))
+    return " ".join(p for p in parts if p)
 
 
 def report_row(r: StepReport) -> list[str]:
@@ -332,13 +341,14 @@ class RunDir:
             lines += ["", "## Validation-gated updates", ""]
             lines += [f"- step {r['step']}: {r['validation']['reason']} ({r['validation']['runs']} runs, "
                       f"{r['validation']['failed']} failed)" for r in checked]  # fmt: skip
+        proposed = [(r["step"], op) for r in history for op in r.get("proposed", [])]
+        if proposed:
+            lines += ["", "## Proposed operations", ""]
+            lines += [f"- step {s}: {operation_line(op)}" for s, op in proposed]
         rejected = [(r["step"], x) for r in history for x in r["rejected"]]
         if rejected:
             lines += ["", "## Rejected operations", ""]
-            lines += [
-                f"- step {s}: {x['operation'].get('op')} {x['operation'].get('id') or ''} — {x['why']}"
-                for s, x in rejected
-            ]
+            lines += [f"- step {s}: {operation_line(x['operation'])} — {x['why']}" for s, x in rejected]
         atomic_write(self.path / "report.md", "\n".join(lines) + "\n")
 
     # -- reading, for `tfgrpo library show|diff`

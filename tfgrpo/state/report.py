@@ -63,6 +63,8 @@ def build_step_report(
         "groups_kept": sum(1 for group in groups if group["kept"]),
         "groups_skipped": sum(1 for group in groups if not group["kept"]),
         "operations_proposed": proposed,
+        # the text of every proposal, kept: a lesson the gate or the consolidation stopped is read here
+        "proposed": [op for p in state.get("proposals", []) for op in p["operations"]],
         "operations_final": proposed if final_operations is None else final_operations,
         "operations_applied": len(applied),
         "operations_rejected": len(rejected),

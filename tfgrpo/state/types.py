@@ -50,6 +50,9 @@ class Group(TypedDict):
     reason: str  # the variance gate's verdict
     # parallel to ``keys``: why the reward gave what it gave ("read 'X'; expected 'Y': ..."), "" for none
     reward_reasons: NotRequired[list[str]]
+    # set by the variance gate on a kept group: its attempts are short and tool-less, so the extractor
+    # reads them whole and no summarize call is made (nodes/attempts.py)
+    read_whole: NotRequired[bool]
 
 
 class SummaryRef(TypedDict):
@@ -190,6 +193,7 @@ class StepReport(TypedDict):
     operations_rejected: int
     rejected: list[RejectedOperation]
     applied: list[Operation]
+    proposed: NotRequired[list[Operation]]  # every operation extract proposed, text included
     dropped: dict[str, int]  # stage -> count
     lessons_rejected: NotRequired[dict[str, int]]  # lesson-gate reason -> ADD/UPDATEs rejected for good
     lessons_retried: NotRequired[dict[str, int]]  # first gate reason -> proposals sent back once

@@ -81,6 +81,8 @@ class Reply(TypedDict, total=False):
 
     content: str
     tool_calls: list[ToolCallSpec]
+    # "length": the reply was cut off at max_tokens (default: "tool_calls" with calls, else "stop")
+    finish_reason: str
 
 
 Responder = Callable[[dict], Reply]
@@ -244,7 +246,17 @@ def normalize_reply(reply: Any) -> Reply:
     out: Reply = {"content": content}
     if calls:
         out["tool_calls"] = calls
+    finish = reply.get("finish_reason")
+    if finish is not None:
+        if finish not in ("stop", "length", "tool_calls"):
+            raise TypeError(f"Reply.finish_reason must be stop, length or tool_calls, got {finish!r}")
+        out["finish_reason"] = finish
     return out
+
+
+def finish_of(reply: Reply) -> str:
+    """The reply's finish_reason: as the responder set it, else from whether it calls tools."""
+    return reply.get("finish_reason") or ("tool_calls" if reply.get("tool_calls") else "stop")
 
 
 def reply_tool_calls_as_openai(reply: Reply, key: str) -> list[dict[str, Any]]:
@@ -543,7 +555,7 @@ class _Handler(BaseHTTPRequestHandler):
                         None,
                     )
                 )
-        events.append(chunk({}, "tool_calls" if calls else "stop"))
+        events.append(chunk({}, finish_of(reply)))
         events.append(
             {
                 "id": cid,
@@ -595,7 +607,7 @@ def _completion(body: dict, reply: Reply) -> dict[str, Any]:
                 "index": 0,
                 "message": message,
                 "logprobs": None,
-                "finish_reason": "tool_calls" if calls else "stop",
+                "finish_reason": finish_of(reply),
             }
         ],
         "usage": _usage(body, reply),
