@@ -6,8 +6,10 @@ from __future__ import annotations
 
 import json
 import re
+import textwrap
 import threading
 from collections.abc import Callable, Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -608,22 +610,11 @@ CUT = {"content": "First I add two and three, which is", "finish_reason": "lengt
 WRONG_FORM = {"content": "2 + 3 = 5\nAnswer: five"}
 
 
-def with_reasons(monkeypatch: pytest.MonkeyPatch, reason: Callable[[str], str]) -> None:
-    """The reward node's groups carry ``reward_reasons`` (``reason(response)`` per attempt), as a reward
-    returning (score, reason) gives them."""
-    import tfgrpo.graphs.step as step_graph
-    from tfgrpo.nodes.rollout import load_rollout
-
-    original = step_graph.reward
-
-    def reward(state: Any, runtime: Any) -> dict[str, Any]:
-        out = original(state, runtime)
-        for group in out["groups"]:
-            responses = [load_rollout(runtime, "run", 0, key) for key in group["keys"]]
-            group["reward_reasons"] = [reason(r["response"]) if r else "" for r in responses]
-        return out
-
-    monkeypatch.setattr(step_graph, "reward", reward)
+def reward_file(tmp_path: Path, body: str) -> str:
+    """A user's reward ``file.py:score`` whose function body is ``body`` (it may return (score, reason))."""
+    path = tmp_path / "my_reward.py"
+    path.write_text("def score(response, answer):\n" + textwrap.indent(textwrap.dedent(body), "    "))
+    return f"{path}:score"
 
 
 def test_short_attempts_are_read_whole_by_the_extractor_and_not_summarized(serve) -> None:
@@ -662,18 +653,28 @@ def test_the_cut_off_flag_and_the_lone_success_come_first(serve) -> None:
     )
 
 
-def test_the_rewards_reason_reaches_the_extractors_request(serve, monkeypatch) -> None:
-    with_reasons(monkeypatch, lambda response: f"read {response.splitlines()[-1]!r}; expected '5'")
+def test_the_rewards_reason_reaches_the_extractors_request(serve, tmp_path) -> None:
+    reward = reward_file(
+        tmp_path,
+        """
+        last = response.strip().splitlines()[-1]
+        return float(last == "Answer: " + answer), f"read {last!r}; expected {answer!r}"
+        """,
+    )
     server = serve(rollout=scripted(RIGHT, WRONG_FORM))
-    run_step(server, batch=BATCH[:1], group_size=2)
+    run_step(server, batch=BATCH[:1], group_size=2, reward=reward)
     (extract,) = bodies(server, "extract")
     assert "the reward's reason: read 'Answer: five'; expected '5' ---" in user_of(extract)
 
 
-def test_long_attempts_keep_summaries_with_the_reason_and_the_ending_in_view(serve, monkeypatch) -> None:
-    with_reasons(monkeypatch, lambda response: "no answer line" if "Answer" not in response else "")
+def test_long_attempts_keep_summaries_with_the_reason_and_the_ending_in_view(serve, tmp_path) -> None:
+    reward = reward_file(
+        tmp_path, """return (1.0, "") if "Answer: 5" in response else (0.0, "no answer line")"""
+    )
     server = serve(rollout=scripted(RIGHT, CUT))
-    run_step(server, batch=BATCH[:1], group_size=2, whole_attempt_tokens=5)  # every reply here is "long"
+    run_step(
+        server, batch=BATCH[:1], group_size=2, whole_attempt_tokens=5, reward=reward
+    )  # every reply here is "long"
     summaries = {
         user_of(b).split("Reward of this attempt: ")[1][0]: user_of(b) for b in bodies(server, "summarize")
     }
