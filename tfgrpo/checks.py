@@ -105,6 +105,12 @@ def check_context(ctx: Context) -> None:
     for name in at_least_one:
         check_number(name, getattr(ctx, name), low=1)
     check_number("group_size", ctx.group_size, low=2)
+    check_number("max_group_size", ctx.max_group_size, low=0)
+    if 0 < ctx.max_group_size < ctx.group_size:
+        raise ConfigError(
+            f"--max-group-size must be at least --group-size ({ctx.group_size}) or 0 (no extra attempts), "
+            f"got {ctx.max_group_size}"
+        )
     check_number("max_tool_calls", ctx.max_tool_calls, low=0)
     check_number("structured_retries", ctx.structured_retries, low=0)
     check_number("whole_attempt_tokens", ctx.whole_attempt_tokens, low=0)

@@ -344,6 +344,13 @@ def _add_learn_args(p: argparse.ArgumentParser, *, demo: bool) -> None:
     p.add_argument("--epochs", type=int, default=None)
     p.add_argument("--batch-size", type=int, default=None)
     p.add_argument("--group-size", type=int, default=None, help="G")
+    p.add_argument(
+        "--max-group-size",
+        type=int,
+        default=d.max_group_size,
+        help="dynamic sampling: a group whose rewards are all equal gets G more attempts at a time until "
+        "they differ or it holds N (default: G, no extra attempts)",
+    )
     p.add_argument("--experiences-per-group", type=int, default=d.experiences_per_group, help="K")
     p.add_argument(
         "--learner-max-tokens",
@@ -513,6 +520,7 @@ def context_from_args(args: argparse.Namespace, *, preset: str, **override: Any)
         "temperature": args.temperature,
         "reward": reward_of(args, dataset, args.validation),
         "experiences_per_group": args.experiences_per_group,
+        "max_group_size": getattr(args, "max_group_size", 0),
         "max_library_items": args.max_library_items,
         "max_library_tokens": args.max_library_tokens,
         "validation": args.validation,

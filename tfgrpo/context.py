@@ -106,6 +106,13 @@ class Context:
     epochs: int = field(default=3, metadata={"description": "Passes over the training set."})
     batch_size: int = field(default=8, metadata={"description": "Queries per step (B)."})
     group_size: int = field(default=5, metadata={"description": "G rollouts per query."})
+    max_group_size: int = field(
+        default=0,
+        metadata={
+            "description": "Dynamic sampling (DAPO): a group whose rewards are all equal gets G more "
+            "attempts at a time until they differ or it holds this many; 0: G (no extra attempts)."
+        },
+    )
     temperature: float = field(default=0.7, metadata={"description": "Sampling temperature of rollouts."})
     experiences_per_group: int = field(default=2, metadata={"description": "K: at most K per group."})
     max_library_items: int = field(default=50, metadata={"description": "Hard cap on |E|."})
@@ -381,9 +388,8 @@ _JUDGE_FIELDS = ("judge_model", "judge_temperature", "judge_max_tokens")
 # one step of Training-Free GRPO: the learner, the group, E's caps and the learner's output
 _STEP_FIELDS = (
     *_JUDGE_FIELDS, "learner_model", "learner_temperature", "learner_max_tokens", "whole_attempt_tokens",
-    "group_size",
-    "experiences_per_group", "max_library_items", "max_library_tokens", "lesson_pattern", "extract_ops",
-    "structured_retries", "structured_method",
+    "group_size", "max_group_size", "experiences_per_group", "max_library_items", "max_library_tokens",
+    "lesson_pattern", "extract_ops", "structured_retries", "structured_method",
 )  # fmt: skip
 _LEARN_FIELDS = ("dataset", "epochs", "batch_size", "validation", "validation_k", "validation_tolerance")
 

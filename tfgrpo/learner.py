@@ -23,6 +23,7 @@ from tfgrpo.graphs.learn import compile_learn_graph
 from tfgrpo.models.ledger import Ledger, Prices, paid_totals, use_llm_cache
 from tfgrpo.models.spec import resolve_spec
 from tfgrpo.nodes.policy import build_models
+from tfgrpo.nodes.variance_gate import more_attempts
 from tfgrpo.runs.backends import Backend, open_backend
 from tfgrpo.runs.gc_tuning import quiet_gc
 from tfgrpo.runs.pglock import redacted
@@ -52,9 +53,10 @@ MAP_NODES = ("rollout", "summarize")
 class Progress:
     """One bar per map stage of the current step (rollout, summarize); a table row per finished step."""
 
-    def __init__(self, enabled: bool, group_size: int) -> None:
+    def __init__(self, enabled: bool, group_size: int, max_group_size: int = 0) -> None:
         self.enabled = show_progress(enabled)
         self.group_size = group_size
+        self.max_group_size = max_group_size
         self.bar: tqdm[Any] | None = None
 
     def _open(self, desc: str, total: int) -> None:
@@ -72,6 +74,10 @@ class Progress:
             self._open("rollout", len(update.get("batch", [])) * self.group_size)
         elif node == "variance_gate":
             groups = update.get("groups", [])
+            more = sum(more_attempts(g, self.group_size, self.max_group_size) for g in groups)
+            if more:  # dynamic sampling: all-equal groups get more attempts before any summary
+                self._open("rollout (more)", more)
+                return
             total = sum(sum(r is not None for r in g["rewards"]) for g in groups if g["kept"])
             self._open("summarize", total)
         elif node in ("rollout", "summarize") and self.bar is not None:
@@ -232,7 +238,7 @@ def _learn(
     ledger.check_prices(sorted({resolve_spec(ctx.model), resolve_spec(ctx.learner_model or ctx.model)}))
     cache_run = backend.run_id if backend.shared else ""  # the namespace of the run's result cache
     ledger.spent_tokens, ledger.spent_usd = spent_so_far(store, cache_run, ledger.prices)
-    bars = Progress(progress, ctx.group_size)
+    bars = Progress(progress, ctx.group_size, ctx.max_group_size)
     print(table_header(), flush=True)
     finished = step_history(store, values["run_id"]) if values.get("run_id") else []
     for report in finished:

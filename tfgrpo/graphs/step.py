@@ -2,7 +2,8 @@
 
 rollout (map over batch x G) -> reward -> variance_gate -> summarize (map) -> extract -> update_library
 variance_gate -> extract when every kept group's attempts are short (read whole, not summarized);
-variance_gate -> update_library when no group is kept.
+variance_gate -> update_library when no group is kept;
+variance_gate -> rollout (more attempts) for groups whose rewards are all equal (--max-group-size).
 """
 
 from __future__ import annotations
@@ -40,8 +41,9 @@ def add_step(builder: StateGraph[Any, Any, Any, Any], *, entry: str) -> str:
     builder.add_conditional_edges(entry, fan_out_rollouts, ["rollout", "update_library"])
     builder.add_edge("rollout", "reward")  # join: runs once after every rollout branch
     builder.add_edge("reward", "variance_gate")
+    # dynamic sampling loops back to rollout for the groups whose rewards are all equal
     builder.add_conditional_edges(
-        "variance_gate", route_after_gate, ["summarize", "extract", "update_library"]
+        "variance_gate", route_after_gate, ["rollout", "summarize", "extract", "update_library"]
     )
     builder.add_edge("summarize", "extract")  # join
     builder.add_edge("extract", "update_library")

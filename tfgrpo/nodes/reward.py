@@ -13,6 +13,7 @@ group (``reward_reasons``, parallel to its keys) for the learner.
 from __future__ import annotations
 
 import re
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -46,7 +47,7 @@ from tfgrpo.nodes._prompts import prompt_text
 from tfgrpo.nodes.policy import final_text, run_policy
 from tfgrpo.nodes.rollout import rollout_key
 from tfgrpo.state.graph_state import StepState
-from tfgrpo.state.types import CallRecord, Dropped, Group, Query, Rollout, usage_of
+from tfgrpo.state.types import CallRecord, Dropped, Group, Query, Rollout, RolloutRef, usage_of
 
 JUDGE_SYSTEM = (
     "You are a teacher grading a quiz. You get a question, the true answer and a student's answer. "
@@ -156,14 +157,41 @@ def scored_run(
     return messages, value, error, calls
 
 
+def group_keys(query_id: str, group_size: int, refs: Iterable[RolloutRef]) -> list[str]:
+    """The store keys of a query's attempts in g order: the first G, and any drawn beyond them."""
+    gs = {*range(group_size), *(ref["g"] for ref in refs if ref["query_id"] == query_id)}
+    return [rollout_key(query_id, g) for g in sorted(gs)]
+
+
+def earlier_outcomes(groups: list[Group]) -> dict[str, RewardOutcome]:
+    """What an earlier pass of this step scored, by rollout key: dynamic sampling comes back here with
+    more attempts, and what was scored (and booked, and dropped) then is not done again."""
+    return {
+        key: RewardOutcome(value, reason)
+        for group in groups
+        for key, value, reason in zip(
+            group["keys"],
+            group["rewards"],
+            group.get("reward_reasons") or [""] * len(group["keys"]),
+            strict=True,
+        )
+    }
+
+
 def reward(state: StepState, runtime: Runtime[Context]) -> dict[str, Any]:
     ctx = context_of(runtime)
     reward_fn = reward_function(ctx.reward)
     refs = {ref["key"]: ref for ref in state.get("rollouts", [])}
     run_id, step = state.get("run_id", ""), state.get("step", 0)
-    jobs = [(q, rollout_key(q["id"], g)) for q in state.get("batch", []) for g in range(ctx.group_size)]
-    # every usable rollout of the batch in one store operation
-    usable = [key for _, key in jobs if key in refs and refs[key]["ok"]]
+    batch = state.get("batch", [])
+    keys_of = {q["id"]: group_keys(q["id"], ctx.group_size, refs.values()) for q in batch}
+    before = earlier_outcomes(state.get("groups", []))
+    jobs = [(q, key) for q in batch for key in keys_of[q["id"]] if key not in before]
+    # every usable rollout to read in one store operation (majority reads the whole group)
+    wanted = (
+        [key for q in batch for key in keys_of[q["id"]]] if ctx.reward == "majority" else [k for _, k in jobs]
+    )
+    usable = [key for key in wanted if key in refs and refs[key]["ok"]]
     found = memo_get_many(store_of(runtime), step_namespace(run_id, step, "rollouts"), usable)
     stored = {key: done["rollout"] for key, done in found.items() if done is not None}
 
@@ -182,13 +210,14 @@ def reward(state: StepState, runtime: Runtime[Context]) -> dict[str, Any]:
     groups: list[Group] = []
     dropped: list[Dropped] = []
     calls: list[CallRecord] = []
-    for query in state.get("batch", []):
-        keys = [rollout_key(query["id"], g) for g in range(ctx.group_size)]
-        outcomes = [scored[key] for key in keys]
-        for key, outcome in zip(keys, outcomes, strict=True):
-            calls += outcome.calls
-            if outcome.error is not None:
-                dropped.append({"stage": "reward", "item": key, "reason": outcome.error})
+    for query in batch:
+        keys = keys_of[query["id"]]
+        for key in keys:
+            if key in scored:
+                calls += scored[key].calls
+                if scored[key].error is not None:
+                    dropped.append({"stage": "reward", "item": key, "reason": scored[key].error or ""})
+        outcomes = [before[key] if key in before else scored[key] for key in keys]
         if ctx.reward == "majority":
             outcomes = majority_of_group(keys, stored)
         groups.append(
@@ -197,6 +226,7 @@ def reward(state: StepState, runtime: Runtime[Context]) -> dict[str, Any]:
                 "keys": keys,
                 "rewards": [outcome.value for outcome in outcomes],
                 "reward_reasons": [outcome.reason for outcome in outcomes],
+                "extra_attempts": len(keys) - ctx.group_size,
                 "kept": False,
                 "reason": "unjudged",
             }

@@ -9,6 +9,12 @@ those attempts themselves (``nodes/attempts.py``), so they get no summarize call
 gate sends one summarize branch per usable rollout of every other kept group; with nothing to summarize
 it routes to ``extract`` when a group was kept, else straight to ``update_library`` (an empty list of
 Sends would end the whole run).
+
+Dynamic sampling (DAPO, ``max_group_size``): before any of that, while a group's usable rewards are all
+equal and it holds fewer attempts than the cap, the router sends it back to ``rollout`` for up to G more
+attempts (new g indices G, G+1, ...: their own memo keys and sampling seeds, booked and budgeted like
+any rollout); ``reward`` scores only the new ones and the gate judges the grown group. A group with
+fewer than 2 usable attempts (failed calls) gets none: more attempts would fail the same way.
 """
 
 from __future__ import annotations
@@ -20,6 +26,7 @@ from langgraph.types import Send
 
 from tfgrpo.nodes._llm import context_of, publish_library_text, store_of
 from tfgrpo.nodes.attempts import group_attempts, read_whole
+from tfgrpo.nodes.rollout import RolloutTask
 from tfgrpo.state.graph_state import StepState
 from tfgrpo.state.library import render_library
 from tfgrpo.state.types import Group
@@ -36,6 +43,15 @@ def judge_group(group: Group) -> Group:
     else:
         kept, reason = True, f"spread {max(usable) - min(usable):g}"
     return {**group, "kept": kept, "reason": reason}
+
+
+def more_attempts(group: Group, group_size: int, cap: int) -> int:
+    """How many attempts an all-equal group gets next (dynamic sampling): up to G, within ``cap``
+    (``max_group_size``; 0: none)."""
+    usable = sum(1 for r in group["rewards"] if r is not None)
+    if group["kept"] or usable < MIN_USABLE:
+        return 0
+    return max(0, min(group_size, cap - len(group["keys"])))
 
 
 def _reasons(group: Group) -> list[str]:
@@ -59,9 +75,28 @@ def variance_gate(state: StepState, runtime: Runtime[Any]) -> dict[str, Any]:
 
 
 def route_after_gate(state: StepState) -> list[Send] | str:
+    runtime = get_runtime()
+    ctx = context_of(runtime)
     queries = {q["id"]: q for q in state.get("batch", [])}
     library_text = render_library(state["library"]) if state.get("library") else ""
-    library_key = publish_library_text(store_of(get_runtime()), state.get("run_id", ""), library_text)
+    library_key = publish_library_text(store_of(runtime), state.get("run_id", ""), library_text)
+    more = [
+        Send(
+            "rollout",
+            RolloutTask(
+                run_id=state.get("run_id", ""),
+                step=state.get("step", 0),
+                seed=state.get("seed", 0),  # type: ignore[typeddict-item]
+                query=queries[group["query_id"]],
+                g=len(group["keys"]) + i,
+                library_key=library_key,
+            ),
+        )
+        for group in state.get("groups", [])
+        for i in range(more_attempts(group, ctx.group_size, ctx.max_group_size))
+    ]
+    if more:
+        return more
     sends = [
         Send(
             "summarize",

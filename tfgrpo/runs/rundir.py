@@ -45,6 +45,8 @@ REPORT_COLUMNS = (
     ("reward", 6),
     ("kept", 4),
     ("skip", 4),
+    ("more", 4),  # attempts drawn for all-equal groups (dynamic sampling)
+    ("resc", 4),  # groups that got contrast from them
     ("prop", 4),
     ("final", 5),
     ("appl", 4),
@@ -172,6 +174,8 @@ def report_row(r: StepReport) -> list[str]:
         reward,
         str(r["groups_kept"]),
         str(r["groups_skipped"]),
+        str(r.get("extra_rollouts", 0)),
+        str(r.get("groups_rescued", 0)),
         str(r["operations_proposed"]),
         str(r.get("operations_final", r["operations_proposed"])),
         str(r["operations_applied"]),
@@ -250,6 +254,8 @@ def _totals(history: list[StepReport]) -> dict[str, Any]:
         "rollouts_failed": sum(r["rollouts_failed"] for r in history),
         "groups_kept": sum(r["groups_kept"] for r in history),
         "groups_skipped": sum(r["groups_skipped"] for r in history),
+        "extra_rollouts": sum(r.get("extra_rollouts", 0) for r in history),
+        "groups_rescued": sum(r.get("groups_rescued", 0) for r in history),
         "operations_applied": sum(r["operations_applied"] for r in history),
         "operations_rejected": sum(r["operations_rejected"] for r in history),
         "validation_rollbacks": sum(1 for r in history if "validation" in r and not r["validation"]["kept"]),

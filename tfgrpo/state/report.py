@@ -62,6 +62,8 @@ def build_step_report(
         "mean_reward": round(sum(rewards) / len(rewards), 4) if rewards else None,
         "groups_kept": sum(1 for group in groups if group["kept"]),
         "groups_skipped": sum(1 for group in groups if not group["kept"]),
+        "extra_rollouts": sum(group.get("extra_attempts", 0) for group in groups),
+        "groups_rescued": sum(1 for group in groups if group["kept"] and group.get("extra_attempts", 0)),
         "operations_proposed": proposed,
         # the text of every proposal, kept: a lesson the gate or the consolidation stopped is read here
         "proposed": [op for p in state.get("proposals", []) for op in p["operations"]],

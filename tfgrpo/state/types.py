@@ -53,6 +53,8 @@ class Group(TypedDict):
     # set by the variance gate on a kept group: its attempts are short and tool-less, so the extractor
     # reads them whole and no summarize call is made (nodes/attempts.py)
     read_whole: NotRequired[bool]
+    # attempts drawn beyond the first G because the rewards were all equal (dynamic sampling)
+    extra_attempts: NotRequired[int]
 
 
 class SummaryRef(TypedDict):
@@ -187,6 +189,8 @@ class StepReport(TypedDict):
     mean_reward: float | None
     groups_kept: int
     groups_skipped: int
+    extra_rollouts: NotRequired[int]  # attempts drawn for all-equal groups beyond G (dynamic sampling)
+    groups_rescued: NotRequired[int]  # kept groups that had contrast only thanks to those attempts
     operations_proposed: int
     operations_final: NotRequired[int]  # after the consolidation call merged / discarded proposals
     operations_applied: int

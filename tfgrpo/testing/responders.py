@@ -192,6 +192,23 @@ def eval_responder(request: dict[str, Any]) -> dict[str, Any]:
     return {"content": f"Following the experiences, step by step.\nThe result is {shown}"}
 
 
+def rarely_right_responder(request: dict[str, Any]) -> dict[str, Any]:
+    """:func:`grpo_responder`, except that a tool-less policy request is right about one time in ten
+    (decided by its ``seed``, so a request gets the same answer every time): most groups of a few attempts
+    hold no right one, the case dynamic sampling (``--max-group-size``) is for."""
+    messages = request.get("messages", [])
+    system = " ".join(_text(m) for m in messages if m.get("role") in ("system", "developer"))
+    plain = not request.get("tools") and "grading a quiz" not in system and "SUMMARIZE" not in system
+    seed = request.get("seed")
+    user = _text([m for m in messages if m.get("role") == "user"][-1]) if messages else ""
+    value = solve_arithmetic(user)
+    if not plain or seed is None or value is None:
+        return grpo_responder(request)
+    final = value if _digest("right", seed) % 10 == 0 else solve_arithmetic(f"{value} + 1")
+    shown = f"\\boxed{{{final}}}" if "boxed" in system else f"Answer: {final}"
+    return {"content": f"Let me compute this step by step.\nThe result is {shown}"}
+
+
 def tool_agent_responder(request: dict[str, Any]) -> dict[str, Any]:
     """:func:`grpo_responder` for a user's agent with a tool of its own (``tfgrpo learn --agent``): it
     calls the offered tool once, then answers from the tool's result -- right, or off by one when the
