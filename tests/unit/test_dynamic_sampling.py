@@ -3,7 +3,9 @@ time, until they differ or it holds the cap; the extra attempts are scored once,
 
 from __future__ import annotations
 
+import importlib.util
 import uuid
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -124,3 +126,18 @@ def test_a_cap_below_g_is_refused(group_size: int, cap: int) -> None:
 @pytest.mark.parametrize("cap", [0, 4, 16])
 def test_zero_or_g_or_more_is_accepted(cap: int) -> None:
     check_context(Context(group_size=4, max_group_size=cap))
+
+
+def test_the_benchmark_prints_the_share_of_groups_with_contrast_for_g_alone_and_the_cap(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    path = Path(__file__).resolve().parents[2] / "benchmarks" / "dynamic_sampling.py"
+    spec = importlib.util.spec_from_file_location("dynamic_sampling_benchmark", path)
+    assert spec is not None and spec.loader is not None
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    assert bench.main(["--questions", "12", "--caps", "4,16"]) == 0
+    rows = [line.split() for line in capsys.readouterr().out.splitlines()[2:]]
+    assert [row[0] for row in rows] == ["4", "16"]
+    alone, grown = (int(row[1]) for row in rows)
+    assert grown > alone

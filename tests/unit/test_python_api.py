@@ -19,6 +19,10 @@ ROWS = [{"question": "What is 1 + 1?", "answer": "2"}]
         ({"epochs": 0}, "--epochs must be at least 1, got 0"),
         ({"max_concurrency": 0}, "--max-concurrency must be at least 1, got 0"),
         ({"temperature": 3.0}, "--temperature must be between 0 and 2, got 3.0"),
+        (
+            {"group_size": 4, "max_group_size": 3},
+            "--max-group-size must be at least --group-size (4) or 0 (no extra attempts), got 3",
+        ),
     ],
 )
 def test_learn_refuses_a_bad_setting_before_any_work(
