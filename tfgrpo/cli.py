@@ -3,20 +3,28 @@
 from __future__ import annotations
 
 import argparse
+import difflib
 import json
-import re
 import signal
 import sqlite3
 import sys
 import tempfile
 import time
-from dataclasses import asdict
+from dataclasses import asdict, fields
 from pathlib import Path
 from types import FrameType
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Literal, get_args, get_origin
 
 from tfgrpo.checks import check_command_options
-from tfgrpo.context import Context
+from tfgrpo.context import (
+    GROUPS,
+    Context,
+    EvalContext,
+    InferenceContext,
+    LearnContext,
+    option,
+    setting_fields,
+)
 from tfgrpo.errors import ProviderError, TfgrpoError
 from tfgrpo.runs.backends import database_url
 
@@ -97,7 +105,7 @@ def apply_main_job_defaults(args: argparse.Namespace) -> bool:
     if args.model or getattr(args, "agent", "") or args.dataset is not None:
         return False
     args.prompts = args.prompts or MAIN_JOB_PROMPTS
-    args.max_tokens = args.max_tokens or MAIN_JOB_MAX_TOKENS
+    args.max_tokens = MAIN_JOB_MAX_TOKENS if args.max_tokens is None else args.max_tokens
     if getattr(args, "grammar", None) is None:
         args.grammar = MAIN_JOB_GRAMMAR
     if getattr(args, "lesson_pattern", None) is None:
@@ -120,31 +128,6 @@ def read_grammar(path: str | None) -> str:
     if "root" not in text:
         raise TfgrpoError(f"{path}: not a GBNF grammar (no 'root' rule)")
     return text
-
-
-def read_lesson_pattern(pattern: str | None) -> str:
-    """``--lesson-pattern`` checked ("" for none), or one line saying what is wrong with it."""
-    if not pattern:
-        return ""
-    try:
-        compiled = re.compile(pattern)
-    except re.error as exc:
-        raise TfgrpoError(f"--lesson-pattern: not a regular expression ({exc})") from None
-    if not (pattern.startswith("^") and pattern.endswith("$")):
-        # llama.cpp's schema-to-grammar converter refuses an unanchored pattern
-        raise TfgrpoError("--lesson-pattern: must start with ^ and end with $")
-    if not compiled.search(""):
-        raise TfgrpoError("--lesson-pattern: must accept the empty string (NONE and DELETE carry no lesson)")
-    return pattern
-
-
-def read_extract_ops(ops: str | None) -> str:
-    """``--extract-ops`` checked and normalized ("" for all), or one line naming the unknown operation."""
-    names = [op.strip().upper() for op in (ops or "").split(",") if op.strip()]
-    for name in names:
-        if name not in ("ADD", "UPDATE", "DELETE", "NONE"):
-            raise TfgrpoError(f"--extract-ops: unknown operation {name!r} (ADD, UPDATE, DELETE, NONE)")
-    return ",".join(names)
 
 
 def embedded_note(model: str, doing: str = "learning") -> str:
@@ -173,76 +156,154 @@ DEMO_NOTE = (
 )
 
 
-def _add_agent_args(p: argparse.ArgumentParser, *, demo: bool, temperature: float) -> None:
-    """Options shared by ``learn``, ``demo`` and ``eval``: the agent, the reward, the models, the ledger."""
-    d = Context()
-    p.add_argument("--temperature", type=float, default=temperature)
-    p.add_argument(
-        "--reward",
-        default=None,
-        help="math | exact_match | f1 | rg | judge | majority (no ground truth) | module:function (default: "
-        "rg, the task's own scorer, for an rg: dataset; else the domain's: math, or judge for search)",
-    )
-    p.add_argument(
-        "--domain",
-        default=d.domain,
-        choices=sorted(DOMAIN_REWARDS),
-        help="direct (no tools) | math (Python tool) | search (search tools)",
-    )
-    p.add_argument("--corpus", default=d.corpus, help="JSONL corpus file(s), comma-separated (search)")
-    _add_unsafe_python_arg(p)
-    p.add_argument("--max-model-calls", type=int, default=d.max_model_calls, help="per agent run")
-    p.add_argument("--max-tool-calls", type=int, default=d.max_tool_calls, help="per agent run")
-    p.add_argument("--max-tokens", type=int, default=None, help="cap per policy completion")
-    p.add_argument(
-        "--top-p", type=float, default=None, help="nucleus sampling of the policy (default: not sent)"
-    )
-    p.add_argument("--judge-max-tokens", type=int, default=d.judge_max_tokens, help="cap per judge verdict")
-    p.add_argument(
-        "--prompts", default=d.prompts, help="directory of NAME.txt prompt overrides (tfgrpo prompts)"
-    )
-    p.add_argument(
-        "--grammar",
-        default=None,
-        help="GBNF file constraining the policy's answers when no tool is offered (llama.cpp servers only); "
-        "'' = none (default: none; the main job's tfgrpo/main_job_prompts/answer.gbnf)",
-    )
-    p.add_argument(
-        "--lesson-pattern",
-        default=None,
-        metavar="REGEX",
-        help="regular expression (^...$) every lesson must match, also sent in the learner's schemas "
-        "(grammar-constrained servers write that shape); must accept ''; '' = none (default: none; "
-        "the main job's: 'When <situation>, <action>.' without digits)",
-    )
-    p.add_argument(
-        "--extract-ops",
-        default=None,
-        metavar="OPS",
-        help="operations the extract schema offers, comma-separated (e.g. ADD,UPDATE); '' = all "
-        "(default: all; the main job's: ADD,UPDATE)",
-    )
-    p.add_argument("--max-concurrency", type=int, default=d.max_concurrency)
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--request-timeout", type=float, default=d.request_timeout, help="seconds per LLM call")
-    p.add_argument("--max-retries", type=int, default=4, help="retries of a transient error (429/5xx/...)")
-    p.add_argument("--retry-backoff", type=float, default=1.0, help="first retry delay in seconds")
-    p.add_argument("--budget-usd", type=float, default=None, help="stop (resumably) before spending more")
-    p.add_argument("--budget-tokens", type=int, default=None, help="stop (resumably) before using more")
-    p.add_argument("--prices", default=None, help='JSON {"MODEL": {"input": USD/1M, "output": USD/1M}}')
+# -- the options that set a run's settings: generated from tfgrpo.context's fields -----------------------
+
+# The settings each command takes: the fields of the graph it runs (Studio shows the same ones).
+COMMAND_CONTEXTS: dict[str, type[Any]] = {
+    "learn": LearnContext,
+    "demo": LearnContext,
+    "eval": EvalContext,
+    "attribute": EvalContext,
+    "infer": InferenceContext,
+}
+# ... less those that are no option of it: the demo brings its own models; Studio's other ways to name E
+NOT_OPTIONS = {
+    "demo": {"model", "learner_model", "judge_model", "base_url", "agent"},
+    "eval": {"library_run", "library_namespace"},
+    "attribute": {"library_run", "library_namespace"},
+    "infer": {"library_run", "library_namespace"},
+}
+# Defaults that differ on the command line: None is "not given", filled in by a preset (PRESETS), the
+# main job, the dataset (an rg: dataset's own reward) or the domain; infer answers greedily.
+_UNSET = dict.fromkeys(("dataset", "reward", "answer_grammar", "prices", "max_tokens"))
+_LEARN_UNSET = dict.fromkeys(("epochs", "batch_size", "group_size", "learner_max_tokens", "lesson_pattern"))
+CLI_DEFAULTS: dict[str, dict[str, Any]] = {
+    "learn": {**_UNSET, **_LEARN_UNSET, "extract_ops": None},
+    "eval": _UNSET,
+    "infer": {"answer_grammar": None, "prices": None, "temperature": 0.0},
+}
+CLI_DEFAULTS["demo"] = CLI_DEFAULTS["learn"]
+CLI_DEFAULTS["attribute"] = CLI_DEFAULTS["eval"]
+DATASET_HELP = (
+    "JSONL/JSON/CSV/Parquet file ('FILE[A:B]' for rows A..B-1), hf:NAME[:CONFIG][:SPLIT], langsmith:NAME "
+    "or rg:NAME[:key=value...] (docs/datasets.md)"
+)
+# Help where the command line says more than the field's description (a file instead of its text, the
+# default a preset or the main job gives).
+CLI_HELP = {
+    "dataset": DATASET_HELP,
+    "model": "openai:NAME or provider:NAME (default: $TFGRPO_MODEL, else the embedded model)",
+    "reward": "math | exact_match | f1 | rg | judge | majority (no ground truth) | module:function (default: "
+    "rg, the task's own scorer, for an rg: dataset; else the domain's: math, or judge for search)",
+    "epochs": "passes over the training set (default 3; 1 on the embedded model)",
+    "batch_size": "queries per step, B (default 8; 4 on the embedded model)",
+    "group_size": "G rollouts per query, at least 2 (default 5; 4 on the embedded model)",
+    "max_tokens": "cap per policy completion (default 1024; 160 on the embedded model, 96 in the main job)",
+    "learner_max_tokens": "cap per summarize / extract / update completion (default 4096; 1024 on the "
+    "embedded model)",
+    "whole_attempt_tokens": "the extractor reads a group's attempts whole (no summarize calls) when each is at "
+    "most this many tokens and calls no tool; 0: summarize every attempt",
+    "answer_grammar": "GBNF file constraining the policy's answers when no tool is offered (llama.cpp "
+    "servers only); '' = none (default: none; the main job's tfgrpo/main_job_prompts/answer.gbnf)",
+    "lesson_pattern": "regular expression (^...$) every lesson must match, also sent in the learner's "
+    "schemas (grammar-constrained servers write that shape); must accept ''; '' = none (default: none; "
+    "the main job's: 'When <situation>, <action>.' without digits)",
+    "extract_ops": "operations the extract schema offers, comma-separated (e.g. ADD,UPDATE); '' = all "
+    "(default: all; the main job's: ADD,UPDATE)",
+    "prices": 'JSON {"MODEL": {"input": USD/1M, "output": USD/1M}}, inline or a file (default: built-in list '
+    "prices)",
+    "unsafe_python": "--domain math without bubblewrap: run model-written code with in-process limits only "
+    "(unsafe)",
+}
+COMMAND_HELP = {
+    ("eval", "dataset"): DATASET_HELP + " (required)",
+    ("attribute", "dataset"): DATASET_HELP + " (required)",
+    ("eval", "library"): "library.json, a run directory, or a run id in --db (omit: baseline only)",
+    ("attribute", "library"): "library.json, a run directory, or a run id in --db (required)",
+    ("infer", "library"): "library.json, a run directory, or a run id in --db (default: no E)",
+    ("infer", "reward"): "answer format: math (boxed) or other (Answer:)",
+}
+METAVARS = {"lesson_pattern": "REGEX", "extract_ops": "OPS", "answer_grammar": "FILE"}
+
+
+def option_of(name: str) -> str:
+    """The option that sets setting ``name`` (``--group-size``; ``--grammar`` for ``answer_grammar``)."""
+    return option(name)
+
+
+def _dest(name: str) -> str:
+    return option(name).removeprefix("--").replace("-", "_")
+
+
+def option_settings(command: str) -> list[str]:
+    """The settings ``tfgrpo COMMAND`` takes as options."""
+    skip = NOT_OPTIONS.get(command, set())
+    return [f.name for f in fields(COMMAND_CONTEXTS[command]) if f.name not in skip]
+
+
+class _HelpFormatter(argparse.HelpFormatter):
+    """Help that names a given default (not an unset None, a False flag or an empty string)."""
+
+    def _get_help_string(self, action: argparse.Action) -> str | None:
+        text = action.help or ""
+        if action.default not in (None, False, "", argparse.SUPPRESS) and "default" not in text:
+            text += " (default: %(default)s)"
+        return text
+
+
+def add_settings(p: argparse.ArgumentParser, command: str) -> None:
+    """One option per setting of ``command``'s graph, in the groups of tfgrpo.context, each with its type,
+    choices, default and help from the field's declaration."""
+    names = set(option_settings(command))
+    declared = setting_fields(COMMAND_CONTEXTS[command])
+    defaults = CLI_DEFAULTS.get(command, {})
+    for group in GROUPS:
+        own = [name for name in group.__annotations__ if name in names]
+        if not own:
+            continue
+        section = p.add_argument_group((group.__doc__ or group.__name__).splitlines()[0].rstrip("."))
+        for name in own:
+            info = declared[name]
+            hint = info.annotation
+            text = COMMAND_HELP.get((command, name)) or CLI_HELP.get(name) or info.description or ""
+            kwargs: dict[str, Any] = {
+                "dest": _dest(name),
+                "help": text.replace("%", "%%"),
+                "default": defaults.get(name, info.get_default(call_default_factory=True)),
+            }
+            if hint is bool:
+                kwargs["action"] = "store_true"
+            elif get_origin(hint) is Literal:  # checked by Context, so the line is the one Studio shows
+                kwargs["metavar"] = "{" + ",".join(get_args(hint)) + "}"
+            else:
+                kinds = [k for k in get_args(hint) if k is not type(None)] or [hint]
+                if kinds[0] in (int, float):
+                    kwargs["type"] = kinds[0]
+                if name in METAVARS:
+                    kwargs["metavar"] = METAVARS[name]
+            section.add_argument(option(name), **kwargs)
+
+
+def settings_from_args(args: argparse.Namespace, **override: Any) -> dict[str, Any]:
+    """The settings of ``args.command`` as its options give them; a None (not given) is left out, so the
+    field's default applies, and what the command line holds in another form becomes the field's value
+    (``--grammar FILE``: the grammar's text)."""
+    values = {name: getattr(args, _dest(name)) for name in option_settings(args.command)}
+    if "answer_grammar" in values:
+        values["answer_grammar"] = read_grammar(values["answer_grammar"])
+    values = {name: value for name, value in values.items() if value is not None}
+    values.update(override)
+    return values
+
+
+def _add_run_args(p: argparse.ArgumentParser) -> None:
+    """Options of a learn or eval command that are not settings of the run."""
+    p.add_argument("--seed", type=int, default=0, help="shuffle and sampling seed")
     p.add_argument("--no-progress", action="store_true", help="no progress bars (tables only)")
-    if not demo:
-        p.add_argument("--model", default=d.model, help="openai:NAME or provider:NAME (or $TFGRPO_MODEL)")
-        p.add_argument("--learner-model", default=d.learner_model, help="model for summarize/extract/update")
-        p.add_argument("--judge-model", default=d.judge_model, help="model for LLM-judge rewards")
-        p.add_argument("--learner-temperature", type=float, default=d.learner_temperature)
-        p.add_argument("--base-url", default=d.base_url, help="OpenAI-compatible endpoint")
-        p.add_argument(
-            "--agent",
-            default=d.agent,
-            help="your own agent as the policy: module:attr or file.py:attr of a create_agent graph "
-            "with tfgrpo.ExperienceMiddleware, or of a factory taking middleware=",
-        )
+    _add_config_arg(p)
+
+
+def _add_config_arg(p: argparse.ArgumentParser) -> None:
     p.add_argument("--config", default=None, help="JSON or TOML file of option values (flags override)")
 
 
@@ -301,14 +362,6 @@ def _add_track_arg(p: argparse.ArgumentParser) -> None:
     )
 
 
-def _add_unsafe_python_arg(p: argparse.ArgumentParser) -> None:
-    p.add_argument(
-        "--unsafe-python",
-        action="store_true",
-        help="--domain math without bubblewrap: run model-written code with in-process limits only (unsafe)",
-    )
-
-
 def check_python_sandbox(args: argparse.Namespace) -> None:
     """``--domain math`` runs model-written code: no OS sandbox, no run (``--unsafe-python``: a warning)."""
     if getattr(args, "domain", None) != "math":
@@ -332,51 +385,8 @@ def check_python_sandbox(args: argparse.Namespace) -> None:
 
 
 def _add_learn_args(p: argparse.ArgumentParser, *, demo: bool) -> None:
-    d = Context()
-    # None = "not given": the preset of the mode fills it in (see PRESETS)
     p.add_argument(
-        "--dataset",
-        default=None,
-        help="JSONL/JSON/CSV/Parquet file ('FILE[A:B]' for rows A..B-1), hf:NAME[:CONFIG][:SPLIT], "
-        "langsmith:NAME or rg:NAME[:key=value...] (docs/datasets.md)",
-    )
-    p.add_argument("--run-dir", default="runs/demo" if demo else "runs/learn")
-    p.add_argument("--epochs", type=int, default=None)
-    p.add_argument("--batch-size", type=int, default=None)
-    p.add_argument("--group-size", type=int, default=None, help="G")
-    p.add_argument(
-        "--max-group-size",
-        type=int,
-        default=d.max_group_size,
-        help="dynamic sampling: a group whose rewards are all equal gets G more attempts at a time until "
-        "they differ or it holds N (default: G, no extra attempts)",
-    )
-    p.add_argument("--experiences-per-group", type=int, default=d.experiences_per_group, help="K")
-    p.add_argument(
-        "--learner-max-tokens",
-        type=int,
-        default=None,
-        help="cap per summarize / extract / update completion (default 4096; 1024 on the embedded model)",
-    )
-    p.add_argument(
-        "--whole-attempt-tokens",
-        type=int,
-        default=d.whole_attempt_tokens,
-        help="the extractor reads a group's attempts whole (no summarize calls) when each is at most this "
-        "many tokens and calls no tool; 0: summarize every attempt",
-    )
-    p.add_argument("--max-library-items", type=int, default=d.max_library_items)
-    p.add_argument(
-        "--max-library-tokens", type=int, default=d.max_library_tokens, help="cap on E's size (estimated)"
-    )
-    p.add_argument(
-        "--validation",
-        default=d.validation,
-        help="held-out set: keep a step's E only if it does not score lower there (else roll back)",
-    )
-    p.add_argument("--validation-k", type=int, default=d.validation_k, help="runs per validation question")
-    p.add_argument(
-        "--validation-tolerance", type=float, default=d.validation_tolerance, help="allowed drop in reward"
+        "--run-dir", default="runs/demo" if demo else "runs/learn", help="where checkpoints, E and reports go"
     )
     if not demo:
         p.add_argument(
@@ -391,23 +401,15 @@ def _add_learn_args(p: argparse.ArgumentParser, *, demo: bool) -> None:
         action="store_true",
         help="keep every checkpoint (time travel) instead of only those needed to resume",
     )
+    _add_run_args(p)
     _add_db_args(p, run_id=True)
     _add_track_arg(p)
     _add_field_args(p)
-    _add_agent_args(p, demo=demo, temperature=d.temperature)
+    add_settings(p, "demo" if demo else "learn")
 
 
 def _add_eval_args(p: argparse.ArgumentParser, *, attribute: bool = False) -> None:
-    p.add_argument(
-        "--dataset",
-        default=None,  # required, but it may come from --config: checked in cmd_eval
-        help="JSONL/JSON/CSV/Parquet file ('FILE[A:B]' for rows A..B-1), hf:NAME[:CONFIG][:SPLIT], "
-        "langsmith:NAME or rg:NAME[:key=value...] (required; docs/datasets.md)",
-    )
-    if attribute:
-        p.add_argument("--library", default="", help="library.json or a run directory (required)")
-    else:
-        p.add_argument("--library", default="", help="library.json or a run directory (omit: baseline only)")
+    if not attribute:
         p.add_argument("--baseline", action="store_true", help="also run the same model without E, paired")
     p.add_argument("--k", type=int, default=4, help="runs per question and arm (the paper: 32)")
     p.add_argument("--eval-dir", default="runs/eval", help="where checkpoints, results and reports go")
@@ -419,46 +421,38 @@ def _add_eval_args(p: argparse.ArgumentParser, *, attribute: bool = False) -> No
         action="store_true",
         help="leave failed runs (API error after retries) out of Mean@k / Pass@k instead of scoring them 0",
     )
+    _add_run_args(p)
     _add_db_args(p, run_id=True)
     _add_track_arg(p)
     _add_field_args(p)
-    _add_agent_args(p, demo=False, temperature=Context().temperature)
+    add_settings(p, "attribute" if attribute else "eval")
+
+
+def _subparser(sub: Any, name: str, text: str) -> argparse.ArgumentParser:
+    parser: argparse.ArgumentParser = sub.add_parser(name, help=text, formatter_class=_HelpFormatter)
+    return parser
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="tfgrpo", description="Training-Free GRPO with LangGraph")
     sub = parser.add_subparsers(dest="command", required=True)
-    _add_learn_args(sub.add_parser("learn", help="learn an experience library (resumable)"), demo=False)
+    _add_learn_args(_subparser(sub, "learn", "learn an experience library (resumable)"), demo=False)
     _add_learn_args(
-        sub.add_parser("demo", help="learn against the built-in scripted server (offline)"), demo=True
+        _subparser(sub, "demo", "learn against the built-in scripted server (offline)"), demo=True
     )
-    inf = sub.add_parser("infer", help="answer a question with the agent and a learned library")
-    d = Context()
-    inf.add_argument("--question", required=True)
-    inf.add_argument(
-        "--library", default="", help="library.json, a run directory, or a run id in --db (default: no E)"
-    )
-    inf.add_argument("--model", default=d.model, help="openai:NAME or provider:NAME (or $TFGRPO_MODEL)")
-    inf.add_argument("--base-url", default=d.base_url)
-    inf.add_argument("--domain", default=d.domain, choices=["direct", "math", "search"])
-    inf.add_argument("--corpus", default=d.corpus, help="JSONL corpus file(s), comma-separated (search)")
-    _add_unsafe_python_arg(inf)
-    inf.add_argument("--reward", default=d.reward, help="answer format: math (boxed) or other (Answer:)")
-    inf.add_argument("--temperature", type=float, default=0.0)
-    inf.add_argument("--max-tokens", type=int, default=d.max_tokens)
-    inf.add_argument("--top-p", type=float, default=None, help="nucleus sampling (default: not sent)")
-    inf.add_argument("--prompts", default="", help="directory of NAME.txt prompt overrides")
-    inf.add_argument("--max-model-calls", type=int, default=d.max_model_calls)
-    inf.add_argument("--max-tool-calls", type=int, default=d.max_tool_calls)
+    inf = _subparser(sub, "infer", "answer a question with the agent and a learned library")
+    inf.add_argument("--question", required=True, help="the question to answer")
     inf.add_argument("--trajectory", action="store_true", help="print every message and tool call")
-    inf.add_argument("--config", default=None, help="JSON or TOML file of option values (flags override)")
+    _add_config_arg(inf)
     _add_db_args(inf, run_id=False)
+    add_settings(inf, "infer")
 
-    _add_eval_args(sub.add_parser("eval", help="Mean@k / Pass@k with and without E (resumable)"))
+    _add_eval_args(_subparser(sub, "eval", "Mean@k / Pass@k with and without E (resumable)"))
     _add_eval_args(
-        sub.add_parser("attribute", help="leave-one-out contribution of each experience (resumable)"),
+        _subparser(sub, "attribute", "leave-one-out contribution of each experience (resumable)"),
         attribute=True,
     )
+    d = Context()
     pr = sub.add_parser("prompts", help="print every prompt as the model receives it (or --write them)")
     pr.add_argument("--prompts", default="", help="directory of NAME.txt overrides to apply (validated)")
     pr.add_argument(
@@ -503,90 +497,26 @@ def reward_of(args: argparse.Namespace, *datasets: str) -> str:
     """``--reward``, else the task's own scorer for reasoning_gym datasets, else the domain's."""
     from tfgrpo.evals.rewards import default_reward
 
-    return args.reward or default_reward(DOMAIN_REWARDS[args.domain], *datasets)
-
-
-def require_positive(ctx: Context, *names: str) -> None:
-    for name in names:
-        if getattr(ctx, name) < 1:
-            raise TfgrpoError(f"--{name.replace('_', '-')} must be at least 1")
+    # an unknown domain is refused by Context, in the line Studio and the Python API give
+    return args.reward or default_reward(DOMAIN_REWARDS.get(args.domain, "math"), *datasets)
 
 
 def context_from_args(args: argparse.Namespace, *, preset: str, **override: Any) -> Context:
-    sized = {name: getattr(args, name) for name in PRESETS[preset]}
-    dataset = args.dataset if args.dataset is not None else PRESETS[preset]["dataset"]
-    values = {
-        **{name: PRESETS[preset][name] if value is None else value for name, value in sized.items()},
-        "temperature": args.temperature,
-        "reward": reward_of(args, dataset, args.validation),
-        "experiences_per_group": args.experiences_per_group,
-        "max_group_size": getattr(args, "max_group_size", 0),
-        "max_library_items": args.max_library_items,
-        "max_library_tokens": args.max_library_tokens,
-        "validation": args.validation,
-        "validation_k": args.validation_k,
-        "validation_tolerance": args.validation_tolerance,
-        "max_concurrency": args.max_concurrency,
-        "request_timeout": args.request_timeout,
-        "domain": args.domain,
-        "corpus": args.corpus,
-        "max_model_calls": args.max_model_calls,
-        "max_tool_calls": args.max_tool_calls,
-        "unsafe_python": args.unsafe_python,
-        "top_p": args.top_p,
-        "judge_max_tokens": args.judge_max_tokens,
-        "whole_attempt_tokens": args.whole_attempt_tokens,
-        "prompts": args.prompts,
-        "answer_grammar": read_grammar(getattr(args, "grammar", None)),
-        "lesson_pattern": read_lesson_pattern(getattr(args, "lesson_pattern", None)),
-        "extract_ops": read_extract_ops(getattr(args, "extract_ops", None)),
-    }
-    for name in ("model", "learner_model", "judge_model", "base_url", "learner_temperature", "agent"):
-        if hasattr(args, name):
-            values[name] = getattr(args, name)
-    values.update(override)
+    """``learn`` / ``demo``'s settings: the options given, the preset's sizes for those not given."""
+    values = settings_from_args(args, **override)
+    for name, value in PRESETS[preset].items():
+        values.setdefault(name, value)
+    values["reward"] = reward_of(args, values["dataset"], values.get("validation", ""))
     for name in ("dataset", "validation"):  # the field mapping goes with the spec, into the graph
-        values[name] = map_fields(args, values[name])
-    ctx = Context(**values)
-    require_positive(
-        ctx,
-        "epochs",
-        "batch_size",
-        "group_size",
-        "max_concurrency",
-        "max_tokens",
-        "validation_k",
-        "learner_max_tokens",
-        "judge_max_tokens",
-    )
-    check_sampling(ctx)
-    if ctx.group_size < 2:
-        raise TfgrpoError("--group-size must be at least 2 (a group of 1 has no relative advantage)")
-    return ctx
-
-
-def check_sampling(ctx: Context) -> None:
-    """The prompt overrides and the sampling settings, checked before anything is paid for."""
-    from tfgrpo.nodes._prompts import validate_prompts
-
-    if ctx.top_p is not None and not 0 < ctx.top_p <= 1:
-        raise TfgrpoError("--top-p must be in (0, 1]")
-    validate_prompts(ctx.prompts)
+        values[name] = map_fields(args, values.get(name, ""))
+    return Context(**values)
 
 
 def ledger_from_args(args: argparse.Namespace, ctx: Context) -> Ledger:
-    from tfgrpo.checks import check_ledger_options
-    from tfgrpo.models.ledger import Ledger, Prices
+    """The run's ledger, from its settings (budgets, prices, retries, concurrency)."""
+    from tfgrpo.models.ledger import ledger_from_context
 
-    check_ledger_options(args)
-    return Ledger(
-        max_concurrency=ctx.max_concurrency,
-        budget_usd=args.budget_usd,
-        budget_tokens=args.budget_tokens,
-        prices=Prices.load(args.prices),
-        max_retries=args.max_retries,
-        backoff=args.retry_backoff,
-    )
+    return ledger_from_context(ctx)
 
 
 def check_agent(ctx: Context) -> None:
@@ -696,23 +626,8 @@ def main_job_closing(report_path: Path) -> str:
 
 
 def agent_context(args: argparse.Namespace, **settings: Any) -> Context:
-    """The agent's settings shared by ``eval`` and ``infer``, plus ``settings``."""
-    return Context(
-        model=args.model,
-        base_url=args.base_url,
-        domain=args.domain,
-        corpus=args.corpus,
-        library=args.library,
-        temperature=args.temperature,
-        max_model_calls=args.max_model_calls,
-        max_tool_calls=args.max_tool_calls,
-        agent=getattr(args, "agent", ""),
-        unsafe_python=args.unsafe_python,
-        top_p=args.top_p,
-        prompts=args.prompts,
-        answer_grammar=read_grammar(getattr(args, "grammar", None)),
-        **settings,
-    )
+    """The settings of ``eval`` / ``attribute`` / ``infer``: the options given, plus ``settings``."""
+    return Context(**settings_from_args(args, **settings))
 
 
 def cmd_eval(args: argparse.Namespace) -> int:
@@ -726,19 +641,14 @@ def cmd_eval(args: argparse.Namespace) -> int:
     embedded = is_embedded(args.model) and not args.agent
     if embedded:
         print(embedded_note(resolve_model(args.model), "evaluating"), flush=True)
-    max_tokens = args.max_tokens or PRESETS["embedded" if embedded else "model"]["max_tokens"]
+    preset = PRESETS["embedded" if embedded else "model"]["max_tokens"]
+    max_tokens = preset if args.max_tokens is None else args.max_tokens  # 0 is refused, never replaced
     ctx = agent_context(
         args,
         dataset=map_fields(args, args.dataset),
-        judge_model=args.judge_model,
         reward=reward_of(args, args.dataset),
         max_tokens=max_tokens,
-        max_concurrency=args.max_concurrency,
-        request_timeout=args.request_timeout,
-        judge_max_tokens=args.judge_max_tokens,
     )
-    require_positive(ctx, "max_concurrency", "max_tokens", "judge_max_tokens")
-    check_sampling(ctx)
     check_agent(ctx)
     return run_eval(
         ctx,
@@ -824,20 +734,21 @@ def cmd_infer(args: argparse.Namespace) -> int:
 
     from tfgrpo.checks import check_context
     from tfgrpo.graphs.inference import build_inference_graph
+    from tfgrpo.models.ledger import use_ledger
 
     db = database_url(args.db)
     if db and args.library and not Path(args.library).exists():  # a learn run's id in the database
         into = Path(tempfile.gettempdir()) / "tfgrpo-published" / args.library
         args.library = str(fetch_published_library(db, args.library, into))
-    ctx = agent_context(args, reward=args.reward, max_tokens=args.max_tokens)
-    check_sampling(ctx)
+    ctx = agent_context(args)
     check_context(ctx)
     graph = build_inference_graph()
-    out = graph.invoke(
-        {"messages": [HumanMessage(args.question)]},
-        {"recursion_limit": 4 * ctx.max_model_calls + 8},
-        context=ctx,
-    )
+    with use_ledger(ledger_from_args(args, ctx)):  # --max-retries, --budget-usd, ... as for learn
+        out = graph.invoke(
+            {"messages": [HumanMessage(args.question)]},
+            {"recursion_limit": 4 * ctx.max_model_calls + 8},
+            context=ctx,
+        )
     if args.trajectory:
         for msg in out["messages"]:
             if isinstance(msg, AIMessage) and msg.tool_calls:
@@ -997,7 +908,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     for key, value in values.items():
         dest = key.replace("-", "_")
         if dest not in known:
-            raise TfgrpoError(f"{args.config}: unknown setting {key!r} for 'tfgrpo {args.command}'")
+            close = difflib.get_close_matches(dest, sorted(known), n=1, cutoff=0.6)
+            hint = f" (did you mean {close[0].replace('_', '-')!r}?)" if close else ""
+            raise TfgrpoError(f"{args.config}: unknown setting {key!r} for 'tfgrpo {args.command}'{hint}")
         defaults[dest] = value
     sub.set_defaults(**defaults)
     return parser.parse_args(argv)

@@ -1,18 +1,31 @@
-"""Runtime settings of a learning run, passed as LangGraph ``context`` (not checkpointed).
+"""Every setting of a run, declared once: its type, ``Literal`` choices, bounds, default, help and group.
 
-Everything here is a plain value so LangGraph Studio can render and edit it. Models are named by spec
+The settings are pydantic dataclasses passed to the graphs as LangGraph ``context`` (not checkpointed),
+plain values so that LangGraph Studio can render, describe and edit them. One mixin per group of settings
+(:class:`ModelSettings`, :class:`AgentSettings`, ...); each graph's ``context_schema`` is the composition
+of the groups it uses (:class:`InferenceContext`, :class:`EvalContext`, :class:`StepContext`,
+:class:`LearnContext`), and :class:`Context` holds them all. Constructing any of them checks every value
+(unknown names, types, bounds, choices) with one line naming the setting, the same line in Studio, the
+CLI (whose options are generated from these fields) and :func:`tfgrpo.learn`. Models are named by spec
 (``openai:NAME``) and built lazily by :mod:`tfgrpo.models.spec`; importing this module needs no API key.
 """
 
 from __future__ import annotations
 
 import difflib
+import functools
 import hashlib
 import json
 import os
-from collections.abc import Iterable, Mapping
-from dataclasses import Field, asdict, dataclass, field, fields, is_dataclass, make_dataclass
-from typing import Any, get_type_hints
+import re
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import asdict, fields, is_dataclass
+from typing import Any, Literal, TypeVar, cast, get_args, get_type_hints
+
+from annotated_types import Ge, Gt, Le, Lt
+from pydantic import ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic.dataclasses import dataclass
+from typing_extensions import dataclass_transform
 
 from tfgrpo.errors import ConfigError
 
@@ -29,239 +42,414 @@ RUN_DEFINING = (
     "validation_k",
     "validation_tolerance",
 )
+# Upper bounds of the settings counted in seconds or retries: a value beyond them is a typo, and a
+# huge one would only fail later, mid-run and paid for (1e12 s overflows the clock: OverflowError).
+MAX_SECONDS = 86_400.0  # a day per LLM call or Python run
+MAX_BACKOFF = 3_600.0
+MAX_RETRIES = 100
+Domain = Literal["direct", "math", "search"]
+StructuredMethod = Literal["function_calling", "json_mode", "json_schema"]
+OPERATIONS = ("ADD", "UPDATE", "DELETE", "NONE")
+# the command-line option of a setting, where it is not --NAME (--grammar takes a file; the field its text)
+OPTION_NAMES = {"answer_grammar": "--grammar"}
+
+# strict: "4" is not an integer, nor 1 a boolean (Studio's JSON is taken as typed); no inf / nan
+_CONFIG = ConfigDict(strict=True, extra="forbid", allow_inf_nan=False)
+T = TypeVar("T")
 
 
-@dataclass(kw_only=True)
-class Context:
-    """Settings for the learning graphs (``context_schema``)."""
+def option(name: str) -> str:
+    """The command-line option of setting ``name`` (``group_size``: ``--group-size``)."""
+    return OPTION_NAMES.get(name, "--" + name.replace("_", "-"))
 
-    # What to learn from
-    dataset: str = field(
-        default="rg:basic_arithmetic:size=20:seed=1",
-        metadata={"description": "JSONL/CSV path with question/answer, or rg:NAME:key=value spec."},
+
+@dataclass_transform(kw_only_default=True, field_specifiers=(Field,))
+def settings(cls: type[T]) -> type[T]:
+    """A settings class: a pydantic dataclass whose construction raises one :class:`ConfigError` line
+    (unknown names with a did-you-mean hint, the first wrong value) instead of pydantic's report."""
+    made: Any = dataclass(kw_only=True, config=_CONFIG)(cls)
+    init = made.__init__
+    names = [f.name for f in fields(made)]
+
+    @functools.wraps(init)
+    def __init__(self: Any, *args: Any, **values: Any) -> None:
+        check_names(values, names)
+        try:
+            init(self, *args, **values)
+        except ValidationError as exc:
+            raise ConfigError(_sentence(made, exc)) from None
+
+    made.__init__ = __init__
+    return cast("type[T]", made)
+
+
+def _env(name: str) -> Callable[[], str]:
+    return lambda: os.environ.get(name, "")
+
+
+# -- the groups of settings (each a CLI option group, titled by its docstring's first line) ---------------
+
+
+@settings
+class LedgerSettings:
+    """Spending and retries.
+
+    The CLI's and Python API's ledger is built from them; under the LangGraph server they make one
+    ledger per thread, persisted in the store."""
+
+    budget_usd: float | None = Field(
+        default=None,
+        gt=0,
+        description="Stop (resumably) before spending more dollars than this; null: no cap.",
     )
-    reward: str = field(
+    budget_tokens: int | None = Field(
+        default=None, gt=0, description="Stop (resumably) before using more tokens than this; null: no cap."
+    )
+    prices: str = Field(
+        default="",
+        description='Model prices: a JSON file or inline JSON {"MODEL": {"input": USD per 1M tokens, '
+        '"output": USD per 1M}} (built-in list prices otherwise).',
+    )
+    max_retries: int = Field(
+        default=4, ge=0, le=MAX_RETRIES, description="Retries of a transient LLM error (429, 5xx, timeout)."
+    )
+    retry_backoff: float = Field(default=1.0, ge=0, le=MAX_BACKOFF, description="First retry delay, seconds.")
+
+    @field_validator("prices", mode="before")
+    @classmethod
+    def _prices_as_json(cls, value: Any) -> Any:
+        # Studio's JSON: an object is what a user writes for prices; the field holds its JSON text
+        if isinstance(value, Mapping):
+            try:
+                return json.dumps(value)
+            except (TypeError, ValueError) as exc:
+                raise ValueError(f"not a JSON object ({exc})") from None
+        return value
+
+
+@settings
+class ModelSettings:
+    """Calling the policy model."""
+
+    model: str = Field(
+        default_factory=_env("TFGRPO_MODEL"),
+        description="Policy model, e.g. openai:gpt-4o-mini (default: $TFGRPO_MODEL).",
+    )
+    base_url: str = Field(
+        default_factory=_env("OPENAI_BASE_URL"),
+        description="OpenAI-compatible endpoint (default: $OPENAI_BASE_URL).",
+    )
+    temperature: float = Field(default=0.7, ge=0, le=2, description="Sampling temperature of rollouts.")
+    top_p: float | None = Field(
+        default=None, gt=0, le=1, description="Nucleus sampling of the policy (null: the server's default)."
+    )
+    max_tokens: int = Field(default=1024, ge=1, description="Cap on tokens per policy completion.")
+    answer_grammar: str = Field(
+        default="",
+        description="GBNF grammar (text) constraining the policy's tool-less answers on llama.cpp servers "
+        "(the embedded model, or --base-url); empty: none.",
+    )
+    prompts: str = Field(
+        default="", description="Directory of NAME.txt files replacing prompts (see `tfgrpo prompts`)."
+    )
+    request_timeout: float = Field(default=120.0, gt=0, le=MAX_SECONDS, description="Seconds per LLM call.")
+    max_concurrency: int = Field(default=4, ge=1, description="Cap on LLM calls in flight at once (per run).")
+
+
+@settings
+class UserAgentSettings:
+    """Your own agent as the policy."""
+
+    agent: str = Field(
+        default="",
+        description="Your own agent as the policy: module:attr or file.py:attr of a compiled create_agent "
+        "graph with ExperienceMiddleware, or of a factory taking middleware=.",
+    )
+
+
+@settings
+class AgentSettings:
+    """The policy agent: its answer format, tools and caps."""
+
+    reward: str = Field(
         default="math",
-        metadata={
-            "description": "math | exact_match | f1 | rg (a reasoning_gym task's own scorer; the CLI's "
-            "and Python API's default for rg: datasets) | judge | majority | module:function returning a "
-            "float in [0,1] or a (score, reason) pair."
-        },
+        description="math | exact_match | f1 | rg (a reasoning_gym task's own scorer; the CLI's and Python "
+        "API's default for rg: datasets) | judge | majority | module:function returning a float in [0,1] "
+        "or a (score, reason) pair.",
     )
-    domain: str = field(
-        default="direct",
-        metadata={"description": "direct (no tools) | math (Python tool) | search (search tools)."},
+    domain: Domain = Field(
+        default="direct", description="direct (no tools) | math (Python tool) | search (search tools)."
     )
-    corpus: str = field(
-        default="",
-        metadata={"description": "Comma-separated JSONL corpus files for the offline search tool."},
+    corpus: str = Field(
+        default="", description="Comma-separated JSONL corpus files for the offline search tool."
     )
-    validation: str = field(
-        default="",
-        metadata={
-            "description": "Held-out set (like dataset): keep a step's E only if it does not score lower "
-            "on it than E before the step (else roll back)."
-        },
+    max_model_calls: int = Field(default=8, ge=1, description="Agent: model calls per question.")
+    max_tool_calls: int = Field(default=6, ge=0, description="Agent: tool calls per question.")
+    python_timeout: float = Field(
+        default=10.0, gt=0, le=MAX_SECONDS, description="Python tool: seconds per run of model-written code."
     )
-    validation_k: int = field(default=1, metadata={"description": "Runs per validation question and E."})
-    validation_tolerance: float = field(
-        default=0.0, metadata={"description": "Roll back when after < before - tolerance."}
+    tool_max_chars: int = Field(
+        default=2000, ge=1, description="Tools: cap on the characters of a tool result the model reads."
     )
-    library: str = field(
-        default="",
-        metadata={"description": "Inference: library.json or a run directory whose E is injected."},
+    unsafe_python: bool = Field(
+        default=False, description="Run the Python tool without its OS sandbox (bubblewrap): unsafe."
     )
-    library_namespace: str = field(
-        default="",
-        metadata={"description": "Inference: store namespace (a/b) holding E under key 'library'."},
-    )
-    agent: str = field(
-        default="",
-        metadata={
-            "description": "Your own agent as the policy: module:attr or file.py:attr of a compiled "
-            "create_agent graph with ExperienceMiddleware, or of a factory taking middleware=."
-        },
-    )
-    library_run: str = field(
-        default="",
-        metadata={
-            "description": "Inference/eval: the run id of a learn run (its output's run_id) whose latest "
-            "E, published in the store after every step, is injected."
-        },
-    )
-    max_model_calls: int = field(default=8, metadata={"description": "Agent: model calls per question."})
-    max_tool_calls: int = field(default=6, metadata={"description": "Agent: tool calls per question."})
-    python_timeout: float = field(
-        default=10.0, metadata={"description": "Python tool: seconds per run of model-written code."}
-    )
-    tool_max_chars: int = field(
-        default=2000,
-        metadata={"description": "Tools: cap on the characters of a tool result the model reads."},
-    )
-    unsafe_python: bool = field(
-        default=False,
-        metadata={"description": "Run the Python tool without its OS sandbox (bubblewrap): unsafe."},
-    )
-    # The paper's hyper-parameters
-    epochs: int = field(default=3, metadata={"description": "Passes over the training set."})
-    batch_size: int = field(default=8, metadata={"description": "Queries per step (B)."})
-    group_size: int = field(default=5, metadata={"description": "G rollouts per query."})
-    max_group_size: int = field(
-        default=0,
-        metadata={
-            "description": "Dynamic sampling (DAPO): a group whose rewards are all equal gets G more "
-            "attempts at a time until they differ or it holds this many; 0: G (no extra attempts)."
-        },
-    )
-    temperature: float = field(default=0.7, metadata={"description": "Sampling temperature of rollouts."})
-    experiences_per_group: int = field(default=2, metadata={"description": "K: at most K per group."})
-    max_library_items: int = field(default=50, metadata={"description": "Hard cap on |E|."})
-    max_library_tokens: int = field(
-        default=4000, metadata={"description": "Hard cap on E's size in every prompt (estimated tokens)."}
-    )
-    # Models
-    model: str = field(
-        default_factory=lambda: os.environ.get("TFGRPO_MODEL", ""),
-        metadata={"description": "Policy model, e.g. openai:gpt-4o-mini (default: $TFGRPO_MODEL)."},
-    )
-    learner_model: str = field(
-        default_factory=lambda: os.environ.get("TFGRPO_LEARNER_MODEL", ""),
-        metadata={"description": "Model for summarize/extract/update (default: model)."},
-    )
-    judge_model: str = field(
-        default_factory=lambda: os.environ.get("TFGRPO_JUDGE_MODEL", ""),
-        metadata={"description": "Model for LLM-judge rewards (default: model)."},
-    )
-    base_url: str = field(
-        default_factory=lambda: os.environ.get("OPENAI_BASE_URL", ""),
-        metadata={"description": "OpenAI-compatible endpoint (default: $OPENAI_BASE_URL)."},
-    )
-    learner_temperature: float = field(
-        default=0.3, metadata={"description": "Sampling temperature of summarize / extract / update."}
-    )
-    judge_temperature: float = field(
-        default=0.0, metadata={"description": "Sampling temperature of the LLM judge."}
-    )
-    max_tokens: int = field(default=1024, metadata={"description": "Cap on tokens per policy completion."})
-    top_p: float | None = field(
-        default=None, metadata={"description": "Nucleus sampling of the policy (None: the server's default)."}
-    )
-    learner_max_tokens: int = field(
-        default=4096,
-        metadata={"description": "Cap on tokens per summarize / extract / update completion."},
-    )
-    judge_max_tokens: int = field(default=64, metadata={"description": "Cap on tokens per judge verdict."})
-    whole_attempt_tokens: int = field(
-        default=300,
-        metadata={
-            "description": "A kept group whose attempts are all at most this many output tokens, with no "
-            "tool call, is read whole by the extractor, with no summarize call; 0: summarize every attempt."
-        },
-    )
-    prompts: str = field(
-        default="",
-        metadata={"description": "Directory of NAME.txt files replacing prompts (see `tfgrpo prompts`)."},
-    )
-    answer_grammar: str = field(
-        default="",
-        metadata={
-            "description": "GBNF grammar (text) constraining the policy's tool-less answers on llama.cpp "
-            "servers (the embedded model, or --base-url); empty: none."
-        },
-    )
-    lesson_pattern: str = field(
-        default="",
-        metadata={
-            "description": "Regular expression (JSON-schema `pattern`, anchored with ^ and $) every lesson "
-            "must match: sent in the extract / update schemas, which grammar-constrained servers "
-            "(llama.cpp) turn into the shape of the lesson, and checked by the lesson gate for any model "
-            "('off pattern'). It must accept the empty string (NONE, DELETE). Empty: none."
-        },
-    )
-    extract_ops: str = field(
-        default="",
-        metadata={
-            "description": "Operations the extract schema offers, comma-separated (e.g. ADD,UPDATE: no "
-            "NONE, so every kept group proposes a lesson for the gate and the update step to judge); "
-            "empty: all. Schema only: validation still accepts all four. An empty library is offered "
-            "only ADD and NONE in any case."
-        },
-    )
-    request_timeout: float = field(default=120.0, metadata={"description": "Seconds per LLM call."})
-    # Robustness
-    structured_retries: int = field(
-        default=2, metadata={"description": "Extra attempts when structured output cannot be parsed."}
-    )
-    structured_method: str = field(
-        default="function_calling",
-        metadata={"description": "function_calling | json_mode | json_schema for extract/update."},
-    )
-    max_concurrency: int = field(
-        default=4, metadata={"description": "Cap on LLM calls in flight at once (per run)."}
-    )
-    # Spending and retries (the CLI's --budget-usd/--budget-tokens/--prices/--max-retries set its ledger;
-    # under the LangGraph server these fields make one ledger per thread, persisted in the store)
-    budget_usd: float = field(
-        default=0.0,
-        metadata={"description": "Stop (resumably) before spending more dollars than this; 0: no cap."},
-    )
-    budget_tokens: int = field(
-        default=0,
-        metadata={"description": "Stop (resumably) before using more tokens than this; 0: no cap."},
-    )
-    prices: str = field(
-        default="",
-        metadata={
-            "description": 'Model prices: a JSON file or inline JSON {"MODEL": {"input": USD per 1M '
-            'tokens, "output": USD per 1M}} (built-in list prices otherwise).'
-        },
-    )
-    max_retries: int = field(
-        default=4, metadata={"description": "Retries of a transient LLM error (429, 5xx, timeout)."}
-    )
-    retry_backoff: float = field(default=1.0, metadata={"description": "First retry delay, seconds."})
 
-    def __post_init__(self) -> None:
-        check_fields(self)
+
+@settings
+class LibrarySettings:
+    """Where the inference agent's E comes from."""
+
+    library: str = Field(
+        default="", description="Inference: library.json or a run directory whose E is injected."
+    )
+    library_run: str = Field(
+        default="",
+        description="Inference/eval: the run id of a learn run (its output's run_id) whose latest E, "
+        "published in the store after every step, is injected.",
+    )
+    library_namespace: str = Field(
+        default="", description="Inference: store namespace (a/b) holding E under key 'library'."
+    )
+
+
+@settings
+class JudgeSettings:
+    """The LLM judge (reward judge)."""
+
+    judge_model: str = Field(
+        default_factory=_env("TFGRPO_JUDGE_MODEL"),
+        description="Model for LLM-judge rewards (default: $TFGRPO_JUDGE_MODEL, else model).",
+    )
+    judge_temperature: float = Field(
+        default=0.0, ge=0, le=2, description="Sampling temperature of the LLM judge."
+    )
+    judge_max_tokens: int = Field(default=64, ge=1, description="Cap on tokens per judge verdict.")
+
+
+@settings
+class LearnerSettings:
+    """The learner model (summarize, extract, update)."""
+
+    learner_model: str = Field(
+        default_factory=_env("TFGRPO_LEARNER_MODEL"),
+        description="Model for summarize/extract/update (default: $TFGRPO_LEARNER_MODEL, else model).",
+    )
+    learner_temperature: float = Field(
+        default=0.3, ge=0, le=2, description="Sampling temperature of summarize / extract / update."
+    )
+    learner_max_tokens: int = Field(
+        default=4096, ge=1, description="Cap on tokens per summarize / extract / update completion."
+    )
+    whole_attempt_tokens: int = Field(
+        default=300,
+        ge=0,
+        description="A kept group whose attempts are all at most this many output tokens, with no tool "
+        "call, is read whole by the extractor, with no summarize call; 0: summarize every attempt.",
+    )
+    structured_retries: int = Field(
+        default=2, ge=0, description="Extra attempts when structured output cannot be parsed."
+    )
+    structured_method: StructuredMethod = Field(
+        default="function_calling",
+        description="function_calling | json_mode | json_schema for extract/update.",
+    )
+
+
+@settings
+class StepSettings:
+    """One Training-Free GRPO step: the group, K, E's caps and the lessons' shape."""
+
+    group_size: int = Field(
+        default=5, ge=2, description="G rollouts per query (a group of 1 has no relative advantage)."
+    )
+    max_group_size: int = Field(
+        default=0,
+        ge=0,
+        description="Dynamic sampling (DAPO): a group whose rewards are all equal gets G more attempts at a "
+        "time until they differ or it holds this many; 0: G (no extra attempts).",
+    )
+    experiences_per_group: int = Field(default=2, ge=1, description="K: at most K per group.")
+    max_library_items: int = Field(default=50, ge=1, description="Hard cap on |E|.")
+    max_library_tokens: int = Field(
+        default=4000, ge=1, description="Hard cap on E's size in every prompt (estimated tokens)."
+    )
+    lesson_pattern: str = Field(
+        default="",
+        description="Regular expression (JSON-schema `pattern`, anchored with ^ and $) every lesson must "
+        "match: sent in the extract / update schemas, which grammar-constrained servers (llama.cpp) turn "
+        "into the shape of the lesson, and checked by the lesson gate for any model ('off pattern'). It "
+        "must accept the empty string (NONE, DELETE). Empty: none.",
+    )
+    extract_ops: str = Field(
+        default="",
+        description="Operations the extract schema offers, comma-separated (e.g. ADD,UPDATE: no NONE, so "
+        "every kept group proposes a lesson for the gate and the update step to judge); empty: all. Schema "
+        "only: validation still accepts all four. An empty library is offered only ADD and NONE in any "
+        "case.",
+    )
+
+    @model_validator(mode="after")
+    def _cap_holds_a_group(self) -> Any:
+        if 0 < self.max_group_size < self.group_size:
+            raise ValueError(
+                f"--max-group-size must be at least --group-size ({self.group_size}) or 0 (no extra "
+                f"attempts), got {self.max_group_size}"
+            )
+        return self
+
+    @field_validator("lesson_pattern")
+    @classmethod
+    def _anchored_pattern(cls, pattern: str) -> str:
+        if not pattern:
+            return pattern
+        try:
+            compiled = re.compile(pattern)
+        except re.error as exc:
+            raise ValueError(f"not a regular expression ({exc})") from None
+        if not (pattern.startswith("^") and pattern.endswith("$")):
+            # llama.cpp's schema-to-grammar converter refuses an unanchored pattern
+            raise ValueError("must start with ^ and end with $")
+        if not compiled.search(""):
+            raise ValueError("must accept the empty string (NONE and DELETE carry no lesson)")
+        return pattern
+
+    @field_validator("extract_ops")
+    @classmethod
+    def _known_ops(cls, ops: str) -> str:
+        names = [op.strip().upper() for op in ops.split(",") if op.strip()]
+        for name in names:
+            if name not in OPERATIONS:
+                raise ValueError(f"unknown operation {name!r} ({', '.join(OPERATIONS)})")
+        return ",".join(names)
+
+
+@settings
+class DataSettings:
+    """The questions."""
+
+    dataset: str = Field(
+        default="rg:basic_arithmetic:size=20:seed=1",
+        description="JSONL/CSV path with question/answer, or rg:NAME:key=value spec.",
+    )
+
+
+@settings
+class LearnSettings:
+    """The learning loop: epochs, batches and the validation gate."""
+
+    epochs: int = Field(default=3, ge=1, description="Passes over the training set.")
+    batch_size: int = Field(default=8, ge=1, description="Queries per step (B).")
+    validation: str = Field(
+        default="",
+        description="Held-out set (like dataset): keep a step's E only if it does not score lower on it "
+        "than E before the step (else roll back).",
+    )
+    validation_k: int = Field(default=1, ge=1, description="Runs per validation question and E.")
+    validation_tolerance: float = Field(
+        default=0.0, ge=0, le=1, description="Roll back when after < before - tolerance."
+    )
+
+
+# -- each graph's context schema (Studio's form): the groups it uses --------------------------------------
+# Bases in one global order (Ledger, Model, UserAgent, Agent, Library, Judge, Learner, Step, Learn, Data)
+# so that Context can inherit them all; the last base's fields come first in Studio's form.
+
+
+@settings
+class InferenceContext(LedgerSettings, ModelSettings, AgentSettings, LibrarySettings):
+    """Settings of the inference agent: its model, tools, caps and learned library E."""
+
+
+@settings
+class EvalContext(
+    LedgerSettings,
+    ModelSettings,
+    UserAgentSettings,
+    AgentSettings,
+    LibrarySettings,
+    JudgeSettings,
+    DataSettings,
+):
+    """Settings of an evaluation: the agent's, the questions (dataset) and the judge's."""
+
+
+@settings
+class StepContext(
+    LedgerSettings,
+    ModelSettings,
+    UserAgentSettings,
+    AgentSettings,
+    JudgeSettings,
+    LearnerSettings,
+    StepSettings,
+):
+    """Settings of one Training-Free GRPO step: the policy, the learner, G, K and E's caps."""
+
+
+@settings
+class LearnContext(
+    LedgerSettings,
+    ModelSettings,
+    UserAgentSettings,
+    AgentSettings,
+    JudgeSettings,
+    LearnerSettings,
+    StepSettings,
+    LearnSettings,
+    DataSettings,
+):
+    """Settings of a learning run: the dataset, epochs and batch size, the step's settings, the budget."""
+
+
+@settings
+class Context(LearnContext, EvalContext, StepContext, InferenceContext):
+    """Every setting of a run (the CLI's and Python API's; the nodes read this through :func:`as_context`)."""
 
     def settings_fingerprint(self) -> str:
         """Hash of the run-defining settings, stored in state to refuse an inconsistent resume."""
-        data = {k: asdict(self)[k] for k in RUN_DEFINING}
-        return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()[:16]
+        return hashlib.sha256(json.dumps(self.run_defining(), sort_keys=True).encode()).hexdigest()[:16]
 
     def run_defining(self) -> dict[str, object]:
-        return {k: asdict(self)[k] for k in RUN_DEFINING}
+        values = asdict(self)
+        return {k: values[k] for k in RUN_DEFINING}
 
 
-# -- checking values a user gives (Studio's JSON, a dict, keyword arguments) ----------------------------
+GRAPH_CONTEXTS: dict[str, type[Any]] = {
+    "learn": LearnContext,
+    "step": StepContext,
+    "eval": EvalContext,
+    "inference": InferenceContext,
+}
+GROUPS = (
+    DataSettings,
+    LearnSettings,
+    StepSettings,
+    LearnerSettings,
+    JudgeSettings,
+    ModelSettings,
+    AgentSettings,
+    UserAgentSettings,
+    LibrarySettings,
+    LedgerSettings,
+)
+
+
+# -- one line for what a user gave wrong (Studio's JSON, a dict, keyword arguments, an option) ------------
 
 _EXPECTED = {
-    "int": "an integer",
-    "float": "a number",
-    "str": "a string",
-    "bool": "true or false",
-    "float | None": "a number or null",
+    int: "an integer",
+    float: "a number",
+    str: "a string",
+    bool: "true or false",
 }
 # what a string field holds, where "a string" alone would not tell a user what to write
 _EXPECTED_TEXT = {
     "prices": 'an object {"MODEL": {"input": USD per 1M tokens, "output": USD per 1M}}, that object as '
     "JSON text, or the path of such a JSON file",
 }
-
-
-def _kind(name: str) -> str:
-    hint = _hints()[name]
-    return {int: "int", float: "float", str: "str", bool: "bool"}.get(hint, "float | None")
-
-
-def _hints() -> dict[str, Any]:
-    global _HINTS
-    if not _HINTS:
-        _HINTS = get_type_hints(Context)
-    return _HINTS
-
-
-_HINTS: dict[str, Any] = {}
+_BOUND_ERRORS = {"greater_than", "greater_than_equal", "less_than", "less_than_equal"}
+_TYPE_ERRORS = {"int_type", "float_type", "string_type", "bool_type", "none_required", "int_from_float"}
 
 
 def _shown(value: Any) -> str:
@@ -276,36 +464,54 @@ def _shown(value: Any) -> str:
     return "null" if value is None else f"{type(value).__name__} {str(value)[:40]}"
 
 
-def check_field(name: str, value: Any) -> None:
-    """One line naming the field when ``value`` is not of its type (an int is a fine float)."""
-    kind = _kind(name)
-    number = isinstance(value, int | float) and not isinstance(value, bool)
-    ok = {
-        "int": isinstance(value, int) and not isinstance(value, bool),
-        "float": number,
-        "str": isinstance(value, str),
-        "bool": isinstance(value, bool),
-        "float | None": value is None or number,
-    }[kind]
-    if not ok:
-        expected = _EXPECTED_TEXT.get(name, _EXPECTED[kind])
-        raise ConfigError(f"context field {name!r}: expected {expected}, got {_shown(value)}")
+def _expected(cls: type[Any], name: str) -> str:
+    if name in _EXPECTED_TEXT:
+        return _EXPECTED_TEXT[name]
+    hint = get_type_hints(cls)[name]
+    kinds = [k for k in get_args(hint) if k is not type(None)] or [hint]
+    text = _EXPECTED.get(kinds[0], "a string")
+    return f"{text} or null" if type(None) in get_args(hint) else text
 
 
-def check_fields(settings: Any) -> None:
-    """Check every field of a :class:`Context` (or a graph's schema); a price table given as an object
-    (Studio's JSON) becomes the JSON text the field holds."""
-    if isinstance(getattr(settings, "prices", None), Mapping):
-        try:
-            settings.prices = json.dumps(settings.prices)
-        except (TypeError, ValueError) as exc:
-            raise ConfigError(f"context field 'prices': not a JSON object ({exc})") from None
-    for f in fields(settings):
-        check_field(f.name, getattr(settings, f.name))
+def bounds(cls: type[Any], name: str) -> str:
+    """What the bounds of setting ``name`` accept, in words ("at least 1", "between 0 and 2"), or ""."""
+    low = high = ""
+    for mark in cls.__pydantic_fields__[name].metadata:
+        if isinstance(mark, Ge):
+            low = f"at least {mark.ge:g}"
+        elif isinstance(mark, Gt):
+            low = f"more than {mark.gt:g}"
+        elif isinstance(mark, Le):
+            high = f"at most {mark.le:g}"
+        elif isinstance(mark, Lt):
+            high = f"less than {mark.lt:g}"
+    if low.startswith("at least") and high.startswith("at most"):
+        return f"between {low.split()[-1]} and {high.split()[-1]}"
+    return " and ".join(part for part in (low, high) if part)
+
+
+def _sentence(cls: type[Any], exc: ValidationError) -> str:
+    """The first of pydantic's errors as one line naming the setting (its option, as the CLI spells it)."""
+    error = exc.errors()[0]
+    name = str(error["loc"][0]) if error["loc"] else ""
+    value, kind = error["input"], error["type"]
+    if not name:  # a check across settings: its own sentence
+        return str(error.get("ctx", {}).get("error") or error["msg"])
+    if kind == "finite_number" or (
+        kind in ("greater_than", "greater_than_equal", "less_than", "less_than_equal")
+    ):
+        return f"{option(name)} must be {bounds(cls, name)}, got {value!r}"
+    if kind == "literal_error":
+        return f"{option(name)} must be one of {error['ctx']['expected']}, got {value!r}"
+    if kind == "value_error":
+        return f"{option(name)}: {error['ctx']['error']}"
+    if kind in _TYPE_ERRORS or len(error["loc"]) > 1:
+        return f"context field {name!r}: expected {_expected(cls, name)}, got {_shown(value)}"
+    return f"{option(name)}: {error['msg']}, got {value!r}"
 
 
 def check_names(given: Iterable[str], known: Iterable[str]) -> None:
-    """Refuse context fields the graph does not take, suggesting the field a near miss meant."""
+    """Refuse settings the graph does not take, suggesting the field a near miss meant."""
     names = list(known)
     unknown = [name for name in given if name not in names]
     if not unknown:
@@ -316,41 +522,10 @@ def check_names(given: Iterable[str], known: Iterable[str]) -> None:
     raise ConfigError(f"unknown context field{'s' if len(unknown) > 1 else ''} {listed}{hint}")
 
 
-def context_from(values: Mapping[str, Any], known: Iterable[str] | None = None) -> Context:
-    """A :class:`Context` from plain values (Studio's JSON, a dict): unknown names and wrong types are
-    one-line errors. ``known``: the fields the graph takes (default: all)."""
-    check_names(values, known if known is not None else _hints())
+def context_from(values: Mapping[str, Any]) -> Context:
+    """A :class:`Context` from plain values (Studio's JSON, a dict): unknown names and wrong values are
+    one-line errors."""
     return Context(**values)
-
-
-class GraphContext:
-    """Base of the per-graph context schemas: the fields one graph uses, checked like :class:`Context`."""
-
-    def __post_init__(self) -> None:
-        check_fields(self)
-
-    def to_context(self) -> Context:
-        return Context(**{f.name: getattr(self, f.name) for f in fields(self)})  # type: ignore[arg-type]
-
-
-def graph_context(name: str, names: Iterable[str], doc: str) -> type[GraphContext]:
-    """A dataclass with only ``names`` of :class:`Context`'s fields (same defaults and descriptions): the
-    ``context_schema`` of one graph, so Studio shows what that graph uses."""
-    wanted = set(names)
-    unknown = wanted - set(_hints())
-    if unknown:
-        raise ValueError(f"not Context fields: {sorted(unknown)}")
-    spec: list[tuple[str, Any, Field[Any]]] = []
-    for f in fields(Context):
-        if f.name in wanted:
-            copy: Field[Any] = field(
-                default=f.default, default_factory=f.default_factory, metadata=f.metadata
-            )
-            spec.append((f.name, _hints()[f.name], copy))
-    cls = make_dataclass(name, spec, bases=(GraphContext,), kw_only=True)
-    cls.__doc__ = doc
-    cls.__module__ = __name__
-    return cls
 
 
 def as_context(value: Any) -> Context:
@@ -360,56 +535,13 @@ def as_context(value: Any) -> Context:
         return Context()
     if isinstance(value, Context):
         return value
-    if isinstance(value, GraphContext):
-        return value.to_context()
     if isinstance(value, dict):
         return context_from(value)
     if is_dataclass(value) and not isinstance(value, type):
-        return context_from(asdict(value))
+        return context_from({f.name: getattr(value, f.name) for f in fields(value)})
     raise ConfigError(f"unsupported context type {type(value).__name__}")
 
 
-# -- what each graph of langgraph.json uses: its context schema (Studio's form) -------------------------
-
-# calling a model: every graph
-_MODEL_FIELDS = (
-    "model", "base_url", "temperature", "max_tokens", "top_p", "answer_grammar", "request_timeout",
-    "prompts", "max_concurrency", "budget_usd", "budget_tokens", "prices", "max_retries", "retry_backoff",
-)  # fmt: skip
-# the policy agent (its tools and answer format): every graph; learning and evaluation may use the
-# user's own agent instead ("agent")
-_AGENT_FIELDS = (
-    "reward", "domain", "corpus", "max_model_calls", "max_tool_calls", "python_timeout",
-    "tool_max_chars", "unsafe_python",
-)  # fmt: skip
-# where the inference agent's E comes from
-_LIBRARY_FIELDS = ("library", "library_run", "library_namespace")
-_JUDGE_FIELDS = ("judge_model", "judge_temperature", "judge_max_tokens")
-# one step of Training-Free GRPO: the learner, the group, E's caps and the learner's output
-_STEP_FIELDS = (
-    *_JUDGE_FIELDS, "learner_model", "learner_temperature", "learner_max_tokens", "whole_attempt_tokens",
-    "group_size", "max_group_size", "experiences_per_group", "max_library_items", "max_library_tokens",
-    "lesson_pattern", "extract_ops", "structured_retries", "structured_method",
-)  # fmt: skip
-_LEARN_FIELDS = ("dataset", "epochs", "batch_size", "validation", "validation_k", "validation_tolerance")
-
-InferenceContext = graph_context(
-    "InferenceContext",
-    (*_MODEL_FIELDS, *_AGENT_FIELDS, *_LIBRARY_FIELDS),
-    "Settings of the inference agent: its model, tools, caps and learned library E.",
-)
-EvalContext = graph_context(
-    "EvalContext",
-    (*_MODEL_FIELDS, *_AGENT_FIELDS, *_LIBRARY_FIELDS, *_JUDGE_FIELDS, "dataset", "agent"),
-    "Settings of an evaluation: the agent's, the questions (dataset) and the judge's.",
-)
-StepContext = graph_context(
-    "StepContext",
-    (*_MODEL_FIELDS, *_AGENT_FIELDS, *_STEP_FIELDS, "agent"),
-    "Settings of one Training-Free GRPO step: the policy, the learner, G, K and E's caps.",
-)
-LearnContext = graph_context(
-    "LearnContext",
-    (*_MODEL_FIELDS, *_AGENT_FIELDS, *_STEP_FIELDS, *_LEARN_FIELDS, "agent"),
-    "Settings of a learning run: the dataset, epochs and batch size, the step's settings, the budget.",
-)
+def setting_fields(cls: type[Any] = Context) -> dict[str, Any]:
+    """The pydantic field info of every setting of ``cls`` (type, default, bounds, description)."""
+    return dict(cls.__pydantic_fields__)

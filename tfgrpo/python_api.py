@@ -23,7 +23,7 @@ import io
 import json
 import os
 from collections.abc import Iterable, Mapping
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -34,7 +34,7 @@ from tfgrpo.context import Context
 from tfgrpo.data import check_rows
 from tfgrpo.errors import ConfigError, TfgrpoError
 from tfgrpo.evals.rewards import default_reward
-from tfgrpo.models.ledger import BudgetExceeded, Ledger, Prices
+from tfgrpo.models.ledger import BudgetExceeded, Ledger, Prices, ledger_from_context
 from tfgrpo.models.spec import as_spec
 from tfgrpo.runs.backends import check_run_id, database_url
 from tfgrpo.state.library import Library
@@ -82,10 +82,8 @@ def _dataset_spec(data: Dataset, folder: Path, name: str, *, answers: bool = Tru
 
 
 def _context(options: dict[str, Any], **values: Any) -> Context:
-    known = set(asdict(Context()))
-    unknown = sorted(set(options) - known)
-    if unknown:
-        raise ConfigError(f"unknown setting(s): {', '.join(unknown)} (see tfgrpo.context.Context)")
+    """The run's settings: ``options`` (any Context field) and the named arguments given (None: not
+    given). Unknown names and out-of-range values are refused by Context, as in Studio and the CLI."""
     merged = {**options, **{k: v for k, v in values.items() if v is not None}}
     if "reward" not in merged:  # a reasoning_gym dataset is scored by its own task
         merged["reward"] = default_reward(
@@ -98,7 +96,7 @@ def _context(options: dict[str, Any], **values: Any) -> Context:
 
 
 def _agent_spec(agent: Any) -> str | None:
-    if agent is None:
+    if agent is None or agent == "":  # "": the field's default, tfgrpo's own agent
         return None
     from tfgrpo.integrations.user_agent import prepare_agent, register_agent
 
@@ -107,20 +105,25 @@ def _agent_spec(agent: Any) -> str | None:
     return spec
 
 
-def _ledger(
-    ctx: Context, budget_usd: float | None, budget_tokens: int | None, prices: Any, **kw: Any
-) -> Ledger:
-    for name, value in (("budget_usd", budget_usd), ("budget_tokens", budget_tokens)):
-        if value is not None and value <= 0:
-            raise ConfigError(f"{name} must be positive")
-    table = prices if isinstance(prices, Prices) else Prices.load(prices)
-    return Ledger(
-        max_concurrency=ctx.max_concurrency,
-        budget_usd=budget_usd,
-        budget_tokens=budget_tokens,
-        prices=table,
-        **kw,
-    )
+def _ledger(ctx: Context, prices: Any) -> Ledger:
+    """The run's ledger from its settings; ``prices`` may also be a :class:`Prices` table."""
+    ledger = ledger_from_context(ctx)
+    if isinstance(prices, Prices):
+        ledger.prices = prices
+    return ledger
+
+
+def _ledger_settings(
+    budget_usd: float | None, budget_tokens: int | None, prices: Any, max_retries: int, retry_backoff: float
+) -> dict[str, Any]:
+    """The ledger's named arguments as the settings they are (checked by Context like any other)."""
+    return {
+        "budget_usd": budget_usd,
+        "budget_tokens": budget_tokens,
+        "prices": None if isinstance(prices, Prices) else prices,
+        "max_retries": max_retries,
+        "retry_backoff": retry_backoff,
+    }
 
 
 def _quiet(verbose: bool) -> contextlib.AbstractContextManager[Any]:
@@ -208,9 +211,10 @@ def learn(
         model=model,
         learner_model=learner,
         reward=reward,
+        **_ledger_settings(budget_usd, budget_tokens, prices, max_retries, retry_backoff),
     )
     check_context(ctx)  # before the ledger is built, so a bad setting costs nothing
-    ledger = _ledger(ctx, budget_usd, budget_tokens, prices, max_retries=max_retries, backoff=retry_backoff)
+    ledger = _ledger(ctx, prices)
     with _quiet(verbose):
         code = run_learning(
             ctx,
@@ -283,8 +287,9 @@ def evaluate(
         model=model,
         judge_model=judge,
         reward=reward,
+        **_ledger_settings(budget_usd, budget_tokens, prices, max_retries, retry_backoff),
     )
-    ledger = _ledger(ctx, budget_usd, budget_tokens, prices, max_retries=max_retries, backoff=retry_backoff)
+    ledger = _ledger(ctx, prices)
     with _quiet(verbose):
         code = run_eval(
             ctx,

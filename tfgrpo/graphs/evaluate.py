@@ -24,12 +24,14 @@ from tfgrpo.nodes.score import score
 from tfgrpo.state.graph_state import EvalInput, EvalOutput, EvalState
 
 
-def build_eval_graph(*, studio: bool = False) -> StateGraph[EvalState, Context, Any, Any]:
+def build_eval_graph(*, studio: bool = False) -> StateGraph[EvalState, Any, Any, Any]:
     """``studio``: the user-facing input and output schemas instead of the full state."""
+    # Studio's form shows only the fields this graph uses; Context (the CLI's) has them all. The nodes
+    # read either through as_context.
+    schema: type[Any] = EvalContext if studio else Context
     builder = StateGraph(
         EvalState,
-        # Studio's form shows only the fields this graph uses; nodes read either through as_context
-        context_schema=cast("type[Context]", EvalContext) if studio else Context,
+        context_schema=schema,
         input_schema=EvalInput if studio else EvalState,
         output_schema=EvalOutput if studio else EvalState,
     )
@@ -45,7 +47,7 @@ def build_eval_graph(*, studio: bool = False) -> StateGraph[EvalState, Context, 
 
 def compile_eval_graph(
     checkpointer: Checkpointer = None, store: BaseStore | None = None, *, studio: bool = False
-) -> CompiledStateGraph[EvalState, Context, Any, Any]:
+) -> CompiledStateGraph[EvalState, Any, Any, Any]:
     return build_eval_graph(studio=studio).compile(checkpointer=checkpointer, store=store, name="tfgrpo-eval")
 
 

@@ -13,7 +13,7 @@ calls. Without tools it is a single completion (the paper's "direct prompting").
 
 from __future__ import annotations
 
-from typing import Annotated, Any, NotRequired, cast
+from typing import Annotated, Any, NotRequired
 
 from langchain_core.messages import AnyMessage, HumanMessage
 from langgraph.graph import END, START, StateGraph
@@ -23,7 +23,7 @@ from langgraph.store.base import BaseStore
 from langgraph.types import Checkpointer
 from typing_extensions import TypedDict
 
-from tfgrpo.context import Context, InferenceContext
+from tfgrpo.context import InferenceContext
 from tfgrpo.errors import ConfigError
 from tfgrpo.nodes.policy import build_policy_agent
 
@@ -60,11 +60,12 @@ def ask(state: InferenceState) -> dict[str, Any]:
 
 def build_studio_inference_graph(
     checkpointer: Checkpointer = None, store: BaseStore | None = None
-) -> CompiledStateGraph[InferenceState, Context, Any, Any]:
+) -> CompiledStateGraph[InferenceState, Any, Any, Any]:
+    # Studio's form shows only the fields this graph uses; the nodes read it through as_context
+    schema: type[Any] = InferenceContext
     builder = StateGraph(
         InferenceState,
-        # Studio's form shows only the fields this graph uses; nodes read it through as_context
-        context_schema=cast("type[Context]", InferenceContext),
+        context_schema=schema,
         input_schema=InferenceInput,
         output_schema=InferenceOutput,
     )

@@ -24,12 +24,14 @@ from tfgrpo.nodes.validate import fan_out_validation, validate, validation_gate
 from tfgrpo.state.graph_state import LearnInput, LearnOutput, LearnState
 
 
-def build_learn_graph(*, studio: bool = False) -> StateGraph[LearnState, Context, Any, Any]:
+def build_learn_graph(*, studio: bool = False) -> StateGraph[LearnState, Any, Any, Any]:
     """``studio``: the user-facing input and output schemas instead of the full state."""
+    # Studio's form shows only the fields this graph uses; Context (the CLI's) has them all. The nodes
+    # read either through as_context.
+    schema: type[Any] = LearnContext if studio else Context
     builder = StateGraph(
         LearnState,
-        # Studio's form shows only the fields this graph uses; nodes read either through as_context
-        context_schema=cast("type[Context]", LearnContext) if studio else Context,
+        context_schema=schema,
         input_schema=LearnInput if studio else LearnState,
         output_schema=LearnOutput if studio else LearnState,
     )
@@ -55,7 +57,7 @@ def build_learn_graph(*, studio: bool = False) -> StateGraph[LearnState, Context
 
 def compile_learn_graph(
     checkpointer: Checkpointer = None, store: BaseStore | None = None, *, studio: bool = False
-) -> CompiledStateGraph[LearnState, Context, Any, Any]:
+) -> CompiledStateGraph[LearnState, Any, Any, Any]:
     return build_learn_graph(studio=studio).compile(
         checkpointer=checkpointer, store=store, name="tfgrpo-learn"
     )

@@ -4,19 +4,18 @@ that checks the run's context first.
 The API server drops context fields that are not in a graph's context schema before the graph sees them,
 so a misspelled setting (``modle``) would be ignored without a word; it hands a graph factory the context
 as the client sent it. Each factory refuses unknown fields (suggesting the field a near miss meant) and
-values of the wrong type with one line naming the field, then returns the compiled graph (built once).
+values of the wrong type or out of range with one line naming the field (the CLI's and Python API's line
+for the same value), then returns the compiled graph (built once).
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import fields
 from typing import Any
 
 from langgraph.pregel import Pregel
 from langgraph_sdk.runtime import ServerRuntime
 
-from tfgrpo.context import check_names
 from tfgrpo.graphs import evaluate as _evaluate
 from tfgrpo.graphs import inference as _inference
 from tfgrpo.graphs import learn as _learn
@@ -29,8 +28,7 @@ def checked(graph: Pregel[Any, Any, Any, Any], runtime: ServerRuntime) -> Pregel
     context = execution.context if execution is not None else None
     schema = graph.context_schema
     if isinstance(context, Mapping) and schema is not None:
-        check_names(context, (f.name for f in fields(schema)))
-        schema(**context)  # the types: one line naming the field
+        schema(**context)  # unknown names, types, bounds: one line naming the field
     return graph
 
 

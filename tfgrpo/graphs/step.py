@@ -55,12 +55,14 @@ def begin(state: StepState) -> dict[str, Any]:
     return {} if state.get("run_id") else {"run_id": uuid.uuid4().hex}
 
 
-def build_step_graph(*, studio: bool = False) -> StateGraph[StepState, Context, Any, Any]:
+def build_step_graph(*, studio: bool = False) -> StateGraph[StepState, Any, Any, Any]:
     """``studio``: the user-facing input (batch, E, run id) and output (E, the step's report)."""
+    # Studio's form shows only the fields this graph uses; Context (the CLI's) has them all. The nodes
+    # read either through as_context.
+    schema: type[Any] = StepContext if studio else Context
     builder = StateGraph(
         StepState,
-        # Studio's form shows only the fields this graph uses; nodes read either through as_context
-        context_schema=cast("type[Context]", StepContext) if studio else Context,
+        context_schema=schema,
         input_schema=StepInput if studio else StepState,
         output_schema=StepOutput if studio else StepState,
     )
@@ -76,7 +78,7 @@ def build_step_graph(*, studio: bool = False) -> StateGraph[StepState, Context, 
 
 def compile_step_graph(
     checkpointer: Checkpointer = None, store: BaseStore | None = None, *, studio: bool = False
-) -> CompiledStateGraph[StepState, Context, Any, Any]:
+) -> CompiledStateGraph[StepState, Any, Any, Any]:
     return build_step_graph(studio=studio).compile(checkpointer=checkpointer, store=store, name="tfgrpo-step")
 
 

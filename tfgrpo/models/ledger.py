@@ -574,7 +574,7 @@ _threads: dict[tuple[int, str], Ledger] = {}
 
 
 def ledger_from_context(ctx: Any) -> Ledger:
-    """A ledger from the context's ``budget_usd``, ``budget_tokens`` (0: no cap), ``prices``,
+    """A ledger from the context's ``budget_usd``, ``budget_tokens`` (None: no cap), ``prices``,
     ``max_retries``, ``retry_backoff`` and ``max_concurrency``."""
     ledger = Ledger(
         max_concurrency=ctx.max_concurrency,
