@@ -201,8 +201,6 @@ CLI_HELP = {
     "max_tokens": "cap per policy completion (default 1024; 160 on the embedded model, 96 in the main job)",
     "learner_max_tokens": "cap per summarize / extract / update completion (default 4096; 1024 on the "
     "embedded model)",
-    "whole_attempt_tokens": "the extractor reads a group's attempts whole (no summarize calls) when each is at "
-    "most this many tokens and calls no tool; 0: summarize every attempt",
     "answer_grammar": "GBNF file constraining the policy's answers when no tool is offered (llama.cpp "
     "servers only); '' = none (default: none; the main job's tfgrpo/main_job_prompts/answer.gbnf)",
     "lesson_pattern": "regular expression (^...$) every lesson must match, also sent in the learner's "
