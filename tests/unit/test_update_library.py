@@ -18,15 +18,18 @@ from tfgrpo.data import load_dataset
 from tfgrpo.learner import gate_summary
 from tfgrpo.nodes.extract import LESSON_MAX_CHARS, WORD_CAP, extraction_schema
 from tfgrpo.nodes.lesson_gate import (
+    ANSWER_LEAK,
     NOT_PROSE,
     OVER_CAP,
     PROBLEM_SPECIFIC,
     TEMPLATE_COPY,
     leak_of,
     lesson_flaw,
+    retry_hint,
 )
 from tfgrpo.nodes.update_library import LibraryUpdate, learner_templates
 from tfgrpo.runs.rundir import RunDir, totals
+from tfgrpo.state.library import Operation
 from tfgrpo.state.types import Query
 
 TEMPLATES = learner_templates("", 2)
@@ -261,3 +264,83 @@ def test_a_rewrite_sharing_only_common_words_with_the_reason_passes() -> None:
     )
     out = run_step(fake, batch=BATCH[:1])
     assert [i["text"] for i in out["library"]["items"]] == [SHORT + " Shorten it."]
+
+
+# ------------------------------------------------- the gate's fixture: what it must pass, what it must stop
+# Against the learner's real instructions (default and main-job prompts, schema descriptions). A probe of
+# the study (issue 27) found 4 of 12 correct convention lessons rejected for words like "reward", "final
+# response" or the extract prompt's own "the pitfall the attempts fell into".
+DURATION: Query = {
+    "id": "d1",
+    "question": "A meeting lasts 147 minutes. How long is it in hours?",
+    "answer": "2.45",
+}
+CONVENTION_LESSONS = [
+    "When a duration in minutes is asked in hours, divide by sixty and give one decimal number of hours, "
+    "never hours and minutes.",
+    "When the question asks for hours, the reward reads only the answer line: write the decimal hours "
+    "there, without a unit or minutes.",
+    "When a time must be reported in hours, put the final response on one answer line as a decimal; "
+    "answers in hours and minutes scored zero.",
+    "When converting minutes to hours, avoid the pitfall the attempts fell into: writing hours and minutes "
+    "instead of one decimal number of hours.",
+    "When the reply risks running out of length, write the answer line first and the working after it; "
+    "cut-off replies never reached their answer.",
+    "When a fraction must be simplified, divide both parts by their greatest common divisor and write it "
+    "as a over b in lowest terms.",
+    "When an answer is a date, write it as year, month, day with two-digit month and day; other orders "
+    "were read as wrong answers.",
+]
+LEAKS_AND_COPIES = [
+    ("When a meeting is long, its length in hours is 2.45, not hours and minutes.", ANSWER_LEAK),
+    ("Remember: a meeting lasts 147 minutes. How long is it in hours? Divide.", ANSWER_LEAK),
+    ("When 147 minutes are converted, divide by sixty to get the hours right.", PROBLEM_SPECIFIC),
+    ("This attempt divided by sixty, but the others wrote hours and minutes instead.", PROBLEM_SPECIFIC),
+    ("Attempt 3 gave a decimal number of hours while the others gave hours and minutes.", PROBLEM_SPECIFIC),
+    ("When it applies (a feature of the problem), what to do, the pitfall seen.", TEMPLATE_COPY),
+    ("ADD/UPDATE: the lesson text (max 35 words). DELETE/NONE: empty.", TEMPLATE_COPY),
+    ("When a rate is given per hour but the time in minutes, convert the minutes to hours.", TEMPLATE_COPY),
+]
+
+
+@pytest.mark.parametrize("templates", [TEMPLATES, MAIN_JOB_TEMPLATES], ids=["default", "main-job"])
+@pytest.mark.parametrize(
+    "lesson", [*CONVENTION_LESSONS, *(lesson for lesson, _ in GENERAL_LESSONS)], ids=lambda s: s[:40]
+)
+def test_correct_convention_and_general_lessons_pass_the_gate(lesson: str, templates: set) -> None:
+    assert len(lesson.split()) <= WORD_CAP
+    assert lesson_flaw(lesson, [DURATION], templates) is None
+
+
+@pytest.mark.parametrize(("lesson", "reason"), LEAKS_AND_COPIES, ids=lambda s: str(s)[:40])
+def test_leaks_and_copies_are_rejected_by_the_gate(lesson: str, reason: str) -> None:
+    flaw = lesson_flaw(lesson, [DURATION], TEMPLATES | MAIN_JOB_TEMPLATES)
+    assert flaw is not None and flaw[0] == reason, flaw
+
+
+@pytest.mark.parametrize(
+    ("rejected", "rewrite"),
+    [
+        (  # not prose -> "write it as a sentence in words"
+            "hours = minutes / 60",
+            "When a duration must be given in hours, write it as one decimal number of hours, not hours and "
+            "minutes.",
+        ),
+        (  # copies the instructions -> "say it in your own words"
+            "When it applies (a feature of the problem), what to do, the pitfall seen.",
+            "When a time is asked in hours, say it in hours as one decimal number, not in hours and minutes.",
+        ),
+        (  # answer leak -> "leave the answer and the question's wording out"
+            "When a meeting is long, its length in hours is 2.45, not hours and minutes.",
+            "When the question asks for hours, leave the answer as one decimal number of hours, not hours "
+            "and minutes.",
+        ),
+    ],
+    ids=["not-prose", "template-copy", "answer-leak"],
+)
+def test_a_rewrite_that_obeys_the_retry_hint_is_not_its_echo(rejected: str, rewrite: str) -> None:
+    op: Operation = {"op": "ADD", "content": rejected, "sources": ["d1"]}
+    flaw = lesson_flaw(rejected, [DURATION], TEMPLATES)
+    assert flaw is not None
+    hint = retry_hint(flaw[0], flaw[1], op)
+    assert lesson_flaw(rewrite, [DURATION], TEMPLATES, hint=hint) is None, hint

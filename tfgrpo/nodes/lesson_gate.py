@@ -53,9 +53,12 @@ MIN_PROSE_SHARE = 0.5
 # or SPECIFIC_NUMBERS distinct ones ("subtract 1 from 2" for "2 - 1"); single small numbers are generic.
 SPECIFIC_DIGITS = 2
 SPECIFIC_NUMBERS = 2
-# Narrating one attempt ("The reward for this attempt was 0") is a report, not a lesson.
+# Narrating one attempt ("The reward for this attempt was 0", "attempt 3 wrote ...") is a report, not a
+# lesson. "reward" and "final response" alone are not narration: a correct convention lesson says what the
+# reward reads or where the final response goes (a probe of issue 27: 4 of 12 correct lessons were
+# rejected for such words).
 NARRATION = re.compile(
-    r"\b(rewards?|this (attempt|problem|question|response)|final response|(first|second) (model )?turn)\b",
+    r"\b(this (attempt|problem|question|response)|attempts? #?\d+|(first|second) (model )?turn)\b",
     re.IGNORECASE,
 )
 
@@ -177,9 +180,13 @@ ECHO_WORDS = 3
 
 
 def echo_of(content: str, hint: str) -> str | None:
-    """Three or more consecutive words of the gate's ``hint`` in a rewrite's ``content``, or None. The
-    hint's parts in brackets (the lesson's own words, the problem's numbers) do not count."""
+    """Three or more consecutive words of the gate's verdict in ``hint`` in a rewrite's ``content``, or
+    None. The hint's parts in brackets (the lesson's own words, the problem's numbers) do not count, nor
+    does the action it asks for (:data:`RETRY_ACTIONS`): a rewrite that obeys "write it as a sentence in
+    words" or "leave the answer ... out" may well say "write it as" or "leave the answer"."""
     own = re.sub(r"\([^)]*\)", " ", hint)
+    for action in RETRY_ACTIONS.values():
+        own = own.replace(action, " ")
     return first_shared(_words(content), ngrams(_words(own), ECHO_WORDS), ECHO_WORDS)
 
 
