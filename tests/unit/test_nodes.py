@@ -400,7 +400,8 @@ def test_extract_repairable_output_is_parsed_without_retry(reply: dict) -> None:
         == "Parsed from a sloppy reply: when a sum mixes signs, add the terms in order."
     )
     assert out["report"]["operations_proposed"] == 1
-    assert out["report"]["operations_final"] == 0  # the consolidation kept none: the report shows it
+    # the consolidation kept none: the lesson is kept as proposed, and the report shows it
+    assert out["report"]["lessons_kept"] == 1 and out["report"]["operations_final"] == 1
 
 
 def test_extract_operations_beyond_k_are_cut_and_counted() -> None:
@@ -591,5 +592,7 @@ def test_consolidation_sources_restricted_to_batch_queries() -> None:
 
     fake = Fake(update=consolidate)
     out = run_step(fake)
-    (item,) = out["library"]["items"]
-    assert item["sources"] == ["q1"]
+    merged, kept = out["library"]["items"]
+    assert merged["sources"] == ["q1"]
+    # q2's lesson, which the consolidation left out, is kept as proposed, with its own source
+    assert kept["sources"] == ["q2"] and out["report"]["lessons_kept"] == 1

@@ -6,6 +6,7 @@ schema's length bound, and the main job's example lessons. The gate's pure check
 
 from __future__ import annotations
 
+import json
 import re
 from pathlib import Path
 
@@ -344,3 +345,73 @@ def test_a_rewrite_that_obeys_the_retry_hint_is_not_its_echo(rejected: str, rewr
     assert flaw is not None
     hint = retry_hint(flaw[0], flaw[1], op)
     assert lesson_flaw(rewrite, [DURATION], TEMPLATES, hint=hint) is None, hint
+
+
+# ------------------------------------------- a gate-passing ADD is merged or kept, never silently dropped
+ADDITION = (
+    "When adding two numbers, line up their units digits first; misaligned columns gave sums off by a digit."
+)
+SUBTRACTION = (
+    "When subtracting, take the smaller number from the larger and then set the sign; reversed order "
+    "flipped it."
+)
+
+
+def lesson_per_question(body: dict) -> dict:
+    lesson = ADDITION if "Calculate 2 + 3." in str(body["messages"]) else SUBTRACTION
+    return tool_reply(
+        "ExtractedExperiences", {"analysis": "a", "operations": [{"op": "ADD", "content": lesson}]}
+    )
+
+
+@pytest.mark.parametrize(
+    "final",
+    [
+        [{"op": "ADD", "content": ADDITION, "sources": ["q1"]}],  # q2's only lesson left out
+        [{"op": "NONE", "content": "", "sources": []}],  # both left out ("specific to one problem")
+    ],
+    ids=["one-dropped", "none"],
+)
+def test_a_consolidation_that_drops_a_groups_only_lesson_keeps_it(final: list[dict]) -> None:
+    fake = Fake(
+        extract=lesson_per_question, update=lambda body: tool_reply("LibraryUpdate", {"operations": final})
+    )
+    out = run_step(fake)
+    texts = [item["text"] for item in out["library"]["items"]]
+    assert sorted(texts) == sorted([ADDITION, SUBTRACTION])
+    report = out["report"]
+    assert report["lessons_kept"] == len([ADDITION, SUBTRACTION]) - sum(op["op"] == "ADD" for op in final)
+    kept = [op for op in report["applied"] if op["content"] == SUBTRACTION]
+    assert kept and kept[0]["reason"].startswith("kept as proposed")
+
+
+def test_a_consolidation_that_merges_two_groups_lessons_keeps_only_the_merge() -> None:
+    merged = "When adding or subtracting, align the units digits and set the sign last; slips came from both."
+    final = [{"op": "ADD", "content": merged, "sources": ["q1", "q2"]}]
+    fake = Fake(
+        extract=lesson_per_question, update=lambda body: tool_reply("LibraryUpdate", {"operations": final})
+    )
+    out = run_step(fake)
+    assert [item["text"] for item in out["library"]["items"]] == [merged]
+    assert out["report"]["lessons_kept"] == 0
+
+
+def test_the_text_of_every_proposed_and_rejected_lesson_is_in_the_report(tmp_path: Path) -> None:
+    junk = "81 + (-78) = 3"
+    fake = Fake(
+        extract=extract_reply([{"op": "ADD", "content": GOOD}, {"op": "ADD", "content": junk}]),
+        retry=lambda body: tool_reply("RevisedLesson", {"content": ""}),
+    )
+    out = run_step(fake, batch=BATCH[:1])
+    report = out["report"]
+    assert [op["content"] for op in report["proposed"]] == [GOOD, junk]
+    run = RunDir(tmp_path)
+    run.create()
+    run.write_outputs({"library": out["library"]}, [report])
+    saved = json.loads((tmp_path / "report.json").read_text())["steps"][0]
+    assert [op["content"] for op in saved["proposed"]] == [GOOD, junk]
+    md = (tmp_path / "report.md").read_text()
+    proposed = md.split("## Proposed operations", 1)[1].split("##", 1)[0]
+    assert f'- step 0: ADD "{GOOD}"' in proposed and f'- step 0: ADD "{junk}"' in proposed
+    rejected = md.split("## Rejected operations", 1)[1]
+    assert f'- step 0: ADD "{junk}" — proposal: not prose' in rejected

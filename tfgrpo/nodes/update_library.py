@@ -105,9 +105,10 @@ pitfall; at most {word_cap} words.
 4. DELETE an experience only when a proposal contradicts it with evidence, or when proposals from two \
 or more different problems report that it misled. DELETE wins over an UPDATE of the same id; several \
 UPDATEs of one id become one.
-5. Drop proposals specific to one problem: a lesson that names a quantity, entity, value or the answer \
-of its problem, or that would help only on that problem. Drop generic advice ("double-check", "be \
-careful") that names no trigger.
+5. Every proposed ADD ends up merged into an operation (list its problem in `sources`) or kept as it \
+is: a proposal you leave out is added as proposed. Rewrite a lesson that names a quantity, entity, value \
+or the answer of its problem into the general rule; sharpen generic advice ("double-check", "be \
+careful") with its trigger.
 6. Respect the capacity: when little is left, prefer merging and UPDATE over ADD.
 Only use ids that exist in the library. Answer NONE when nothing should change. Call the LibraryUpdate \
 tool."""
@@ -177,6 +178,9 @@ def consolidation_chunks(proposed: list[Operation], max_tokens: int) -> list[lis
     return chunks
 
 
+KEPT_AS_PROPOSED = "kept as proposed: the consolidation left it out"
+
+
 def consolidate(
     runtime: Runtime[Context],
     ctx: Context,
@@ -233,13 +237,26 @@ def consolidate(
     for op in proposed:
         sources_of_text.setdefault(op.get("content") or "", set()).update(op.get("sources") or [])
     final: list[Operation] = []
+    covered: set[str] = set()  # problems whose proposals a final ADD/UPDATE merged or kept
     for op in done["operations"]:
         # provenance: the sources the model named if real, else those of the proposal it repeats, else
         # every proposing problem's (the gate then checks against all of them)
         sources = [s for s in op.get("sources") or [] if s in known_sources]
         if not sources:
             sources = sorted(sources_of_text.get(op.get("content") or "", set()) & known_sources)
-        final.append(cast(Operation, {**op, "sources": sources or sorted(known_sources)}))
+        sources = sources or sorted(known_sources)
+        if op.get("op") in ("ADD", "UPDATE"):
+            covered.update(sources)  # one of unknown provenance may have merged any of them
+        final.append(cast(Operation, {**op, "sources": sources}))
+    # a gate-passing ADD is merged or kept, never silently dropped (the reference code never drops one;
+    # a small learner dropped a group's only lesson as "specific to one problem")
+    texts = {op.get("content") for op in final if op.get("op") in ("ADD", "UPDATE")}
+    left_out = [
+        op
+        for op in proposed
+        if op["op"] == "ADD" and op.get("content") not in texts and not covered & set(op.get("sources") or [])
+    ]
+    final += [cast(Operation, {**op, "reason": KEPT_AS_PROPOSED}) for op in left_out]
     return final, done["calls"], []
 
 
@@ -274,7 +291,7 @@ def update_library(state: StepState, runtime: Runtime[Context]) -> dict[str, Any
     rejected: list[RejectedOperation] = []
     leaks: list[RejectedOperation] = []
     final_counts: Counter[str] = Counter()
-    n_final = 0
+    n_final = kept = 0
     for i, chunk in enumerate(chunks or [[]]):
         # one chunk keeps the memo key of a single consolidation (a resumed run finds it)
         key = "consolidation" if len(chunks) <= 1 else f"consolidation-{i + 1}-of-{len(chunks)}"
@@ -294,6 +311,7 @@ def update_library(state: StepState, runtime: Runtime[Context]) -> dict[str, Any
         )
         applied += chunk_applied
         rejected += chunk_rejected
+        kept += sum(op.get("reason") == KEPT_AS_PROPOSED for op in final)
         leaks += chunk_leaks
         final_counts += chunk_counts
         n_final += len(final) + len(chunk_leaks)
@@ -310,5 +328,6 @@ def update_library(state: StepState, runtime: Runtime[Context]) -> dict[str, Any
         final_operations=n_final,
         lessons_rejected=dict(gate_counts + final_counts),
         lessons_retried=dict(retried),
+        lessons_kept=kept,
     )
     return {"library": new_library, "report": report, "usage": usage_of(calls), "dropped": dropped}

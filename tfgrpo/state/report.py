@@ -40,12 +40,14 @@ def build_step_report(
     final_operations: int | None = None,
     lessons_rejected: dict[str, int] | None = None,
     lessons_retried: dict[str, int] | None = None,
+    lessons_kept: int = 0,
 ) -> StepReport:
     """``final_operations``: how many operations the consolidation kept (merging and discarding
     proposals is its job; the report shows how many it let through). ``lessons_rejected``: ADD/UPDATEs
     the lesson gate stopped for good, by reason (proposals after their retry, and final operations; they
     are also in ``rejected``). ``lessons_retried``: proposals sent back to the learner once, by the
-    reason the gate first gave."""
+    reason the gate first gave. ``lessons_kept``: proposed ADDs the consolidation left out, kept as
+    proposed (never silently dropped)."""
     groups = state.get("groups", [])
     rewards = [r for group in groups for r in group["rewards"] if r is not None]
     usage = merge_usage(state.get("usage"), usage_of(more_calls))
@@ -75,6 +77,7 @@ def build_step_report(
         "dropped": dict(Counter(d["stage"] for d in dropped)),
         "lessons_rejected": dict(lessons_rejected or {}),
         "lessons_retried": dict(lessons_retried or {}),
+        "lessons_kept": lessons_kept,
         "malformed": {node: u.get("malformed", 0) for node, u in usage.items() if u.get("malformed")},
         "usage": usage,
         **usage_totals(usage),  # type: ignore[typeddict-item]

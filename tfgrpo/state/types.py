@@ -201,6 +201,7 @@ class StepReport(TypedDict):
     dropped: dict[str, int]  # stage -> count
     lessons_rejected: NotRequired[dict[str, int]]  # lesson-gate reason -> ADD/UPDATEs rejected for good
     lessons_retried: NotRequired[dict[str, int]]  # first gate reason -> proposals sent back once
+    lessons_kept: NotRequired[int]  # proposed ADDs the consolidation left out, kept as proposed
     malformed: NotRequired[dict[str, int]]  # stage -> replies with unusable structured output
     calls: int  # paid calls (requests the server answered or refused)
     calls_failed: int
