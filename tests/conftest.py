@@ -127,15 +127,17 @@ def hold_after(server: FakeOpenAIServer, n: int, counts: Callable[[dict], bool] 
     server.hold(predicate)
 
 
-def interrupt_once_held(proc: subprocess.Popen[str], server: FakeOpenAIServer) -> tuple[int, str]:
-    """Ctrl-C ``proc`` once ``server`` holds one of its requests, then let the held requests finish;
-    returns the exit code and stderr."""
+def interrupt_once_held(
+    proc: subprocess.Popen[str], server: FakeOpenAIServer, sig: int = signal.SIGINT
+) -> tuple[int, str]:
+    """Ctrl-C ``proc`` (or send it ``sig``) once ``server`` holds one of its requests, then let the held
+    requests finish; returns the exit code and stderr."""
     try:
         deadline = time.time() + 60
         while server.held_count() < 1:
             assert time.time() < deadline, "timed out waiting for a held request"
             time.sleep(0.05)
-        proc.send_signal(signal.SIGINT)
+        proc.send_signal(sig)
         time.sleep(0.5)
         server.hold(None)
         server.release()

@@ -29,7 +29,7 @@ from tfgrpo.evals.report import (
 )
 from tfgrpo.evals.rewards import ground_truth_reward, warm_up
 from tfgrpo.graphs.evaluate import compile_eval_graph
-from tfgrpo.models.ledger import Ledger, use_llm_cache
+from tfgrpo.models.ledger import Ledger, spent_so_far, use_llm_cache
 from tfgrpo.models.spec import resolve_spec
 from tfgrpo.nodes._llm import publish_library_text
 from tfgrpo.nodes.attempt import attempt_key, attempt_namespace
@@ -146,6 +146,8 @@ def run_eval(
     if ctx.library and not settings["library_items"]:
         print(f"note: {ctx.library} holds no experience: both arms get the same prompt", flush=True)
     check_eval_resume(eval_dir, settings)
+    if ledger is not None:  # a model without a price under --budget-usd: refused before the header
+        ledger.check_prices(sorted({settings["model"], settings["judge_model"] or settings["model"]}))
     build_models(ctx)  # not in the first wave of runs (see build_models)
     if eval_dir.exists() and not eval_dir.is_dir():
         raise ConfigError(f"--eval-dir {eval_dir} is a file, not a directory: pass a directory")
@@ -209,7 +211,7 @@ def _evaluate(
         "failed_runs": settings["failed_runs"],
     }
     total = len(queries) * k * len(arms)
-    config, graph_input, spent = _plan_round(graph, backend, eval_dir, ctx, fresh_input, retry_failed)
+    config, graph_input = _plan_round(graph, backend, eval_dir, ctx, fresh_input, retry_failed)
     if config is not None:
         if graph_input is not None and "eval_id" not in graph_input:  # a new evaluation
             if any((eval_dir / name).exists() for name in ("results.json", "report.json")):
@@ -227,9 +229,11 @@ def _evaluate(
                 atomic_write(eval_dir / "library.json", json.dumps(library, indent=2) + "\n")
         ledger = ledger or Ledger(max_concurrency=ctx.max_concurrency)
         ledger.check_prices(sorted({settings["model"], settings["judge_model"] or settings["model"]}))
-        ledger.spent_tokens, ledger.spent_usd = spent
+        cache_run = backend.run_id if backend.shared else ""  # the namespace of the eval's result cache
+        # what the server was paid (cached answers apart), exact after a kill, as for learn
+        ledger.spent_tokens, ledger.spent_usd = spent_so_far(store, cache_run, ledger.prices)
         # every response is kept the moment it arrives (per run id in a shared database)
-        with quiet_gc(), use_llm_cache(store, backend.run_id if backend.shared else "", ledger):
+        with quiet_gc(), use_llm_cache(store, cache_run, ledger):
             code = _drive(graph, graph_input, config, ctx, ledger, total, progress, eval_dir)
         if code:
             return code
@@ -287,25 +291,24 @@ def _config(eval_dir: Path, ctx: Context, backend: Backend) -> RunnableConfig:
 
 def _plan_round(
     graph: Any, backend: Backend, eval_dir: Path, ctx: Context, fresh_input: EvalState, retry_failed: bool
-) -> tuple[RunnableConfig | None, EvalState | None, tuple[int, float]]:
-    """What to run now: (config, input, already spent). Config None: complete, nothing to run. Input
+) -> tuple[RunnableConfig | None, EvalState | None]:
+    """What to run now: (config, input). Config None: complete, nothing to run. Input
     None: resume the interrupted round. A retry round starts on a new thread with the same eval id, so
     every finished run comes back from the memo for free and only the failed ones (memo deleted) run."""
     store = backend.store
     config = _config(eval_dir, ctx, backend)
     snapshot = graph.get_state(config)
     values = dict(snapshot.values or {})
-    spent = _spent(values.get("results", []))
     failed = [r for r in values.get("results", []) if r["reward"] is None]
     if not values:
-        return config, fresh_input, spent
+        return config, fresh_input
     if not eval_complete(values):
         print(f"resuming {eval_dir}: {len(values.get('results', []))} runs already done", flush=True)
-        return config, None, spent
+        return config, None
     if not (retry_failed and failed):
         note = f" ({len(failed)} failed run(s): --retry-failed runs them again)" if failed else ""
         print(f"evaluation in {eval_dir} is already complete{note}", flush=True)
-        return None, None, spent
+        return None, None
     for r in failed:
         store.delete(attempt_namespace(values["eval_id"], r["arm"]), attempt_key(r["query_id"], r["i"]))
     thread = str(config["configurable"]["thread_id"]).rsplit("/", 1)[-1]
@@ -315,7 +318,7 @@ def _plan_round(
     graph_input: EvalState = {**fresh_input, "eval_id": values["eval_id"]}
     if values.get("arm_libraries"):
         graph_input["arm_libraries"] = values["arm_libraries"]
-    return _config(eval_dir, ctx, backend), graph_input, spent
+    return _config(eval_dir, ctx, backend), graph_input
 
 
 def _print_comparison(report: dict[str, Any], eval_dir: Path, k: int) -> None:
@@ -353,11 +356,6 @@ def leave_one_out(store: Any, eval_id: str, library: Library) -> dict[str, str]:
         rest: Library = {**library, "items": [i for i in library["items"] if i["id"] != item["id"]]}
         arms[f"without:{item['id']}"] = publish_library_text(store, eval_id, render_library(rest))
     return arms
-
-
-def _spent(results: list[dict[str, Any]]) -> tuple[int, float]:
-    tokens = sum(r["input_tokens"] + r["output_tokens"] for r in results)
-    return tokens, sum(r["cost_usd"] for r in results)
 
 
 def _drive(

@@ -20,7 +20,7 @@ from tfgrpo.data import batches_per_epoch, load_dataset, training_queries
 from tfgrpo.errors import ConfigError
 from tfgrpo.evals.rewards import reward_function, warm_up
 from tfgrpo.graphs.learn import compile_learn_graph
-from tfgrpo.models.ledger import Ledger, Prices, paid_totals, use_llm_cache
+from tfgrpo.models.ledger import Ledger, Prices, paid_totals, spent_so_far, use_llm_cache
 from tfgrpo.models.spec import resolve_spec
 from tfgrpo.nodes.policy import build_models
 from tfgrpo.nodes.variance_gate import more_attempts
@@ -86,13 +86,6 @@ class Progress:
             self.close()
 
 
-def spent_so_far(store: BaseStore, run_id: str = "", prices: Prices | None = None) -> tuple[int, float]:
-    """Tokens and dollars the server was paid for a run (``run_id``: its result cache's, "" in its own
-    run directory), exact after a crash."""
-    paid = paid_totals(store, run_id, prices)
-    return paid["input_tokens"] + paid["output_tokens"], paid["cost_usd"]
-
-
 def stored_history(run: RunDir) -> list[StepReport]:
     """The finished steps' reports from the run's ``store.sqlite`` (a killed run's too); [] without one."""
     if not run.store.exists():
@@ -109,9 +102,13 @@ def stored_paid(run: RunDir) -> dict[str, Any] | None:
     """What the server was paid for the run in ``run`` (its own run directory's result cache)."""
     if not run.store.exists():
         return None
+    try:
+        prices = Prices.load(run_prices(run))
+    except ConfigError:  # prices this version refuses (a run of an older one): the report has no dollars
+        prices = Prices(table={})
     store = open_store(run.store)
     try:
-        return paid_totals(store, "", Prices.load(run_prices(run)))
+        return paid_totals(store, "", prices)
     finally:
         store.conn.close()
 
@@ -162,6 +159,8 @@ def run_learning(
         if ctx.reward == "majority":
             raise ConfigError("--validation needs a ground-truth reward (not majority)")
         load_dataset(ctx.validation)
+    if ledger is not None:  # a model without a price under --budget-usd: refused before the header
+        ledger.check_prices(sorted({resolve_spec(ctx.model), resolve_spec(ctx.learner_model or ctx.model)}))
     warm_up(ctx.reward)  # math-verify helpers start (other processes) while this one builds the models
     build_models(ctx, learner=True)  # before the fan-out (see build_models)
     run = RunDir(run_dir)
@@ -235,7 +234,6 @@ def _learn(
         print(f"learning: {len(queries)} queries, {n_steps} steps -> {run_dir}", flush=True)
 
     ledger = ledger or Ledger(max_concurrency=ctx.max_concurrency)
-    ledger.check_prices(sorted({resolve_spec(ctx.model), resolve_spec(ctx.learner_model or ctx.model)}))
     cache_run = backend.run_id if backend.shared else ""  # the namespace of the run's result cache
     ledger.spent_tokens, ledger.spent_usd = spent_so_far(store, cache_run, ledger.prices)
     bars = Progress(progress, ctx.group_size, ctx.max_group_size)

@@ -128,6 +128,28 @@ def test_dollar_budget_is_used_and_never_exceeded(tmp_path: Path) -> None:
     assert 0.8 * budget <= spent <= budget
 
 
+def test_a_token_budget_holds_at_the_server_when_calls_time_out(tmp_path: Path) -> None:
+    """Issue 30: a call the client gave up on is still answered (and usually billed) by the provider; it
+    was booked nowhere, and a half-run budget paid the server 182 % of itself."""
+    with FakeOpenAIServer(grpo_responder) as server:
+        assert learn(server, tmp_path / "full") == 0
+        full = server_tokens(server)
+    budget = full // 2
+    run_dir = tmp_path / "half"
+    # answers take 0.05-0.6 s and the client waits 0.35 s: about half time out, and are answered anyway
+    with FakeOpenAIServer(grpo_responder, latency=0.05, latency_max=0.6, seed=5) as server:
+        ledger = Ledger(max_concurrency=4, budget_tokens=budget, max_retries=10, backoff=0.01)
+        code = learn(server, run_dir, ledger, request_timeout=0.35)
+        assert server.wait_idle()
+        paid = server_tokens(server)
+    print(f"full run {full}; budget {budget}; server paid {paid} ({paid / budget:.0%})")
+    assert code == 3
+    assert paid <= budget
+    late = report(run_dir)["totals"]["timed_out"]  # timed out, possibly billed: counted apart
+    assert late["calls"] > 0
+    assert report_tokens(run_dir) + late["tokens"] >= paid  # booked at least what the server was paid
+
+
 def malformed_responder(request: dict[str, Any]) -> dict[str, Any]:
     """grpo_responder, except that every structured answer misses its fields."""
     tool = forced_tool_name(request)

@@ -46,6 +46,13 @@ BAD = [
     (["--learner-temperature", "3"], "--learner-temperature"),
     (["--domain", "search"], "--corpus"),
     (["--domain", "search", "--corpus", "missing.jsonl"], "missing.jsonl"),
+    # issue 30: a NaN price turned the budget off, a negative one paid back (cost_usd -0.04)
+    (["--prices", '{"fake": {"input": "nan", "output": 1}}', "--budget-usd", "0.001"], "input price"),
+    (["--prices", '{"fake": {"input": 1, "output": "inf"}}'], "output price"),
+    (["--prices", '{"fake": {"input": -1, "output": 1}}', "--budget-usd", "0.001"], "input price"),
+    # a mistyped database became a SQLite file in the current directory, and the run exited 0
+    (["--db", "mysql://user@host/runs"], "postgresql://"),
+    (["--db", "postgres:/host/db"], "postgresql://"),
 ]
 
 
@@ -64,6 +71,44 @@ def test_bad_setting_is_refused_before_any_call(
     err = capsys.readouterr().err.strip().splitlines()
     assert code == 2 and len(err) == 1 and named in err[0], err
     assert fake_server.requests == []
+
+
+def test_a_model_without_a_price_under_a_dollar_budget_is_refused_before_the_header(
+    fake_server: FakeOpenAIServer, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    code = main(learn(fake_server.base_url, tmp_path / "run", "--budget-usd", "1"))
+    out = capsys.readouterr()
+    assert code == 2 and "--prices" in out.err, out.err
+    assert "learning:" not in out.out and not (tmp_path / "run" / "run.json").exists()
+    assert fake_server.requests == []
+
+
+def test_a_report_is_written_whatever_the_prices_a_run_recorded(
+    fake_server: FakeOpenAIServer, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    run_dir = tmp_path / "run"
+    assert main(learn(fake_server.base_url, run_dir)) == 0
+    settings = json.loads((run_dir / "run.json").read_text())
+    settings["context"]["prices"] = '{"fake": {"input": "nan", "output": 1}}'  # an older version's run
+    (run_dir / "run.json").write_text(json.dumps(settings))
+    (run_dir / "report.json").unlink()
+    assert main(["report", str(run_dir)]) == 0, capsys.readouterr().err
+    assert json.loads((run_dir / "report.json").read_text())["totals"]["calls"] > 0
+
+
+def test_a_database_url_env_var_of_another_scheme_is_refused(
+    fake_server: FakeOpenAIServer,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("TFGRPO_DATABASE_URL", "mysql://user:secret@host/runs")
+    code = main(learn(fake_server.base_url, tmp_path / "run"))
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and len(err) == 1 and "TFGRPO_DATABASE_URL" in err[0] and "postgresql://" in err[0], err
+    assert "secret" not in err[0]
+    assert list(tmp_path.iterdir()) == [], "a file was created for the mistyped database"
 
 
 def test_corpus_that_does_not_parse_is_refused(

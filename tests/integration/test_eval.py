@@ -180,6 +180,30 @@ def test_token_budget_stops_an_eval_that_then_resumes_without_repeats(
     assert report["arms"]["library"]["n_runs"] + report["arms"]["baseline"]["n_runs"] == 64
 
 
+def test_eval_books_what_the_server_was_paid_when_both_arms_send_the_same_requests(
+    eval_server: FakeOpenAIServer, tmp_path: Path
+) -> None:
+    """Issue 30: an empty library with --baseline (how the study's controls ended) sends each request from
+    both arms; single flight pays it once, and eval booked it twice. A budget stop printed two "spent"."""
+    empty = tmp_path / "empty.json"
+    empty.write_text(json.dumps({"version": 1, "next_id": 1, "items": []}))
+    eval_dir = tmp_path / "eval"
+    out = tfgrpo(*eval_args(eval_server, eval_dir, empty))
+    assert out.returncode == 0, out.stderr
+    paid = eval_server.usage_totals
+    arms = json.loads((eval_dir / "report.json").read_text())["arms"].values()
+    assert sum(a["calls"] for a in arms) == paid["calls"] == 32
+    assert sum(a["input_tokens"] + a["output_tokens"] for a in arms) == paid["total_tokens"]
+    assert sum(a["cached_calls"] for a in arms) == 32
+
+    eval_server.reset_stats()
+    stopped = tfgrpo(
+        *eval_args(eval_server, tmp_path / "half", empty, "--budget-tokens", str(paid["total_tokens"] // 2))
+    )
+    assert stopped.returncode == 3, stopped.stderr
+    assert stopped.stderr.count("spent") == 1, stopped.stderr
+
+
 def test_ctrl_c_stops_an_eval_cleanly(eval_server: FakeOpenAIServer, tmp_path: Path) -> None:
     library = write_library(tmp_path / "library.json")
     eval_dir = tmp_path / "eval"

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import signal
 import subprocess
 from pathlib import Path
 
@@ -60,19 +61,26 @@ def test_sigkill_mid_rollout_repeats_no_finished_call(fake_server: FakeOpenAISer
     assert len(ids) == len(set(ids)) and library["next_id"] > max(int(i[1:]) for i in ids)
 
 
-def test_ctrl_c_drains_and_resumes(fake_server: FakeOpenAIServer, tmp_path: Path) -> None:
+# Ctrl-C, and what docker stop, systemd and CI cancellation (SIGTERM) and a closed terminal (SIGHUP) send:
+# each drains (issue 30: SIGTERM and SIGHUP ended the run like SIGKILL, the calls in flight paid and lost)
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM, signal.SIGHUP], ids=lambda s: s.name)
+def test_a_stop_signal_drains_and_resumes(sig: int, fake_server: FakeOpenAIServer, tmp_path: Path) -> None:
     run_dir = tmp_path / "run"
     hold_after(fake_server, 6, is_rollout)
     proc = subprocess.Popen(learn_cmd(fake_server, run_dir), env=cli_env(), stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, text=True)  # fmt: skip
-    code, err = interrupt_once_held(proc, fake_server)
+    code, err = interrupt_once_held(proc, fake_server, sig)
     assert code == 130, err
     assert "resume with the same command" in err
     assert "Traceback" not in err
+    finished = {request_key(b) for b in fake_server.completed}  # the held calls in flight included
 
+    fake_server.reset_stats()
     out = subprocess.run(learn_cmd(fake_server, run_dir), env=cli_env(), capture_output=True, text=True,
                          timeout=180)  # fmt: skip
     assert out.returncode == 0, out.stdout + out.stderr
+    repeated = [b for b in fake_server.requests if request_key(b) in finished]
+    assert repeated == [], f"{len(repeated)} calls finished during the drain were paid again"
     report = json.loads((run_dir / "report.json").read_text())
     assert [s["step"] for s in report["steps"]] == [0, 1, 2, 3]
 

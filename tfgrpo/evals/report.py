@@ -99,6 +99,7 @@ def build_eval_report(
             input_tokens=sum(r["input_tokens"] for r in mine),
             output_tokens=sum(r["output_tokens"] for r in mine),
             cost_usd=round(sum(r["cost_usd"] for r in mine), 6),
+            cached_calls=sum(r.get("cached_calls", 0) for r in mine),  # paid by an identical request
         )
         n = max(1, len(ids))
         summary["tokens_per_question"] = round((summary["input_tokens"] + summary["output_tokens"]) / n, 1)

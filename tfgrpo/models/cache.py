@@ -120,6 +120,20 @@ class StoreLLMCache(BaseCache):
         self.store.put(self.namespace, key, value, index=False)
         self.release([key])
 
+    def book_abandoned(self, spec: str, input_tokens: int, output_tokens: int) -> None:
+        """An attempt the client gave up on, at its reservation: the provider may have answered and billed
+        it. Kept beside the responses (under a key no request has) so that a run's paid total counts it."""
+        value = {
+            "session": self.session,
+            "paid": {
+                "spec": spec,
+                "input_tokens": input_tokens,
+                "output_tokens": output_tokens,
+                "timed_out": True,
+            },
+        }
+        self.store.put(self.namespace, f"timed-out-{uuid.uuid4().hex}", value, index=False)
+
     def clear(self, **kwargs: Any) -> None:
         while items := self.store.search(self.namespace, limit=500):
             for item in items:
@@ -209,7 +223,8 @@ def uninstall() -> None:
 
 
 def paid_usage(store: BaseStore, run_id: str = "") -> Iterator[dict[str, Any]]:
-    """What the server was paid for each response of a run (``spec``, input and output tokens)."""
+    """What the server was paid for each response of a run (``spec``, input and output tokens), and each
+    attempt the client gave up on (``timed_out``: booked at its reservation, possibly billed)."""
     namespace = NAMESPACE + (run_id,) if run_id else NAMESPACE
     offset = 0
     while True:

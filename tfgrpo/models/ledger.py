@@ -13,6 +13,9 @@ Every LLM call of a run goes through :meth:`Ledger.call`:
   resumably. The budget is never exceeded, and most of it is used;
 * a call answered from the run's result cache (:mod:`tfgrpo.models.cache`) paid nothing: it is booked
   apart (``cached``) and never against the budget;
+* an attempt the client gave up on (a timeout) may still be answered, and billed, by the provider: it is
+  booked at its reservation (prompt bound + ``max_tokens``), kept in the run's store (a resume counts it)
+  and reported apart ("timed out, possibly billed"); its retry needs a reservation of its own;
 * transient failures (429, 5xx, timeouts, connection resets, malformed bodies) are retried with
   exponential backoff and jitter; other 4xx errors are not; retries are counted.
 """
@@ -21,6 +24,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import math
 import random
 import threading
 import time
@@ -82,7 +86,12 @@ ROLES = {
 
 
 class BudgetExceeded(TfgrpoError):
-    """The next call could pass the run's budget: the run stops here and can be resumed."""
+    """The next call could pass the run's budget: the run stops here and can be resumed. ``reason`` says
+    so without figures (the CLI prints the spent total once, after the calls in flight settled)."""
+
+    def __init__(self, message: str, reason: str = "") -> None:
+        super().__init__(message)
+        self.reason = reason or message
 
 
 class CallFailed(Exception):
@@ -107,6 +116,12 @@ def _model_name(spec: str) -> str:
 class Prices:
     table: dict[str, tuple[float, float]] = field(default_factory=lambda: dict(DEFAULT_PRICES))
 
+    def __post_init__(self) -> None:
+        # a NaN price turns every budget comparison false (the budget is off), a negative one pays back:
+        # refused before anything is paid
+        for model, (rate_in, rate_out) in self.table.items():
+            _check_rate("prices", model, rate_in, rate_out)
+
     @classmethod
     def load(cls, path: str | None) -> Prices:
         prices = cls()
@@ -121,11 +136,13 @@ class Prices:
             raise ConfigError(f"{path}: expected an object {{model: {{input, output}}}}")
         for model, entry in data.items():
             try:
-                prices.table[model] = (float(entry["input"]), float(entry["output"]))
+                rate = (float(entry["input"]), float(entry["output"]))
             except (TypeError, KeyError, ValueError):
                 raise ConfigError(
                     f'{path}: model {model!r}: expected {{"input": USD per 1M, "output": USD per 1M}}'
                 ) from None
+            _check_rate(path, model, *rate)
+            prices.table[model] = rate
         return prices
 
     def rate(self, spec: str) -> tuple[float, float] | None:
@@ -136,6 +153,22 @@ class Prices:
         if rate is None:
             return None
         return (input_tokens * rate[0] + output_tokens * rate[1]) / 1e6
+
+
+def _check_rate(where: str, model: str, rate_in: float, rate_out: float) -> None:
+    for name, value in (("input", rate_in), ("output", rate_out)):
+        if not isinstance(value, int | float) or not math.isfinite(value) or value < 0:
+            raise ConfigError(
+                f"{where}: model {model!r}: the {name} price must be a finite number >= 0 "
+                f"(USD per 1M tokens), got {value!r}"
+            )
+
+
+def is_timeout(exc: BaseException) -> bool:
+    """The client gave up waiting: the server may still have answered, and billed, the request."""
+    import openai
+
+    return isinstance(exc, openai.APITimeoutError | TimeoutError)
 
 
 def is_transient(exc: BaseException) -> bool:
@@ -309,7 +342,7 @@ class Ledger:
             # wait for the calls in flight to settle; never inside a call (it would wait for itself)
             if self._in_flight and current_scope() is None:
                 return None
-            raise BudgetExceeded(self._stop_message(spec, tokens_in, need))
+            raise self._budget_stop(spec, tokens_in, need)
         out = int(min(tokens_out, affordable))
         tokens = tokens_in + out
         usd = self.prices.cost(spec, tokens_in, out) or 0.0
@@ -318,19 +351,23 @@ class Ledger:
         self._in_flight += 1
         return tokens, usd, out
 
-    def _stop_message(self, spec: str, tokens_in: int, need: int) -> str:
+    def _budget_stop(self, spec: str, tokens_in: int, need: int) -> BudgetExceeded:
         what = f"a call to {spec} may need up to {tokens_in} tokens of prompt and at least {need} of answer"
         if self.budget_tokens is not None and self._affordable_tokens(tokens_in) < need:
             left = self.budget_tokens - self.spent_tokens
-            return (
+            return BudgetExceeded(
                 f"token budget reached: {left} of {self.budget_tokens} tokens left ({self.spent_tokens} "
-                f"spent), too few for a useful call ({what}); raise --budget-tokens and run the same command"
+                f"spent), too few for a useful call ({what}); raise --budget-tokens and run the same command",
+                f"token budget reached (--budget-tokens {self.budget_tokens}): too few left for a useful "
+                f"call ({what}); raise --budget-tokens and run the same command",
             )
         left_usd = (self.budget_usd or 0.0) - self.spent_usd
-        return (
+        return BudgetExceeded(
             f"dollar budget reached: ${left_usd:.4f} of ${self.budget_usd or 0.0:.4f} left "
             f"(${self.spent_usd:.4f} spent), too little for a useful call ({what}); raise --budget-usd "
-            "and run the same command"
+            "and run the same command",
+            f"dollar budget reached (--budget-usd {self.budget_usd or 0.0:g}): too little left for a "
+            f"useful call ({what}); raise --budget-usd and run the same command",
         )
 
     def _affordable_tokens(self, tokens_in: int) -> float:
@@ -373,6 +410,20 @@ class Ledger:
                     totals = (self.spent_tokens, self.spent_usd)
                 self.on_spend(*totals)
 
+    def _book_abandoned(self, spec: str, tokens: int, usd: float, tokens_in: int) -> None:
+        """An attempt the client gave up on: its reservation becomes spent (the provider may bill it up to
+        that), and it is kept in the run's store so that a resume counts it too."""
+        with self._settled:
+            self.spent_tokens += tokens
+            self.spent_usd += usd
+        if self.cache is not None:
+            self.cache.book_abandoned(spec, tokens_in, tokens - tokens_in)
+        if self.on_spend is not None:
+            with self._persist_lock:
+                with self._lock:
+                    totals = (self.spent_tokens, self.spent_usd)
+                self.on_spend(*totals)
+
     def _release(self, tokens: int, usd: float) -> None:
         with self._settled:
             self._reserved_tokens -= tokens
@@ -390,6 +441,18 @@ class Ledger:
     def _scope(self, spec: str, out: int, reserve_out: int) -> CallScope:
         return CallScope(self.cache, spec=spec, max_tokens=out if out < reserve_out else None)
 
+    def _failed(self, spec: str, exc: Exception, retries: int, held: tuple[int, float, int]) -> bool:
+        """After a failed attempt holding ``held``: raises :class:`CallFailed` when it is not retried;
+        True when its retry needs a reservation of its own (the client gave up: the attempt is booked at
+        its reservation, which the provider may bill)."""
+        timed_out = is_timeout(exc)
+        if timed_out:
+            tokens, usd, out = held
+            self._book_abandoned(spec, tokens, usd, tokens - out)
+        if not is_transient(exc) or retries >= self.max_retries:
+            raise CallFailed(exc, retries) from exc
+        return timed_out
+
     def call(
         self,
         fn: Callable[[], T],
@@ -402,30 +465,34 @@ class Ledger:
         """Run ``fn`` under the cap, the budget and the retry policy; returns (result, retries). ``fn``
         runs in a :class:`~tfgrpo.models.cache.CallScope`: the run's result cache answers it, and
         :func:`capped` gives the ``max_tokens`` the budget allows it."""
-        tokens, usd, out_cap = self._reserve(spec, reserve_in, reserve_out)
+        held: tuple[int, float, int] | None = self._reserve(spec, reserve_in, reserve_out)
         retries = 0
         try:
-            with self.semaphore:
-                while True:
-                    scope = self._scope(spec, out_cap, reserve_out)
+            while True:
+                assert held is not None
+                with self.semaphore:  # not held during a backoff: the cap is on requests in flight
+                    scope = self._scope(spec, held[2], reserve_out)
                     token = enter_scope(scope)
                     try:
                         out = fn()
                         break
                     except Exception as exc:
-                        if not is_transient(exc) or retries >= self.max_retries:
-                            raise CallFailed(exc, retries) from exc
-                        retries += 1
-                        exit_scope(scope, token)
-                        token = None
-                        time.sleep(self._delay(retries, exc))
+                        failure: Exception = exc
+                        renew = self._failed(spec, exc, retries, held)
                     finally:
-                        if token is not None:
-                            exit_scope(scope, token)
+                        exit_scope(scope, token)
+                retries += 1
+                if renew:  # the timed-out attempt's reservation is spent: its retry reserves anew
+                    self._release(held[0], held[1])
+                    held = None
+                time.sleep(self._delay(retries, failure))
+                if held is None:
+                    held = self._reserve(spec, reserve_in, reserve_out)
             self._settle(spec, message_of(out), reserve_in)
             return out, retries
         finally:
-            self._release(tokens, usd)
+            if held is not None:
+                self._release(held[0], held[1])
 
     async def _aacquire(self) -> None:
         """Take a permit without blocking the event loop. Never a blocking acquire in a worker thread: a
@@ -446,33 +513,37 @@ class Ledger:
         message_of: Callable[[T], AIMessage | None],
     ) -> tuple[T, int]:
         """:meth:`call` for async graphs (the LangGraph API server runs graphs async)."""
-        tokens, usd, out_cap = await self._areserve(spec, reserve_in, reserve_out)
+        held: tuple[int, float, int] | None = await self._areserve(spec, reserve_in, reserve_out)
         retries = 0
         try:
-            await self._aacquire()
-            try:
-                while True:
-                    scope = self._scope(spec, out_cap, reserve_out)
+            while True:
+                assert held is not None
+                await self._aacquire()
+                try:
+                    scope = self._scope(spec, held[2], reserve_out)
                     token = enter_scope(scope)
                     try:
                         out = await fn()
                         break
                     except Exception as exc:
-                        if not is_transient(exc) or retries >= self.max_retries:
-                            raise CallFailed(exc, retries) from exc
-                        retries += 1
-                        exit_scope(scope, token)
-                        token = None
-                        await asyncio.sleep(self._delay(retries, exc))
+                        failure: Exception = exc
+                        renew = self._failed(spec, exc, retries, held)
                     finally:
-                        if token is not None:
-                            exit_scope(scope, token)
-            finally:
-                self.semaphore.release()
+                        exit_scope(scope, token)
+                finally:
+                    self.semaphore.release()
+                retries += 1
+                if renew:
+                    self._release(held[0], held[1])
+                    held = None
+                await asyncio.sleep(self._delay(retries, failure))
+                if held is None:
+                    held = await self._areserve(spec, reserve_in, reserve_out)
             self._settle(spec, message_of(out), reserve_in)
             return out, retries
         finally:
-            self._release(tokens, usd)
+            if held is not None:
+                self._release(held[0], held[1])
 
 
 def capped(settings: dict[str, Any] | None = None) -> dict[str, Any]:
@@ -539,16 +610,41 @@ def with_cap(request: Any) -> Any:
 def paid_totals(store: Any, run_id: str = "", prices: Prices | None = None) -> dict[str, Any]:
     """What the server was paid for a run's responses (from its result cache, where each response is
     stored with its usage as it arrives: exact after kills and resumes). ``cost_usd`` counts the priced
-    models only."""
+    models only. ``timed_out``: the attempts the client gave up on, apart, at their reservations (calls,
+    tokens, cost_usd): the provider may have billed them up to that."""
     prices = prices or Prices()
     calls = tokens_in = tokens_out = 0
     usd = 0.0
+    late = {"calls": 0, "tokens": 0, "cost_usd": 0.0}
     for paid in paid_usage(store, run_id):
+        n_in, n_out = int(paid.get("input_tokens", 0)), int(paid.get("output_tokens", 0))
+        cost = prices.cost(str(paid.get("spec", "")), n_in, n_out) or 0.0
+        if paid.get("timed_out"):
+            late["calls"] += 1
+            late["tokens"] += n_in + n_out
+            late["cost_usd"] += cost
+            continue
         calls += 1
-        tokens_in += int(paid.get("input_tokens", 0))
-        tokens_out += int(paid.get("output_tokens", 0))
-        usd += prices.cost(str(paid.get("spec", "")), paid["input_tokens"], paid["output_tokens"]) or 0.0
-    return {"calls": calls, "input_tokens": tokens_in, "output_tokens": tokens_out, "cost_usd": round(usd, 6)}
+        tokens_in += n_in
+        tokens_out += n_out
+        usd += cost
+    late["cost_usd"] = round(late["cost_usd"], 6)
+    return {
+        "calls": calls,
+        "input_tokens": tokens_in,
+        "output_tokens": tokens_out,
+        "cost_usd": round(usd, 6),
+        "timed_out": late,
+    }
+
+
+def spent_so_far(store: Any, run_id: str = "", prices: Prices | None = None) -> tuple[int, float]:
+    """Tokens and dollars a run's budget has spent (``run_id``: its result cache's, "" in its own run or
+    eval directory), exact after a crash: what the server was paid, plus the attempts the client gave up
+    on at their reservations."""
+    paid = paid_totals(store, run_id, prices)
+    late = paid["timed_out"]
+    return paid["input_tokens"] + paid["output_tokens"] + late["tokens"], paid["cost_usd"] + late["cost_usd"]
 
 
 def current_ledger(max_concurrency: int = 4) -> Ledger:

@@ -79,6 +79,8 @@ def attempt(task: AttemptTask, runtime: Runtime[Context]) -> dict[str, Any]:
         seed = attempt_seed(task["seed"], query["id"], i)
         messages, value, error, calls = scored_run(ctx, query, experiences, seed, node="rollout")
         response = final_text(messages)
+        paid = [c for c in calls if not c.get("cached")]  # an identical request in flight paid for the rest
+        cached = [c for c in calls if c.get("cached")]
         result: AttemptResult = {
             "arm": arm,
             "query_id": query["id"],
@@ -86,10 +88,12 @@ def attempt(task: AttemptTask, runtime: Runtime[Context]) -> dict[str, Any]:
             "reward": value,
             "answer": extract_final_answer(response)[:200],
             "error": error,
-            "calls": len(calls),
-            "input_tokens": sum(c["input_tokens"] for c in calls),
-            "output_tokens": sum(c["output_tokens"] for c in calls),
-            "cost_usd": round(sum(c.get("cost_usd") or 0.0 for c in calls), 8),
+            "calls": len(paid),
+            "input_tokens": sum(c["input_tokens"] for c in paid),
+            "output_tokens": sum(c["output_tokens"] for c in paid),
+            "cost_usd": round(sum(c.get("cost_usd") or 0.0 for c in paid), 8),
+            "cached_calls": len(cached),
+            "cached_tokens": sum(c["input_tokens"] + c["output_tokens"] for c in cached),
         }
         done = {"result": result, "trajectory": messages_to_dict(messages), "calls": calls}
         memo_put(store, ns, key, done)

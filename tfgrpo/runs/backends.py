@@ -15,6 +15,7 @@ ledger is rebuilt from the result memo in the store (:func:`tfgrpo.learner.spent
 from __future__ import annotations
 
 import os
+import re
 from collections.abc import Iterator
 from contextlib import AbstractContextManager, ExitStack, contextmanager, nullcontext
 from dataclasses import dataclass, field
@@ -32,9 +33,34 @@ POSTGRES_SCHEMES = ("postgresql://", "postgres://")
 POSTGRES_HINT = "PostgreSQL support is an extra: pip install 'tfgrpo[postgres]'"
 
 
+# SQLAlchemy's spelling of a PostgreSQL URL with psycopg 3: the same database for psycopg's connect
+DRIVER_SCHEMES = ("postgresql+psycopg://", "postgres+psycopg://")
+SUPPORTED_FORMS = (
+    "postgresql://USER@HOST/DB (postgres://, postgresql+psycopg://), sqlite:///PATH or a file path"
+)
+# a scheme before ':' (two letters at least: C:\runs is a Windows path), as in mysql://, postgres:/host
+_SCHEME = re.compile(r"^([A-Za-z][A-Za-z0-9+.-]+):")
+_DATABASE_WORDS = ("postgres", "postgresql", "mysql", "mariadb", "sqlite", "mssql", "oracle", "mongodb")
+
+
 def database_url(flag: str | None) -> str:
-    """``--db`` if given, else ``$TFGRPO_DATABASE_URL``, else "" (the run directory's SQLite files)."""
-    return (flag or os.environ.get(ENV_VAR, "")).strip()
+    """``--db`` if given, else ``$TFGRPO_DATABASE_URL``, else "" (the run directory's SQLite files).
+
+    A value that looks like a URL of another scheme (``mysql://``, ``postgres:/host/db``) is refused: it
+    would otherwise become a SQLite file named like it, and the run would not be in the database the
+    user meant."""
+    url = (flag or os.environ.get(ENV_VAR, "")).strip()
+    where = "--db" if flag else ENV_VAR
+    for scheme in DRIVER_SCHEMES:
+        if url.startswith(scheme):
+            return "postgresql://" + url[len(scheme) :]
+    if is_postgres(url) or url.startswith("sqlite:///"):
+        return url
+    match = _SCHEME.match(url)
+    scheme = match.group(1).split("+")[0].lower() if match else ""
+    if match and (url[match.end() :].startswith("/") or scheme in _DATABASE_WORDS):
+        raise ConfigError(f"{where} {redacted(url)!r} is not a supported database: use {SUPPORTED_FORMS}")
+    return url
 
 
 def is_postgres(url: str) -> bool:

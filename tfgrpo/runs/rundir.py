@@ -10,6 +10,7 @@ RUN_DIR/report.json|.md      the per-step report (written when the run stops; th
 
 from __future__ import annotations
 
+import _thread
 import json
 import os
 import signal
@@ -217,6 +218,8 @@ def totals(history: list[StepReport], paid: dict[str, Any] | None = None) -> dic
         )
         if paid["cost_usd"] or not out["cost_usd"]:
             out["cost_usd"] = paid["cost_usd"]
+        # timed out, possibly billed: attempts the client gave up on, at their reservations
+        out["timed_out"] = paid.get("timed_out", {"calls": 0, "tokens": 0, "cost_usd": 0.0})
     return out
 
 
@@ -403,42 +406,64 @@ def _hard_stop(signum: int, frame: FrameType | None) -> None:
     raise KeyboardInterrupt
 
 
+# What stops a run gracefully: Ctrl-C, and what ``docker stop``, systemd, CI cancellation (SIGTERM) and a
+# closed terminal (SIGHUP) send. Without a handler the last two end the process at once, like SIGKILL.
+DRAIN_SIGNALS = {"SIGINT": "Ctrl-C", "SIGTERM": "SIGTERM", "SIGHUP": "SIGHUP"}
+# A drain that takes longer than this (a call stuck in flight) aborts like a second signal: a service
+# manager would otherwise wait for it, then kill the process anyway.
+DRAIN_SECONDS = 60.0
+
+
 @contextmanager
-def ctrl_c_drains() -> Iterator[RunControl]:
-    """A RunControl that the first Ctrl-C asks to drain (the graph stops at the next superstep, map branches
-    not yet started refuse to start: :func:`tfgrpo.nodes._llm.stop_if_draining`); a second one aborts."""
+def ctrl_c_drains(bound: float = DRAIN_SECONDS) -> Iterator[RunControl]:
+    """A RunControl that the first Ctrl-C, SIGTERM or SIGHUP asks to drain (the graph stops at the next
+    superstep, map branches not yet started refuse to start: :func:`tfgrpo.nodes._llm.stop_if_draining`);
+    a second one, or a drain longer than ``bound`` seconds, aborts."""
     control = RunControl()
+    if threading.current_thread() is not threading.main_thread():
+        yield control  # a run in another thread (two learn() at once): signals are the main thread's
+        return
+    # (no SIGHUP on Windows)
+    signals = [getattr(signal, name) for name in DRAIN_SIGNALS if hasattr(signal, name)]
+    timer: list[threading.Timer] = []
 
     def drain(signum: int, frame: FrameType | None) -> None:
-        signal.signal(signal.SIGINT, _hard_stop)
+        for sig in signals:
+            signal.signal(sig, _hard_stop)
+        name = DRAIN_SIGNALS.get(signal.Signals(signum).name, signal.Signals(signum).name)
+        again = "Ctrl-C again" if name == "Ctrl-C" else "send it again"
         print(
-            "\nstopping: calls in flight finish, no new one starts (Ctrl-C again to abort)...",
+            f"\nstopping ({name}): calls in flight finish, no new one starts ({again} to abort)...",
             file=sys.stderr,
             flush=True,
         )
-        control.request_drain("Ctrl-C")
+        control.request_drain(name)
+        timer.append(threading.Timer(bound, _thread.interrupt_main))
+        timer[0].daemon = True
+        timer[0].start()
 
-    if threading.current_thread() is not threading.main_thread():
-        yield control  # a run in another thread (two learn() at once): Ctrl-C is the main thread's
-        return
-    previous = signal.signal(signal.SIGINT, drain)
+    previous = {sig: signal.signal(sig, drain) for sig in signals}
     try:
         yield control
     finally:
-        signal.signal(signal.SIGINT, previous)
+        for t in timer:
+            t.cancel()
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
 
 
 def run_stoppably(
     drive: Callable[[RunControl], None], ledger: Ledger, *, on_stop: Callable[[], None], stopped: str
 ) -> int:
-    """Run ``drive`` under ``ledger`` and Ctrl-C: 0 when it finishes, 3 on a budget stop, 130 on Ctrl-C.
+    """Run ``drive`` under ``ledger`` and Ctrl-C (or SIGTERM, SIGHUP): 0 when it finishes, 3 on a budget
+    stop, 130 when a signal stopped it.
     Before a stop is reported, ``on_stop`` saves what the run has so far; ``stopped`` says how to resume."""
     try:
         with use_ledger(ledger), ctrl_c_drains() as control:
             drive(control)
     except BudgetExceeded as exc:
         on_stop()
-        print(f"tfgrpo: stopped: {exc}", file=sys.stderr)
+        print(f"tfgrpo: stopped: {exc.reason}", file=sys.stderr)  # the spent figure once, settled
         print(f"spent so far: {ledger.spent_tokens} tokens, ${ledger.spent_usd:.4f}", file=sys.stderr)
         return 3
     except (GraphDrained, StopRequested):

@@ -228,7 +228,9 @@ class AttemptResult(TypedDict):
     reward: float | None  # None = unusable (the agent run or the reward failed; ``error`` says why)
     answer: str
     error: str | None
-    calls: int
+    calls: int  # paid calls: those answered from the run's result cache are counted apart
     input_tokens: int
     output_tokens: int
     cost_usd: float
+    cached_calls: NotRequired[int]  # answered by an identical request (the other arm's, single flight)
+    cached_tokens: NotRequired[int]

@@ -478,8 +478,9 @@ class _Handler(BaseHTTPRequestHandler):
     def _chat(self, fake: FakeOpenAIServer, body: dict) -> None:
         fault = fake._next_fault()
         fake._wait_hold(body)
-        if fake.latency > 0:
-            fake._sleep(fake.latency)
+        latency = fake._latency()
+        if latency > 0:
+            fake._sleep(latency)
         if fault is not None and fault.kind == "hang":
             fake._sleep(fault.seconds)
             fault = None
@@ -636,6 +637,7 @@ class FakeOpenAIServer:
         responder: ResponderLike = echo_responder,
         *,
         latency: float = 0.0,
+        latency_max: float | None = None,
         fail_rate: float = 0.0,
         fail_status: int = 500,
         seed: int = 0,
@@ -647,6 +649,10 @@ class FakeOpenAIServer:
             raise ValueError("fail_rate must be within [0, 1]")
         self.responder: ResponderLike = responder
         self.latency = float(latency)
+        # with latency_max, each request takes a seeded uniform draw in [latency, latency_max]: some
+        # finish after the client gave up (a provider still answers, and usually bills, those)
+        self.latency_max = None if latency_max is None else float(latency_max)
+        self._latency_rng = random.Random(seed + 1)
         self.fail_rate = float(fail_rate)
         self.fail_status = int(fail_status)
         self.seed = seed
@@ -857,6 +863,21 @@ class FakeOpenAIServer:
                 return _Fault("fail", status=self.fail_status)
             return None
 
+    def _latency(self) -> float:
+        if self.latency_max is None:
+            return self.latency
+        with self._lock:
+            return self._latency_rng.uniform(self.latency, self.latency_max)
+
+    def wait_idle(self, timeout: float = 30.0) -> bool:
+        """Wait until no chat request is being processed (abandoned ones finish too); True on success."""
+        deadline = time.monotonic() + timeout
+        while self.in_flight:
+            if time.monotonic() > deadline:
+                return False
+            time.sleep(0.02)
+        return True
+
     def _sleep(self, seconds: float) -> None:
         if self._stopping.wait(seconds):
             raise _Aborted
@@ -897,6 +918,9 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--port", type=int, default=0, help="0 picks a free port")
     parser.add_argument("--latency", type=float, default=0.0, help="seconds per call")
+    parser.add_argument(
+        "--latency-max", type=float, default=None, help="seconds per call drawn in [--latency, this]"
+    )
     parser.add_argument("--fail-rate", type=float, default=0.0)
     parser.add_argument("--fail-status", type=int, default=500)
     parser.add_argument("--seed", type=int, default=0)
@@ -912,6 +936,7 @@ def main(argv: list[str] | None = None) -> int:
     server = FakeOpenAIServer(
         responder,
         latency=args.latency,
+        latency_max=args.latency_max,
         fail_rate=args.fail_rate,
         fail_status=args.fail_status,
         seed=args.seed,
