@@ -46,7 +46,8 @@ from tfgrpo.state.report import nothing_worked
 from tfgrpo.state.types import StepReport
 
 THREAD_ID = "learn"
-SUPERSTEPS_PER_STEP = 10  # the six step nodes, select_batch, advance, validate, validation_gate
+# the six step nodes, share_library, select_batch, prepare_validation, validate, validation_gate, advance
+SUPERSTEPS_PER_STEP = 12
 MAP_NODES = ("rollout", "summarize")
 
 

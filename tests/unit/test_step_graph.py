@@ -128,7 +128,10 @@ def run_step(
 
 def test_step_graph_has_exactly_the_six_paper_steps() -> None:
     nodes = set(compile_step_graph(store=InMemoryStore()).get_graph().nodes)
+    # and share_library, which puts E's rendering in the store for the map branches (the edges:
+    # test_graph_shapes.py)
     assert nodes - {"__start__", "__end__"} == {
+        "share_library",
         "rollout",
         "reward",
         "variance_gate",

@@ -1,7 +1,8 @@
 """The learning loop: epochs x batches around the GRPO step, as one checkpointable graph.
 
     START -> start -> select_batch -> [the six step nodes] -> advance -> select_batch ... -> END
-    with a validation set, between update_library and advance:  validate (map) -> validation_gate
+    between update_library and advance: prepare_validation, and with a validation set
+    validate (map) -> validation_gate
 
 The step's nodes are added flat (not as a subgraph) so that resume after a crash re-runs only the
 unfinished branches of the interrupted fan-out. After every step ``advance`` publishes E in the store
@@ -20,7 +21,7 @@ from langgraph.types import Checkpointer
 from tfgrpo.context import Context, LearnContext
 from tfgrpo.graphs.step import add_step
 from tfgrpo.nodes.schedule import advance, finish, route_next, select_batch, start
-from tfgrpo.nodes.validate import fan_out_validation, validate, validation_gate
+from tfgrpo.nodes.validate import fan_out_validation, prepare_validation, validate, validation_gate
 from tfgrpo.state.graph_state import LearnInput, LearnOutput, LearnState
 
 
@@ -47,8 +48,10 @@ def build_learn_graph(*, studio: bool = False) -> StateGraph[LearnState, Any, An
     builder.add_conditional_edges("start", route_next, {"select_batch": "select_batch", END: end})
     builder.add_node("validate", cast(Any, validate))  # a map worker: takes its Send payload, not the state
     builder.add_node("validation_gate", validation_gate)
+    builder.add_node("prepare_validation", prepare_validation)
     exit_node = add_step(builder, entry="select_batch")
-    builder.add_conditional_edges(exit_node, fan_out_validation, ["validate", "advance"])
+    builder.add_edge(exit_node, "prepare_validation")
+    builder.add_conditional_edges("prepare_validation", fan_out_validation, ["validate", "advance"])
     builder.add_edge("validate", "validation_gate")  # join
     builder.add_edge("validation_gate", "advance")
     builder.add_conditional_edges("advance", route_next, {"select_batch": "select_batch", END: end})

@@ -1,9 +1,12 @@
 """One Training-Free GRPO step as a LangGraph graph: the paper's six steps, wired and nothing else.
 
-rollout (map over batch x G) -> reward -> variance_gate -> summarize (map) -> extract -> update_library
+share_library -> rollout (map over batch x G) -> reward -> variance_gate -> summarize (map) -> extract
+    -> update_library
 variance_gate -> extract when every kept group's attempts are short (read whole, not summarized);
 variance_gate -> update_library when no group is kept;
 variance_gate -> rollout (more attempts) for groups whose rewards are all equal (--max-group-size).
+``share_library`` puts E's rendering in the store for the map branches: the routers that send them only
+route (no store writes).
 """
 
 from __future__ import annotations
@@ -19,18 +22,20 @@ from langgraph.types import Checkpointer
 from tfgrpo.context import Context, StepContext
 from tfgrpo.nodes.extract import extract
 from tfgrpo.nodes.reward import reward
-from tfgrpo.nodes.rollout import fan_out_rollouts, rollout
+from tfgrpo.nodes.rollout import fan_out_rollouts, rollout, share_library
 from tfgrpo.nodes.summarize import summarize
 from tfgrpo.nodes.update_library import update_library
 from tfgrpo.nodes.variance_gate import route_after_gate, variance_gate
 from tfgrpo.state.graph_state import StepInput, StepOutput, StepState
 
-STEP_NODES = ("rollout", "reward", "variance_gate", "summarize", "extract", "update_library")
+STEP_NODES = ("share_library", "rollout", "reward", "variance_gate", "summarize", "extract", "update_library")
 
 
 def add_step(builder: StateGraph[Any, Any, Any, Any], *, entry: str) -> str:
-    """Add the six step nodes to ``builder``, fanned out from ``entry``; returns the exit node."""
+    """Add the step's nodes (the paper's six and ``share_library``) to ``builder`` after ``entry``;
+    returns the exit node."""
     # map workers take their Send payload (RolloutTask / SummarizeTask), not the graph state
+    builder.add_node("share_library", share_library)
     builder.add_node("rollout", cast(Any, rollout))
     builder.add_node("reward", reward)
     builder.add_node("variance_gate", variance_gate)
@@ -38,7 +43,8 @@ def add_step(builder: StateGraph[Any, Any, Any, Any], *, entry: str) -> str:
     builder.add_node("extract", extract)
     builder.add_node("update_library", update_library)
 
-    builder.add_conditional_edges(entry, fan_out_rollouts, ["rollout", "update_library"])
+    builder.add_edge(entry, "share_library")
+    builder.add_conditional_edges("share_library", fan_out_rollouts, ["rollout", "update_library"])
     builder.add_edge("rollout", "reward")  # join: runs once after every rollout branch
     builder.add_edge("reward", "variance_gate")
     # dynamic sampling loops back to rollout for the groups whose rewards are all equal

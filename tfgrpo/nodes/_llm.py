@@ -37,6 +37,7 @@ from tfgrpo.models.ledger import (
     role_of,
 )
 from tfgrpo.models.spec import ModelSettings, get_model, resolve_spec
+from tfgrpo.state.library import Library, render_library
 from tfgrpo.state.types import CallRecord
 
 T = TypeVar("T", bound=BaseModel)
@@ -64,7 +65,14 @@ def publish_library_text(store: BaseStore, run_id: str, text: str) -> str:
 
 
 def library_key(text: str) -> str:
+    """The key :func:`publish_library_text` stores ``text`` under: a router names it in its Sends
+    without writing, once a node has published the text."""
     return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+def library_text(library: Library | None) -> str:
+    """E's rendering as a step's map branches read it ("" before there is any E)."""
+    return render_library(library) if library else ""
 
 
 # E's renderings read back by the map branches, by key: the key is a hash of the text, so an entry is

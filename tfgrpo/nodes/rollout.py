@@ -6,12 +6,13 @@ model through the same prompt, in the *system* prompt, in training and in produc
 trains with E in the user message and infers with it in the system prompt); where the domain has no
 tool, the agent's run is its one model call, made without the agent graph (``run_policy``). The
 trajectory (tool calls and results included) is written to the store; state only gets a small
-:class:`RolloutRef`.
+:class:`RolloutRef`. E's rendering reaches the branches by key: ``share_library`` puts it in the store at
+the step's start, and the routers that send rollout and summarize branches name its key.
 """
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Literal
 
 from langchain_core.messages import messages_to_dict
 from langgraph.runtime import Runtime, get_runtime
@@ -22,6 +23,8 @@ from tfgrpo.context import Context
 from tfgrpo.nodes._llm import (
     context_of,
     derived_seed,
+    library_key,
+    library_text,
     library_text_of,
     memo_get,
     memo_put,
@@ -32,7 +35,6 @@ from tfgrpo.nodes._llm import (
 )
 from tfgrpo.nodes.policy import final_text, run_policy
 from tfgrpo.state.graph_state import StepState
-from tfgrpo.state.library import render_library
 from tfgrpo.state.types import Dropped, Query, Rollout, RolloutRef, usage_of
 
 
@@ -99,12 +101,17 @@ def load_rollout(runtime: Runtime[Any], run_id: str, step: int, key: str) -> Rol
     return found["rollout"] if found else None
 
 
-def fan_out_rollouts(state: StepState) -> list[Send] | str:
+def share_library(state: StepState, runtime: Runtime[Any]) -> dict[str, Any]:
+    """The step's first node: E's rendering into the store, once, for the step's map branches (rollout,
+    summarize: E does not change before update_library), which carry only its key."""
+    publish_library_text(store_of(runtime), state.get("run_id", ""), library_text(state.get("library")))
+    return {}
+
+
+def fan_out_rollouts(state: StepState) -> list[Send] | Literal["update_library"]:
     """The map of step 1: one branch per (query, g). An empty batch goes straight to the update."""
-    runtime = get_runtime()
-    ctx = context_of(runtime)
-    library_text = render_library(state["library"]) if state.get("library") else ""
-    library_key = publish_library_text(store_of(runtime), state.get("run_id", ""), library_text)
+    ctx = context_of(get_runtime())
+    key = library_key(library_text(state.get("library")))  # published by share_library
     sends = [
         Send(
             "rollout",
@@ -114,7 +121,7 @@ def fan_out_rollouts(state: StepState) -> list[Send] | str:
                 seed=state.get("seed", 0),  # type: ignore[typeddict-item]
                 query=query,
                 g=g,
-                library_key=library_key,
+                library_key=key,
             ),
         )
         for query in state.get("batch", [])

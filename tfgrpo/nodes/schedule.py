@@ -12,9 +12,8 @@ from __future__ import annotations
 
 import uuid
 from dataclasses import replace
-from typing import Any
+from typing import Any, Literal
 
-from langgraph.graph import END
 from langgraph.runtime import Runtime
 from langgraph.store.base import BaseStore
 from langgraph.types import Overwrite
@@ -157,5 +156,5 @@ def first_rollout_errors(store: BaseStore, run_id: str, history: list[StepReport
     return []
 
 
-def route_next(state: LearnState) -> str:
-    return END if state.get("done") else "select_batch"
+def route_next(state: LearnState) -> Literal["select_batch", "__end__"]:
+    return "__end__" if state.get("done") else "select_batch"  # "__end__" is END

@@ -11,7 +11,7 @@ store, so a crash in the middle repeats no finished run.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Literal
 
 from langgraph.runtime import Runtime, get_runtime
 from langgraph.types import Send
@@ -22,6 +22,7 @@ from tfgrpo.data import load_dataset
 from tfgrpo.nodes._llm import (
     context_of,
     derived_seed,
+    library_key,
     library_text_of,
     memo_get,
     memo_put,
@@ -54,20 +55,33 @@ def validation_seed(seed: int, step: int, query_id: str, i: int) -> int:
     return derived_seed("validate", seed, step, query_id, i)
 
 
-def fan_out_validation(state: LearnState) -> list[Send] | str:
-    """After update_library: validate the step's E when a validation set is given and E changed."""
-    runtime = get_runtime()
-    ctx = context_of(runtime)
+def arm_texts(state: LearnState, ctx: Context) -> dict[str, str]:
+    """E before and after the step, rendered for the validation branches; empty (no validation) without
+    a validation set or when the step left E as it was."""
     before = state.get("library_before") or empty_library()
     after = state.get("library") or empty_library()
     if not ctx.validation or before["version"] == after["version"]:
-        return "advance"
+        return {}
+    return {"before": render_library(before), "after": render_library(after)}
+
+
+def prepare_validation(state: LearnState, runtime: Runtime[Context]) -> dict[str, Any]:
+    """After update_library: both arms' E into the store, for the validation branches (which carry
+    only their keys); nothing to do when the step is not validated."""
     store = store_of(runtime)
+    for text in arm_texts(state, context_of(runtime)).values():
+        publish_library_text(store, state.get("run_id", ""), text)
+    return {}
+
+
+def fan_out_validation(state: LearnState) -> list[Send] | Literal["advance"]:
+    """Validate the step's E when a validation set is given and E changed (prepare_validation published
+    both arms' E)."""
+    ctx = context_of(get_runtime())
+    keys = {arm: library_key(text) for arm, text in arm_texts(state, ctx).items()}
+    if not keys:
+        return "advance"
     run_id = state.get("run_id", "")
-    keys = {
-        "before": publish_library_text(store, run_id, render_library(before)),
-        "after": publish_library_text(store, run_id, render_library(after)),
-    }
     return [
         Send(
             "validate",

@@ -19,16 +19,16 @@ fewer than 2 usable attempts (failed calls) gets none: more attempts would fail 
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Literal
 
 from langgraph.runtime import Runtime, get_runtime
 from langgraph.types import Send
 
-from tfgrpo.nodes._llm import context_of, publish_library_text, store_of
+from tfgrpo.nodes._llm import context_of, library_text, store_of
+from tfgrpo.nodes._llm import library_key as text_key
 from tfgrpo.nodes.attempts import group_attempts, read_whole
 from tfgrpo.nodes.rollout import RolloutTask
 from tfgrpo.state.graph_state import StepState
-from tfgrpo.state.library import render_library
 from tfgrpo.state.types import Group
 
 MIN_USABLE = 2
@@ -74,12 +74,11 @@ def variance_gate(state: StepState, runtime: Runtime[Any]) -> dict[str, Any]:
     }
 
 
-def route_after_gate(state: StepState) -> list[Send] | str:
-    runtime = get_runtime()
-    ctx = context_of(runtime)
+def route_after_gate(state: StepState) -> list[Send] | Literal["extract", "update_library"]:
+    ctx = context_of(get_runtime())
     queries = {q["id"]: q for q in state.get("batch", [])}
-    library_text = render_library(state["library"]) if state.get("library") else ""
-    library_key = publish_library_text(store_of(runtime), state.get("run_id", ""), library_text)
+    # E's rendering is in the store since the step's start (rollout.share_library): only its key here
+    library_key = text_key(library_text(state.get("library")))
     more = [
         Send(
             "rollout",
