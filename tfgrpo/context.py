@@ -28,6 +28,7 @@ from pydantic.dataclasses import dataclass
 from typing_extensions import dataclass_transform
 
 from tfgrpo.errors import ConfigError
+from tfgrpo.state.library import OP_NAMES
 
 # Settings that change the meaning of a run: a resumed run must use the same values.
 RUN_DEFINING = (
@@ -49,7 +50,7 @@ MAX_BACKOFF = 3_600.0
 MAX_RETRIES = 100
 Domain = Literal["direct", "math", "search"]
 StructuredMethod = Literal["function_calling", "json_mode", "json_schema"]
-OPERATIONS = ("ADD", "UPDATE", "DELETE", "NONE")
+OPERATIONS = OP_NAMES  # the operations on E, spelled once in state.library.OpName
 # the command-line option of a setting, where it is not --NAME (--grammar takes a file; the field its text)
 OPTION_NAMES = {"answer_grammar": "--grammar"}
 

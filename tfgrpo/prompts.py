@@ -7,23 +7,24 @@
         print(p.name, p.text)
 
 The texts live beside their nodes (policy, summarize, extract, update_library, retry_lesson, reward);
-the names and the placeholders each may use are in :mod:`tfgrpo.nodes._prompts`. A rendered prompt is
+each prompt is declared once in :data:`tfgrpo.nodes._prompts.PROMPTS` (name, role, kind, where its
+default lives, its placeholders). A rendered prompt is
 what the model receives: system prompts filled in from the settings (K, the word cap, the answer format,
 the domain's tool hint, E), user templates with the per-call values left as ``{question}``-style placeholders.
 """
 
 from __future__ import annotations
 
+import importlib
 import string
 from dataclasses import dataclass
 from pathlib import Path
 
 from tfgrpo.context import Context
 from tfgrpo.errors import ConfigError
-from tfgrpo.nodes import extract, policy, retry_lesson, reward, summarize, update_library
-from tfgrpo.nodes._prompts import PROMPT_ROLES, prompt_text, validate_prompts
+from tfgrpo.nodes import extract, policy, update_library
+from tfgrpo.nodes._prompts import PROMPTS, PromptKind, PromptRole, PromptSpec, prompt_text, validate_prompts
 from tfgrpo.state.library import (
-    INJECTION_HEADER,
     Library,
     empty_library,
     render_library,
@@ -33,29 +34,25 @@ from tfgrpo.state.library import (
 __all__ = ["RenderedPrompt", "default_prompts", "rendered_prompts", "validate_prompts", "write_prompts"]
 
 
+def default_text(spec: PromptSpec) -> str:
+    """The built-in template of ``spec``, read where it lives (``spec.default``: ``"module:ATTRIBUTE"``)."""
+    module, attribute = spec.default.split(":")
+    text = getattr(importlib.import_module(module), attribute)
+    if not isinstance(text, str):
+        raise TypeError(f"{spec.name}: {spec.default} is not a text")
+    return text
+
+
 def default_prompts() -> dict[str, str]:
     """name -> the built-in template (the text a ``NAME.txt`` override replaces)."""
-    return {
-        "policy_system": policy.BASE_PROMPT,
-        "experience_header": INJECTION_HEADER,
-        "summarize_system": summarize.SYSTEM_PROMPT,
-        "summarize_user": summarize.USER_TEMPLATE,
-        "extract_system": extract.SYSTEM_PROMPT,
-        "extract_user": extract.USER_TEMPLATE,
-        "update_system": update_library.SYSTEM_PROMPT,
-        "update_user": update_library.USER_TEMPLATE,
-        "retry_system": retry_lesson.SYSTEM_PROMPT,
-        "retry_user": retry_lesson.USER_TEMPLATE,
-        "judge_system": reward.JUDGE_SYSTEM,
-        "judge_user": reward.JUDGE_USER,
-    }
+    return {name: default_text(spec) for name, spec in PROMPTS.items()}
 
 
 @dataclass(frozen=True)
 class RenderedPrompt:
     name: str
-    role: str  # policy | summarize | extract | update | retry | judge
-    kind: str  # system | user
+    role: PromptRole
+    kind: PromptKind
     text: str
 
 
@@ -86,18 +83,16 @@ def rendered_prompts(ctx: Context, library: Library | None = None) -> list[Rende
     out = [
         RenderedPrompt(
             "policy_system",
-            "policy",
-            "system",
+            PROMPTS["policy_system"].role,
+            PROMPTS["policy_system"].kind,
             policy.policy_system_prompt(ctx, experiences, with_tools=with_tools),
         )
     ]
-    for name, default in default_prompts().items():
+    for name, spec in PROMPTS.items():
         if name == "policy_system":
             continue
-        text = _fill(prompt_text(ctx.prompts, name, default), fixed)
-        # E's header goes into the policy's system message, after the policy prompt, whenever E has items
-        kind = "system" if name.endswith("_system") or name == "experience_header" else "user"
-        out.append(RenderedPrompt(name, PROMPT_ROLES[name], kind, text))
+        text = _fill(prompt_text(ctx.prompts, name, default_text(spec)), fixed)
+        out.append(RenderedPrompt(name, spec.role, spec.kind, text))
     return out
 
 

@@ -15,7 +15,7 @@ from tfgrpo.cli import parse_args
 from tfgrpo.context import Context
 from tfgrpo.errors import ConfigError
 from tfgrpo.graphs.learn import compile_learn_graph
-from tfgrpo.nodes._prompts import PROMPT_PLACEHOLDERS, check_template
+from tfgrpo.nodes._prompts import PROMPTS, check_template
 from tfgrpo.prompts import default_prompts
 from tfgrpo.testing.fake_openai import FakeOpenAIServer, message_text
 
@@ -80,7 +80,7 @@ def test_prompts_listing_is_what_the_server_receives(fake_server: FakeOpenAIServ
     assert "wrong form or unit, no answer line, ran out of length" in shown["summarize_system"][1]
     for line in ("The reward's reason: {reward_reason}", "How the attempt ended: {ending}"):
         assert line in shown["summarize_user"][1]
-    assert list(shown) == list(PROMPT_PLACEHOLDERS)  # policy, summarize, extract, update, retry, judge
+    assert list(shown) == list(PROMPTS)  # policy, summarize, extract, update, retry, judge
     caps = {}
     for body in fake_server.requests:
         role = next(
@@ -111,7 +111,7 @@ def test_overridden_prompts_are_listed_and_sent(fake_server: FakeOpenAIServer, t
     prompts = tmp_path / "prompts"
     written = tfgrpo("prompts", "--write", str(prompts))
     assert written.returncode == 0, written.stderr
-    assert sorted(p.stem for p in prompts.iterdir()) == sorted(PROMPT_PLACEHOLDERS)
+    assert sorted(p.stem for p in prompts.iterdir()) == sorted(PROMPTS)
     # a user edits three of them and deletes the rest (the defaults stay)
     for p in prompts.iterdir():
         if p.stem not in ("summarize_system", "policy_system", "experience_header"):

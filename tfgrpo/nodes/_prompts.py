@@ -2,50 +2,124 @@
 
 ``--prompts DIR`` (``Context.prompts``) names a directory of ``NAME.txt`` files, one per prompt to
 replace (``tfgrpo prompts --write DIR`` writes the defaults there to start from). The default texts live
-beside their nodes; this module only knows each prompt's name and the placeholders it may use, loads the
-directory and validates it as a whole: an unknown file name, an unknown placeholder or a broken ``{``
-is a one-line error naming the file, raised before any model call (the CLI and the Python API validate
-at start; every node reading a prompt goes through the same check).
+beside their nodes; this module declares each prompt once (:data:`PROMPTS`: name, role, kind, where
+its default lives, the placeholders it may use), loads the directory and validates it as a whole: an
+unknown file name, an unknown placeholder or a broken ``{`` is a one-line error naming the file, raised
+before any model call (the CLI and the Python API validate at start; every node reading a prompt goes
+through the same check).
 """
 
 from __future__ import annotations
 
 import string
 import threading
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Literal
 
 from tfgrpo.errors import ConfigError
 
-# name -> the placeholders its template may use ({name} in the text; write {{ and }} for literal braces)
-PROMPT_PLACEHOLDERS: dict[str, frozenset[str]] = {
-    "policy_system": frozenset({"answer_format"}),
-    "experience_header": frozenset(),
-    "summarize_system": frozenset(),
-    "summarize_user": frozenset(
-        {"question", "answer", "reward", "reward_reason", "answer_read", "ending", "library", "trajectory"}
-    ),
-    "extract_system": frozenset({"k", "word_cap"}),
-    "extract_user": frozenset({"question", "answer", "library", "evidence", "attempts"}),
-    "update_system": frozenset({"word_cap"}),
-    "update_user": frozenset({"library", "proposals", "capacity"}),
-    "retry_system": frozenset({"word_cap"}),
-    "retry_user": frozenset({"question", "lesson", "reason"}),
-    "judge_system": frozenset(),
-    "judge_user": frozenset({"question", "answer", "response"}),
-}
-PROMPT_ROLES = {
-    "policy_system": "policy",
-    "experience_header": "policy",
-    "summarize_system": "summarize",
-    "summarize_user": "summarize",
-    "extract_system": "extract",
-    "extract_user": "extract",
-    "update_system": "update",
-    "update_user": "update",
-    "retry_system": "retry",
-    "retry_user": "retry",
-    "judge_system": "judge",
-    "judge_user": "judge",
+PromptRole = Literal["policy", "summarize", "extract", "update", "retry", "judge"]
+PromptKind = Literal["system", "user"]
+
+
+@dataclass(frozen=True)
+class PromptSpec:
+    """One prompt a run may send: what ``tfgrpo prompts`` lists and ``--prompts DIR/NAME.txt`` replaces.
+    ``default``: where its built-in text lives, ``"module:ATTRIBUTE"`` (beside its node, which this module
+    may not import: :func:`tfgrpo.prompts.default_prompts` reads it). ``placeholders``: the ``{name}``
+    fields its template may use (write ``{{`` and ``}}`` for literal braces)."""
+
+    name: str
+    role: PromptRole
+    kind: PromptKind
+    default: str
+    placeholders: frozenset[str] = frozenset()
+
+
+# Every prompt, declared once, in the order ``tfgrpo prompts`` lists them
+PROMPTS: dict[str, PromptSpec] = {
+    spec.name: spec
+    for spec in (
+        PromptSpec(
+            "policy_system",
+            "policy",
+            "system",
+            "tfgrpo.nodes.policy:BASE_PROMPT",
+            frozenset({"answer_format"}),
+        ),
+        # E's header goes into the policy's system message, after the policy prompt, whenever E has items
+        PromptSpec("experience_header", "policy", "system", "tfgrpo.state.library:INJECTION_HEADER"),
+        PromptSpec("summarize_system", "summarize", "system", "tfgrpo.nodes.summarize:SYSTEM_PROMPT"),
+        PromptSpec(
+            "summarize_user",
+            "summarize",
+            "user",
+            "tfgrpo.nodes.summarize:USER_TEMPLATE",
+            frozenset(
+                {
+                    "question",
+                    "answer",
+                    "reward",
+                    "reward_reason",
+                    "answer_read",
+                    "ending",
+                    "library",
+                    "trajectory",
+                }
+            ),
+        ),
+        PromptSpec(
+            "extract_system",
+            "extract",
+            "system",
+            "tfgrpo.nodes.extract:SYSTEM_PROMPT",
+            frozenset({"k", "word_cap"}),
+        ),
+        PromptSpec(
+            "extract_user",
+            "extract",
+            "user",
+            "tfgrpo.nodes.extract:USER_TEMPLATE",
+            frozenset({"question", "answer", "library", "evidence", "attempts"}),
+        ),
+        PromptSpec(
+            "update_system",
+            "update",
+            "system",
+            "tfgrpo.nodes.update_library:SYSTEM_PROMPT",
+            frozenset({"word_cap"}),
+        ),
+        PromptSpec(
+            "update_user",
+            "update",
+            "user",
+            "tfgrpo.nodes.update_library:USER_TEMPLATE",
+            frozenset({"library", "proposals", "capacity"}),
+        ),
+        PromptSpec(
+            "retry_system",
+            "retry",
+            "system",
+            "tfgrpo.nodes.retry_lesson:SYSTEM_PROMPT",
+            frozenset({"word_cap"}),
+        ),
+        PromptSpec(
+            "retry_user",
+            "retry",
+            "user",
+            "tfgrpo.nodes.retry_lesson:USER_TEMPLATE",
+            frozenset({"question", "lesson", "reason"}),
+        ),
+        PromptSpec("judge_system", "judge", "system", "tfgrpo.nodes.reward:JUDGE_SYSTEM"),
+        PromptSpec(
+            "judge_user",
+            "judge",
+            "user",
+            "tfgrpo.nodes.reward:JUDGE_USER",
+            frozenset({"question", "answer", "response"}),
+        ),
+    )
 }
 
 _cache: dict[tuple[str, tuple[tuple[str, float], ...]], dict[str, str]] = {}
@@ -74,7 +148,7 @@ _SAMPLES: dict[str, object] = {"reward": 1.0, "k": 1, "word_cap": 35}
 
 
 def check_template(name: str, text: str, where: str) -> None:
-    allowed = PROMPT_PLACEHOLDERS[name]
+    allowed = PROMPTS[name].placeholders
     unknown = sorted(placeholders_of(text, where) - allowed)
     if unknown:
         shown = ", ".join("{" + n + "}" for n in sorted(allowed)) or "none"
@@ -105,10 +179,8 @@ def load_prompt_dir(path: str) -> dict[str, str]:
     for file_name, _ in key[1]:
         name = file_name[: -len(".txt")]
         where = str(folder / file_name)
-        if name not in PROMPT_PLACEHOLDERS:
-            raise ConfigError(
-                f"{where}: unknown prompt name {name!r} (known: {', '.join(PROMPT_PLACEHOLDERS)})"
-            )
+        if name not in PROMPTS:
+            raise ConfigError(f"{where}: unknown prompt name {name!r} (known: {', '.join(PROMPTS)})")
         try:
             text = (folder / file_name).read_text(encoding="utf-8")
         except (OSError, UnicodeDecodeError) as exc:
@@ -130,7 +202,7 @@ def validate_prompts(path: str) -> None:
 
 def prompt_text(prompts_dir: str, name: str, default: str) -> str:
     """Prompt ``name``: the override in ``prompts_dir`` when there is one, else ``default``."""
-    if name not in PROMPT_PLACEHOLDERS:
+    if name not in PROMPTS:
         raise KeyError(name)
     if not prompts_dir:
         return default

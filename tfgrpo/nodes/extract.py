@@ -17,7 +17,7 @@ a finished group twice. Unparseable output is retried, then recorded as dropped.
 from __future__ import annotations
 
 import functools
-from typing import Any, Literal, TypeVar, cast
+from typing import Any, TypeVar, cast
 
 from langchain_core.messages import HumanMessage, SystemMessage
 from langchain_core.runnables.config import ContextThreadPoolExecutor
@@ -38,7 +38,7 @@ from tfgrpo.nodes._prompts import prompt_text
 from tfgrpo.nodes.attempts import attempts_text, group_attempts, group_evidence
 from tfgrpo.nodes.summarize import NO_GROUND_TRUTH, load_summary
 from tfgrpo.state.graph_state import StepState
-from tfgrpo.state.library import Operation, render_library_for_review
+from tfgrpo.state.library import OP_NAMES, Operation, OpName, render_library_for_review
 from tfgrpo.state.types import CallRecord, Dropped, Group, Proposal, Query, usage_of
 
 
@@ -68,7 +68,7 @@ class ProposedOperation(BaseModel):
 
     model_config = ConfigDict(json_schema_extra=_ask_for_text)
 
-    op: Literal["ADD", "UPDATE", "DELETE", "NONE"] = Field(description="The kind of change.")
+    op: OpName = Field(description="The kind of change.")
     id: str | None = Field(default=None, description="Experience id (e.g. G3) for UPDATE and DELETE.")
     content: str | None = Field(
         default=None,
@@ -79,7 +79,7 @@ class ProposedOperation(BaseModel):
     reason: str = Field(default="", description="Why, in one sentence.")
 
 
-ALL_OPS = ("ADD", "UPDATE", "DELETE", "NONE")
+ALL_OPS: tuple[str, ...] = OP_NAMES
 # An empty library has nothing to update or delete: the schema then offers only these (an UPDATE or DELETE
 # of an empty library is always rejected as an unknown id; the main job's 0.5B learner answered DELETE or
 # UPDATE with a null id and lost its lesson that way).

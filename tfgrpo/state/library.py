@@ -7,12 +7,13 @@ from __future__ import annotations
 
 import copy
 import re
-from typing import Literal, NotRequired
+from typing import Literal, NotRequired, get_args
 
 from typing_extensions import TypedDict
 
+# The operations on E, spelled here only: schemas, checks and messages take them from OpName / OP_NAMES
 OpName = Literal["ADD", "UPDATE", "DELETE", "NONE"]
-OP_NAMES: tuple[str, ...] = ("ADD", "UPDATE", "DELETE", "NONE")
+OP_NAMES: tuple[OpName, ...] = get_args(OpName)
 
 
 class Experience(TypedDict):
