@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import json
 import threading
-import uuid
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -13,19 +11,18 @@ import pytest
 from langgraph.checkpoint.memory import InMemorySaver
 from langgraph.store.memory import InMemoryStore
 
+from tests import helpers
+from tests.helpers import Handler, question_of
 from tfgrpo.context import Context
 from tfgrpo.data import batches_per_epoch, dataset_fingerprint, epoch_order, load_dataset
 from tfgrpo.errors import ConfigError, DataError
 from tfgrpo.graphs.learn import compile_learn_graph
-from tfgrpo.models.spec import register_provider
 from tfgrpo.runs.rundir import check_resume, step_history
 from tfgrpo.state.library import Library
 from tfgrpo.state.types import Query
-from tfgrpo.testing.fake_openai import forced_tool_name, message_text
-from tfgrpo.testing.responders import grpo_responder, solve_arithmetic
-from tfgrpo.testing.scripted import ScriptedChatModel
+from tfgrpo.testing.fake_openai import message_text
+from tfgrpo.testing.responders import solve_arithmetic
 
-Handler = Callable[[dict], dict]
 CONFIG: dict[str, Any] = {"recursion_limit": 500}
 
 OPERANDS = [(2, 3), (7, 4), (6, 7), (9, 8), (12, 5), (3, 11), (15, 6), (8, 8), (21, 4), (5, 13)]
@@ -38,22 +35,6 @@ def write_dataset(path: Path, n: int, offset: int = 0) -> str:
     ]
     path.write_text("".join(json.dumps(r) + "\n" for r in rows))
     return str(path)
-
-
-def role_of(body: dict) -> str:
-    tool = forced_tool_name(body)
-    if tool == "ExtractedExperiences":
-        return "extract"
-    if tool == "LibraryUpdate":
-        return "update"
-    if tool == "RevisedLesson":
-        return "retry"
-    system = " ".join(message_text(m.get("content")) for m in body["messages"] if m["role"] == "system")
-    return "summarize" if "SUMMARIZE" in system else "rollout"
-
-
-def question_of(body: dict) -> str:
-    return message_text([m for m in body["messages"] if m["role"] == "user"][-1]["content"])
 
 
 def always_right(body: dict) -> dict:
@@ -75,28 +56,11 @@ def alternating_policy() -> Handler:
     return policy
 
 
-class Fake:
+class Fake(helpers.Fake):
+    """The shared fake provider; rollouts are always right unless a test says otherwise."""
+
     def __init__(self, **handlers: Handler) -> None:
-        self.handlers = {"rollout": always_right, **handlers}
-        self.models: list[ScriptedChatModel] = []
-        self.prefix = "l" + uuid.uuid4().hex[:10]
-        register_provider(self.prefix, self._factory)
-
-    def _factory(self, name: str, settings: object) -> ScriptedChatModel:
-        model = ScriptedChatModel(responder=self.respond)
-        self.models.append(model)
-        return model
-
-    def respond(self, body: dict) -> dict:
-        handler = self.handlers.get(role_of(body))
-        return handler(body) if handler is not None else grpo_responder(body)
-
-    @property
-    def spec(self) -> str:
-        return f"{self.prefix}:model"
-
-    def bodies(self, role: str | None = None) -> list[dict]:
-        return [b for m in self.models for b in m.calls if role is None or role_of(b) == role]
+        super().__init__(**{"rollout": always_right, **handlers})
 
 
 def context(fake: Fake, dataset: str, **settings: Any) -> Context:

@@ -15,6 +15,7 @@ from typing import Any
 import pytest
 from langgraph.store.memory import InMemoryStore
 
+from tests.helpers import Handler, role_of, system_of, tool_reply
 from tfgrpo.context import Context
 from tfgrpo.graphs.step import compile_step_graph
 from tfgrpo.nodes import summarize
@@ -23,34 +24,15 @@ from tfgrpo.nodes.policy import run_policy
 from tfgrpo.nodes.summarize import clip, trajectory_text
 from tfgrpo.state.library import INJECTION_HEADER, REVIEW_HEADER, Library, render_library
 from tfgrpo.state.types import Query
-from tfgrpo.testing.fake_openai import FakeOpenAIServer, forced_tool_name, message_text
+from tfgrpo.testing.fake_openai import FakeOpenAIServer, message_text
 from tfgrpo.testing.responders import grpo_responder, solve_arithmetic
 
-Handler = Callable[[dict], dict]
 MARKER = re.compile(r"\[\.\.\. (\d+) characters omitted \.\.\.\]")
 
 BATCH: list[Query] = [
     {"id": "q1", "question": "Calculate 2 + 3.", "answer": "5"},
     {"id": "q2", "question": "Calculate 7 - 4.", "answer": "3"},
 ]
-
-
-def role_of(body: dict) -> str:
-    tool = forced_tool_name(body)
-    if tool == "ExtractedExperiences":
-        return "extract"
-    if tool == "LibraryUpdate":
-        return "update"
-    if tool == "RevisedLesson":
-        return "retry"
-    system = system_of(body)
-    if "SUMMARIZE" in system:
-        return "summarize"
-    return "judge" if "grading a quiz" in system else "rollout"
-
-
-def system_of(body: dict) -> str:
-    return " ".join(message_text(m.get("content")) for m in body["messages"] if m["role"] == "system")
 
 
 def user_of(body: dict) -> str:
@@ -117,10 +99,6 @@ def run_step(
 
 def bodies(server: FakeOpenAIServer, role: str) -> list[dict]:
     return [b for b in server.requests if role_of(b) == role]
-
-
-def tool_reply(name: str, arguments: dict | str) -> dict:
-    return {"tool_calls": [{"name": name, "arguments": arguments}]}
 
 
 def library_of(*texts: str) -> Library:

@@ -12,8 +12,9 @@ from typing import Any
 
 import pytest
 
+from tests.helpers import extract_reply, tool_reply
 from tests.unit.test_lesson_gate import ARITHMETIC, GOOD, TEMPLATES
-from tests.unit.test_nodes import Fake, extract_reply, run_step, seeded_library, tool_reply
+from tests.unit.test_nodes import Fake, run_step, seeded_library
 from tfgrpo import cli
 from tfgrpo.errors import TfgrpoError
 from tfgrpo.nodes.extract import (

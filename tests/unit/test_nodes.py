@@ -4,16 +4,15 @@ from __future__ import annotations
 
 import json
 import threading
-import uuid
-from collections.abc import Callable
 from typing import Any
 
 import pytest
 from langgraph.store.memory import InMemoryStore
 
+from tests import helpers
+from tests.helpers import Handler, extract_reply, question_of, tool_reply
 from tfgrpo.context import Context
 from tfgrpo.graphs.step import compile_step_graph
-from tfgrpo.models.spec import register_provider
 from tfgrpo.state.library import (
     INJECTION_HEADER,
     Library,
@@ -22,32 +21,13 @@ from tfgrpo.state.library import (
     render_library_for_review,
 )
 from tfgrpo.state.types import Query
-from tfgrpo.testing.fake_openai import forced_tool_name, message_text
+from tfgrpo.testing.fake_openai import message_text
 from tfgrpo.testing.responders import grpo_responder, solve_arithmetic
-from tfgrpo.testing.scripted import ScriptedChatModel
-
-Handler = Callable[[dict], dict]
 
 BATCH: list[Query] = [
     {"id": "q1", "question": "Calculate 2 + 3.", "answer": "5"},
     {"id": "q2", "question": "Calculate 7 - 4.", "answer": "3"},
 ]
-
-
-def role_of(body: dict) -> str:
-    tool = forced_tool_name(body)
-    if tool == "ExtractedExperiences":
-        return "extract"
-    if tool == "LibraryUpdate":
-        return "update"
-    if tool == "RevisedLesson":
-        return "retry"
-    system = " ".join(message_text(m.get("content")) for m in body["messages"] if m["role"] == "system")
-    return "summarize" if "SUMMARIZE" in system else "rollout"
-
-
-def question_of(body: dict) -> str:
-    return message_text([m for m in body["messages"] if m["role"] == "user"][-1]["content"])
 
 
 def alternating_policy() -> Handler:
@@ -67,33 +47,11 @@ def alternating_policy() -> Handler:
     return policy
 
 
-class Fake:
-    """A unique ``prefix:`` provider whose models answer per role (default: ``grpo_responder``)."""
+class Fake(helpers.Fake):
+    """The shared fake provider; rollouts alternate right / wrong unless a test says otherwise."""
 
     def __init__(self, **handlers: Handler) -> None:
-        self.handlers = {"rollout": alternating_policy(), **handlers}
-        self.models: list[ScriptedChatModel] = []
-        self.prefix = "n" + uuid.uuid4().hex[:10]
-        register_provider(self.prefix, self._factory)
-
-    def _factory(self, name: str, settings: object) -> ScriptedChatModel:
-        model = ScriptedChatModel(responder=self.respond)
-        self.models.append(model)
-        return model
-
-    def respond(self, body: dict) -> dict:
-        handler = self.handlers.get(role_of(body))
-        return handler(body) if handler is not None else grpo_responder(body)
-
-    @property
-    def spec(self) -> str:
-        return f"{self.prefix}:model"
-
-    def bodies(self, role: str | None = None) -> list[dict]:
-        return [b for m in self.models for b in m.calls if role is None or role_of(b) == role]
-
-    def count(self, role: str) -> int:
-        return len(self.bodies(role))
+        super().__init__(**{"rollout": alternating_policy(), **handlers})
 
 
 def run_step(
@@ -108,14 +66,6 @@ def run_step(
     return compile_step_graph(store=InMemoryStore()).invoke(
         state, context=ctx, config={"recursion_limit": 500}
     )
-
-
-def tool_reply(name: str, arguments: dict | str) -> dict:
-    return {"tool_calls": [{"name": name, "arguments": arguments}]}
-
-
-def extract_reply(operations: list[dict]) -> Handler:
-    return lambda body: tool_reply("ExtractedExperiences", {"analysis": "a", "operations": operations})
 
 
 def seeded_library() -> Library:

@@ -3,23 +3,18 @@
 from __future__ import annotations
 
 import threading
-import uuid
-from collections.abc import Callable
 from typing import Any
 
 from langgraph.store.memory import InMemoryStore
 
+from tests.helpers import Fake, Handler, question_of, role_of
 from tfgrpo.context import Context
 from tfgrpo.graphs.step import STEP_NODES, compile_step_graph
-from tfgrpo.models.spec import register_provider
 from tfgrpo.nodes._llm import step_namespace
 from tfgrpo.state.library import Library
 from tfgrpo.state.types import Query
-from tfgrpo.testing.fake_openai import estimate_request_tokens, forced_tool_name, message_text
-from tfgrpo.testing.responders import grpo_responder, solve_arithmetic
-from tfgrpo.testing.scripted import ScriptedChatModel
-
-Handler = Callable[[dict], dict]
+from tfgrpo.testing.fake_openai import estimate_request_tokens
+from tfgrpo.testing.responders import solve_arithmetic
 
 BATCH: list[Query] = [
     {"id": "q1", "question": "Calculate 2 + 3.", "answer": "5"},
@@ -43,22 +38,6 @@ LIBRARY: Library = {
 }
 
 
-def role_of(body: dict) -> str:
-    tool = forced_tool_name(body)
-    if tool == "ExtractedExperiences":
-        return "extract"
-    if tool == "LibraryUpdate":
-        return "update"
-    if tool == "RevisedLesson":
-        return "retry"
-    system = " ".join(message_text(m.get("content")) for m in body["messages"] if m["role"] == "system")
-    return "summarize" if "SUMMARIZE" in system else "rollout"
-
-
-def question_of(body: dict) -> str:
-    return message_text([m for m in body["messages"] if m["role"] == "user"][-1]["content"])
-
-
 def constant_policy(correct: bool) -> Handler:
     def policy(body: dict) -> dict:
         value = solve_arithmetic(question_of(body))
@@ -80,33 +59,6 @@ def alternating_policy() -> Handler:
         return {"content": f"Answer: {value if n % 2 == 0 else str(value) + '0'}"}
 
     return policy
-
-
-class Fake:
-    def __init__(self, **handlers: Handler) -> None:
-        self.handlers = handlers
-        self.models: list[ScriptedChatModel] = []
-        self.prefix = "s" + uuid.uuid4().hex[:10]
-        register_provider(self.prefix, self._factory)
-
-    def _factory(self, name: str, settings: object) -> ScriptedChatModel:
-        model = ScriptedChatModel(responder=self.respond)
-        self.models.append(model)
-        return model
-
-    def respond(self, body: dict) -> dict:
-        handler = self.handlers.get(role_of(body))
-        return handler(body) if handler is not None else grpo_responder(body)
-
-    @property
-    def spec(self) -> str:
-        return f"{self.prefix}:model"
-
-    def bodies(self, role: str | None = None) -> list[dict]:
-        return [b for m in self.models for b in m.calls if role is None or role_of(b) == role]
-
-    def count(self, role: str) -> int:
-        return len(self.bodies(role))
 
 
 def run_step(

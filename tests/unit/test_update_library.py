@@ -12,8 +12,9 @@ from pathlib import Path
 
 import pytest
 
+from tests.helpers import extract_reply, tool_reply
 from tests.unit.test_lesson_gate import ARITHMETIC, GENERAL_LESSONS, GOOD
-from tests.unit.test_nodes import BATCH, Fake, extract_reply, run_step, tool_reply
+from tests.unit.test_nodes import BATCH, Fake, run_step
 from tfgrpo.cli import MAIN_JOB_PROMPTS
 from tfgrpo.data import load_dataset
 from tfgrpo.learner import gate_summary
