@@ -399,20 +399,24 @@ def test_a_consolidation_that_merges_two_groups_lessons_keeps_only_the_merge() -
 
 def test_the_text_of_every_proposed_and_rejected_lesson_is_in_the_report(tmp_path: Path) -> None:
     junk = "81 + (-78) = 3"
-    fake = Fake(
-        extract=extract_reply([{"op": "ADD", "content": GOOD}, {"op": "ADD", "content": junk}]),
-        retry=lambda body: tool_reply("RevisedLesson", {"content": ""}),
-    )
-    out = run_step(fake, batch=BATCH[:1])
+
+    def retry(body: dict) -> dict:  # the over-long lesson is rewritten; the junk is withdrawn
+        return tool_reply("RevisedLesson", {"content": SHORT if "shorten it" in str(body) else ""})
+
+    proposals = [{"op": "ADD", "content": c} for c in (GOOD, junk, LONG)]
+    fake = Fake(extract=extract_reply(proposals), retry=retry)
+    out = run_step(fake, batch=BATCH[:1], experiences_per_group=3)
     report = out["report"]
-    assert [op["content"] for op in report["proposed"]] == [GOOD, junk]
+    assert [op["content"] for op in report["proposed"]] == [GOOD, junk, LONG]
+    assert [op["content"] for op in report["rewrites"]] == [SHORT]
     run = RunDir(tmp_path)
     run.create()
     run.write_outputs({"library": out["library"]}, [report])
     saved = json.loads((tmp_path / "report.json").read_text())["steps"][0]
-    assert [op["content"] for op in saved["proposed"]] == [GOOD, junk]
+    assert [op["content"] for op in saved["proposed"]] == [GOOD, junk, LONG]
     md = (tmp_path / "report.md").read_text()
     proposed = md.split("## Proposed operations", 1)[1].split("##", 1)[0]
-    assert f'- step 0: ADD "{GOOD}"' in proposed and f'- step 0: ADD "{junk}"' in proposed
+    assert all(f'- step 0: ADD "{text}"' in proposed for text in (GOOD, junk, LONG))
+    assert f'- step 0: ADD "{SHORT}"' in md.split("## Rewrites that passed the lesson gate", 1)[1]
     rejected = md.split("## Rejected operations", 1)[1]
     assert f'- step 0: ADD "{junk}" — proposal: not prose' in rejected

@@ -278,10 +278,12 @@ def update_library(state: StepState, runtime: Runtime[Context]) -> dict[str, Any
     calls: list[CallRecord] = []
     dropped: list[Dropped] = []
     retried: Counter[str] = Counter()
+    rewrites: list[Operation] = []  # rewrites that passed the gate (those that failed are in rejected)
     if gated:
         retry = retry_node.retry_rejected(runtime, ctx, state, gated, templates)
         proposed = [*proposed, *retry.passed]
         gated, gate_counts, retried = retry.rejected, retry.counts, retry.retried
+        rewrites = retry.passed
         calls, dropped = retry.calls, retry.dropped
 
     known_sources = {p["query_id"] for p in proposals}
@@ -329,5 +331,6 @@ def update_library(state: StepState, runtime: Runtime[Context]) -> dict[str, Any
         lessons_rejected=dict(gate_counts + final_counts),
         lessons_retried=dict(retried),
         lessons_kept=kept,
+        rewrites=rewrites,
     )
     return {"library": new_library, "report": report, "usage": usage_of(calls), "dropped": dropped}

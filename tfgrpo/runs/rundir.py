@@ -354,6 +354,10 @@ class RunDir:
         if proposed:
             lines += ["", "## Proposed operations", ""]
             lines += [f"- step {s}: {operation_line(op)}" for s, op in proposed]
+        rewrites = [(r["step"], op) for r in history for op in r.get("rewrites", [])]
+        if rewrites:
+            lines += ["", "## Rewrites that passed the lesson gate", ""]
+            lines += [f"- step {s}: {operation_line(op)}" for s, op in rewrites]
         rejected = [(r["step"], x) for r in history for x in r["rejected"]]
         if rejected:
             lines += ["", "## Rejected operations", ""]

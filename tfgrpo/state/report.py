@@ -41,13 +41,15 @@ def build_step_report(
     lessons_rejected: dict[str, int] | None = None,
     lessons_retried: dict[str, int] | None = None,
     lessons_kept: int = 0,
+    rewrites: list[Operation] | None = None,
 ) -> StepReport:
     """``final_operations``: how many operations the consolidation kept (merging and discarding
     proposals is its job; the report shows how many it let through). ``lessons_rejected``: ADD/UPDATEs
     the lesson gate stopped for good, by reason (proposals after their retry, and final operations; they
     are also in ``rejected``). ``lessons_retried``: proposals sent back to the learner once, by the
     reason the gate first gave. ``lessons_kept``: proposed ADDs the consolidation left out, kept as
-    proposed (never silently dropped)."""
+    proposed (never silently dropped). ``rewrites``: the learner's rewrites of rejected proposals that
+    passed the gate (with the proposals and the rejections, every lesson's text is in the report)."""
     groups = state.get("groups", [])
     rewards = [r for group in groups for r in group["rewards"] if r is not None]
     usage = merge_usage(state.get("usage"), usage_of(more_calls))
@@ -69,6 +71,7 @@ def build_step_report(
         "operations_proposed": proposed,
         # the text of every proposal, kept: a lesson the gate or the consolidation stopped is read here
         "proposed": [op for p in state.get("proposals", []) for op in p["operations"]],
+        "rewrites": list(rewrites or []),
         "operations_final": proposed if final_operations is None else final_operations,
         "operations_applied": len(applied),
         "operations_rejected": len(rejected),

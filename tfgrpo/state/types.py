@@ -198,6 +198,7 @@ class StepReport(TypedDict):
     rejected: list[RejectedOperation]
     applied: list[Operation]
     proposed: NotRequired[list[Operation]]  # every operation extract proposed, text included
+    rewrites: NotRequired[list[Operation]]  # rewrites of rejected proposals that passed the gate
     dropped: dict[str, int]  # stage -> count
     lessons_rejected: NotRequired[dict[str, int]]  # lesson-gate reason -> ADD/UPDATEs rejected for good
     lessons_retried: NotRequired[dict[str, int]]  # first gate reason -> proposals sent back once
