@@ -4,68 +4,40 @@ time, until they differ or it holds the cap; the extra attempts are scored once,
 from __future__ import annotations
 
 import importlib.util
-import uuid
 from pathlib import Path
 from typing import Any
 
 import pytest
 from langgraph.store.memory import InMemoryStore
 
+from tests.helpers import Fake
 from tfgrpo.checks import check_context
 from tfgrpo.context import Context
 from tfgrpo.errors import ConfigError
 from tfgrpo.graphs.step import compile_step_graph
-from tfgrpo.models.spec import register_provider
 from tfgrpo.runs.rundir import table_header, table_line
 from tfgrpo.state.types import Query
-from tfgrpo.testing.fake_openai import message_text
 from tfgrpo.testing.responders import rarely_right_responder
-from tfgrpo.testing.scripted import ScriptedChatModel
 
 BATCH: list[Query] = [
     {"id": f"q{i}", "question": f"Calculate {i} + {2 * i + 1}.", "answer": str(3 * i + 1)} for i in range(12)
 ]
 
 
-def scripted_model() -> tuple[str, list[ScriptedChatModel]]:
-    """A fresh ``prefix:`` provider answering with :func:`rarely_right_responder`."""
-    built: list[ScriptedChatModel] = []
-    prefix = "ds" + uuid.uuid4().hex[:8]
-
-    def factory(name: str, settings: object) -> ScriptedChatModel:
-        model = ScriptedChatModel(responder=rarely_right_responder)
-        built.append(model)
-        return model
-
-    register_provider(prefix, factory)
-    return f"{prefix}:m", built
-
-
-def policy_calls(models: list[ScriptedChatModel]) -> list[dict]:
-    return [
-        body
-        for m in models
-        for body in m.calls
-        if not body.get("tools")
-        and "SUMMARIZE" not in " ".join(message_text(x.get("content")) for x in body["messages"])
-        and "grading a quiz" not in " ".join(message_text(x.get("content")) for x in body["messages"])
-    ]
-
-
-def run_step(**settings: Any) -> tuple[dict[str, Any], list[ScriptedChatModel]]:
-    spec, built = scripted_model()
+def run_step(**settings: Any) -> tuple[dict[str, Any], Fake]:
+    fake = Fake(rollout=rarely_right_responder)
     options: dict[str, Any] = {"reward": "exact_match", "group_size": 4, "batch_size": len(BATCH), **settings}
     out = compile_step_graph(store=InMemoryStore()).invoke(
         {"batch": BATCH, "run_id": "run", "step": 0},
-        context=Context(model=spec, **options),
+        context=Context(model=fake.spec, **options),
         config={"recursion_limit": 500},
     )
-    return out, built
+    return out, fake
 
 
 def test_all_equal_groups_get_more_attempts_until_they_differ_or_reach_the_cap() -> None:
     alone, _ = run_step()
-    grown, models = run_step(max_group_size=16)
+    grown, fake = run_step(max_group_size=16)
     assert alone["report"]["extra_rollouts"] == 0 and alone["report"]["groups_rescued"] == 0
     kept_alone, kept_grown = alone["report"]["groups_kept"], grown["report"]["groups_kept"]
     print(f"groups with contrast: G alone {kept_alone} of 12, cap 16 {kept_grown} of 12")
@@ -86,7 +58,7 @@ def test_all_equal_groups_get_more_attempts_until_they_differ_or_reach_the_cap()
     assert report["groups_rescued"] == sum(1 for g in grown["groups"] if g["kept"] and g["extra_attempts"])
     assert report["groups_rescued"] == kept_grown - kept_alone  # the first G of each group are the same
     assert report["rollouts"] == 12 * 4 + extra
-    calls = policy_calls(models)
+    calls = fake.bodies("rollout")
     assert len(calls) == report["rollouts"]  # every attempt asked once
     assert len({body["seed"] for body in calls}) == len(calls)  # each with its own seed
     assert report["usage"]["rollout"]["calls"] == len(calls)  # and booked
@@ -102,10 +74,8 @@ def test_the_step_table_shows_the_extra_attempts_and_the_groups_they_rescued() -
 
 def test_extra_attempts_are_scored_once_each() -> None:
     """The reward node runs again after each round: what it scored (and booked) before is not redone."""
-    out, models = run_step(max_group_size=12, reward="judge")
-    judged = [
-        b for m in models for b in m.calls if "grading a quiz" in message_text(b["messages"][0]["content"])
-    ]
+    out, fake = run_step(max_group_size=12, reward="judge")
+    judged = fake.bodies("judge")
     assert len(judged) == out["report"]["rollouts"]
     assert out["report"]["usage"]["judge"]["calls"] == len(judged)
 
