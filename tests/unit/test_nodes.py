@@ -222,13 +222,23 @@ def test_reward_reasons_are_kept_beside_their_rollouts_and_bad_values_are_droppe
     assert all("why_reward.py:score" in r and "(0.5, None)" in r and "\n" not in r for r in bad), bad
 
 
-def test_builtin_rewards_explain_every_rollout() -> None:
-    out = run_step(Fake(), batch=BATCH[:1])
+NO_MAJORITY = "no answer was given by more attempts than any other (no majority)"
+
+
+@pytest.mark.parametrize(
+    ("reward", "reasons"),
+    [
+        ("exact_match", ["read '5'; expected '5': the same answer",
+                         "read '51'; expected '5': a different answer"]),
+        ("judge", ["read '5'; expected '5': the judge said CORRECT",
+                   "read '51'; expected '5': the judge said INCORRECT"]),
+        ("majority", [f"read '5'; {NO_MAJORITY}", f"read '51'; {NO_MAJORITY}"]),
+    ],
+)  # fmt: skip
+def test_builtin_rewards_explain_every_rollout(reward: str, reasons: list[str]) -> None:
+    out = run_step(Fake(), batch=BATCH[:1], reward=reward)
     (group,) = out["groups"]
-    assert sorted(group["reward_reasons"]) == [
-        "read '5'; expected '5': the same answer",
-        "read '51'; expected '5': a different answer",
-    ]
+    assert sorted(group["reward_reasons"]) == reasons
 
 
 def test_failed_summary_is_dropped_and_a_group_left_with_one_summary_is_not_extracted() -> None:
