@@ -13,6 +13,7 @@ PACKAGE = Path(tfgrpo.__file__).parent
 # lowest first; a module may import its own room and any room of a lower rank
 RANKS: dict[str, int] = {
     "errors": 0,
+    "bounded": 0,
     "state": 1,
     "context": 2,
     "data": 3,

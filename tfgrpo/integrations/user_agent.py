@@ -35,6 +35,7 @@ from langgraph.config import get_config
 from langgraph.pregel import Pregel
 from langgraph.store.base import BaseStore
 
+from tfgrpo.bounded import BoundedDict
 from tfgrpo.context import Context
 from tfgrpo.errors import ConfigError
 from tfgrpo.integrations.middleware import EXPERIENCES_KEY, HOOKS_KEY, ExperienceMiddleware, RolloutHooks
@@ -44,7 +45,7 @@ from tfgrpo.state.types import CallRecord
 OBJECT_PREFIX = "object:"  # agents handed over as Python objects (tfgrpo.learn(agent=...))
 
 _objects: dict[str, Any] = {}
-_prepared: dict[str, Pregel] = {}
+_prepared: BoundedDict[str, Pregel] = BoundedDict(32)  # a cache; _objects is the user's registry
 _lock = threading.Lock()
 
 

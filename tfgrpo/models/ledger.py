@@ -37,6 +37,7 @@ from typing import Any, TypeVar
 
 from langchain_core.messages import AIMessage, BaseMessage
 
+from tfgrpo.bounded import BoundedDict
 from tfgrpo.errors import ConfigError, ProviderError, TfgrpoError
 from tfgrpo.models.cache import (
     CACHED_FLAG,
@@ -560,7 +561,7 @@ _default_lock = threading.Lock()
 # The run's ledger, per context (not per process): two runs in two threads of one process each have
 # their own; the graph's branches inherit it (LangGraph runs them in copies of the caller's context).
 _active: ContextVar[Ledger | None] = ContextVar("tfgrpo_ledger", default=None)
-_defaults: dict[int, Ledger] = {}
+_defaults: BoundedDict[int, Ledger] = BoundedDict(16)  # by max_concurrency
 
 
 @contextmanager
@@ -666,7 +667,8 @@ def current_ledger(max_concurrency: int = 4) -> Ledger:
 # retries and concurrency come from the run context; its totals are kept in the store, so a thread resumed
 # after a server restart (or on another server sharing PostgreSQL) keeps its budget.
 LEDGER_NAMESPACE = ("tfgrpo-ledger",)
-_threads: dict[tuple[int, str], Ledger] = {}
+# one per server thread: an evicted thread's ledger is rebuilt from its totals in the store
+_threads: BoundedDict[tuple[int, str], Ledger] = BoundedDict(1024)
 
 
 def ledger_from_context(ctx: Any) -> Ledger:

@@ -15,6 +15,7 @@ from typing import Any
 
 from langchain_core.language_models import BaseChatModel
 
+from tfgrpo.bounded import BoundedDict
 from tfgrpo.context import Context
 from tfgrpo.errors import ConfigError
 
@@ -42,7 +43,7 @@ def resolve_spec(spec: str) -> str:
 
 
 _providers: dict[str, ProviderFactory] = {}
-_cache: dict[ModelSettings, BaseChatModel] = {}
+_cache: BoundedDict[ModelSettings, BaseChatModel] = BoundedDict(64)
 _lock = threading.Lock()
 
 
@@ -147,7 +148,7 @@ def _build(settings: ModelSettings) -> BaseChatModel:
     return _init_chat_model(settings.spec, settings)
 
 
-_building: dict[ModelSettings, threading.Lock] = {}
+_building: BoundedDict[ModelSettings, threading.Lock] = BoundedDict(256)
 
 
 INSTANCE_PREFIX = "instance:"  # models handed over as objects (tfgrpo.learn(model=ChatOpenAI(...)))

@@ -24,6 +24,7 @@ from langgraph.store.base import BaseStore, GetOp, Item
 from langgraph.store.memory import InMemoryStore
 from pydantic import BaseModel, ValidationError
 
+from tfgrpo.bounded import BoundedDict
 from tfgrpo.context import Context, as_context
 from tfgrpo.errors import ProviderError, StopRequested
 from tfgrpo.models.known_keys import known_keys
@@ -77,8 +78,7 @@ def library_text(library: Library | None) -> str:
 
 # E's renderings read back by the map branches, by key: the key is a hash of the text, so an entry is
 # never stale, and every branch after the first skips a store read. Bounded (two renderings per step).
-_library_texts: dict[str, str] = {}
-_LIBRARY_TEXTS_MAX = 64
+_library_texts: BoundedDict[str, str] = BoundedDict(64)
 
 
 def library_text_of(store: BaseStore, run_id: str, key: str) -> str:
@@ -89,8 +89,6 @@ def library_text_of(store: BaseStore, run_id: str, key: str) -> str:
             raise LookupError(f"experience library {key} not found in the store")
         text = str(item.value["text"])
         if library_key(text) == key:  # (a hand-written store entry is not cached)
-            if len(_library_texts) >= _LIBRARY_TEXTS_MAX:
-                _library_texts.clear()
             _library_texts[key] = text
     return text
 
@@ -278,7 +276,9 @@ def malformed_reason(schema: type[BaseModel], raw: AIMessage | None, parsing_err
 # ``with_structured_output`` converts the schema to a tool (pydantic's JSON schema, then OpenAI's format)
 # each time it is called: tens of ms of CPU, more than the call's own HTTP work. Built once per model,
 # schema and method instead; the model is kept with its runnable, so its id is never reused.
-_structured: dict[tuple[int, type[BaseModel], str], tuple[BaseChatModel, Runnable[Any, Any]]] = {}
+_structured: BoundedDict[tuple[int, type[BaseModel], str], tuple[BaseChatModel, Runnable[Any, Any]]] = (
+    BoundedDict(256)
+)
 
 
 def structured_runnable(model: BaseChatModel, schema: type[BaseModel], method: str) -> Runnable[Any, Any]:

@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
+from tfgrpo.bounded import BoundedDict
 from tfgrpo.errors import ConfigError
 
 PromptRole = Literal["policy", "summarize", "extract", "update", "retry", "judge"]
@@ -122,7 +123,8 @@ PROMPTS: dict[str, PromptSpec] = {
     )
 }
 
-_cache: dict[tuple[str, tuple[tuple[str, float], ...]], dict[str, str]] = {}
+# a directory's overrides by its files' names and times (a new entry only when a file changes)
+_cache: BoundedDict[tuple[str, tuple[tuple[str, float], ...]], dict[str, str]] = BoundedDict(32)
 _lock = threading.Lock()
 
 

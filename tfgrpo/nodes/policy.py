@@ -34,6 +34,7 @@ from langgraph.runtime import Runtime
 from langgraph.store.base import BaseStore
 from langgraph.types import Checkpointer
 
+from tfgrpo.bounded import BoundedDict
 from tfgrpo.context import Context, as_context
 from tfgrpo.errors import ConfigError
 from tfgrpo.evals.rewards import extract_final_answer
@@ -97,7 +98,7 @@ class PolicyState(AgentState[Any]):
     answer: NotRequired[str]  # the final answer, extracted from the last model message
 
 
-_library_cache: dict[tuple[str, float], str] = {}
+_library_cache: BoundedDict[tuple[str, float], str] = BoundedDict(16)  # by file and time
 
 
 def inference_experiences(ctx: Context, store: BaseStore | None) -> str:
@@ -141,7 +142,7 @@ def inference_experiences(ctx: Context, store: BaseStore | None) -> str:
 
 # OpenAI schemas of the tools, for the budget's reservation: converting a tool is not free and the tools
 # live as long as the process. The tool object is kept with its schema, so its id is never reused.
-_schemas: dict[int, tuple[BaseTool, dict[str, Any]]] = {}
+_schemas: BoundedDict[int, tuple[BaseTool, dict[str, Any]]] = BoundedDict(256)
 
 
 def tool_schema(tool: BaseTool | dict[str, Any]) -> dict[str, Any]:

@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, Any
 
 from pydantic import BaseModel, Field
 
+from tfgrpo.bounded import BoundedDict
 from tfgrpo.errors import ConfigError
 from tfgrpo.tools.corpus import fit_blocks, truncate
 
@@ -43,7 +44,7 @@ def web_search_available() -> bool:
     return _api_key() is not None
 
 
-_CLIENTS: dict[tuple[str, str | None], Any] = {}
+_CLIENTS: BoundedDict[tuple[str, str | None], Any] = BoundedDict(16)
 _CLIENTS_LOCK = threading.Lock()
 
 
