@@ -420,3 +420,17 @@ def test_the_text_of_every_proposed_and_rejected_lesson_is_in_the_report(tmp_pat
     assert f'- step 0: ADD "{SHORT}"' in md.split("## Rewrites that passed the lesson gate", 1)[1]
     rejected = md.split("## Rejected operations", 1)[1]
     assert f'- step 0: ADD "{junk}" — proposal: not prose' in rejected
+
+
+def test_the_extract_prompt_states_the_gates_rules_with_its_thresholds() -> None:
+    from tfgrpo.nodes import lesson_gate
+    from tfgrpo.nodes.extract import SYSTEM_PROMPT
+
+    rules = SYSTEM_PROMPT.split("Every lesson is checked before it is stored, and rejected when it:", 1)[1]
+    assert f"{lesson_gate.COPIED_WORDS} or more consecutive words of its question" in rules  # answer leak
+    assert "quotes the numbers of this problem (one of two or more digits, or two different numbers)" in rules
+    assert (lesson_gate.SPECIFIC_DIGITS, lesson_gate.SPECIFIC_NUMBERS) == (2, 2)
+    assert '"this attempt", "attempt 3", "the first model turn"' in rules  # narration
+    assert f"copies {lesson_gate.TEMPLATE_WORDS} or more consecutive words of these instructions" in rules
+    assert f"has fewer than {lesson_gate.MIN_PROSE_WORDS} words" in rules
+    assert "is longer than {word_cap} words" in rules
