@@ -290,12 +290,41 @@ class StepSettings:
         "case.",
     )
 
+    candidates: int = Field(
+        default=1,
+        ge=1,
+        le=8,
+        description="Candidate updates of E per step: the learner's extract calls are sampled this many "
+        "times (each with its own seed), each sample gives a candidate E, and the policy scores every "
+        "distinct changed candidate on the step's questions whose groups had contrast, paired with the "
+        "current E's rollouts (same seeds); the best that beats the current E by more than "
+        "--candidate-margin is kept, else E stays. 1: one update, applied (no selection).",
+    )
+    candidate_margin: float = Field(
+        default=0.0,
+        ge=0,
+        le=1,
+        description="With --candidates above 1: a candidate E is kept only when its mean reward on the "
+        "selection runs beats the current E's on the same seeds by more than this.",
+    )
+    selection_k: int = Field(
+        default=2,
+        ge=1,
+        description="With --candidates above 1: runs per selection question and candidate E; run i uses "
+        "the seed of the question's rollout i, so at most --group-size.",
+    )
+
     @model_validator(mode="after")
     def _cap_holds_a_group(self) -> Any:
         if 0 < self.max_group_size < self.group_size:
             raise ValueError(
                 f"--max-group-size must be at least --group-size ({self.group_size}) or 0 (no extra "
                 f"attempts), got {self.max_group_size}"
+            )
+        if self.selection_k > self.group_size:
+            raise ValueError(
+                f"--selection-k must be at most --group-size ({self.group_size}): selection run i is "
+                f"paired with rollout i, got {self.selection_k}"
             )
         return self
 

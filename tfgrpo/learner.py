@@ -1,14 +1,11 @@
-"""Drive the learn graph for the CLI and the Python API: SQLite checkpoints in the run directory, progress
-bars, outputs after every step, graceful Ctrl-C, and resume by running the same command again. It returns
-a :class:`LearnResult` and raises typed errors; its tables and notes go to a reporter
-(:mod:`tfgrpo.runs.reporter`), and only the CLI prints errors and picks exit codes."""
+"""Drive the learn graph from the command line: SQLite checkpoints in the run directory, progress bars,
+outputs after every step, graceful Ctrl-C, and resume by running the same command again."""
 
 from __future__ import annotations
 
 import json
 import sys
 import uuid
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, cast
 
@@ -20,7 +17,7 @@ from tqdm.auto import tqdm
 from tfgrpo.checks import check_context
 from tfgrpo.context import Context
 from tfgrpo.data import batches_per_epoch, load_dataset, training_queries
-from tfgrpo.errors import ConfigError, RunFailed
+from tfgrpo.errors import ConfigError
 from tfgrpo.evals.rewards import reward_function, warm_up
 from tfgrpo.graphs.learn import compile_learn_graph
 from tfgrpo.models.ledger import Ledger, Prices, paid_totals, spent_so_far, use_llm_cache
@@ -30,7 +27,6 @@ from tfgrpo.nodes.variance_gate import more_attempts
 from tfgrpo.runs.backends import Backend, open_backend
 from tfgrpo.runs.gc_tuning import quiet_gc
 from tfgrpo.runs.pglock import redacted
-from tfgrpo.runs.reporter import Reporter
 from tfgrpo.runs.rundir import (
     RunDir,
     check_resume,
@@ -44,15 +40,15 @@ from tfgrpo.runs.rundir import (
     table_line,
 )
 from tfgrpo.runs.runlock import lock_run_dir
-from tfgrpo.runs.tracking import LEARN_FILES, Tracker, open_tracker, run_status, settings_params
+from tfgrpo.runs.tracking import LEARN_FILES, Tracker, open_tracker, settings_params
 from tfgrpo.state.graph_state import LearnState
-from tfgrpo.state.library import Library, empty_library
 from tfgrpo.state.report import nothing_worked
 from tfgrpo.state.types import StepReport
 
 THREAD_ID = "learn"
-# the six step nodes, share_library, select_batch, prepare_validation, validate, validation_gate, advance
-SUPERSTEPS_PER_STEP = 12
+# the six step nodes, share_library, select and choose_candidate (--candidates), select_batch,
+# prepare_validation, validate, validation_gate, advance
+SUPERSTEPS_PER_STEP = 14
 MAP_NODES = ("rollout", "summarize")
 
 
@@ -128,28 +124,16 @@ def run_prices(run: RunDir) -> str | None:
     return found if isinstance(found, str) and found else None
 
 
-@dataclass(frozen=True)
-class LearnResult:
-    """What a learning run leaves: E, the run report (report.json's content, with its steps) and where
-    the run lives."""
-
-    library: Library
-    report: dict[str, Any]
-    run_dir: Path
-    steps: list[StepReport] = field(default_factory=list)
-
-
 def _final_outputs(
     run: RunDir, store: BaseStore, values: dict[str, Any], paid: dict[str, Any] | None = None
-) -> LearnResult:
+) -> list[StepReport]:
     """The run's files plus its learning curve (plotted at the end only: matplotlib is not free)."""
     from tfgrpo.evals.report import write_learning_curve
 
     history = step_history(store, values.get("run_id", "")) if values else []
-    report = run.write_outputs(values, history, paid)
+    run.write_outputs(values, history, paid)
     write_learning_curve(run.path, history)
-    library: Library = values.get("library") or empty_library()
-    return LearnResult(library=library, report=report, run_dir=run.path, steps=history)
+    return history
 
 
 def run_learning(
@@ -165,15 +149,10 @@ def run_learning(
     run_id: str = "",
     track: str = "",
     track_traces: bool = False,
-    reporter: Reporter | None = None,
-) -> LearnResult:
+) -> int:
     """Learn (or resume) the run in ``run_dir``; ``db`` is ``--db`` (see :mod:`tfgrpo.runs.backends`) and
     ``run_id`` names the run there (default: the run directory's name); ``track`` is ``--track``
-    (:mod:`tfgrpo.runs.tracking`); the tables and notes go to ``reporter`` (default: printed).
-
-    Raises :class:`RunFailed` when nothing of the run worked (the first error named),
-    :class:`BudgetStopped` at the budget and :class:`RunInterrupted` after Ctrl-C, each once the finished
-    work is saved; a resume is the same call."""
+    (:mod:`tfgrpo.runs.tracking`)."""
     # fail fast with one-line errors, before anything is paid for
     check_context(ctx)
     queries = training_queries(ctx)
@@ -182,6 +161,8 @@ def run_learning(
         if ctx.reward == "majority":
             raise ConfigError("--validation needs a ground-truth reward (not majority)")
         load_dataset(ctx.validation)
+    if ctx.candidates > 1 and ctx.reward == "majority":  # a selection run is scored alone, not in a group
+        raise ConfigError("--candidates above 1 needs a ground-truth reward (not majority)")
     if ledger is not None:  # a model without a price under --budget-usd: refused before the header
         ledger.check_prices(sorted({resolve_spec(ctx.model), resolve_spec(ctx.learner_model or ctx.model)}))
     warm_up(ctx.reward)  # math-verify helpers start (other processes) while this one builds the models
@@ -189,21 +170,19 @@ def run_learning(
     run = RunDir(run_dir)
     run.create()
     tracker = open_tracker(track, run.path, traces=track_traces)
-    say = reporter or Reporter()
+    code = 1  # an exception below ends the MLflow run as FAILED
     with (
         lock_run_dir(run.path),  # one writer per run directory
         open_backend(db, local_dir=run.path, run_id=run_id or run.path.resolve().name) as backend,
         backend.lock(),  # and, in a shared database, one writer per run id
     ):
         try:
-            result = _learn(
-                ctx, run, backend, queries, seed, progress, keep_checkpoints, ledger, callbacks, tracker, say
+            code = _learn(
+                ctx, run, backend, queries, seed, progress, keep_checkpoints, ledger, callbacks, tracker
             )
-        except BaseException as exc:
-            tracker.finish(run_status(exc), LEARN_FILES)
-            raise
-        tracker.finish("FINISHED", LEARN_FILES)
-        return result
+        finally:
+            tracker.finish(code, LEARN_FILES)
+        return code
 
 
 def _learn(
@@ -217,8 +196,7 @@ def _learn(
     ledger: Ledger | None,
     callbacks: Any,
     tracker: Tracker,
-    say: Reporter,
-) -> LearnResult:
+) -> int:
     run_dir, store = run.path, backend.store
     thread = backend.thread(THREAD_ID)
     graph = compile_learn_graph(checkpointer=backend.saver, store=store)
@@ -242,9 +220,9 @@ def _learn(
     # ``snapshot.next`` is not enough: it is also empty when a task's writes are stored but the next
     # checkpoint is not (a kill there), and such a run must continue.
     if values.get("done"):
-        result = _final_outputs(run, store, values)
-        say.line(f"run in {run_dir} is already complete ({len(result.steps)} steps)")
-        return _worked(result)
+        history = _final_outputs(run, store, values)
+        print(f"run in {run_dir} is already complete ({len(history)} steps)")
+        return _failed_run_exit(history, run_dir)
     graph_input: dict[str, Any] | None = None if values else {"seed": seed}
     if not values:
         run.refuse_new_run_over_outputs()
@@ -254,19 +232,19 @@ def _learn(
         graph_input["run_id"] = backend.run_id if backend.shared else uuid.uuid4().hex
         mark_run(store, graph_input["run_id"])
     if values:
-        say.line(f"resuming {run_dir} at step {values.get('step', 0)} of {n_steps}")
+        print(f"resuming {run_dir} at step {values.get('step', 0)} of {n_steps}", flush=True)
     else:
         run.write_settings(ctx, seed)
-        say.line(f"learning: {len(queries)} queries, {n_steps} steps -> {run_dir}")
+        print(f"learning: {len(queries)} queries, {n_steps} steps -> {run_dir}", flush=True)
 
     ledger = ledger or Ledger(max_concurrency=ctx.max_concurrency)
     cache_run = backend.run_id if backend.shared else ""  # the namespace of the run's result cache
     ledger.spent_tokens, ledger.spent_usd = spent_so_far(store, cache_run, ledger.prices)
     bars = Progress(progress, ctx.group_size, ctx.max_group_size)
-    say.line(table_header())
+    print(table_header(), flush=True)
     finished = step_history(store, values["run_id"]) if values.get("run_id") else []
     for report in finished:
-        say.line(table_line(report))
+        print(table_line(report), flush=True)
     tracker.catch_up(finished, run_dir)
 
     def on_stop() -> None:
@@ -275,11 +253,10 @@ def _learn(
         _final_outputs(run, store, graph.get_state(config).values, paid)
 
     errors: list[str] = []
-    stopped = f"stopped; finished work is kept: resume with the same command (--run-dir {run_dir})"
     try:
         # every response is kept the moment it arrives (per run id in a shared database)
         with quiet_gc(), use_llm_cache(store, cache_run, ledger):
-            run_stoppably(
+            code = run_stoppably(
                 lambda control: _drive(
                     graph,
                     graph_input,
@@ -292,35 +269,36 @@ def _learn(
                     keep_checkpoints,
                     errors,
                     tracker,
-                    say,
                 ),
                 ledger,
                 on_stop=on_stop,
-                stopped=f"{stopped}; from Python, call again to resume",
+                stopped=f"stopped; finished work is kept: resume with the same command (--run-dir {run_dir})",
             )
     finally:
         bars.close()
+    if code:
+        return code
 
-    result = _final_outputs(
-        run, store, graph.get_state(config).values, paid_totals(store, cache_run, ledger.prices)
-    )
-    say.line(f"\ndone: {len(result.steps)} steps, {len(result.library['items'])} experiences")
-    say.line(f"library: {run_dir / 'library.md'}   report: {run_dir / 'report.md'}")
-    for item in result.library["items"]:
-        say.line(f"  [{item['id']}] {item['text']}")
-    gated = gate_summary(result.steps)
+    final = graph.get_state(config).values
+    history = _final_outputs(run, store, final, paid_totals(store, cache_run, ledger.prices))
+    library = final.get("library", {"items": []})
+    print(f"\ndone: {len(history)} steps, {len(library['items'])} experiences")
+    print(f"library: {run_dir / 'library.md'}   report: {run_dir / 'report.md'}")
+    for item in library["items"]:
+        print(f"  [{item['id']}] {item['text']}")
+    gated = gate_summary(history)
     if gated:
-        say.line(gated)
-    return _worked(result, errors)
+        print(gated)
+    return _failed_run_exit(history, run_dir, errors)
 
 
-def _worked(result: LearnResult, errors: list[str] | None = None) -> LearnResult:
-    """``result``, unless nothing of the run worked: then :class:`RunFailed` naming the first error (the
-    first time and every time after)."""
-    failure = nothing_worked(result.steps, errors or [])
+def _failed_run_exit(history: list[StepReport], run_dir: Path, errors: list[str] | None = None) -> int:
+    """1 with a one-line error when nothing of the run worked (the first time and every time after)."""
+    failure = nothing_worked(history, errors or [])
     if failure:
-        raise RunFailed(f"{failure}; what there is was saved in {result.run_dir}")
-    return result
+        print(f"tfgrpo: error: {failure}; what there is was saved in {run_dir}", file=sys.stderr)
+        return 1
+    return 0
 
 
 def gate_summary(history: list[StepReport]) -> str | None:
@@ -349,7 +327,6 @@ def _drive(
     keep_checkpoints: bool,
     errors: list[str],
     tracker: Tracker,
-    say: Reporter,
 ) -> None:
     """Stream the graph: progress, pruning after each single-node superstep, outputs after each step;
     the reasons of dropped items are collected in ``errors``."""
@@ -379,5 +356,5 @@ def _drive(
             if node == "advance" and snap.values.get("report"):
                 report = snap.values["report"]
                 run.write_library(snap.values["library"], report["step"])
-                say.line(table_line(report))
+                print(table_line(report), flush=True)
                 tracker.step(report, snap.values["library"])

@@ -26,6 +26,7 @@ from tests.unit.test_nodes import BATCH, seeded_library
 from tfgrpo.context import Context
 from tfgrpo.graphs import evaluate, inference, learn, step
 from tfgrpo.nodes.attempt import fan_out_attempts
+from tfgrpo.nodes.candidates import route_after_update
 from tfgrpo.nodes.rollout import fan_out_rollouts
 from tfgrpo.nodes.schedule import route_next
 from tfgrpo.nodes.validate import fan_out_validation
@@ -128,6 +129,18 @@ ROUTERS = {
         "validate",
     ),
     "route_next": (LearnState, {"done": False}, {}, "select_batch"),
+    "route_after_update": (
+        LearnState,
+        {
+            "batch": BATCH,
+            "groups": [kept_group()],
+            "candidates": [
+                {"candidate": 0, "library_key": "k", "changed": True, "duplicate_of": None, "lessons": []}
+            ],
+        },
+        {"candidates": 2},
+        "select",
+    ),
     "fan_out_attempts": (
         EvalState,
         {"questions": BATCH, "arms": ["library"], "library_key": "k"},
@@ -137,7 +150,14 @@ ROUTERS = {
 }
 ROUTER_FUNCTIONS = {
     f.__name__: f
-    for f in (fan_out_rollouts, route_after_gate, fan_out_validation, route_next, fan_out_attempts)
+    for f in (
+        fan_out_rollouts,
+        route_after_gate,
+        fan_out_validation,
+        route_next,
+        fan_out_attempts,
+        route_after_update,
+    )
 }
 
 

@@ -54,6 +54,9 @@ OUT_OF_RANGE: dict[str, Any] = {
     "retry_backoff": 3601.0,
     "lesson_pattern": "When .*",
     "extract_ops": "ADD,KEEP",
+    "candidates": 9,
+    "candidate_margin": -0.1,
+    "selection_k": 0,
 }
 SERVED = {"learn": served.learn, "step": served.step, "eval": served.evaluate, "inference": served.inference}
 ROWS = [{"question": "What is 1 + 1?", "answer": "2"}]

@@ -90,6 +90,9 @@ def test_step_graph_has_exactly_the_six_paper_steps() -> None:
         "summarize",
         "extract",
         "update_library",
+        # --candidates: the selection runs and the choice among candidate Es (nodes/candidates.py)
+        "select",
+        "choose_candidate",
     }
     assert set(STEP_NODES) == nodes - {"__start__", "__end__"}
 

@@ -49,8 +49,7 @@ def build_learn_graph(*, studio: bool = False) -> StateGraph[LearnState, Any, An
     builder.add_node("validate", cast(Any, validate))  # a map worker: takes its Send payload, not the state
     builder.add_node("validation_gate", validation_gate)
     builder.add_node("prepare_validation", prepare_validation)
-    exit_node = add_step(builder, entry="select_batch")
-    builder.add_edge(exit_node, "prepare_validation")
+    add_step(builder, entry="select_batch", then="prepare_validation")
     builder.add_conditional_edges("prepare_validation", fan_out_validation, ["validate", "advance"])
     builder.add_edge("validate", "validation_gate")  # join
     builder.add_edge("validation_gate", "advance")

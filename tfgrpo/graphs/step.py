@@ -4,7 +4,8 @@ share_library -> rollout (map over batch x G) -> reward -> variance_gate -> summ
     -> update_library
 variance_gate -> extract when every kept group's attempts are short (read whole, not summarized);
 variance_gate -> update_library when no group is kept;
-variance_gate -> rollout (more attempts) for groups whose rewards are all equal (--max-group-size).
+variance_gate -> rollout (more attempts) for groups whose rewards are all equal (--max-group-size);
+update_library -> select (map) -> choose_candidate with --candidates above 1.
 ``share_library`` puts E's rendering in the store for the map branches: the routers that send them only
 route (no store writes).
 """
@@ -20,6 +21,7 @@ from langgraph.store.base import BaseStore
 from langgraph.types import Checkpointer
 
 from tfgrpo.context import Context, StepContext
+from tfgrpo.nodes.candidates import CHOOSE, DONE, SELECT, choose_candidate, route_after_update, select
 from tfgrpo.nodes.extract import extract
 from tfgrpo.nodes.reward import reward
 from tfgrpo.nodes.rollout import fan_out_rollouts, rollout, share_library
@@ -28,12 +30,22 @@ from tfgrpo.nodes.update_library import update_library
 from tfgrpo.nodes.variance_gate import route_after_gate, variance_gate
 from tfgrpo.state.graph_state import StepInput, StepOutput, StepState
 
-STEP_NODES = ("share_library", "rollout", "reward", "variance_gate", "summarize", "extract", "update_library")
+STEP_NODES = (
+    "share_library",
+    "rollout",
+    "reward",
+    "variance_gate",
+    "summarize",
+    "extract",
+    "update_library",
+    SELECT,
+    CHOOSE,
+)
 
 
-def add_step(builder: StateGraph[Any, Any, Any, Any], *, entry: str) -> str:
-    """Add the step's nodes (the paper's six and ``share_library``) to ``builder`` after ``entry``;
-    returns the exit node."""
+def add_step(builder: StateGraph[Any, Any, Any, Any], *, entry: str, then: str) -> None:
+    """Add the step's nodes (the paper's six, ``share_library``, and the selection among candidates
+    of ``--candidates``) to ``builder`` between ``entry`` and ``then``."""
     # map workers take their Send payload (RolloutTask / SummarizeTask), not the graph state
     builder.add_node("share_library", share_library)
     builder.add_node("rollout", cast(Any, rollout))
@@ -53,7 +65,14 @@ def add_step(builder: StateGraph[Any, Any, Any, Any], *, entry: str) -> str:
     )
     builder.add_edge("summarize", "extract")  # join
     builder.add_edge("extract", "update_library")
-    return "update_library"
+    # --candidates N > 1: the candidate Es are scored (a map) and one is kept, or none
+    builder.add_node(SELECT, cast(Any, select))
+    builder.add_node(CHOOSE, choose_candidate)
+    builder.add_conditional_edges(
+        "update_library", route_after_update, {SELECT: SELECT, CHOOSE: CHOOSE, DONE: then}
+    )
+    builder.add_edge(SELECT, CHOOSE)  # join
+    builder.add_edge(CHOOSE, then)
 
 
 def begin(state: StepState) -> dict[str, Any]:
@@ -77,8 +96,7 @@ def build_step_graph(*, studio: bool = False) -> StateGraph[StepState, Any, Any,
         builder.add_node("begin", begin)
         builder.add_edge(START, "begin")
         entry = "begin"
-    exit_node = add_step(builder, entry=entry)
-    builder.add_edge(exit_node, END)
+    add_step(builder, entry=entry, then=END)
     return builder
 
 

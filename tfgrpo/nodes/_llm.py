@@ -339,12 +339,21 @@ def call_structured(
     *,
     retries: int,
     method: str = "function_calling",
+    seed: int | None = None,
 ) -> tuple[T | None, list[CallRecord], str | None]:
     """Structured output through forced tool calls, a tolerant fallback parse and a bounded retry.
 
-    Returns (parsed or None, one record per attempt, last error). The caller records failures.
+    Returns (parsed or None, one record per attempt, last error). The caller records failures. ``seed``:
+    the request's sampling seed (a sampled candidate's, ``--candidates``); None sends none.
     """
+    sampling = {"seed": seed} if seed is not None else None
     runnable = structured_runnable(model, schema, method)
+    # with_structured_output's runnable drops invoke's keyword arguments: the seed goes on a copy of the
+    # model (not kept in the module's cache: one per call), when the model has a seed setting
+    bound = method == "function_calling" and _is_chat_openai(model)
+    if seed is not None and not bound and "seed" in type(model).model_fields:
+        seeded = model.model_copy(update={"seed": seed})
+        runnable = seeded.with_structured_output(schema, method=method, include_raw=True)
     ledger = current_ledger(ctx.max_concurrency)
     records: list[CallRecord] = []
     error: str | None = None
@@ -353,7 +362,7 @@ def call_structured(
         started = time.time()
         try:
             out, n_retries = ledger.call(
-                lambda c=convo: _raw_and_parsed(runnable.invoke(c, **capped())),  # type: ignore[misc]
+                lambda c=convo: _raw_and_parsed(runnable.invoke(c, **capped(sampling))),  # type: ignore[misc]
                 spec=spec,
                 reserve_in=reserve_tokens(convo, json_schema_of(schema)),
                 reserve_out=completion_cap(ctx, node),

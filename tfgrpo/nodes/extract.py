@@ -36,6 +36,7 @@ from tfgrpo.nodes._llm import (
 )
 from tfgrpo.nodes._prompts import prompt_text
 from tfgrpo.nodes.attempts import attempts_text, group_attempts, group_evidence
+from tfgrpo.nodes.candidates import candidate_seed, suffix
 from tfgrpo.nodes.summarize import NO_GROUND_TRUTH, load_summary
 from tfgrpo.state.graph_state import StepState
 from tfgrpo.state.library import OP_NAMES, Operation, OpName, render_library_for_review
@@ -230,11 +231,15 @@ def _extract_group(
     state: StepState,
     group: Group,
     query: Query,
+    candidate: int = 0,
 ) -> tuple[Proposal | None, list[CallRecord], list[Dropped]]:
+    """``candidate``: which sampled candidate update (``--candidates``) this call is for; its own seed,
+    memo key and ledger node name (:mod:`tfgrpo.nodes.candidates`)."""
     run_id, step = state.get("run_id", ""), state.get("step", 0)
     store = store_of(runtime)
     ns = step_namespace(run_id, step, "extract")
-    done = memo_get(store, ns, _proposal_key(query["id"]))
+    memo_key = _proposal_key(query["id"]) + suffix(candidate)
+    done = memo_get(store, ns, memo_key)
     if done is None:
         attempts = group_attempts(store, run_id, step, group)
         whole = bool(group.get("read_whole"))
@@ -278,7 +283,7 @@ def _extract_group(
                 ctx,
                 model,
                 spec,
-                "extract",
+                "extract" + suffix(candidate),
                 extraction_schema(
                     ctx.experiences_per_group,
                     ctx.lesson_pattern,
@@ -287,6 +292,7 @@ def _extract_group(
                 messages,
                 retries=ctx.structured_retries,
                 method=ctx.structured_method,
+                seed=candidate_seed(state, query["id"], candidate),
             )
             proposal: Proposal | None = None
             over_k = 0
@@ -304,17 +310,19 @@ def _extract_group(
                     for op in real[: ctx.experiences_per_group]
                 ]
                 proposal = {"query_id": query["id"], "analysis": parsed.analysis, "operations": ops}
+                if candidate:
+                    proposal["candidate"] = candidate
             done = {"proposal": proposal, "error": error, "calls": records, "over_k": over_k}
-        memo_put(store, ns, _proposal_key(query["id"]), done)
+        memo_put(store, ns, memo_key, done)
 
     dropped: list[Dropped] = []
     if done["proposal"] is None:
-        dropped.append({"stage": "extract", "item": query["id"], "reason": done["error"] or "failed"})
+        dropped.append({"stage": "extract", "item": memo_key, "reason": done["error"] or "failed"})
     if done["over_k"]:
         dropped.append(
             {
                 "stage": "extract",
-                "item": query["id"],
+                "item": memo_key,
                 "reason": f"{done['over_k']} operation(s) beyond K={ctx.experiences_per_group} cut",
             }
         )
@@ -325,9 +333,13 @@ def extract(state: StepState, runtime: Runtime[Context]) -> dict[str, Any]:
     ctx = context_of(runtime)
     queries = {q["id"]: q for q in state.get("batch", [])}
     kept = [group for group in state.get("groups", []) if group["kept"]]
+    # --candidates N: every group's call sampled N times (candidate 0 is the call made without it)
+    tasks = [(c, group) for c in range(ctx.candidates) for group in kept]
     with ContextThreadPoolExecutor(max_workers=max(1, ctx.max_concurrency)) as pool:
         results = list(
-            pool.map(lambda gr: _extract_group(runtime, ctx, state, gr, queries[gr["query_id"]]), kept)
+            pool.map(
+                lambda t: _extract_group(runtime, ctx, state, t[1], queries[t[1]["query_id"]], t[0]), tasks
+            )
         )
     proposals = [proposal for proposal, _, _ in results if proposal is not None]
     calls = [record for _, records, _ in results for record in records]

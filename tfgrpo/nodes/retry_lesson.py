@@ -26,6 +26,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from tfgrpo.context import Context
 from tfgrpo.nodes._llm import call_structured, learner_model, memo_get, memo_put, step_namespace, store_of
 from tfgrpo.nodes._prompts import prompt_text
+from tfgrpo.nodes.candidates import suffix
 from tfgrpo.nodes.extract import LESSON_MAX_CHARS, WORD_CAP
 from tfgrpo.nodes.lesson_gate import lesson_flaw, own_problems, retry_hint, screen_lessons
 from tfgrpo.state.graph_state import StepState
@@ -95,6 +96,7 @@ def _retry_one(
     op: Operation,
     hint: str,
     questions: str,
+    node: str = NODE,
 ) -> dict[str, Any]:
     store = store_of(runtime)
     key = _key(op)
@@ -111,7 +113,7 @@ def _retry_one(
             ctx,
             model,
             spec,
-            NODE,
+            node,
             revised_schema(ctx.lesson_pattern),
             messages,
             retries=ctx.structured_retries,
@@ -130,13 +132,15 @@ def retry_lessons(
     step: int,
     rejected: list[tuple[Operation, str]],
     batch: list[Query],
+    candidate: int = 0,
 ) -> tuple[list[Operation | None], list[CallRecord], list[Dropped]]:
     """Send each ``(operation, hint)`` back to the learner once. Returns, in order, the operation with
     its rewritten content (None when withdrawn or when the retry failed), the call records and the
     failed retries as dropped items."""
     if not rejected:
         return [], [], []
-    ns = step_namespace(run_id, step, "retry")
+    # a candidate's retries (--candidates) are its own: memo namespace and ledger node name
+    ns = step_namespace(run_id, step, "retry" + suffix(candidate))
     by_id = {query["id"]: query for query in batch}
 
     def questions_of(op: Operation) -> str:
@@ -146,7 +150,10 @@ def retry_lessons(
     with ContextThreadPoolExecutor(max_workers=max(1, ctx.max_concurrency)) as pool:
         results = list(
             pool.map(
-                lambda item: _retry_one(runtime, ctx, ns, item[0], item[1], questions_of(item[0])), rejected
+                lambda item: _retry_one(
+                    runtime, ctx, ns, item[0], item[1], questions_of(item[0]), NODE + suffix(candidate)
+                ),
+                rejected,
             )
         )
     revised: list[Operation | None] = []
@@ -158,7 +165,7 @@ def retry_lessons(
             dropped.append(
                 {
                     "stage": NODE,
-                    "item": _key(op),
+                    "item": _key(op) + suffix(candidate),
                     "reason": done["error"] or "retry of a rejected lesson failed",
                 }
             )
@@ -187,6 +194,7 @@ def retry_rejected(
     state: StepState,
     gated: list[RejectedOperation],
     templates: set[tuple[str, ...]],
+    candidate: int = 0,
 ) -> RetryOutcome:
     """Each proposal the gate rejected goes back to the learner once with the reason
     (:func:`retry_lessons`); the rewrite passes the same gate."""
@@ -200,7 +208,7 @@ def retry_rejected(
         first.append((reason, detail))
         items.append((op, retry_hint(reason, detail, op) if reason else ""))
     revised, calls, dropped = retry_lessons(
-        runtime, ctx, state.get("run_id", ""), state.get("step", 0), items, batch
+        runtime, ctx, state.get("run_id", ""), state.get("step", 0), items, batch, candidate
     )
     passed: list[Operation] = []
     final: list[RejectedOperation] = []

@@ -37,6 +37,8 @@ def cleared_step_channels() -> dict[str, Any]:
         "batch": [],
         "groups": [],
         "proposals": [],
+        "candidates": [],
+        "selection": Overwrite([]),
         "rollouts": Overwrite([]),
         "summaries": Overwrite([]),
         "usage": Overwrite({}),

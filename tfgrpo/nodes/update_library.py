@@ -21,9 +21,11 @@ from __future__ import annotations
 import functools
 import json
 from collections import Counter
+from dataclasses import dataclass
 from typing import Any, cast
 
 from langchain_core.messages import HumanMessage, SystemMessage
+from langchain_core.runnables.config import ContextThreadPoolExecutor
 from langgraph.runtime import Runtime
 from pydantic import BaseModel, Field
 
@@ -41,6 +43,7 @@ from tfgrpo.nodes._llm import (
     store_of,
 )
 from tfgrpo.nodes._prompts import prompt_text
+from tfgrpo.nodes.candidates import own_proposals, set_aside, suffix
 from tfgrpo.nodes.extract import (
     ALL_OPS,
     WORD_CAP,
@@ -63,7 +66,7 @@ from tfgrpo.state.library import (
     render_library_for_review,
 )
 from tfgrpo.state.report import build_step_report
-from tfgrpo.state.types import CallRecord, Dropped, usage_of
+from tfgrpo.state.types import CallRecord, Dropped, StepReport, usage_of
 
 
 class FinalOperation(ProposedOperation):
@@ -189,6 +192,7 @@ def consolidate(
     proposed: list[Operation],
     key: str,
     known_sources: set[str],
+    node: str = "update_library",
 ) -> tuple[list[Operation], list[CallRecord], list[Dropped]]:
     """One consolidation call over ``proposed`` against ``library`` (memoized under ``key``): the final
     operations with their sources, the call records, and the failure if its output stayed unparseable
@@ -216,7 +220,7 @@ def consolidate(
             ctx,
             model,
             spec,
-            "update_library",
+            node,
             update_schema(ctx.lesson_pattern, offered_ops(library)),
             messages,
             retries=ctx.structured_retries,
@@ -260,8 +264,43 @@ def consolidate(
     return final, done["calls"], []
 
 
+@dataclass(frozen=True)
+class Update:
+    """One update of E from a set of proposals: E after it, the step's report, the calls it made and the
+    items it dropped."""
+
+    library: Library
+    report: StepReport
+    calls: list[CallRecord]
+    dropped: list[Dropped]
+
+
 def update_library(state: StepState, runtime: Runtime[Context]) -> dict[str, Any]:
     ctx = context_of(runtime)
+    if ctx.candidates <= 1:
+        one = candidate_update(runtime, ctx, state)
+        return {
+            "library": one.library,
+            "report": one.report,
+            "usage": usage_of(one.calls),
+            "dropped": one.dropped,
+        }
+    # --candidates N: one update per sampled candidate, set aside for the selection (nodes/candidates.py)
+    with ContextThreadPoolExecutor(max_workers=max(1, ctx.max_concurrency)) as pool:
+        updates = list(pool.map(lambda c: candidate_update(runtime, ctx, own_proposals(state, c), c),
+                                range(ctx.candidates)))  # fmt: skip
+    return set_aside(
+        runtime,
+        state,
+        [(u.library, u.report) for u in updates],
+        [r for u in updates for r in u.calls],
+        [d for u in updates for d in u.dropped],
+    )
+
+
+def candidate_update(runtime: Runtime[Context], ctx: Context, state: StepState, candidate: int = 0) -> Update:
+    """The gate, the retry, the consolidation and the operations over ``state``'s proposals; a
+    ``candidate`` above 0 (``--candidates``) makes its calls under its own memo keys and node names."""
     library = state.get("library") or empty_library()
     proposals = state.get("proposals", [])
     batch = state.get("batch", [])
@@ -280,7 +319,7 @@ def update_library(state: StepState, runtime: Runtime[Context]) -> dict[str, Any
     retried: Counter[str] = Counter()
     rewrites: list[Operation] = []  # rewrites that passed the gate (those that failed are in rejected)
     if gated:
-        retry = retry_node.retry_rejected(runtime, ctx, state, gated, templates)
+        retry = retry_node.retry_rejected(runtime, ctx, state, gated, templates, candidate)
         proposed = [*proposed, *retry.passed]
         gated, gate_counts, retried = retry.rejected, retry.counts, retry.retried
         rewrites = retry.passed
@@ -298,7 +337,14 @@ def update_library(state: StepState, runtime: Runtime[Context]) -> dict[str, Any
         # one chunk keeps the memo key of a single consolidation (a resumed run finds it)
         key = "consolidation" if len(chunks) <= 1 else f"consolidation-{i + 1}-of-{len(chunks)}"
         final, chunk_calls, chunk_dropped = consolidate(
-            runtime, ctx, state, current, chunk, key, known_sources
+            runtime,
+            ctx,
+            state,
+            current,
+            chunk,
+            key + suffix(candidate),
+            known_sources,
+            "update_library" + suffix(candidate),
         )
         calls, dropped = [*calls, *chunk_calls], [*dropped, *chunk_dropped]
         screened = screen_lessons(final, batch, templates, pattern=ctx.lesson_pattern)
@@ -333,4 +379,4 @@ def update_library(state: StepState, runtime: Runtime[Context]) -> dict[str, Any
         lessons_kept=kept,
         rewrites=rewrites,
     )
-    return {"library": new_library, "report": report, "usage": usage_of(calls), "dropped": dropped}
+    return Update(new_library, report, calls, dropped)

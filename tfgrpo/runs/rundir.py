@@ -33,8 +33,8 @@ from langgraph.store.sqlite import SqliteStore
 
 from tfgrpo.context import Context
 from tfgrpo.data import dataset_fingerprint
-from tfgrpo.errors import ConfigError, RunInterrupted, StopRequested
-from tfgrpo.models.ledger import BudgetExceeded, BudgetStopped, Ledger, role_of, use_ledger
+from tfgrpo.errors import ConfigError, StopRequested
+from tfgrpo.models.ledger import BudgetExceeded, Ledger, role_of, use_ledger
 from tfgrpo.models.spec import resolve_spec
 from tfgrpo.state.library import Library, empty_library, library_markdown
 from tfgrpo.state.types import Query, StepReport
@@ -54,6 +54,7 @@ REPORT_COLUMNS = (
     ("rej", 3),
     ("drop", 4),
     ("gate", 4),
+    ("cand", 4),  # --candidates: calls beyond one update (the other candidates, the selection runs)
     ("calls", 5),
     ("cached", 6),
     ("retry", 5),
@@ -183,6 +184,7 @@ def report_row(r: StepReport) -> list[str]:
         str(r["operations_rejected"]),
         str(sum(r["dropped"].values())),
         "-" if "validation" not in r else "keep" if r["validation"]["kept"] else "undo",
+        str(r["selection"]["extra_calls"]) if "selection" in r else "-",
         str(r["calls"]),
         str(r.get("cached_calls", 0)),
         str(r.get("retries", 0)),
@@ -192,6 +194,21 @@ def report_row(r: StepReport) -> list[str]:
         f"{r['seconds']:.1f}",
         str(r["library_size"]),
     ]
+
+
+def selection_lines(r: StepReport) -> list[str]:
+    """report.md's lines for a step's selection among candidates: the verdict, then one per candidate."""
+    selection = r["selection"]
+    lines = [
+        f"- step {r['step']}: {selection['reason']} ({len(selection['questions'])} questions x "
+        f"{selection['k']}; {selection['extra_calls']} calls beyond one update)"
+    ]
+    for c in selection["candidates"]:
+        gain = "" if c["delta"] is None else f" {c['mean']:.3f} vs {c['current']:.3f} ({c['delta']:+.3f})"
+        mark = " **kept**" if c["chosen"] else ""
+        lessons = "; ".join(c["lessons"]) or "nothing applied"
+        lines.append(f"  - c{c['candidate']} {c['status']}{gain}{mark}, {c['calls']} calls: {lessons}")
+    return lines
 
 
 def table_header() -> str:
@@ -262,10 +279,26 @@ def _totals(history: list[StepReport]) -> dict[str, Any]:
         "operations_applied": sum(r["operations_applied"] for r in history),
         "operations_rejected": sum(r["operations_rejected"] for r in history),
         "validation_rollbacks": sum(1 for r in history if "validation" in r and not r["validation"]["kept"]),
+        **selection_totals(history),
         "dropped": dropped,
         "lessons_rejected": dict(sum((Counter(r.get("lessons_rejected", {})) for r in history), Counter())),
         "lessons_retried": dict(sum((Counter(r.get("lessons_retried", {})) for r in history), Counter())),
         "malformed": dict(sum((Counter(r.get("malformed", {})) for r in history), Counter())),
+    }
+
+
+def selection_totals(history: list[StepReport]) -> dict[str, Any]:
+    """With ``--candidates``: the steps that kept a candidate, and the calls and tokens the selection cost
+    beyond one update per step; nothing without it."""
+    chosen = [r["selection"] for r in history if "selection" in r]
+    if not chosen:
+        return {}
+    return {
+        "candidates_kept": sum(1 for s in chosen if s["chosen"] is not None),
+        "candidate_steps": len(chosen),
+        "candidate_extra_calls": sum(s["extra_calls"] for s in chosen),
+        "candidate_extra_tokens": sum(s["extra_tokens"] for s in chosen),
+        "candidate_extra_cost_usd": round(sum(s["extra_cost_usd"] for s in chosen), 6),
     }
 
 
@@ -334,10 +367,10 @@ class RunDir:
 
     def write_outputs(
         self, values: dict[str, Any], history: list[StepReport], paid: dict[str, Any] | None = None
-    ) -> dict[str, Any]:
+    ) -> None:
         """Library and report from the graph state and the run's step history (idempotent). The reports
         are rewritten whole: the CLI does it when a run stops, not after every step (that would write
-        O(steps^2) bytes over a run). Returns the report (report.json's content)."""
+        O(steps^2) bytes over a run)."""
         self.write_library(values.get("library") or empty_library())
         report: dict[str, Any] = {"totals": totals(history, paid), "steps": history}
         atomic_write(self.path / "report.json", json.dumps(report, indent=2, ensure_ascii=False) + "\n")
@@ -350,6 +383,10 @@ class RunDir:
             lines += ["", "## Validation-gated updates", ""]
             lines += [f"- step {r['step']}: {r['validation']['reason']} ({r['validation']['runs']} runs, "
                       f"{r['validation']['failed']} failed)" for r in checked]  # fmt: skip
+        chosen = [r for r in history if "selection" in r]
+        if chosen:
+            lines += ["", "## Candidates (--candidates)", ""]
+            lines += [line for r in chosen for line in selection_lines(r)]
         proposed = [(r["step"], op) for r in history for op in r.get("proposed", [])]
         if proposed:
             lines += ["", "## Proposed operations", ""]
@@ -363,7 +400,6 @@ class RunDir:
             lines += ["", "## Rejected operations", ""]
             lines += [f"- step {s}: {operation_line(x['operation'])} — {x['why']}" for s, x in rejected]
         atomic_write(self.path / "report.md", "\n".join(lines) + "\n")
-        return report
 
     # -- reading, for `tfgrpo library show|diff`
     def require(self) -> None:
@@ -459,21 +495,23 @@ def ctrl_c_drains(bound: float = DRAIN_SECONDS) -> Iterator[RunControl]:
 
 def run_stoppably(
     drive: Callable[[RunControl], None], ledger: Ledger, *, on_stop: Callable[[], None], stopped: str
-) -> None:
-    """Run ``drive`` under ``ledger`` and Ctrl-C (or SIGTERM, SIGHUP). A stop saves what the run has so
-    far (``on_stop``) and raises :class:`BudgetStopped` (the budget) or :class:`RunInterrupted` (a
-    signal); ``stopped`` says how to resume."""
+) -> int:
+    """Run ``drive`` under ``ledger`` and Ctrl-C (or SIGTERM, SIGHUP): 0 when it finishes, 3 on a budget
+    stop, 130 when a signal stopped it.
+    Before a stop is reported, ``on_stop`` saves what the run has so far; ``stopped`` says how to resume."""
     try:
         with use_ledger(ledger), ctrl_c_drains() as control:
             drive(control)
     except BudgetExceeded as exc:
         on_stop()
-        raise BudgetStopped(
-            exc.reason, spent_tokens=ledger.spent_tokens, spent_usd=ledger.spent_usd, resume=stopped
-        ) from exc
+        print(f"tfgrpo: stopped: {exc.reason}", file=sys.stderr)  # the spent figure once, settled
+        print(f"spent so far: {ledger.spent_tokens} tokens, ${ledger.spent_usd:.4f}", file=sys.stderr)
+        return 3
     except (GraphDrained, StopRequested):
         on_stop()
-        raise RunInterrupted(stopped) from None
+        print(stopped, file=sys.stderr)
+        return 130
+    return 0
 
 
 def show_progress(enabled: bool) -> bool:

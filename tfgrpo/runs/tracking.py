@@ -32,11 +32,10 @@ import time
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 from tfgrpo.context import Context
 from tfgrpo.errors import ConfigError
-from tfgrpo.models.ledger import BudgetStopped
 from tfgrpo.runs.pglock import redacted
 from tfgrpo.state.library import Library
 from tfgrpo.state.types import StepReport
@@ -66,6 +65,24 @@ PAIRED_METRICS = ("diff", "ci_low", "ci_high", "p_value", "wins", "losses", "tie
 LEARN_FILES = ("library.json", "library.md", "report.json", "report.md", "learning_curve.png")
 EVAL_FILES = ("report.json", "report.md", "comparison.png", "attribution.png")
 SECRET_WORDS = ("key", "secret", "token_", "password")
+
+
+def selection_metrics(report: StepReport) -> dict[str, float]:
+    """A step's selection among candidates (``--candidates``): the best paired gain over the current E,
+    the kept candidate (-1: E stayed) and what the selection cost beyond one update; {} without it."""
+    selection = report.get("selection")
+    if selection is None:
+        return {}
+    gains = [c["delta"] for c in selection["candidates"] if c["delta"] is not None]
+    out = {
+        "selection_chosen": float(-1 if selection["chosen"] is None else selection["chosen"]),
+        "selection_extra_calls": float(selection["extra_calls"]),
+        "selection_extra_tokens": float(selection["extra_tokens"]),
+        "selection_extra_cost_usd": float(selection["extra_cost_usd"]),
+    }
+    if gains:
+        out["selection_best_gain"] = float(max(gains))
+    return out
 
 
 def parse_track(spec: str | None) -> str | None:
@@ -101,16 +118,6 @@ def metric_name(name: str) -> str:
     return "".join(c if c.isalnum() or c in "_-./ " else "_" for c in name)
 
 
-RunStatus = Literal["FINISHED", "KILLED", "FAILED"]
-
-
-def run_status(exc: BaseException | None) -> RunStatus:
-    """How a run ended, as MLflow says it: a stop to resume later (budget, Ctrl-C) is KILLED."""
-    if exc is None:
-        return "FINISHED"
-    return "KILLED" if isinstance(exc, BudgetStopped | KeyboardInterrupt) else "FAILED"
-
-
 class Tracker:
     """No tracking: every hook does nothing (the default)."""
 
@@ -126,7 +133,7 @@ class Tracker:
     def evaluation(self, report: Mapping[str, Any]) -> None:
         return None
 
-    def finish(self, status: RunStatus, files: Sequence[str] = ()) -> None:
+    def finish(self, code: int, files: Sequence[str] = ()) -> None:
         return None
 
 
@@ -254,6 +261,7 @@ class MlflowTracker(Tracker):
         now, step = int(time.time() * 1000), int(report["step"])
         values: dict[str, Any] = {name: report.get(name) for name in STEP_METRICS}
         values["tokens"] = report["input_tokens"] + report["output_tokens"]
+        values.update(selection_metrics(report))
         metrics = [Metric(k, float(v), now, step) for k, v in values.items() if _number(v)]
         self.client.log_batch(self.run_id, metrics=metrics)
         if library is not None:
@@ -286,13 +294,14 @@ class MlflowTracker(Tracker):
         metrics = [Metric(k, float(v), now, 0) for k, v in values.items() if _number(v)]
         self.client.log_batch(self.run_id, metrics=metrics)
 
-    def finish(self, status: RunStatus, files: Sequence[str] = ()) -> None:
+    def finish(self, code: int, files: Sequence[str] = ()) -> None:
         """Log the reports and plots that exist, and end the MLflow run (FINISHED, or KILLED when stopped to
         resume later, or FAILED)."""
         for name in files:
             path = self.directory / name
             if path.is_file():
                 self._safely(name, self.client.log_artifact, self.run_id, str(path))
+        status = "FINISHED" if code == 0 else "KILLED" if code in (3, 130) else "FAILED"
         self._safely("the run's end", self.client.set_terminated, self.run_id, status)
 
 

@@ -10,11 +10,13 @@ from typing_extensions import TypedDict
 from tfgrpo.state.library import Library
 from tfgrpo.state.types import (
     AttemptResult,
+    Candidate,
     Dropped,
     Group,
     Proposal,
     Query,
     RolloutRef,
+    SelectionRun,
     StepReport,
     SummaryRef,
     Usage,
@@ -36,6 +38,9 @@ class StepState(TypedDict):
     groups: NotRequired[list[Group]]
     summaries: NotRequired[Annotated[list[SummaryRef], operator.add]]
     proposals: NotRequired[list[Proposal]]
+    # --candidates: the step's candidate updates of E and their selection runs (nodes/candidates.py)
+    candidates: NotRequired[list[Candidate]]
+    selection: NotRequired[Annotated[list[SelectionRun], operator.add]]
     usage: NotRequired[Annotated[dict[str, Usage], merge_usage]]
     dropped: NotRequired[Annotated[list[Dropped], operator.add]]
     report: NotRequired[StepReport]

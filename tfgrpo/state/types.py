@@ -70,6 +70,7 @@ class Proposal(TypedDict):
     query_id: str
     analysis: str
     operations: list[Operation]
+    candidate: NotRequired[int]  # --candidates: the sampled update it belongs to (absent: 0, the first)
 
 
 class CallRecord(TypedDict):
@@ -179,6 +180,56 @@ class ValidationReport(TypedDict):
     reason: str
 
 
+class Candidate(TypedDict):
+    """A candidate update of E (``--candidates``) as state keeps it; E itself and its report are in the
+    store (step namespace ``candidates``)."""
+
+    candidate: int
+    library_key: str  # its rendering's key in the store (what a selection run injects)
+    changed: bool  # False: nothing of it was applied (or it renders as the current E): not scored
+    duplicate_of: int | None  # an earlier candidate with the same E: scored once, under that one
+    lessons: list[str]  # its applied operations, one line each
+
+
+class SelectionRun(TypedDict):
+    """One selection run: candidate E on a question of the step, with the seed of its rollout i."""
+
+    candidate: int
+    query_id: str
+    i: int
+    reward: float | None  # None: the run or its reward failed
+
+
+class CandidateScore(TypedDict):
+    candidate: int
+    status: str  # scored | unchanged (not scored) | duplicate of cN (scored once, as cN)
+    lessons: list[str]
+    mean: float | None  # its mean reward over the pairs where both it and the current E scored
+    current: float | None  # the current E's over the same pairs (the step's rollouts)
+    delta: float | None
+    runs: int  # selection runs made for it
+    failed: int
+    calls: int  # what it cost: its learner calls (extract, retry, update) and its selection runs
+    tokens: int
+    cost_usd: float
+    chosen: bool
+
+
+class SelectionReport(TypedDict):
+    """How a step with ``--candidates N`` chose its update of E."""
+
+    questions: list[str]  # the selection set: the step's questions whose groups had contrast
+    k: int
+    margin: float
+    chosen: int | None  # None: no candidate beat the current E by more than the margin; E stays
+    reason: str
+    candidates: list[CandidateScore]
+    # beyond what one update costs: the other candidates' learner calls and every selection run
+    extra_calls: int
+    extra_tokens: int
+    extra_cost_usd: float
+
+
 class StepReport(TypedDict):
     step: int
     epoch: int
@@ -217,6 +268,7 @@ class StepReport(TypedDict):
     library_size: int
     library_version: int
     validation: NotRequired[ValidationReport]  # only with a validation set (see nodes/validate.py)
+    selection: NotRequired[SelectionReport]  # only with --candidates above 1 (see nodes/candidates.py)
 
 
 class AttemptResult(TypedDict):

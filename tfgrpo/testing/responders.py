@@ -222,3 +222,39 @@ def tool_agent_responder(request: dict[str, Any]) -> dict[str, Any]:
     value = solve_arithmetic(_text([m for m in messages if m.get("role") == "user"][-1]))
     wrong = solve_arithmetic(f"{value} + 1") if value is not None else "unknown"
     return {"content": f"The tool says {value}; adding it up again.\nAnswer: {wrong}"}
+
+
+# A weak learner's candidates (``--candidates N``): junk mostly, the lesson that works sometimes.
+RIGHT_LESSON = (
+    "When the expression has several operators, apply precedence rules strictly before adding terms."
+)
+JUNK_LESSONS = (
+    "When a problem looks long, restate it in your own words and keep a calm pace throughout.",
+    "When several attempts disagree, prefer the answer written with the most confident wording.",
+)
+
+
+def one_right_lesson_responder(request: dict[str, Any]) -> dict[str, Any]:
+    """:func:`grpo_responder` with a learner that cannot tell a right lesson from junk and a policy that
+    uses the right one. The extractor proposes junk, except that a request with a ``seed`` (a sampled
+    candidate) proposes :data:`RIGHT_LESSON` one time in three (decided by the seed); a tool-less policy
+    request is always right when its system prompt holds :data:`RIGHT_LESSON`, else one time in four (by
+    its seed, so a candidate E and the current E are compared on equal terms)."""
+    messages = request.get("messages", [])
+    system = " ".join(_text(m) for m in messages if m.get("role") in ("system", "developer"))
+    user = _text([m for m in messages if m.get("role") == "user"][-1]) if messages else ""
+    seed = request.get("seed")
+    if _forced_tool(request) == "ExtractedExperiences":
+        right = seed is not None and _digest("lesson", seed) % 3 == 0
+        lesson = RIGHT_LESSON if right else JUNK_LESSONS[_digest(user, seed) % len(JUNK_LESSONS)]
+        operation = {"op": "ADD", "content": lesson, "reason": "the better attempts did this"}
+        arguments = {"analysis": "The better attempts did this.", "operations": [operation]}
+        return {"tool_calls": [{"name": "ExtractedExperiences", "arguments": arguments}]}
+    plain = not request.get("tools") and "grading a quiz" not in system and "SUMMARIZE" not in system
+    value = solve_arithmetic(user)
+    if not plain or seed is None or value is None:
+        return grpo_responder(request)
+    right = RIGHT_LESSON in system or _digest("right", seed) % 4 == 0
+    final = value if right else solve_arithmetic(f"{value} + 1")
+    shown = f"\\boxed{{{final}}}" if "boxed" in system else f"Answer: {final}"
+    return {"content": f"Let me compute this step by step.\nThe result is {shown}"}
