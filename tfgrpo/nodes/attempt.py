@@ -77,8 +77,9 @@ def attempt(task: AttemptTask, runtime: Runtime[Context]) -> dict[str, Any]:
         key_ = task["library_key"]
         experiences = library_text_of(store, task["eval_id"], key_) if key_ else ""
         seed = attempt_seed(task["seed"], query["id"], i)
-        messages, value, error, calls = scored_run(ctx, query, experiences, seed, node="rollout")
-        response = final_text(messages)
+        scored = scored_run(ctx, query, experiences, seed, node="rollout")
+        value, error, calls = scored.value, scored.error, scored.calls
+        response = final_text(scored.messages)
         paid = [c for c in calls if not c.get("cached")]  # an identical request in flight paid for the rest
         cached = [c for c in calls if c.get("cached")]
         result: AttemptResult = {
@@ -95,7 +96,7 @@ def attempt(task: AttemptTask, runtime: Runtime[Context]) -> dict[str, Any]:
             "cached_calls": len(cached),
             "cached_tokens": sum(c["input_tokens"] + c["output_tokens"] for c in cached),
         }
-        done = {"result": result, "trajectory": messages_to_dict(messages), "calls": calls}
+        done = {"result": result, "trajectory": messages_to_dict(scored.messages), "calls": calls}
         memo_put(store, ns, key, done)
     return {"results": [done["result"]]}
 

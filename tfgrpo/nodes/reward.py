@@ -144,17 +144,25 @@ def majority_of_group(keys: list[str], stored: dict[str, Rollout]) -> list[Rewar
     ]
 
 
-def scored_run(
-    ctx: Context, query: Query, experiences: str, seed: int, *, node: str
-) -> tuple[list[BaseMessage], float | None, str | None, list[CallRecord]]:
-    """One agent run with E, then its reward (evaluation and validation runs): (messages, reward or None,
-    error, every ledger record, the judge's included)."""
+@dataclass(frozen=True)
+class ScoredRun:
+    """One agent run and its reward: the run's messages, the reward (None when the run or its scoring
+    failed, then ``error`` says why) and every ledger record, the judge's included."""
+
+    messages: list[BaseMessage]
+    value: float | None
+    error: str | None
+    calls: list[CallRecord]
+
+
+def scored_run(ctx: Context, query: Query, experiences: str, seed: int, *, node: str) -> ScoredRun:
+    """One agent run with E, then its reward (evaluation and validation runs)."""
     messages, error, calls = run_policy(ctx, query["question"], experiences, seed, node=node)
     value: float | None = None
     if error is None:
         outcome = score_response(ctx, ground_truth_reward(ctx.reward), query, final_text(messages))
         value, error, calls = outcome.value, outcome.error, [*calls, *outcome.calls]
-    return messages, value, error, calls
+    return ScoredRun(messages, value, error, calls)
 
 
 def group_keys(query_id: str, group_size: int, refs: Iterable[RolloutRef]) -> list[str]:

@@ -112,14 +112,14 @@ def validate(task: ValidateTask, runtime: Runtime[Context]) -> dict[str, Any]:
         stop_if_draining(runtime)
         experiences = library_text_of(store, task["run_id"], task["library_key"])
         seed = validation_seed(task["seed"], task["step"], task["query"]["id"], task["i"])
-        _, value, error, calls = scored_run(ctx, task["query"], experiences, seed, node="validate")
+        scored = scored_run(ctx, task["query"], experiences, seed, node="validate")
         run: ValidationRun = {
             "arm": task["arm"],
             "query_id": task["query"]["id"],
             "i": task["i"],
-            "reward": value,
+            "reward": scored.value,
         }
-        done = {"run": run, "error": error, "calls": calls}
+        done = {"run": run, "error": scored.error, "calls": scored.calls}
         memo_put(store, ns, key, done)
     return {"validation": [done["run"]], "usage": usage_of(done["calls"])}
 
