@@ -161,12 +161,9 @@ def learn(ctx: Any, run_dir: Path, *, keep_checkpoints: bool = False) -> tuple[S
     from tfgrpo.learner import run_learning
 
     out = StampedLines()
-    with contextlib.redirect_stdout(out):
-        code = run_learning(ctx, run_dir=run_dir, seed=0, progress=False, keep_checkpoints=keep_checkpoints)
-    if code:
-        raise SystemExit(f"learning run failed with exit code {code}")
-    report: dict[str, Any] = json.loads((run_dir / "report.json").read_text())
-    return out, report
+    with contextlib.redirect_stdout(out):  # the tables, time-stamped line by line; a failure raises
+        result = run_learning(ctx, run_dir=run_dir, seed=0, progress=False, keep_checkpoints=keep_checkpoints)
+    return out, result.report
 
 
 def split_waves(record: Path, offset: int, counts: list[list[int]]) -> list[list[list[dict[str, Any]]]]:
@@ -318,11 +315,7 @@ def child_eval(args: argparse.Namespace) -> dict[str, Any]:
     ctx = Context(model="openai:fake", base_url=args.url, dataset="rg:basic_arithmetic:size=32:seed=2",
                   max_concurrency=args.eval_concurrency)  # fmt: skip
     with tempfile.TemporaryDirectory() as tmp, contextlib.redirect_stdout(io.StringIO()):
-        code = evaluator.run_eval(
-            ctx, eval_dir=Path(tmp) / "eval", k=4, seed=0, baseline=True, progress=False
-        )
-    if code:
-        raise SystemExit(f"eval failed with exit code {code}")
+        evaluator.run_eval(ctx, eval_dir=Path(tmp) / "eval", k=4, seed=0, baseline=True, progress=False)
     runs = 32 * 4
     ideal = math.ceil(runs / args.eval_concurrency) * args.latency
     return {"seconds": spent[0], "runs": runs, "ideal": ideal}

@@ -519,6 +519,14 @@ def _learn_summary(run_dir: Path) -> dict[str, Any]:
         "dropped": totals.get("dropped", {}),
         "library_size": len(library.get("items", [])),
         "lessons": [item["text"] for item in library.get("items", [])],
+        # every lesson the learner proposed, rewrote after a rejection, or saw rejected, with the gate's why
+        "proposed_lessons": [op.get("content", "") for s in steps for op in s.get("proposed") or []],
+        "rewritten_lessons": [op.get("content", "") for s in steps for op in s.get("rewrites") or []],
+        "rejected_lessons": [
+            {"text": (r.get("operation") or {}).get("content", ""), "why": r.get("why", "")}
+            for s in steps
+            for r in s.get("rejected") or []
+        ],
     }
 
 

@@ -25,7 +25,8 @@ from tfgrpo.context import (
     option,
     setting_fields,
 )
-from tfgrpo.errors import ProviderError, TfgrpoError
+from tfgrpo.errors import ProviderError, RunFailed, RunInterrupted, TfgrpoError
+from tfgrpo.models.ledger import BudgetStopped
 from tfgrpo.runs.backends import database_url
 
 if TYPE_CHECKING:
@@ -529,7 +530,7 @@ def cmd_learn(args: argparse.Namespace, ctx: Context) -> int:
     from tfgrpo.learner import run_learning
 
     check_agent(ctx)
-    return run_learning(
+    run_learning(
         ctx,
         run_dir=Path(args.run_dir),
         seed=args.seed,
@@ -541,6 +542,7 @@ def cmd_learn(args: argparse.Namespace, ctx: Context) -> int:
         track=args.track or "",
         track_traces=args.track_traces,
     )
+    return 0
 
 
 def resolve_model(model: str) -> str:
@@ -583,21 +585,23 @@ def cmd_heldout(args: argparse.Namespace, ctx: Context, *, default: str) -> int:
         f"\nheld-out evaluation: E against the baseline (same model without E), paired, k={k}, on {dataset}"
     )
     started = time.monotonic()
-    code = run_eval(
-        eval_ctx,
-        eval_dir=run_dir / "heldout",
-        k=k,
-        seed=args.seed,
-        baseline=True,
-        progress=not args.no_progress,
-        ledger=ledger_from_args(args, eval_ctx),
-        track=args.track or "",
-        track_traces=args.track_traces,
-    )
-    print(f"held-out evaluation: {time.monotonic() - started:.0f} s", flush=True)
-    if code == 0 and default:  # the embedded main job (no --model): its last line
+    try:
+        run_eval(
+            eval_ctx,
+            eval_dir=run_dir / "heldout",
+            k=k,
+            seed=args.seed,
+            baseline=True,
+            progress=not args.no_progress,
+            ledger=ledger_from_args(args, eval_ctx),
+            track=args.track or "",
+            track_traces=args.track_traces,
+        )
+    finally:
+        print(f"held-out evaluation: {time.monotonic() - started:.0f} s", flush=True)
+    if default:  # the embedded main job (no --model): its last line
         print(main_job_closing(run_dir / "heldout" / "report.json"), flush=True)
-    return code
+    return 0
 
 
 LEARNING_EFFECT_DOC = "docs/learning-effect.md"
@@ -648,7 +652,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
         max_tokens=max_tokens,
     )
     check_agent(ctx)
-    return run_eval(
+    run_eval(
         ctx,
         eval_dir=Path(args.eval_dir),
         k=args.k,
@@ -664,6 +668,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
         track=args.track or "",
         track_traces=args.track_traces,
     )
+    return 0
 
 
 def cmd_report(args: argparse.Namespace) -> int:
@@ -928,9 +933,9 @@ def main(argv: list[str] | None = None) -> int:
             if preset == "embedded" and not args.agent:
                 print(embedded_note(resolve_model(args.model)), flush=True)
             ctx = context_from_args(args, preset=preset)
-            code = cmd_learn(args, ctx)
+            cmd_learn(args, ctx)
             default_heldout = EMBEDDED_HELDOUT if not args.model and not args.agent else ""
-            return cmd_heldout(args, ctx, default=default_heldout) if code == 0 else code
+            return cmd_heldout(args, ctx, default=default_heldout)
         if args.command == "demo":
             return cmd_demo(args)
         if args.command == "infer":
@@ -944,9 +949,17 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "runs":
             return cmd_runs(args)
         return cmd_library(args)
+    except BudgetStopped as exc:  # resumable: finished work is saved
+        print(f"tfgrpo: stopped: {exc.cause}", file=sys.stderr)
+        print(f"spent so far: {exc.spent_tokens} tokens, ${exc.spent_usd:.4f}", file=sys.stderr)
+        return 3
+    except RunInterrupted as exc:  # Ctrl-C drained the run: its line says how to resume
+        print(exc, file=sys.stderr)
+        return 130
     except TfgrpoError as exc:
         print(f"tfgrpo: error: {exc}", file=sys.stderr)
-        return 1 if isinstance(exc, ProviderError) else 2  # a provider's error: 1, as below
+        # a run where nothing worked or a provider's error: 1, as below; a bad setting or input: 2
+        return 1 if isinstance(exc, ProviderError | RunFailed) else 2
     except sqlite3.DatabaseError as exc:  # e.g. a disk that filled up in the middle of a run
         print(f"tfgrpo: error: the run's database failed ({exc}); finished work is kept, "
               "run the same command again once the cause is fixed", file=sys.stderr)  # fmt: skip

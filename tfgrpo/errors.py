@@ -28,7 +28,13 @@ class ProviderError(TfgrpoError):
 
 
 class RunFailed(TfgrpoError):
-    """A run ended without learning anything (every LLM call failed, or no rollout could be scored)."""
+    """A run ended without learning anything (every LLM call failed, or no rollout could be scored), or an
+    evaluation without a usable run; the message names the first error, and what there is was saved."""
+
+
+class RunInterrupted(KeyboardInterrupt):
+    """A run drained after Ctrl-C: calls in flight finished and were kept; the message says how to resume.
+    A ``KeyboardInterrupt``, as the Ctrl-C that caused it."""
 
 
 class StopRequested(TfgrpoError):

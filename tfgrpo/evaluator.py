@@ -8,6 +8,7 @@ import hashlib
 import json
 import sys
 import uuid
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, cast
 
@@ -19,7 +20,7 @@ from tfgrpo.api import load_library
 from tfgrpo.checks import check_context
 from tfgrpo.context import Context
 from tfgrpo.data import dataset_fingerprint, load_dataset
-from tfgrpo.errors import ConfigError
+from tfgrpo.errors import ConfigError, RunFailed
 from tfgrpo.evals.report import (
     FAILED_EXCLUDED,
     FAILED_ZERO,
@@ -36,9 +37,10 @@ from tfgrpo.nodes.attempt import attempt_key, attempt_namespace
 from tfgrpo.nodes.policy import build_models, inference_experiences
 from tfgrpo.runs.backends import Backend, open_backend
 from tfgrpo.runs.gc_tuning import quiet_gc
+from tfgrpo.runs.reporter import Reporter
 from tfgrpo.runs.rundir import atomic_write, run_stoppably, show_progress
 from tfgrpo.runs.runlock import lock_run_dir
-from tfgrpo.runs.tracking import EVAL_FILES, Tracker, open_tracker, settings_params
+from tfgrpo.runs.tracking import EVAL_FILES, Tracker, open_tracker, run_status, settings_params
 from tfgrpo.state.graph_state import EvalState
 from tfgrpo.state.library import Library, render_library
 
@@ -61,6 +63,14 @@ EVAL_DEFINING = (
     "max_model_calls",
     "max_tool_calls",
 )
+
+
+@dataclass(frozen=True)
+class EvalResult:
+    """What an evaluation leaves: its report (report.json's content) and where it lives."""
+
+    report: dict[str, Any]
+    eval_dir: Path
 
 
 def eval_settings(ctx: Context, *, arms: list[str], k: int, seed: int, queries: list[Any]) -> dict[str, Any]:
@@ -119,14 +129,18 @@ def run_eval(
     track: str = "",
     track_traces: bool = False,
     exclude_failed: bool = False,
-) -> int:
+    reporter: Reporter | None = None,
+) -> EvalResult:
     """``tfgrpo eval`` (library vs baseline) or, with ``attribute``, ``tfgrpo attribute``: E against E
     without each of its experiences (leave-one-out), on the same questions and seeds; ``track`` is
     ``--track`` (:mod:`tfgrpo.runs.tracking`). A failed run scores 0 in the metrics, or is left out
-    with ``exclude_failed``."""
+    with ``exclude_failed``. Returns the report; raises :class:`RunFailed`
+    when every run failed, :class:`BudgetStopped` / :class:`RunInterrupted` on a stop (finished runs are
+    kept); tables and notes go to ``reporter`` (default: printed)."""
     if k < 1:
         raise ConfigError("--k must be at least 1")
     check_context(ctx)
+    say = reporter or Reporter()
     ground_truth_reward(ctx.reward)  # one-line errors on a bad reward or dataset, before any cost
     warm_up(ctx.reward)  # math-verify helpers start while the first runs wait on the network
     queries = load_dataset(ctx.dataset)
@@ -144,7 +158,7 @@ def run_eval(
     settings["mode"] = "attribute" if attribute else "compare"
     settings["failed_runs"] = FAILED_EXCLUDED if exclude_failed else FAILED_ZERO
     if ctx.library and not settings["library_items"]:
-        print(f"note: {ctx.library} holds no experience: both arms get the same prompt", flush=True)
+        say.line(f"note: {ctx.library} holds no experience: both arms get the same prompt")
     check_eval_resume(eval_dir, settings)
     if ledger is not None:  # a model without a price under --budget-usd: refused before the header
         ledger.check_prices(sorted({settings["model"], settings["judge_model"] or settings["model"]}))
@@ -156,7 +170,6 @@ def run_eval(
     except OSError as exc:
         raise ConfigError(f"--eval-dir {eval_dir}: cannot create it ({exc.strerror or exc})") from None
     tracker = open_tracker(track, eval_dir, traces=track_traces)
-    code = 1  # an exception below ends the MLflow run as FAILED
     with (
         lock_run_dir(eval_dir),  # one writer per eval directory
         open_backend(
@@ -166,7 +179,7 @@ def run_eval(
     ):
         tracker.start(settings["mode"], settings_params(ctx, seed=seed, k=k, arms=arms))
         try:
-            code = _evaluate(
+            result = _evaluate(
                 ctx,
                 backend,
                 eval_dir,
@@ -180,10 +193,13 @@ def run_eval(
                 ledger,
                 retry_failed,
                 tracker,
+                say,
             )
-        finally:
-            tracker.finish(code, EVAL_FILES)
-        return code
+        except BaseException as exc:
+            tracker.finish(run_status(exc), EVAL_FILES)
+            raise
+        tracker.finish("FINISHED", EVAL_FILES)
+        return result
 
 
 def _evaluate(
@@ -200,7 +216,8 @@ def _evaluate(
     ledger: Ledger | None,
     retry_failed: bool,
     tracker: Tracker,
-) -> int:
+    say: Reporter,
+) -> EvalResult:
     store = backend.store
     graph = compile_eval_graph(checkpointer=backend.saver, store=store)
     fresh_input: EvalState = {
@@ -211,7 +228,7 @@ def _evaluate(
         "failed_runs": settings["failed_runs"],
     }
     total = len(queries) * k * len(arms)
-    config, graph_input = _plan_round(graph, backend, eval_dir, ctx, fresh_input, retry_failed)
+    config, graph_input = _plan_round(graph, backend, eval_dir, ctx, fresh_input, retry_failed, say)
     if config is not None:
         if graph_input is not None and "eval_id" not in graph_input:  # a new evaluation
             if any((eval_dir / name).exists() for name in ("results.json", "report.json")):
@@ -222,7 +239,7 @@ def _evaluate(
                 )
             atomic_write(eval_dir / "eval.json", json.dumps(settings, indent=2) + "\n")
             plan = f"{len(queries)} questions x k={k} x {'/'.join(arms)} = {total} runs"
-            print(f"evaluating: {plan} -> {eval_dir}", flush=True)
+            say.line(f"evaluating: {plan} -> {eval_dir}")
             if library is not None:
                 graph_input["eval_id"] = uuid.uuid4().hex[:12]
                 graph_input["arm_libraries"] = leave_one_out(store, graph_input["eval_id"], library)
@@ -234,28 +251,23 @@ def _evaluate(
         ledger.spent_tokens, ledger.spent_usd = spent_so_far(store, cache_run, ledger.prices)
         # every response is kept the moment it arrives (per run id in a shared database)
         with quiet_gc(), use_llm_cache(store, cache_run, ledger):
-            code = _drive(graph, graph_input, config, ctx, ledger, total, progress, eval_dir)
-        if code:
-            return code
+            _drive(graph, graph_input, config, ctx, ledger, total, progress, eval_dir)
     results = graph.get_state(_config(eval_dir, ctx, backend)).values.get("results", [])
     _record_failed_runs_policy(eval_dir, settings)
     if library is not None:
         report = write_attribution_report(eval_dir, settings, queries, results, library)
-        _print_attribution(report, eval_dir)
+        _print_attribution(report, eval_dir, say)
     else:
         report = write_eval_report(eval_dir, settings, queries, results)
-        _print_comparison(report, eval_dir, k)
+        _print_comparison(report, eval_dir, k, say)
     tracker.evaluation(report)
     if results and all(r["reward"] is None for r in results):
         calls = sum(r["calls"] for r in results)
-        print(
-            f"tfgrpo: error: every run of this evaluation failed ({len(results)} of {len(results)}, "
-            f"{calls} LLM calls; first error: {results[0]['error'] or 'unknown'}); "
-            f"what there is was saved in {eval_dir}",
-            file=sys.stderr,
+        raise RunFailed(
+            f"every run of this evaluation failed ({len(results)} of {len(results)}, {calls} LLM calls; "
+            f"first error: {results[0]['error'] or 'unknown'}); what there is was saved in {eval_dir}"
         )
-        return 1
-    return 0
+    return EvalResult(report=report, eval_dir=eval_dir)
 
 
 def _record_failed_runs_policy(eval_dir: Path, settings: dict[str, Any]) -> None:
@@ -290,7 +302,13 @@ def _config(eval_dir: Path, ctx: Context, backend: Backend) -> RunnableConfig:
 
 
 def _plan_round(
-    graph: Any, backend: Backend, eval_dir: Path, ctx: Context, fresh_input: EvalState, retry_failed: bool
+    graph: Any,
+    backend: Backend,
+    eval_dir: Path,
+    ctx: Context,
+    fresh_input: EvalState,
+    retry_failed: bool,
+    say: Reporter,
 ) -> tuple[RunnableConfig | None, EvalState | None]:
     """What to run now: (config, input). Config None: complete, nothing to run. Input
     None: resume the interrupted round. A retry round starts on a new thread with the same eval id, so
@@ -303,50 +321,50 @@ def _plan_round(
     if not values:
         return config, fresh_input
     if not eval_complete(values):
-        print(f"resuming {eval_dir}: {len(values.get('results', []))} runs already done", flush=True)
+        say.line(f"resuming {eval_dir}: {len(values.get('results', []))} runs already done")
         return config, None
     if not (retry_failed and failed):
         note = f" ({len(failed)} failed run(s): --retry-failed runs them again)" if failed else ""
-        print(f"evaluation in {eval_dir} is already complete{note}", flush=True)
+        say.line(f"evaluation in {eval_dir} is already complete{note}")
         return None, None
     for r in failed:
         store.delete(attempt_namespace(values["eval_id"], r["arm"]), attempt_key(r["query_id"], r["i"]))
     thread = str(config["configurable"]["thread_id"]).rsplit("/", 1)[-1]
     rounds = int(thread.split("-retry")[1]) if "-retry" in thread else 0
     atomic_write(eval_dir / "thread.txt", f"{THREAD_ID}-retry{rounds + 1}\n")
-    print(f"retrying {len(failed)} failed run(s) of {eval_dir}", flush=True)
+    say.line(f"retrying {len(failed)} failed run(s) of {eval_dir}")
     graph_input: EvalState = {**fresh_input, "eval_id": values["eval_id"]}
     if values.get("arm_libraries"):
         graph_input["arm_libraries"] = values["arm_libraries"]
     return _config(eval_dir, ctx, backend), graph_input
 
 
-def _print_comparison(report: dict[str, Any], eval_dir: Path, k: int) -> None:
+def _print_comparison(report: dict[str, Any], eval_dir: Path, k: int, say: Reporter) -> None:
     policy = report["settings"]["failed_runs"]
     for arm, a in report["arms"].items():
         if a["mean_at_k"] is None:
-            print(f"{arm:>8}: no usable run ({a['runs_failed']} failed; see report.md)")
+            say.line(f"{arm:>8}: no usable run ({a['runs_failed']} failed; see report.md)")
             continue
-        print(
+        say.line(
             f"{arm:>8}: Mean@{k} {a['mean_at_k']:.3f} (95% CI {a['ci_low']:.3f} .. {a['ci_high']:.3f})  "
             f"Pass@{k} {a['pass_at_k']:.3f}  failed runs {a['runs_failed']} ({policy})  ${a['cost_usd']:.4f}"
         )
-    print(verdict(report["comparison"]))
-    print(f"report: {eval_dir / 'report.md'}   plot: {eval_dir / 'comparison.png'}")
+    say.line(verdict(report["comparison"]))
+    say.line(f"report: {eval_dir / 'report.md'}   plot: {eval_dir / 'comparison.png'}")
 
 
-def _print_attribution(report: dict[str, Any], eval_dir: Path) -> None:
+def _print_attribution(report: dict[str, Any], eval_dir: Path, say: Reporter) -> None:
     for row in report["items"]:
         if row["contribution"] is None:
-            print(f"[{row['id']}] no data: {row.get('error', '')}")
+            say.line(f"[{row['id']}] no data: {row.get('error', '')}")
             continue
-        print(
+        say.line(
             f"[{row['id']}] {row['verdict']:>7}: contribution {row['contribution']:+.3f} "
             f"(95% CI {row['ci_low']:+.3f} .. {row['ci_high']:+.3f})  {row['text'][:60]}"
         )
-    print(f"report: {eval_dir / 'report.md'}   plot: {eval_dir / 'attribution.png'}")
+    say.line(f"report: {eval_dir / 'report.md'}   plot: {eval_dir / 'attribution.png'}")
     if report["pruned"] is not None:
-        print(f"without the experiences that hurt: {eval_dir / 'library.pruned.json'}")
+        say.line(f"without the experiences that hurt: {eval_dir / 'library.pruned.json'}")
 
 
 def leave_one_out(store: Any, eval_id: str, library: Library) -> dict[str, str]:
@@ -367,8 +385,8 @@ def _drive(
     total: int,
     progress: bool,
     eval_dir: Path,
-) -> int:
-    """Stream the graph with a progress bar; 0 when finished, 3 on a budget stop, 130 on Ctrl-C."""
+) -> None:
+    """Stream the graph with a progress bar (a stop raises, see :func:`run_stoppably`)."""
     done = len(graph.get_state(config).values.get("results", []))
     bar = None
     if show_progress(progress):
@@ -387,11 +405,12 @@ def _drive(
                 bar.update(1)
 
     try:
-        return run_stoppably(
+        run_stoppably(
             drive,
             ledger,
             on_stop=lambda: None,  # every finished run is already in the checkpoint and the store
-            stopped=f"stopped; finished runs are kept. Resume with the same command (--eval-dir {eval_dir})",
+            stopped=f"stopped; finished runs are kept. Resume with the same command (--eval-dir {eval_dir}); "
+            "from Python, call again to resume",
         )
     finally:
         if bar is not None:

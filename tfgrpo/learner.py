@@ -1,11 +1,14 @@
-"""Drive the learn graph from the command line: SQLite checkpoints in the run directory, progress bars,
-outputs after every step, graceful Ctrl-C, and resume by running the same command again."""
+"""Drive the learn graph for the CLI and the Python API: SQLite checkpoints in the run directory, progress
+bars, outputs after every step, graceful Ctrl-C, and resume by running the same command again. It returns
+a :class:`LearnResult` and raises typed errors; its tables and notes go to a reporter
+(:mod:`tfgrpo.runs.reporter`), and only the CLI prints errors and picks exit codes."""
 
 from __future__ import annotations
 
 import json
 import sys
 import uuid
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, cast
 
@@ -17,7 +20,7 @@ from tqdm.auto import tqdm
 from tfgrpo.checks import check_context
 from tfgrpo.context import Context
 from tfgrpo.data import batches_per_epoch, load_dataset, training_queries
-from tfgrpo.errors import ConfigError
+from tfgrpo.errors import ConfigError, RunFailed
 from tfgrpo.evals.rewards import reward_function, warm_up
 from tfgrpo.graphs.learn import compile_learn_graph
 from tfgrpo.models.ledger import Ledger, Prices, paid_totals, spent_so_far, use_llm_cache
@@ -27,6 +30,7 @@ from tfgrpo.nodes.variance_gate import more_attempts
 from tfgrpo.runs.backends import Backend, open_backend
 from tfgrpo.runs.gc_tuning import quiet_gc
 from tfgrpo.runs.pglock import redacted
+from tfgrpo.runs.reporter import Reporter
 from tfgrpo.runs.rundir import (
     RunDir,
     check_resume,
@@ -40,8 +44,9 @@ from tfgrpo.runs.rundir import (
     table_line,
 )
 from tfgrpo.runs.runlock import lock_run_dir
-from tfgrpo.runs.tracking import LEARN_FILES, Tracker, open_tracker, settings_params
+from tfgrpo.runs.tracking import LEARN_FILES, Tracker, open_tracker, run_status, settings_params
 from tfgrpo.state.graph_state import LearnState
+from tfgrpo.state.library import Library, empty_library
 from tfgrpo.state.report import nothing_worked
 from tfgrpo.state.types import StepReport
 
@@ -124,16 +129,28 @@ def run_prices(run: RunDir) -> str | None:
     return found if isinstance(found, str) and found else None
 
 
+@dataclass(frozen=True)
+class LearnResult:
+    """What a learning run leaves: E, the run report (report.json's content, with its steps) and where
+    the run lives."""
+
+    library: Library
+    report: dict[str, Any]
+    run_dir: Path
+    steps: list[StepReport] = field(default_factory=list)
+
+
 def _final_outputs(
     run: RunDir, store: BaseStore, values: dict[str, Any], paid: dict[str, Any] | None = None
-) -> list[StepReport]:
+) -> LearnResult:
     """The run's files plus its learning curve (plotted at the end only: matplotlib is not free)."""
     from tfgrpo.evals.report import write_learning_curve
 
     history = step_history(store, values.get("run_id", "")) if values else []
-    run.write_outputs(values, history, paid)
+    report = run.write_outputs(values, history, paid)
     write_learning_curve(run.path, history)
-    return history
+    library: Library = values.get("library") or empty_library()
+    return LearnResult(library=library, report=report, run_dir=run.path, steps=history)
 
 
 def run_learning(
@@ -149,10 +166,15 @@ def run_learning(
     run_id: str = "",
     track: str = "",
     track_traces: bool = False,
-) -> int:
+    reporter: Reporter | None = None,
+) -> LearnResult:
     """Learn (or resume) the run in ``run_dir``; ``db`` is ``--db`` (see :mod:`tfgrpo.runs.backends`) and
     ``run_id`` names the run there (default: the run directory's name); ``track`` is ``--track``
-    (:mod:`tfgrpo.runs.tracking`)."""
+    (:mod:`tfgrpo.runs.tracking`); the tables and notes go to ``reporter`` (default: printed).
+
+    Raises :class:`RunFailed` when nothing of the run worked (the first error named),
+    :class:`BudgetStopped` at the budget and :class:`RunInterrupted` after Ctrl-C, each once the finished
+    work is saved; a resume is the same call."""
     # fail fast with one-line errors, before anything is paid for
     check_context(ctx)
     queries = training_queries(ctx)
@@ -170,19 +192,21 @@ def run_learning(
     run = RunDir(run_dir)
     run.create()
     tracker = open_tracker(track, run.path, traces=track_traces)
-    code = 1  # an exception below ends the MLflow run as FAILED
+    say = reporter or Reporter()
     with (
         lock_run_dir(run.path),  # one writer per run directory
         open_backend(db, local_dir=run.path, run_id=run_id or run.path.resolve().name) as backend,
         backend.lock(),  # and, in a shared database, one writer per run id
     ):
         try:
-            code = _learn(
-                ctx, run, backend, queries, seed, progress, keep_checkpoints, ledger, callbacks, tracker
+            result = _learn(
+                ctx, run, backend, queries, seed, progress, keep_checkpoints, ledger, callbacks, tracker, say
             )
-        finally:
-            tracker.finish(code, LEARN_FILES)
-        return code
+        except BaseException as exc:
+            tracker.finish(run_status(exc), LEARN_FILES)
+            raise
+        tracker.finish("FINISHED", LEARN_FILES)
+        return result
 
 
 def _learn(
@@ -196,7 +220,8 @@ def _learn(
     ledger: Ledger | None,
     callbacks: Any,
     tracker: Tracker,
-) -> int:
+    say: Reporter,
+) -> LearnResult:
     run_dir, store = run.path, backend.store
     thread = backend.thread(THREAD_ID)
     graph = compile_learn_graph(checkpointer=backend.saver, store=store)
@@ -220,9 +245,9 @@ def _learn(
     # ``snapshot.next`` is not enough: it is also empty when a task's writes are stored but the next
     # checkpoint is not (a kill there), and such a run must continue.
     if values.get("done"):
-        history = _final_outputs(run, store, values)
-        print(f"run in {run_dir} is already complete ({len(history)} steps)")
-        return _failed_run_exit(history, run_dir)
+        result = _final_outputs(run, store, values)
+        say.line(f"run in {run_dir} is already complete ({len(result.steps)} steps)")
+        return _worked(result)
     graph_input: dict[str, Any] | None = None if values else {"seed": seed}
     if not values:
         run.refuse_new_run_over_outputs()
@@ -232,19 +257,19 @@ def _learn(
         graph_input["run_id"] = backend.run_id if backend.shared else uuid.uuid4().hex
         mark_run(store, graph_input["run_id"])
     if values:
-        print(f"resuming {run_dir} at step {values.get('step', 0)} of {n_steps}", flush=True)
+        say.line(f"resuming {run_dir} at step {values.get('step', 0)} of {n_steps}")
     else:
         run.write_settings(ctx, seed)
-        print(f"learning: {len(queries)} queries, {n_steps} steps -> {run_dir}", flush=True)
+        say.line(f"learning: {len(queries)} queries, {n_steps} steps -> {run_dir}")
 
     ledger = ledger or Ledger(max_concurrency=ctx.max_concurrency)
     cache_run = backend.run_id if backend.shared else ""  # the namespace of the run's result cache
     ledger.spent_tokens, ledger.spent_usd = spent_so_far(store, cache_run, ledger.prices)
     bars = Progress(progress, ctx.group_size, ctx.max_group_size)
-    print(table_header(), flush=True)
+    say.line(table_header())
     finished = step_history(store, values["run_id"]) if values.get("run_id") else []
     for report in finished:
-        print(table_line(report), flush=True)
+        say.line(table_line(report))
     tracker.catch_up(finished, run_dir)
 
     def on_stop() -> None:
@@ -253,10 +278,11 @@ def _learn(
         _final_outputs(run, store, graph.get_state(config).values, paid)
 
     errors: list[str] = []
+    stopped = f"stopped; finished work is kept: resume with the same command (--run-dir {run_dir})"
     try:
         # every response is kept the moment it arrives (per run id in a shared database)
         with quiet_gc(), use_llm_cache(store, cache_run, ledger):
-            code = run_stoppably(
+            run_stoppably(
                 lambda control: _drive(
                     graph,
                     graph_input,
@@ -269,36 +295,35 @@ def _learn(
                     keep_checkpoints,
                     errors,
                     tracker,
+                    say,
                 ),
                 ledger,
                 on_stop=on_stop,
-                stopped=f"stopped; finished work is kept: resume with the same command (--run-dir {run_dir})",
+                stopped=f"{stopped}; from Python, call again to resume",
             )
     finally:
         bars.close()
-    if code:
-        return code
 
-    final = graph.get_state(config).values
-    history = _final_outputs(run, store, final, paid_totals(store, cache_run, ledger.prices))
-    library = final.get("library", {"items": []})
-    print(f"\ndone: {len(history)} steps, {len(library['items'])} experiences")
-    print(f"library: {run_dir / 'library.md'}   report: {run_dir / 'report.md'}")
-    for item in library["items"]:
-        print(f"  [{item['id']}] {item['text']}")
-    gated = gate_summary(history)
+    result = _final_outputs(
+        run, store, graph.get_state(config).values, paid_totals(store, cache_run, ledger.prices)
+    )
+    say.line(f"\ndone: {len(result.steps)} steps, {len(result.library['items'])} experiences")
+    say.line(f"library: {run_dir / 'library.md'}   report: {run_dir / 'report.md'}")
+    for item in result.library["items"]:
+        say.line(f"  [{item['id']}] {item['text']}")
+    gated = gate_summary(result.steps)
     if gated:
-        print(gated)
-    return _failed_run_exit(history, run_dir, errors)
+        say.line(gated)
+    return _worked(result, errors)
 
 
-def _failed_run_exit(history: list[StepReport], run_dir: Path, errors: list[str] | None = None) -> int:
-    """1 with a one-line error when nothing of the run worked (the first time and every time after)."""
-    failure = nothing_worked(history, errors or [])
+def _worked(result: LearnResult, errors: list[str] | None = None) -> LearnResult:
+    """``result``, unless nothing of the run worked: then :class:`RunFailed` naming the first error (the
+    first time and every time after)."""
+    failure = nothing_worked(result.steps, errors or [])
     if failure:
-        print(f"tfgrpo: error: {failure}; what there is was saved in {run_dir}", file=sys.stderr)
-        return 1
-    return 0
+        raise RunFailed(f"{failure}; what there is was saved in {result.run_dir}")
+    return result
 
 
 def gate_summary(history: list[StepReport]) -> str | None:
@@ -327,6 +352,7 @@ def _drive(
     keep_checkpoints: bool,
     errors: list[str],
     tracker: Tracker,
+    say: Reporter,
 ) -> None:
     """Stream the graph: progress, pruning after each single-node superstep, outputs after each step;
     the reasons of dropped items are collected in ``errors``."""
@@ -356,5 +382,5 @@ def _drive(
             if node == "advance" and snap.values.get("report"):
                 report = snap.values["report"]
                 run.write_library(snap.values["library"], report["step"])
-                print(table_line(report), flush=True)
+                say.line(table_line(report))
                 tracker.step(report, snap.values["library"])

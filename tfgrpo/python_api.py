@@ -9,21 +9,21 @@
 Both are resumable: call again with the same arguments (and directory) and finished work is kept.
 ``db=`` (a SQLite file or ``postgresql://`` URL shared by several runs; default ``$TFGRPO_DATABASE_URL``,
 else the run directory's own SQLite files) and ``run_id=`` (the run's name there) work as the CLI's
-``--db`` / ``--run-id``; ``verbose=False`` prints nothing to stdout (the tables and notes).
+``--db`` / ``--run-id``; ``verbose=False`` prints nothing (the tables and notes go to the ``tfgrpo``
+logger instead). Errors are raised, never printed: a run where nothing worked raises
+:class:`tfgrpo.errors.RunFailed` naming the first error (an unreachable server, a refused key, ...).
 Models may be spec strings (``openai:gpt-4o-mini``) or LangChain chat-model objects (used as they are);
 datasets a file path or ``rg:`` spec, a list of dicts or any iterable of rows (``question``, ``answer``,
 optional ``id``), saved as JSONL in the run directory. Progress bars use ``tqdm.auto`` (Jupyter widgets).
-A budget stop raises :class:`tfgrpo.models.ledger.BudgetExceeded` after saving; call again to resume.
+A budget stop raises :class:`tfgrpo.models.ledger.BudgetStopped` (a ``BudgetExceeded``) after saving, and
+Ctrl-C :class:`tfgrpo.errors.RunInterrupted` (a ``KeyboardInterrupt``); call again to resume.
 """
 
 from __future__ import annotations
 
-import contextlib
-import io
 import json
 import os
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -32,11 +32,13 @@ from langchain_core.language_models import BaseChatModel
 from tfgrpo.checks import check_context
 from tfgrpo.context import Context
 from tfgrpo.data import check_rows
-from tfgrpo.errors import ConfigError, TfgrpoError
+from tfgrpo.errors import ConfigError
 from tfgrpo.evals.rewards import default_reward
-from tfgrpo.models.ledger import BudgetExceeded, Ledger, Prices, ledger_from_context
+from tfgrpo.learner import LearnResult
+from tfgrpo.models.ledger import Ledger, Prices, ledger_from_context
 from tfgrpo.models.spec import as_spec
 from tfgrpo.runs.backends import check_run_id, database_url
+from tfgrpo.runs.reporter import LogReporter, Reporter
 from tfgrpo.state.library import Library
 
 __all__ = ["LearnResult", "evaluate", "learn"]
@@ -44,16 +46,6 @@ __all__ = ["LearnResult", "evaluate", "learn"]
 Dataset = str | os.PathLike[str] | Iterable[Mapping[str, Any]]
 Model = str | BaseChatModel | None
 MODEL_FIELDS = ("model", "learner_model", "judge_model")
-
-
-@dataclass
-class LearnResult:
-    """What :func:`learn` returns: the library, the run report and where the run lives."""
-
-    library: Library
-    report: dict[str, Any]
-    run_dir: Path
-    steps: list[dict[str, Any]] = field(default_factory=list)
 
 
 def _dataset_spec(data: Dataset, folder: Path, name: str, *, answers: bool = True) -> str:
@@ -126,9 +118,9 @@ def _ledger_settings(
     }
 
 
-def _quiet(verbose: bool) -> contextlib.AbstractContextManager[Any]:
-    """``verbose=False``: the CLI's tables and notes (stdout) are dropped; errors (stderr) still show."""
-    return contextlib.nullcontext() if verbose else contextlib.redirect_stdout(io.StringIO())
+def _reporter(verbose: bool) -> Reporter:
+    """``verbose``: the CLI's tables and notes on stdout; else to the ``tfgrpo`` logger."""
+    return Reporter() if verbose else LogReporter()
 
 
 def _db_and_run_id(db: str | None, run_id: str | None) -> tuple[str, str]:
@@ -136,17 +128,6 @@ def _db_and_run_id(db: str | None, run_id: str | None) -> tuple[str, str]:
     if run_id is not None:
         check_run_id(run_id)
     return database_url(db), run_id or ""
-
-
-def _raise_for(code: int, what: str, where: Path) -> None:
-    if code == 3:
-        raise BudgetExceeded(
-            f"{what} stopped at the budget; finished work in {where} is kept: call again to resume"
-        )
-    if code == 130:
-        raise KeyboardInterrupt(f"{what} interrupted; finished work in {where} is kept: call again to resume")
-    if code:
-        raise TfgrpoError(f"{what} failed (exit code {code}); see the messages above")
 
 
 def learn(
@@ -192,7 +173,7 @@ def learn(
             ``$TFGRPO_DATABASE_URL``, else SQLite files in ``run_dir``.
         run_id: the run's name in ``db`` (``--run-id``; default: ``run_dir``'s name). Its E is then
             published there under that id (``ExperienceMiddleware(run=run_id, db=db)``).
-        verbose: False prints nothing to stdout.
+        verbose: False prints nothing (tables and notes go to the ``tfgrpo`` logger).
         options: any :class:`tfgrpo.context.Context` field (``epochs``, ``batch_size``, ``group_size``,
             ``max_concurrency``, ``domain``, ``temperature``, ...).
     """
@@ -215,23 +196,19 @@ def learn(
     )
     check_context(ctx)  # before the ledger is built, so a bad setting costs nothing
     ledger = _ledger(ctx, prices)
-    with _quiet(verbose):
-        code = run_learning(
-            ctx,
-            run_dir=folder,
-            seed=seed,
-            progress=progress,
-            keep_checkpoints=keep_checkpoints,
-            ledger=ledger,
-            callbacks=callbacks,
-            db=url,
-            run_id=name,
-            track=track or "",
-        )
-    _raise_for(code, "learning", folder)
-    library: Library = json.loads((folder / "library.json").read_text(encoding="utf-8"))
-    report: dict[str, Any] = json.loads((folder / "report.json").read_text(encoding="utf-8"))
-    return LearnResult(library=library, report=report, run_dir=folder, steps=list(report.get("steps", [])))
+    return run_learning(
+        ctx,
+        run_dir=folder,
+        seed=seed,
+        progress=progress,
+        keep_checkpoints=keep_checkpoints,
+        ledger=ledger,
+        callbacks=callbacks,
+        db=url,
+        run_id=name,
+        track=track or "",
+        reporter=_reporter(verbose),
+    )
 
 
 def evaluate(
@@ -290,20 +267,17 @@ def evaluate(
         **_ledger_settings(budget_usd, budget_tokens, prices, max_retries, retry_backoff),
     )
     ledger = _ledger(ctx, prices)
-    with _quiet(verbose):
-        code = run_eval(
-            ctx,
-            eval_dir=folder,
-            k=k,
-            seed=seed,
-            baseline=baseline,
-            progress=progress,
-            ledger=ledger,
-            retry_failed=retry_failed,
-            db=url,
-            run_id=name,
-            track=track or "",
-        )
-    _raise_for(code, "evaluation", folder)
-    report: dict[str, Any] = json.loads((folder / "report.json").read_text(encoding="utf-8"))
-    return report
+    return run_eval(
+        ctx,
+        eval_dir=folder,
+        k=k,
+        seed=seed,
+        baseline=baseline,
+        progress=progress,
+        ledger=ledger,
+        retry_failed=retry_failed,
+        db=url,
+        run_id=name,
+        track=track or "",
+        reporter=_reporter(verbose),
+    ).report

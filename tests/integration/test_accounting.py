@@ -21,7 +21,7 @@ from tests.conftest import PYTHON, REPO, cli_env
 from tests.crash import KILL_ENV
 from tfgrpo.context import Context
 from tfgrpo.learner import run_learning
-from tfgrpo.models.ledger import Ledger, Prices
+from tfgrpo.models.ledger import BudgetStopped, Ledger, Prices
 from tfgrpo.testing.fake_openai import FakeOpenAIServer, forced_tool_name
 from tfgrpo.testing.responders import grpo_responder
 
@@ -43,8 +43,13 @@ def ctx_for(server: FakeOpenAIServer, **kw: Any) -> Context:
     return Context(**{"model": "openai:fake", "base_url": server.base_url, **SHAPE, **kw})
 
 
-def learn(server: FakeOpenAIServer, run_dir: Path, ledger: Ledger | None = None, **kw: Any) -> int:
-    return run_learning(ctx_for(server, **kw), run_dir=run_dir, seed=3, progress=False, ledger=ledger)
+def learn(server: FakeOpenAIServer, run_dir: Path, ledger: Ledger | None = None, **kw: Any) -> str:
+    """How the run ended: "done", or "budget" when it stopped at the budget (its finished work saved)."""
+    try:
+        run_learning(ctx_for(server, **kw), run_dir=run_dir, seed=3, progress=False, ledger=ledger)
+    except BudgetStopped:
+        return "budget"
+    return "done"
 
 
 def bodies(server: FakeOpenAIServer) -> Counter[str]:
@@ -68,7 +73,7 @@ def test_two_runs_send_the_same_requests_and_none_twice(tmp_path: Path) -> None:
     sent = []
     for name in ("a", "b"):
         with FakeOpenAIServer(grpo_responder, latency=0.01) as server:
-            assert learn(server, tmp_path / name) == 0
+            assert learn(server, tmp_path / name) == "done"
             sent.append(bodies(server))
     twice = {body: n for body, n in sent[0].items() if n > 1}
     assert not twice, f"{len(twice)} bodies sent more than once in one run"
@@ -80,7 +85,7 @@ def test_two_runs_send_the_same_requests_and_none_twice(tmp_path: Path) -> None:
 def test_report_books_what_the_server_was_paid_with_faults(tmp_path: Path) -> None:
     with FakeOpenAIServer(grpo_responder, fail_rate=0.2, seed=11, latency=0.01) as server:
         ledger = Ledger(max_concurrency=4, max_retries=10, backoff=0.01)
-        assert learn(server, tmp_path / "run", ledger) == 0
+        assert learn(server, tmp_path / "run", ledger) == "done"
         paid = server_tokens(server)
         answered = server.usage_totals["calls"]
     totals = report(tmp_path / "run")["totals"]
@@ -93,20 +98,20 @@ def test_report_books_what_the_server_was_paid_with_faults(tmp_path: Path) -> No
 
 def test_token_budget_is_used_and_never_exceeded_then_resumes(tmp_path: Path) -> None:
     with FakeOpenAIServer(grpo_responder) as server:
-        assert learn(server, tmp_path / "full") == 0
+        assert learn(server, tmp_path / "full") == "done"
         full = server_tokens(server)
     budget = full // 2
     run_dir = tmp_path / "half"
     with FakeOpenAIServer(grpo_responder) as server:
         ledger = Ledger(max_concurrency=4, budget_tokens=budget)
-        assert learn(server, run_dir, ledger) == 3
+        assert learn(server, run_dir, ledger) == "budget"
         spent = server_tokens(server)
         first = bodies(server)
     print(f"full run {full} tokens; budget {budget}; spent {spent} ({spent / budget:.0%})")
     assert 0.8 * budget <= spent <= budget
     assert report_tokens(run_dir) == spent
     with FakeOpenAIServer(grpo_responder) as server:  # a raised budget: the run continues
-        assert learn(server, run_dir, Ledger(max_concurrency=4, budget_tokens=full * 3)) == 0
+        assert learn(server, run_dir, Ledger(max_concurrency=4, budget_tokens=full * 3)) == "done"
         second = bodies(server)
         more = server_tokens(server)
     assert not set(first) & set(second), "the resumed run repeated a finished call"
@@ -116,12 +121,12 @@ def test_token_budget_is_used_and_never_exceeded_then_resumes(tmp_path: Path) ->
 def test_dollar_budget_is_used_and_never_exceeded(tmp_path: Path) -> None:
     prices = Prices.load(json.dumps(PRICES))
     with FakeOpenAIServer(grpo_responder) as server:
-        assert learn(server, tmp_path / "full", Ledger(prices=prices)) == 0
+        assert learn(server, tmp_path / "full", Ledger(prices=prices)) == "done"
         usage = server.usage_totals
     full = (usage["prompt_tokens"] * 1.0 + usage["completion_tokens"] * 4.0) / 1e6
     budget = full / 2
     with FakeOpenAIServer(grpo_responder) as server:
-        assert learn(server, tmp_path / "half", Ledger(budget_usd=budget, prices=prices)) == 3
+        assert learn(server, tmp_path / "half", Ledger(budget_usd=budget, prices=prices)) == "budget"
         usage = server.usage_totals
     spent = (usage["prompt_tokens"] * 1.0 + usage["completion_tokens"] * 4.0) / 1e6
     print(f"full run ${full:.6f}; budget ${budget:.6f}; spent ${spent:.6f} ({spent / budget:.0%})")

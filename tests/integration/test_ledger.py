@@ -9,7 +9,7 @@ import pytest
 
 from tfgrpo.context import Context
 from tfgrpo.learner import run_learning, spent_so_far
-from tfgrpo.models.ledger import Ledger, Prices
+from tfgrpo.models.ledger import BudgetStopped, Ledger, Prices
 from tfgrpo.runs.rundir import RunDir, open_sqlite
 from tfgrpo.testing.fake_openai import FakeOpenAIServer
 from tfgrpo.testing.responders import grpo_responder
@@ -33,8 +33,13 @@ def ctx_for(server: FakeOpenAIServer, **kw: object) -> Context:
     return Context(**values)  # type: ignore[arg-type]
 
 
-def learn(server: FakeOpenAIServer, run_dir: Path, ledger: Ledger | None = None, **kw: object) -> int:
-    return run_learning(ctx_for(server, **kw), run_dir=run_dir, seed=3, progress=False, ledger=ledger)
+def learn(server: FakeOpenAIServer, run_dir: Path, ledger: Ledger | None = None, **kw: object) -> str:
+    """How the run ended: "done", or "budget" when it stopped at the budget (its finished work saved)."""
+    try:
+        run_learning(ctx_for(server, **kw), run_dir=run_dir, seed=3, progress=False, ledger=ledger)
+    except BudgetStopped:
+        return "budget"
+    return "done"
 
 
 def read(run_dir: Path, name: str) -> dict:
@@ -43,11 +48,11 @@ def read(run_dir: Path, name: str) -> dict:
 
 def test_transient_faults_are_retried_and_change_nothing(tmp_path: Path) -> None:
     with FakeOpenAIServer(grpo_responder) as clean:
-        assert learn(clean, tmp_path / "clean") == 0
+        assert learn(clean, tmp_path / "clean") == "done"
     with FakeOpenAIServer(grpo_responder, fail_rate=0.2, fail_status=500, seed=7) as flaky:
         flaky.fail_next(2, status=429)
         ledger = Ledger(max_concurrency=4, max_retries=8, backoff=0.01)
-        assert learn(flaky, tmp_path / "flaky", ledger) == 0
+        assert learn(flaky, tmp_path / "flaky", ledger) == "done"
     clean_report, flaky_report = (
         read(tmp_path / "clean", "report.json"),
         read(tmp_path / "flaky", "report.json"),
@@ -66,7 +71,7 @@ def test_client_errors_are_not_retried(tmp_path: Path) -> None:
     with FakeOpenAIServer(grpo_responder) as server:
         server.fail_next(1, status=400)
         ledger = Ledger(max_concurrency=1, max_retries=5, backoff=0.01)
-        assert learn(server, tmp_path / "run", ledger, epochs=1, batch_size=6) == 0
+        assert learn(server, tmp_path / "run", ledger, epochs=1, batch_size=6) == "done"
     report = read(tmp_path / "run", "report.json")
     assert report["totals"]["rollouts_failed"] == 1 and report["totals"]["retries"] == 0
 
@@ -75,21 +80,21 @@ def test_budget_stops_before_exceeding_and_resumes(tmp_path: Path) -> None:
     prices_file = tmp_path / "prices.json"
     prices_file.write_text(json.dumps(PRICES))
     with FakeOpenAIServer(grpo_responder) as server:
-        assert learn(server, tmp_path / "full", Ledger(prices=Prices.load(str(prices_file)))) == 0
+        assert learn(server, tmp_path / "full", Ledger(prices=Prices.load(str(prices_file)))) == "done"
         full_cost = read(tmp_path / "full", "report.json")["totals"]["cost_usd"]
         assert full_cost > 0
 
         budget = full_cost / 2
         run_dir = tmp_path / "run"
         ledger = Ledger(budget_usd=budget, prices=Prices.load(str(prices_file)))
-        assert learn(server, run_dir, ledger) == 3
+        assert learn(server, run_dir, ledger) == "budget"
         values = read(run_dir, "report.json")
         assert len(values["steps"]) < 4
         _, spent = spent_so_far(_store(run_dir), "", Prices.load(str(prices_file)))
         assert 0 < spent <= budget
 
         more = Ledger(budget_usd=full_cost * 10, prices=Prices.load(str(prices_file)))
-        assert learn(server, run_dir, more) == 0
+        assert learn(server, run_dir, more) == "done"
     assert len(read(run_dir, "report.json")["steps"]) == 4
     assert read(run_dir, "library.json") == read(tmp_path / "full", "library.json")
 
@@ -97,7 +102,7 @@ def test_budget_stops_before_exceeding_and_resumes(tmp_path: Path) -> None:
 def test_token_budget(tmp_path: Path) -> None:
     with FakeOpenAIServer(grpo_responder) as server:
         ledger = Ledger(budget_tokens=3000)
-        assert learn(server, tmp_path / "run", ledger) == 3
+        assert learn(server, tmp_path / "run", ledger) == "budget"
         assert ledger.spent_tokens <= 3000
 
 
@@ -111,7 +116,7 @@ def test_budget_in_dollars_needs_a_price(tmp_path: Path) -> None:
 def test_max_concurrency_caps_requests_in_flight(tmp_path: Path) -> None:
     with FakeOpenAIServer(grpo_responder, latency=0.25) as server:
         ledger = Ledger(max_concurrency=4, backoff=0.01)
-        assert learn(server, tmp_path / "run", ledger, epochs=1, batch_size=6, max_concurrency=4) == 0
+        assert learn(server, tmp_path / "run", ledger, epochs=1, batch_size=6, max_concurrency=4) == "done"
         assert server.max_in_flight == 4  # reached, never passed
 
 

@@ -79,6 +79,6 @@ def test_a_learning_runs_calls_run_with_the_quiet_collector(tmp_path: Path) -> N
     before = gc.get_threshold()
     fake = Fake(rollout=policy)
     ctx = context(fake, "rg:basic_arithmetic:size=4:seed=1", epochs=1)
-    assert run_learning(ctx, run_dir=tmp_path / "run", seed=0, progress=False) == 0
+    assert run_learning(ctx, run_dir=tmp_path / "run", seed=0, progress=False).steps
     assert seen and all(frozen > 0 and young >= YOUNG_THRESHOLD for frozen, young in seen)
     assert gc.get_threshold() == before and gc.get_freeze_count() == 0

@@ -356,3 +356,16 @@ def test_a_probe_cell_learns_with_the_scripted_policy_and_evaluates_with_the_rea
     assert learn[learn.index("--learner-max-tokens") + 1] == "1024"
     assert evaluate[evaluate.index("--model") + 1] == "local:m"  # the real policy judges the learned E
     assert row["learner"] == "small" and row["lessons"] == ["Answer in decimal hours."]
+
+
+def test_a_learn_row_keeps_the_text_of_every_proposed_and_rejected_lesson(tmp_path):
+    run = tmp_path / "run"
+    run.mkdir()
+    proposed = [{"op": "ADD", "content": "Answer in decimal hours."}, {"op": "ADD", "content": "Use 2.45."}]
+    rejected = [{"operation": proposed[1], "why": "answer leak"}]
+    step = {"proposed": proposed, "rewrites": [], "rejected": rejected}
+    (run / "report.json").write_text(json.dumps({"totals": {}, "steps": [step]}))
+    (run / "library.json").write_text('{"items": [{"text": "Answer in decimal hours."}]}')
+    row = le._learn_summary(run)
+    assert row["proposed_lessons"] == ["Answer in decimal hours.", "Use 2.45."]
+    assert row["rejected_lessons"] == [{"text": "Use 2.45.", "why": "answer leak"}]

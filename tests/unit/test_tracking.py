@@ -26,7 +26,7 @@ def test_track_spec() -> None:
 def test_no_track_is_a_tracker_that_does_nothing(tmp_path: Path) -> None:
     tracker = open_tracker("", tmp_path)
     assert type(tracker) is Tracker
-    tracker.finish(0)
+    tracker.finish("FINISHED")
     assert list(tmp_path.iterdir()) == []
 
 

@@ -434,3 +434,9 @@ def test_the_extract_prompt_states_the_gates_rules_with_its_thresholds() -> None
     assert f"copies {lesson_gate.TEMPLATE_WORDS} or more consecutive words of these instructions" in rules
     assert f"has fewer than {lesson_gate.MIN_PROSE_WORDS} words" in rules
     assert "is longer than {word_cap} words" in rules
+    # the main job's shorter prompt states them too
+    main_job = Path(MAIN_JOB_PROMPTS, "extract_system.txt").read_text()
+    assert (
+        "A lesson is rejected when it contains the answer, copies the question or these instructions"
+        in main_job
+    )

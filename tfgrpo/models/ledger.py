@@ -96,6 +96,18 @@ class BudgetExceeded(TfgrpoError):
         self.reason = reason or message
 
 
+class BudgetStopped(BudgetExceeded):
+    """A run stopped at its budget, its finished work saved: ``cause`` says which budget, ``spent_tokens``
+    and ``spent_usd`` what the run has spent, ``resume`` how to go on."""
+
+    def __init__(self, cause: str, *, spent_tokens: int, spent_usd: float, resume: str) -> None:
+        super().__init__(f"{cause}; spent so far: {spent_tokens} tokens, ${spent_usd:.4f}; {resume}", cause)
+        self.cause = cause
+        self.spent_tokens = spent_tokens
+        self.spent_usd = spent_usd
+        self.resume = resume
+
+
 class CallFailed(Exception):
     """A call that failed for good: ``cause`` is the provider's error, ``retries`` the attempts spent."""
 

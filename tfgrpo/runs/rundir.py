@@ -33,8 +33,8 @@ from langgraph.store.sqlite import SqliteStore
 
 from tfgrpo.context import Context
 from tfgrpo.data import dataset_fingerprint
-from tfgrpo.errors import ConfigError, StopRequested
-from tfgrpo.models.ledger import BudgetExceeded, Ledger, role_of, use_ledger
+from tfgrpo.errors import ConfigError, RunInterrupted, StopRequested
+from tfgrpo.models.ledger import BudgetExceeded, BudgetStopped, Ledger, role_of, use_ledger
 from tfgrpo.models.spec import resolve_spec
 from tfgrpo.state.library import Library, empty_library, library_markdown
 from tfgrpo.state.types import Query, StepReport
@@ -367,10 +367,10 @@ class RunDir:
 
     def write_outputs(
         self, values: dict[str, Any], history: list[StepReport], paid: dict[str, Any] | None = None
-    ) -> None:
+    ) -> dict[str, Any]:
         """Library and report from the graph state and the run's step history (idempotent). The reports
         are rewritten whole: the CLI does it when a run stops, not after every step (that would write
-        O(steps^2) bytes over a run)."""
+        O(steps^2) bytes over a run). Returns the report (report.json's content)."""
         self.write_library(values.get("library") or empty_library())
         report: dict[str, Any] = {"totals": totals(history, paid), "steps": history}
         atomic_write(self.path / "report.json", json.dumps(report, indent=2, ensure_ascii=False) + "\n")
@@ -400,6 +400,7 @@ class RunDir:
             lines += ["", "## Rejected operations", ""]
             lines += [f"- step {s}: {operation_line(x['operation'])} — {x['why']}" for s, x in rejected]
         atomic_write(self.path / "report.md", "\n".join(lines) + "\n")
+        return report
 
     # -- reading, for `tfgrpo library show|diff`
     def require(self) -> None:
@@ -495,23 +496,21 @@ def ctrl_c_drains(bound: float = DRAIN_SECONDS) -> Iterator[RunControl]:
 
 def run_stoppably(
     drive: Callable[[RunControl], None], ledger: Ledger, *, on_stop: Callable[[], None], stopped: str
-) -> int:
-    """Run ``drive`` under ``ledger`` and Ctrl-C (or SIGTERM, SIGHUP): 0 when it finishes, 3 on a budget
-    stop, 130 when a signal stopped it.
-    Before a stop is reported, ``on_stop`` saves what the run has so far; ``stopped`` says how to resume."""
+) -> None:
+    """Run ``drive`` under ``ledger`` and Ctrl-C (or SIGTERM, SIGHUP). A stop saves what the run has so
+    far (``on_stop``) and raises :class:`BudgetStopped` (the budget) or :class:`RunInterrupted` (a
+    signal); ``stopped`` says how to resume."""
     try:
         with use_ledger(ledger), ctrl_c_drains() as control:
             drive(control)
     except BudgetExceeded as exc:
         on_stop()
-        print(f"tfgrpo: stopped: {exc.reason}", file=sys.stderr)  # the spent figure once, settled
-        print(f"spent so far: {ledger.spent_tokens} tokens, ${ledger.spent_usd:.4f}", file=sys.stderr)
-        return 3
+        raise BudgetStopped(
+            exc.reason, spent_tokens=ledger.spent_tokens, spent_usd=ledger.spent_usd, resume=stopped
+        ) from exc
     except (GraphDrained, StopRequested):
         on_stop()
-        print(stopped, file=sys.stderr)
-        return 130
-    return 0
+        raise RunInterrupted(stopped) from None
 
 
 def show_progress(enabled: bool) -> bool:

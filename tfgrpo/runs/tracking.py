@@ -32,10 +32,11 @@ import time
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from tfgrpo.context import Context
 from tfgrpo.errors import ConfigError
+from tfgrpo.models.ledger import BudgetStopped
 from tfgrpo.runs.pglock import redacted
 from tfgrpo.state.library import Library
 from tfgrpo.state.types import StepReport
@@ -118,6 +119,16 @@ def metric_name(name: str) -> str:
     return "".join(c if c.isalnum() or c in "_-./ " else "_" for c in name)
 
 
+RunStatus = Literal["FINISHED", "KILLED", "FAILED"]
+
+
+def run_status(exc: BaseException | None) -> RunStatus:
+    """How a run ended, as MLflow says it: a stop to resume later (budget, Ctrl-C) is KILLED."""
+    if exc is None:
+        return "FINISHED"
+    return "KILLED" if isinstance(exc, BudgetStopped | KeyboardInterrupt) else "FAILED"
+
+
 class Tracker:
     """No tracking: every hook does nothing (the default)."""
 
@@ -133,7 +144,7 @@ class Tracker:
     def evaluation(self, report: Mapping[str, Any]) -> None:
         return None
 
-    def finish(self, code: int, files: Sequence[str] = ()) -> None:
+    def finish(self, status: RunStatus, files: Sequence[str] = ()) -> None:
         return None
 
 
@@ -294,14 +305,13 @@ class MlflowTracker(Tracker):
         metrics = [Metric(k, float(v), now, 0) for k, v in values.items() if _number(v)]
         self.client.log_batch(self.run_id, metrics=metrics)
 
-    def finish(self, code: int, files: Sequence[str] = ()) -> None:
+    def finish(self, status: RunStatus, files: Sequence[str] = ()) -> None:
         """Log the reports and plots that exist, and end the MLflow run (FINISHED, or KILLED when stopped to
         resume later, or FAILED)."""
         for name in files:
             path = self.directory / name
             if path.is_file():
                 self._safely(name, self.client.log_artifact, self.run_id, str(path))
-        status = "FINISHED" if code == 0 else "KILLED" if code in (3, 130) else "FAILED"
         self._safely("the run's end", self.client.set_terminated, self.run_id, status)
 
 
