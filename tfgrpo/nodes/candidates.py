@@ -190,8 +190,8 @@ def select(task: SelectTask, runtime: Runtime[Context]) -> dict[str, Any]:
         # the seed of the question's rollout i: paired with the current E's attempt there
         seed = sample_seed(task["seed"], task["step"], task["query"]["id"], task["i"])
         node = SELECT + suffix(task["candidate"])
-        _, value, error, calls = scored_run(ctx, task["query"], experiences, seed, node=node)
-        done = {"reward": value, "error": error, "calls": calls}
+        scored_ = scored_run(ctx, task["query"], experiences, seed, node=node)
+        done = {"reward": scored_.value, "error": scored_.error, "calls": scored_.calls}
         memo_put(store, ns, key, done)
     run: SelectionRun = {
         "candidate": task["candidate"],
