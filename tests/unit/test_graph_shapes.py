@@ -171,3 +171,16 @@ def test_a_router_writes_nothing_to_the_store(name: str, tmp_path: Path) -> None
     sent = {s.node for s in route} if isinstance(route, list) else {route}
     assert sent == {target} and all(isinstance(s, Send) for s in route if isinstance(route, list))
     assert puts == []
+
+
+def test_every_router_of_the_graphs_is_checked_above() -> None:
+    # a new conditional edge joins ROUTERS, so that it too is shown to write nothing
+    builders = (step.build_step_graph(), learn.build_learn_graph(), evaluate.build_eval_graph())
+    routers = {
+        branch.path.func
+        for builder in builders
+        for branches in builder.branches.values()
+        for branch in branches.values()
+    }
+    assert {f.__name__ for f in routers} == set(ROUTERS)
+    assert all(ROUTER_FUNCTIONS[f.__name__] is f for f in routers)
