@@ -457,15 +457,18 @@ def build_parser() -> argparse.ArgumentParser:
     pr.add_argument(
         "--write", default=None, metavar="DIR", help="write the default templates to DIR/NAME.txt"
     )
-    pr.add_argument("--domain", default=d.domain, choices=sorted(DOMAIN_REWARDS))
+    declared = setting_fields()
+    pr.add_argument(
+        "--domain", default=d.domain, choices=sorted(DOMAIN_REWARDS), help=declared["domain"].description
+    )
     pr.add_argument("--reward", default=None, help="answer format of the policy prompt (as for learn)")
     pr.add_argument(
         "--dataset", default=None, help="as for learn: an rg: dataset's own scorer sets the answer format"
     )
     pr.add_argument("--library", default="", help="show E from this library.json or run directory")
     pr.add_argument("--experiences-per-group", type=int, default=d.experiences_per_group, help="K")
-    pr.add_argument("--max-library-items", type=int, default=d.max_library_items)
-    pr.add_argument("--max-library-tokens", type=int, default=d.max_library_tokens)
+    for name in ("max_library_items", "max_library_tokens"):
+        pr.add_argument(option(name), type=int, default=getattr(d, name), help=declared[name].description)
     pr.add_argument("--config", default=None, help="JSON or TOML file of option values (flags override)")
 
     rep = sub.add_parser("report", help="rebuild the reports and plots of a run or eval directory")

@@ -195,3 +195,15 @@ def test_the_configuration_page_lists_every_option_of_learn() -> None:
     learn = next(a for a in parser._actions if a.dest == "command").choices["learn"]  # type: ignore[union-attr]
     options = {s for a in learn._actions for s in a.option_strings if s.startswith("--")} - {"--help"}
     assert sorted(o for o in options if f"`{o}`" not in page) == []
+
+
+@pytest.mark.parametrize("graph", sorted(SERVED))
+def test_studio_describes_every_input_field(graph: str) -> None:
+    from tfgrpo.graphs.evaluate import graph as eval_graph
+    from tfgrpo.graphs.inference import graph as inference_graph
+    from tfgrpo.graphs.learn import graph as learn_graph
+    from tfgrpo.graphs.step import graph as step_graph
+
+    compiled = {"learn": learn_graph, "step": step_graph, "eval": eval_graph, "inference": inference_graph}
+    props = compiled[graph].get_input_jsonschema()["properties"]
+    assert props and sorted(name for name, spec in props.items() if not spec.get("description")) == []

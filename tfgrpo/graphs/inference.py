@@ -21,6 +21,7 @@ from langgraph.graph.message import add_messages
 from langgraph.graph.state import CompiledStateGraph
 from langgraph.store.base import BaseStore
 from langgraph.types import Checkpointer
+from pydantic import Field
 from typing_extensions import TypedDict
 
 from tfgrpo.context import InferenceContext
@@ -33,8 +34,15 @@ build_inference_graph = build_policy_agent
 class InferenceInput(TypedDict):
     """A question (plain text), or a conversation whose last message is the user's question."""
 
-    question: NotRequired[str]
-    messages: NotRequired[Annotated[list[AnyMessage], add_messages]]
+    question: NotRequired[Annotated[str, Field(description="The question, as plain text.")]]
+    messages: NotRequired[
+        # the reducer stays last: LangGraph reads it from the annotation's last item
+        Annotated[
+            list[AnyMessage],
+            Field(description="Or a conversation whose last message is the user's question."),
+            add_messages,
+        ]
+    ]
 
 
 class InferenceOutput(TypedDict):

@@ -5,6 +5,7 @@ from __future__ import annotations
 import operator
 from typing import Annotated, Any, NotRequired
 
+from pydantic import Field
 from typing_extensions import TypedDict
 
 from tfgrpo.state.library import Library
@@ -91,13 +92,18 @@ class EvalState(TypedDict):
 # the CLI drives the same graphs with their full state). Settings (model, sizes, budget...) are context.
 
 
+# Studio's input form shows these descriptions (pydantic reads them from the annotations)
+_DATASET = "JSONL/CSV path on the server, or rg:NAME[:key=value...] (default: the context's dataset)."
+_RUN_ID = "The run's id: its results and E are kept in the store under it (default: a new id)."
+
+
 class StepInput(TypedDict):
     """One GRPO step: a batch of questions (id, question, answer), E before it (default: empty), and a
     run id (default: a new one; the step's results are kept in the store under it)."""
 
-    batch: list[Query]
-    library: NotRequired[Library]
-    run_id: NotRequired[str]
+    batch: Annotated[list[Query], Field(description="The questions: objects with id, question, answer.")]
+    library: NotRequired[Annotated[Library, Field(description="E before the step (default: empty).")]]
+    run_id: NotRequired[Annotated[str, Field(description=_RUN_ID)]]
 
 
 class StepOutput(TypedDict):
@@ -110,9 +116,9 @@ class StepOutput(TypedDict):
 class LearnInput(TypedDict):
     """Learn an experience library. All optional: the context's dataset, seed 0, a new run id."""
 
-    dataset: NotRequired[str]
-    seed: NotRequired[int]
-    run_id: NotRequired[str]
+    dataset: NotRequired[Annotated[str, Field(description=_DATASET)]]
+    seed: NotRequired[Annotated[int, Field(description="Shuffle and sampling seed (default 0).")]]
+    run_id: NotRequired[Annotated[str, Field(description=_RUN_ID)]]
 
 
 class LearnOutput(TypedDict):
@@ -129,11 +135,15 @@ class EvalInput(TypedDict):
     from ``library`` (library.json, a run directory, or a learn run's id) and, with ``baseline`` (default
     true), without E on the same seeds."""
 
-    dataset: NotRequired[str]
-    library: NotRequired[str]
-    k: NotRequired[int]
-    baseline: NotRequired[bool]
-    seed: NotRequired[int]
+    dataset: NotRequired[Annotated[str, Field(description=_DATASET)]]
+    library: NotRequired[
+        Annotated[str, Field(description="E: library.json, a run directory, or a learn run's id.")]
+    ]
+    k: NotRequired[Annotated[int, Field(description="Runs per question and arm (default 4).")]]
+    baseline: NotRequired[
+        Annotated[bool, Field(description="Also run the agent without E on the same seeds (default true).")]
+    ]
+    seed: NotRequired[Annotated[int, Field(description="Sampling seed (default 0).")]]
 
 
 class EvalOutput(TypedDict):
