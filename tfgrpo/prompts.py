@@ -22,8 +22,9 @@ from pathlib import Path
 
 from tfgrpo.context import Context
 from tfgrpo.errors import ConfigError
-from tfgrpo.nodes import extract, policy, update_library
+from tfgrpo.nodes import extract, policy
 from tfgrpo.nodes._prompts import PROMPTS, PromptKind, PromptRole, PromptSpec, prompt_text, validate_prompts
+from tfgrpo.nodes.consolidation_budget import capacity_text
 from tfgrpo.state.library import (
     Library,
     empty_library,
@@ -78,7 +79,7 @@ def rendered_prompts(ctx: Context, library: Library | None = None) -> list[Rende
         "k": str(ctx.experiences_per_group),
         "word_cap": str(extract.WORD_CAP),
         "library": review,
-        "capacity": update_library.capacity_text(lib, ctx.max_library_items, ctx.max_library_tokens),
+        "capacity": capacity_text(lib, ctx.max_library_items, ctx.max_library_tokens),
     }
     out = [
         RenderedPrompt(

@@ -40,3 +40,10 @@ def wide_returns() -> list[str]:
 
 def test_no_function_returns_a_tuple_of_more_than_three_items() -> None:
     assert wide_returns() == []
+
+
+def test_update_library_keeps_to_its_one_job() -> None:
+    # issue 28: the gate (lesson_gate.py), the retry (retry_lesson.py) and the output budget
+    # (consolidation_budget.py) live apart; what is left is the consolidation and its application
+    lines = (PACKAGE / "nodes" / "update_library.py").read_text(encoding="utf-8").splitlines()
+    assert len(lines) <= 350

@@ -44,6 +44,7 @@ from tfgrpo.nodes._llm import (
 )
 from tfgrpo.nodes._prompts import prompt_text
 from tfgrpo.nodes.candidates import own_proposals, set_aside, suffix
+from tfgrpo.nodes.consolidation_budget import capacity_text, consolidation_chunks
 from tfgrpo.nodes.extract import (
     ALL_OPS,
     WORD_CAP,
@@ -61,8 +62,6 @@ from tfgrpo.state.library import (
     RejectedOperation,
     apply_operations,
     empty_library,
-    estimate_tokens,
-    library_tokens,
     render_library_for_review,
 )
 from tfgrpo.state.report import build_step_report
@@ -124,14 +123,6 @@ Proposed operations (JSON, with the problem each came from):
 {proposals}"""
 
 
-def capacity_text(library: Library, max_items: int, max_tokens: int) -> str:
-    items, tokens = len(library["items"]), library_tokens(library)
-    return (
-        f"{items} of {max_items} items used ({max(0, max_items - items)} left); about {tokens} of "
-        f"{max_tokens} tokens used ({max(0, max_tokens - tokens)} left, at about 4 characters a token)"
-    )
-
-
 def learner_templates(prompts: str, k: int) -> set[tuple[str, ...]]:
     """The word n-grams (:func:`~tfgrpo.nodes.lesson_gate.templates_of`) of what the learner reads
     besides the data: its system prompts as this run uses them (``--prompts`` overrides included) and
@@ -147,38 +138,6 @@ def learner_templates(prompts: str, k: int) -> set[tuple[str, ...]]:
             *schema_descriptions(retry_node.RevisedLesson.model_json_schema()),
         ]
     )
-
-
-# What one final operation costs the consolidation's output, beyond its JSON as proposed (4 characters a
-# token, the estimate E's budget uses; real tokenizers give JSON fewer): a margin for the model's own
-# reason and sources, and the list around the operations.
-OUTPUT_MARGIN = 1.25
-TOKENS_PER_OPERATION = 16
-TOKENS_PER_CALL = 64
-
-
-def operation_tokens(op: Operation) -> int:
-    return int(OUTPUT_MARGIN * estimate_tokens(json.dumps(op, ensure_ascii=False))) + TOKENS_PER_OPERATION
-
-
-def consolidation_chunks(proposed: list[Operation], max_tokens: int) -> list[list[Operation]]:
-    """``proposed`` in consecutive chunks whose consolidation fits ``max_tokens`` of output (one chunk
-    when all fit, or when there is no cap): a consolidation cut at the learner's token cap is
-    unparseable, and would fall back to the raw proposals. An operation too long for any chunk gets
-    one of its own."""
-    chunks: list[list[Operation]] = []
-    used = 0
-    for op in proposed:
-        cost = operation_tokens(op)
-        if chunks and max_tokens > 0 and used + cost > max_tokens:
-            chunks.append([])
-            used = TOKENS_PER_CALL
-        if not chunks:
-            chunks.append([])
-            used = TOKENS_PER_CALL
-        chunks[-1].append(op)
-        used += cost
-    return chunks
 
 
 KEPT_AS_PROPOSED = "kept as proposed: the consolidation left it out"
