@@ -43,6 +43,9 @@ RUN_DEFINING = (
     "validation_k",
     "validation_tolerance",
 )
+# Run-defining settings added after runs were started without them: in a run's fingerprint only when not
+# at this default, so those runs still resume (and a resume that changes one is refused).
+LATER_RUN_DEFINING: dict[str, object] = {"candidates": 1}
 # Upper bounds of the settings counted in seconds or retries: a value beyond them is a typo, and a
 # huge one would only fail later, mid-run and paid for (1e12 s overflows the clock: OverflowError).
 MAX_SECONDS = 86_400.0  # a day per LLM call or Python run
@@ -442,7 +445,8 @@ class Context(LearnContext, EvalContext, StepContext, InferenceContext):
 
     def run_defining(self) -> dict[str, object]:
         values = asdict(self)
-        return {k: values[k] for k in RUN_DEFINING}
+        later = {k: values[k] for k, default in LATER_RUN_DEFINING.items() if values[k] != default}
+        return {**{k: values[k] for k in RUN_DEFINING}, **later}
 
 
 GRAPH_CONTEXTS: dict[str, type[Any]] = {

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import threading
 from pathlib import Path
@@ -478,3 +479,24 @@ def test_checkpoint_does_not_grow_with_the_number_of_steps(tmp_path: Path) -> No
     big, steps_big = last_checkpoint_bytes(3)
     assert (steps_small, steps_big) == (2, 6)
     assert big <= small + 64  # counters gain a digit at most; no per-step record
+
+
+@pytest.mark.parametrize(("started", "now"), [(1, 4), (4, 1), (2, 3)])
+def test_resume_with_another_number_of_candidates_is_refused_naming_it(
+    started: int, now: int, tmp_path: Path
+) -> None:
+    queries = load_dataset(write_dataset(tmp_path / "a.jsonl", 4))
+    run = Context(model="x:y", dataset="a.jsonl", candidates=started)
+    state = {"settings_fingerprint": run.settings_fingerprint(), "run_settings": run.run_defining()}
+    with pytest.raises(ConfigError) as refused:
+        check_resume(state, Context(model="x:y", dataset="a.jsonl", candidates=now), queries)
+    assert f"candidates: {started} -> {now}" in str(refused.value)
+
+
+def test_a_run_started_before_candidates_existed_still_resumes(tmp_path: Path) -> None:
+    queries = load_dataset(write_dataset(tmp_path / "a.jsonl", 4))
+    ctx = Context(model="x:y", dataset="a.jsonl")
+    before = {k: v for k, v in ctx.run_defining().items() if k != "candidates"}
+    # the fingerprint such a run stored: the run-defining settings it knew
+    fingerprint = hashlib.sha256(json.dumps(before, sort_keys=True).encode()).hexdigest()[:16]
+    check_resume({"settings_fingerprint": fingerprint, "run_settings": before}, ctx, queries)

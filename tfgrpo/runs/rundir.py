@@ -31,7 +31,7 @@ from langgraph.runtime import RunControl
 from langgraph.store.base import BaseStore
 from langgraph.store.sqlite import SqliteStore
 
-from tfgrpo.context import Context
+from tfgrpo.context import LATER_RUN_DEFINING, Context
 from tfgrpo.data import dataset_fingerprint
 from tfgrpo.errors import ConfigError, RunInterrupted, StopRequested
 from tfgrpo.models.ledger import BudgetExceeded, BudgetStopped, Ledger, role_of, use_ledger
@@ -538,7 +538,7 @@ def check_resume(values: dict[str, Any], ctx: Context, queries: list[Query]) -> 
         raise ConfigError(
             "settings differ from the ones this run started with"
             + (f": {changed}" if changed else "")
-            + f" ({', '.join(ctx.run_defining())} must stay the same to resume)"
+            + f" ({', '.join({**ctx.run_defining(), **LATER_RUN_DEFINING})} must stay the same to resume)"
         )
 
 
@@ -566,10 +566,12 @@ def changed_settings(started: Any, now: dict[str, object]) -> str:
     settings (runs from before they were kept in state)."""
     if not isinstance(started, dict):
         return ""
+    # a later run-defining setting at its default is left out of both (LATER_RUN_DEFINING)
+    names = [*now, *(name for name in LATER_RUN_DEFINING if name in started and name not in now)]
+    was = {**LATER_RUN_DEFINING, **started}
+    is_ = {**LATER_RUN_DEFINING, **now}
     return ", ".join(
-        f"{name}: {started[name]!r} -> {value!r}"
-        for name, value in now.items()
-        if name in started and started[name] != value
+        f"{name}: {was[name]!r} -> {is_[name]!r}" for name in names if name in was and was[name] != is_[name]
     )
 
 
