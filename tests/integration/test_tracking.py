@@ -12,7 +12,7 @@ import pytest
 
 from tests.conftest import PYTHON, cli_env
 from tfgrpo.testing.fake_openai import FakeOpenAIServer
-from tfgrpo.testing.responders import eval_responder
+from tfgrpo.testing.responders import eval_responder, one_right_lesson_responder
 
 pytestmark = pytest.mark.integration
 mlflow = pytest.importorskip("mlflow", reason="MLflow is the tracking extra: pip install -e '.[tracking]'")
@@ -87,6 +87,37 @@ def test_learn_is_tracked_and_a_resumed_run_continues_the_same_mlflow_run(
 
     logged = json.dumps(run.data.params) + json.dumps(run.data.tags)
     assert "sk-test-not-a-real-key-4242" not in logged
+
+
+def test_the_selection_among_candidates_is_logged_per_step(tmp_path: Path) -> None:
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    run_dir = tmp_path / "run"
+    with FakeOpenAIServer(one_right_lesson_responder) as server:
+        out = tfgrpo(*learn_args(server, run_dir, uri, "--candidates", "3"))
+    assert out.returncode == 0, out.stderr
+    steps = [s for s in json.loads((run_dir / "report.json").read_text())["steps"] if "selection" in s]
+    assert steps and any(s["selection"]["chosen"] is not None for s in steps)
+    mlflow.set_tracking_uri(uri)
+    client = mlflow.MlflowClient(uri)
+    (run,) = mlflow.search_runs(experiment_names=["tfgrpo"], output_format="list")
+
+    def logged(name: str) -> list[tuple[int, float]]:
+        return [(m.step, m.value) for m in client.get_metric_history(run.info.run_id, name)]
+
+    assert logged("selection_extra_calls") == [
+        (s["step"], float(s["selection"]["extra_calls"])) for s in steps
+    ]
+    chosen = [
+        (s["step"], float(-1 if s["selection"]["chosen"] is None else s["selection"]["chosen"]))
+        for s in steps
+    ]
+    assert logged("selection_chosen") == chosen
+    gains = [
+        (s["step"], max(c["delta"] for c in s["selection"]["candidates"] if c["delta"] is not None))
+        for s in steps
+        if any(c["delta"] is not None for c in s["selection"]["candidates"])
+    ]
+    assert logged("selection_best_gain") == gains
 
 
 def test_eval_logs_mean_at_k_and_the_paired_difference(server: FakeOpenAIServer, tmp_path: Path) -> None:
