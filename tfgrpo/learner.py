@@ -54,6 +54,16 @@ THREAD_ID = "learn"
 # the six step nodes, share_library, select and choose_candidate (--candidates), select_batch,
 # prepare_validation, validate, validation_gate, advance
 SUPERSTEPS_PER_STEP = 14
+# dynamic sampling (--max-group-size): each round of extra attempts is rollout -> reward -> variance_gate
+SUPERSTEPS_PER_ROUND = 3
+
+
+def recursion_limit(ctx: Context, n_steps: int) -> int:
+    """LangGraph's superstep cap for a run of ``n_steps``, with room for every extra-attempt round a step
+    may draw (a group grows by up to G attempts per round until it reaches ``max_group_size``)."""
+    extra = max(0, (ctx.max_group_size or ctx.group_size) - ctx.group_size)
+    rounds = -(-extra // ctx.group_size)
+    return (n_steps + 2) * (SUPERSTEPS_PER_STEP + SUPERSTEPS_PER_ROUND * rounds)
 MAP_NODES = ("rollout", "summarize")
 
 
@@ -228,7 +238,7 @@ def _learn(
     n_steps = ctx.epochs * batches_per_epoch(len(queries), ctx.batch_size)
     config: RunnableConfig = {
         "configurable": {"thread_id": thread},
-        "recursion_limit": (n_steps + 2) * SUPERSTEPS_PER_STEP,
+        "recursion_limit": recursion_limit(ctx, n_steps),
         "max_concurrency": ctx.max_concurrency,
     }
     if callbacks is not None:  # e.g. a tracer: every LLM call of the run nests under the learn run

@@ -126,3 +126,17 @@ def test_extra_attempts_respect_the_token_budget(tmp_path: Path, reward: Path) -
     assert out.returncode == 3, out.stdout + out.stderr
     assert "budget" in out.stderr + out.stdout
     assert spent <= budget
+
+
+def test_a_long_run_that_grows_every_group_to_the_cap_finishes(tmp_path: Path) -> None:
+    # every attempt scores 0: each step draws every extra round (G = 2 up to 16: 7 rounds of
+    # rollout -> reward -> variance_gate), which the run's recursion limit must allow for
+    reward = tmp_path / "zero.py"
+    reward.write_text("def score(response, answer):\n    return 0.0\n")
+    with FakeOpenAIServer(rarely_right_responder) as server:
+        args = learn_args(server, tmp_path / "run", reward, "--max-group-size", "16")
+        args[args.index("--batch-size") + 1] = "1"
+        args[args.index("--group-size") + 1] = "2"
+        done = tfgrpo(args)
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert totals(tmp_path / "run")["extra_rollouts"] == 6 * 14
