@@ -64,6 +64,8 @@ def recursion_limit(ctx: Context, n_steps: int) -> int:
     extra = max(0, (ctx.max_group_size or ctx.group_size) - ctx.group_size)
     rounds = -(-extra // ctx.group_size)
     return (n_steps + 2) * (SUPERSTEPS_PER_STEP + SUPERSTEPS_PER_ROUND * rounds)
+
+
 MAP_NODES = ("rollout", "summarize")
 
 
