@@ -473,6 +473,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     rep = sub.add_parser("report", help="rebuild the reports and plots of a run or eval directory")
     rep.add_argument("dir", help="a learning run directory or an eval directory")
+    rep.add_argument("--out", default=None, help="write the reports here instead (e.g. DIR is read-only)")
 
     runs = sub.add_parser("runs", help="the runs of a shared database (--db): list them, remove one")
     runs_sub = runs.add_subparsers(dest="runs_command", required=True)
@@ -677,16 +678,24 @@ def cmd_eval(args: argparse.Namespace) -> int:
 def cmd_report(args: argparse.Namespace) -> int:
     from tfgrpo.evals.report import rebuild_eval_report, verdict, write_learning_curve
     from tfgrpo.learner import stored_history, stored_paid
-    from tfgrpo.runs.rundir import RunDir
+    from tfgrpo.runs.rundir import ReadOnlyRun, RunDir, read_only_message, writable
 
     path = Path(args.dir)
+    out = Path(args.out) if args.out else path
+    if args.out:
+        try:
+            out.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise TfgrpoError(f"--out {out}: cannot create it ({exc.strerror or exc})") from None
+    if out.is_dir() and not writable(out):
+        raise ReadOnlyRun(read_only_message(out, "the reports cannot be written there"))
     if (path / "eval.json").exists():
         if not (path / "results.json").exists():
             raise TfgrpoError(f"{path}: the evaluation has not finished (no results.json); run it again")
-        report = rebuild_eval_report(path)
+        report = rebuild_eval_report(path, out)
         if "comparison" in report:
             print(verdict(report["comparison"]))
-        print(f"wrote {path / 'report.md'}, {path / 'report.json'} and the plot")
+        print(f"wrote {out / 'report.md'}, {out / 'report.json'} and the plot")
         return 0
     run = RunDir(path)
     run.require()
@@ -696,9 +705,9 @@ def cmd_report(args: argparse.Namespace) -> int:
             steps = json.loads((path / "report.json").read_text(encoding="utf-8"))["steps"]
         except (OSError, ValueError, KeyError) as exc:
             raise TfgrpoError(f"{path / 'report.json'}: cannot read the run report ({exc})") from None
-    run.write_outputs({"library": run.library_at(None)}, steps, stored_paid(run))
-    write_learning_curve(path, steps)
-    print(f"wrote {path / 'report.md'}, {path / 'report.json'}, {path / 'learning_curve.png'}")
+    RunDir(out).write_outputs({"library": run.library_at(None)}, steps, stored_paid(run))
+    write_learning_curve(out, steps)
+    print(f"wrote {out / 'report.md'}, {out / 'report.json'}, {out / 'learning_curve.png'}")
     return 0
 
 

@@ -425,6 +425,18 @@ def _text_field(where: str, obj: dict[str, Any], field: str, *, numbers: bool) -
         raise DataError(f"{where}: field '{field}' must be {expected}, got {_type_name(value)}")
     if not text:
         raise DataError(f"{where}: field '{field}' is empty")
+    return _valid_text(where, field, text)
+
+
+def _valid_text(where: str, field: str, text: str) -> str:
+    """``text`` if it can be sent (UTF-8): a lone surrogate escape in JSON (a truncated emoji) cannot."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as exc:
+        raise DataError(
+            f"{where}: field '{field}' holds invalid text ({text[exc.start]!r} at character {exc.start}: "
+            "half of an emoji or other character, cut off by the export); fix or drop the row"
+        ) from None
     return text
 
 
@@ -453,7 +465,7 @@ def _validate(
         if raw_id is None or (isinstance(raw_id, str) and not raw_id.strip()):
             qid = f"{stem}-{number}"
         elif isinstance(raw_id, str):
-            qid = raw_id.strip()
+            qid = _valid_text(where, paths["id"], raw_id.strip())
         elif isinstance(raw_id, int) and not isinstance(raw_id, bool):
             qid = str(raw_id)
         else:

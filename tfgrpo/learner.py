@@ -36,7 +36,7 @@ from tfgrpo.runs.rundir import (
     check_resume,
     check_store_holds_run,
     mark_run,
-    open_store,
+    open_store_to_read,
     run_stoppably,
     show_progress,
     step_history,
@@ -109,7 +109,7 @@ def stored_history(run: RunDir) -> list[StepReport]:
     """The finished steps' reports from the run's ``store.sqlite`` (a killed run's too); [] without one."""
     if not run.store.exists():
         return []
-    store = open_store(run.store)
+    store = open_store_to_read(run.store)
     try:
         runs = store.list_namespaces(prefix=("tfgrpo",), suffix=("history",), max_depth=3)
         return [report for ns in runs for report in step_history(store, ns[1])]
@@ -125,7 +125,7 @@ def stored_paid(run: RunDir) -> dict[str, Any] | None:
         prices = Prices.load(run_prices(run))
     except ConfigError:  # prices this version refuses (a run of an older one): the report has no dollars
         prices = Prices(table={})
-    store = open_store(run.store)
+    store = open_store_to_read(run.store)
     try:
         return paid_totals(store, "", prices)
     finally:

@@ -5,12 +5,14 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import sqlite3
 import subprocess
 import sys
 import textwrap
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -40,11 +42,35 @@ def eval_args(server: FakeOpenAIServer, eval_dir: Path, library: Path) -> list[s
     ]  # fmt: skip
 
 
-def tfgrpo(args: list[str], **env: str) -> subprocess.CompletedProcess[str]:
+def tfgrpo(args: list[str], *, prefix: tuple[str, ...] = (), **env: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [PYTHON, "-m", "tfgrpo.cli", *args], env={**cli_env(), **env}, capture_output=True, text=True,
-        timeout=180, cwd=REPO,
+        [*prefix, PYTHON, "-m", "tfgrpo.cli", *args], env={**cli_env(), **env}, capture_output=True,
+        text=True, timeout=180, cwd=REPO,
     )  # fmt: skip
+
+
+def permissions_apply() -> tuple[str, ...]:
+    """A command prefix under which file permissions apply to this process: root ignores them, so as root
+    the command runs without the capabilities that override them (``setpriv``)."""
+    if os.geteuid() != 0:
+        return ()
+    if shutil.which("setpriv") is None:
+        pytest.skip("running as root without setpriv: a read-only directory cannot be made here")
+    return ("setpriv", "--bounding-set=-dac_override,-dac_read_search", "--")
+
+
+@contextmanager
+def read_only(path: Path) -> Iterator[None]:
+    """``path`` and everything in it read-only for the ``with`` block."""
+    every = [path, *path.rglob("*")]
+    modes = {p: p.stat().st_mode for p in every}
+    for p in every:
+        p.chmod(modes[p] & ~0o222)
+    try:
+        yield
+    finally:
+        for p in every:
+            p.chmod(modes[p])
 
 
 def killed_at(node: str, nth: int, args: list[str]) -> subprocess.CompletedProcess[str]:
@@ -300,6 +326,7 @@ def test_empty_checkpoints_with_old_outputs_do_not_start_a_new_run_over_them(
     fake_server.reset_stats()
     one_line_refusal(tfgrpo(learn_args(fake_server, run_dir, "--epochs", "1")), "another --run-dir")
     assert {p.name: p.read_bytes() for p in run_dir.glob("*.json")} == before
+    assert (run_dir / "checkpoints.sqlite").read_bytes() == b"", "the refused database was written into"
     assert fake_server.requests == []
 
 
@@ -354,6 +381,29 @@ def _outputs(run_dir: Path) -> dict[str, bytes]:
     return {name: (run_dir / name).read_bytes() for name in names if (run_dir / name).exists()}
 
 
+def test_a_read_only_run_is_called_read_only_and_says_what_still_works(
+    fake_server: FakeOpenAIServer, tmp_path: Path
+) -> None:
+    """Issue 30: `tfgrpo report` called a read-only run's store damaged and advised deleting a good run;
+    `learn` printed a 26-line traceback (.lock)."""
+    run_dir = tmp_path / "run"
+    finished_run(fake_server, run_dir)
+    before = _outputs(run_dir)
+    as_user = permissions_apply()
+    with read_only(run_dir):
+        learn = one_line_refusal(tfgrpo(learn_args(fake_server, run_dir, "--epochs", "2"), prefix=as_user))
+        report = one_line_refusal(tfgrpo(["report", str(run_dir)], prefix=as_user))
+        for line in (learn, report):
+            assert "read-only" in line and "damaged" not in line and "delete" not in line, line
+            assert "--out" in line and "tfgrpo eval --library" in line
+        elsewhere = tfgrpo(["report", str(run_dir), "--out", str(tmp_path / "copy")], prefix=as_user)
+        assert elsewhere.returncode == 0, elsewhere.stderr
+        shown = tfgrpo(["library", "show", str(run_dir)], prefix=as_user)
+        assert shown.returncode == 0, shown.stderr
+    assert json.loads((tmp_path / "copy" / "report.json").read_text())["steps"]
+    assert _outputs(run_dir) == before
+
+
 def test_an_emptied_store_of_a_finished_run_is_refused_not_rewritten_as_zero_steps(
     fake_server: FakeOpenAIServer, tmp_path: Path
 ) -> None:
@@ -367,6 +417,7 @@ def test_an_emptied_store_of_a_finished_run_is_refused_not_rewritten_as_zero_ste
     one_line_refusal(out, "store.sqlite", "another --run-dir")
     assert "already complete" not in out.stdout
     assert _outputs(run_dir) == before
+    assert (run_dir / "store.sqlite").read_bytes() == b"", "the refused database was written into"
     assert fake_server.requests == []
 
 

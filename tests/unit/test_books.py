@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import json
 import math
+from pathlib import Path
 
 import openai
 import pytest
@@ -13,6 +14,7 @@ from httpx import Request
 from langchain_core.messages import AIMessage
 from langgraph.store.memory import InMemoryStore
 
+from tfgrpo.api import load_library
 from tfgrpo.errors import ConfigError
 from tfgrpo.models.cache import StoreLLMCache
 from tfgrpo.models.ledger import BudgetExceeded, CallFailed, Ledger, Prices, paid_totals, spent_so_far
@@ -130,3 +132,39 @@ def test_a_database_url_of_another_form_is_refused_in_one_line(given: str) -> No
     ) as refused:
         database_url(given)
     assert "\n" not in str(refused.value)
+
+
+@pytest.mark.parametrize(
+    ("items", "named"),
+    [
+        ([{"id": "G1", "text": 42}], "item 1 (G1): 'text' must be a non-empty string, got a number"),
+        (
+            [{"id": "G1", "text": "a"}, {"id": "G1", "text": "b"}],
+            "item 2: id 'G1' is used twice (first by item 1)",
+        ),
+        (["Add digit by digit."], 'item 1: expected an object {"id", "text"}, got a string'),
+        ([{"text": "a"}], "item 1: 'id' must be a non-empty string, got null"),
+        ([{"id": "G1", "text": "a", "sources": "q1"}], "item 1 (G1): 'sources' must be a list"),
+        (
+            [{"id": "G1", "text": "a", "created_step": "0"}],
+            "item 1 (G1): 'created_step' must be a whole number",
+        ),
+    ],
+)
+def test_a_hand_edited_library_is_checked_item_by_item(
+    items: list[object], named: str, tmp_path: Path
+) -> None:
+    """Issue 30: "text": 42 or one id twice was accepted silently; other malformed items quoted raw Python."""
+    path = tmp_path / "library.json"
+    path.write_text(json.dumps({"version": 1, "next_id": 2, "items": items}))
+    with pytest.raises(ConfigError) as refused:
+        load_library(path)
+    assert str(refused.value).startswith(f"{path}: {named}") and "\n" not in str(refused.value)
+
+
+def test_a_hand_written_item_gets_its_defaults_and_never_an_id_again(tmp_path: Path) -> None:
+    path = tmp_path / "library.json"
+    path.write_text(json.dumps({"items": [{"id": "G4", "text": "Add digit by digit."}]}))
+    library = load_library(path)
+    assert library["items"][0]["sources"] == [] and library["items"][0]["created_step"] == 0
+    assert library["next_id"] == 5

@@ -163,6 +163,10 @@ def test_json_item_not_an_object(tmp_path: Path) -> None:
         ({"question": "Q", "answer": True}, "answer", "must be a string or a number"),
         ({"question": "Q", "answer": ["1"]}, "answer", "must be a string or a number"),
         ({"id": [1], "question": "Q", "answer": "1"}, "id", "must be a string or an integer"),
+        # a lone surrogate escape (a truncated emoji in some exports) crashed learn and eval (issue 30)
+        ({"question": "Truncated emoji \ud83d", "answer": "1"}, "question", "invalid text"),
+        ({"question": "Q", "answer": "\udc00 1"}, "answer", "invalid text"),
+        ({"id": "q\ud83d", "question": "Q", "answer": "1"}, "id", "invalid text"),
     ],
 )
 def test_bad_fields_jsonl(tmp_path: Path, row: dict, field: str, problem: str) -> None:

@@ -266,13 +266,15 @@ def write_eval_report(
     return report
 
 
-def rebuild_eval_report(eval_dir: Path) -> dict[str, Any]:
+def rebuild_eval_report(eval_dir: Path, out: Path | None = None) -> dict[str, Any]:
+    """The reports of ``eval_dir`` written again, there or in ``out``."""
     settings = json.loads((eval_dir / "eval.json").read_text(encoding="utf-8"))
     data = json.loads((eval_dir / "results.json").read_text(encoding="utf-8"))
+    target = out or eval_dir
     if settings.get("mode") == "attribute":
         library = json.loads((eval_dir / "library.json").read_text(encoding="utf-8"))
-        return write_attribution_report(eval_dir, settings, data["questions"], data["results"], library)
-    return write_eval_report(eval_dir, settings, data["questions"], data["results"])
+        return write_attribution_report(target, settings, data["questions"], data["results"], library)
+    return write_eval_report(target, settings, data["questions"], data["results"])
 
 
 def write_learning_curve(run_dir: Path, steps: Sequence[Mapping[str, Any]]) -> Path:

@@ -123,7 +123,7 @@ def open_backend(
 ) -> Iterator[Backend]:
     """Open (and set up on first use) the database for run ``run_id``; ``local_dir`` holds the default
     SQLite files when ``url`` is empty."""
-    from tfgrpo.runs.rundir import open_checkpointer, open_store
+    from tfgrpo.runs.rundir import open_checkpointer, open_store, refuse_emptied
 
     stack = ExitStack()
     try:
@@ -138,6 +138,7 @@ def open_backend(
                 local_dir.mkdir(parents=True, exist_ok=True)
                 saver_file, store_file = local_dir / "checkpoints.sqlite", local_dir / "store.sqlite"
                 option = local_option  # the flag that names local_dir, for one-line errors
+                refuse_emptied(local_dir, [saver_file, store_file], option)
             # one transaction per saver call and per batch of store puts, WAL (tfgrpo.runs.rundir)
             saver = open_checkpointer(saver_file, option=option)
             stack.callback(saver.conn.close)

@@ -37,6 +37,7 @@ from tfgrpo.errors import ConfigError, RunInterrupted, StopRequested
 from tfgrpo.models.ledger import BudgetExceeded, BudgetStopped, Ledger, role_of, use_ledger
 from tfgrpo.models.spec import resolve_spec
 from tfgrpo.state.library import Library, empty_library, library_markdown
+from tfgrpo.state.published import library_value
 from tfgrpo.state.types import Query, StepReport
 
 REPORT_COLUMNS = (
@@ -77,6 +78,34 @@ class DamagedRun(ConfigError):
     """A run database that cannot be read: refused in one line, never replaced by a new run."""
 
 
+class ReadOnlyRun(ConfigError):
+    """A run directory (or one of its databases) this process cannot write: a good run, not a damaged one."""
+
+
+def writable(path: Path) -> bool:
+    """``path`` (a directory or a file that exists) can be written by this process (permissions, a
+    read-only mount)."""
+    return os.access(path, os.W_OK)
+
+
+def read_only_message(run_dir: Path, what: str) -> str:
+    return (
+        f"{run_dir} is read-only: {what}. Still works: `tfgrpo library show {run_dir}`, `tfgrpo eval "
+        f"--library {run_dir}`, `tfgrpo report {run_dir} --out DIR`; to continue the run, copy it "
+        f"(cp -r {run_dir} NEW) and pass --run-dir NEW"
+    )
+
+
+def open_sqlite_read_only(path: Path) -> sqlite3.Connection:
+    """A connection that writes nothing (not even WAL files): for reading a read-only run directory."""
+    try:
+        conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True, check_same_thread=False)
+        conn.execute("PRAGMA quick_check").fetchone()
+    except sqlite3.OperationalError:  # no -shm file and no right to create it: nobody writes here anyway
+        conn = sqlite3.connect(f"file:{path}?immutable=1", uri=True, check_same_thread=False)
+    return conn
+
+
 def open_sqlite(path: Path, *, option: str = "--run-dir") -> sqlite3.Connection:
     """A connection for a saver or store, checked first (``PRAGMA quick_check``) so that a damaged file
     is a one-line error instead of a traceback in the middle of a run, in WAL mode. The connection is
@@ -100,6 +129,21 @@ def open_sqlite(path: Path, *, option: str = "--run-dir") -> sqlite3.Connection:
         reason = verdict.splitlines()[0]
         raise DamagedRun(f"{path} is damaged ({reason}): this run cannot resume from it; {fresh}")
     return conn
+
+
+def refuse_emptied(run_dir: Path, files: list[Path], option: str = "--run-dir") -> None:
+    """A 0-byte database beside a run's other database or outputs was emptied (``: > store.sqlite``):
+    refused before anything is written into it, so that the file is left as it was."""
+    sizes = {f: f.stat().st_size for f in files if f.is_file()}
+    emptied = [f for f, size in sizes.items() if size == 0]
+    if not emptied:
+        return
+    outputs = any((run_dir / name).exists() for name in ("library.json", "report.json", "run.json"))
+    if outputs or any(size > 0 for size in sizes.values()):
+        raise DamagedRun(
+            f"{emptied[0]} is damaged (0 bytes: emptied): this run cannot resume from it; start fresh "
+            f"with another {option} (or delete {run_dir})"
+        )
 
 
 @contextmanager
@@ -144,6 +188,28 @@ class TransactionalSqliteStore(SqliteStore):
             self.setup()
         with self.lock, _transaction(self.conn, transaction) as cur:
             yield cur
+
+
+class ReadOnlySqliteStore(SqliteStore):
+    """A run's store opened to read only (``tfgrpo report`` of a read-only run directory): no setup, no
+    write transaction."""
+
+    def __init__(self, conn: sqlite3.Connection) -> None:
+        super().__init__(conn)
+        self.is_setup = True
+
+    @contextmanager
+    def _cursor(self, *, transaction: bool = True) -> Iterator[sqlite3.Cursor]:
+        with self.lock, _transaction(self.conn, False) as cur:
+            yield cur
+
+
+def open_store_to_read(path: Path) -> SqliteStore:
+    """A run's store for reading its history: read-only when this process cannot write there (a good run in
+    a read-only directory is not a damaged one)."""
+    if writable(path.parent) and writable(path):
+        return open_store(path)
+    return ReadOnlySqliteStore(open_sqlite_read_only(path))
 
 
 def open_checkpointer(path: Path, *, option: str = "--run-dir") -> TransactionalSqliteSaver:
@@ -330,6 +396,9 @@ class RunDir:
     def create(self) -> None:
         if self.path.exists() and not self.path.is_dir():
             raise ConfigError(f"--run-dir {self.path} is a file, not a directory: pass a directory")
+        unwritable = [p for p in (self.path, self.checkpoints, self.store) if p.exists() and not writable(p)]
+        if unwritable:
+            raise ReadOnlyRun(read_only_message(self.path, "a run cannot learn or resume there"))
         try:
             (self.path / "libraries").mkdir(parents=True, exist_ok=True)
         except OSError as exc:
@@ -420,8 +489,11 @@ class RunDir:
             path = self.path / "libraries" / f"step-{step:04d}.json"
             if not path.exists():
                 raise ConfigError(f"{self.path}: no library for step {step} (have {self.steps() or 'none'})")
-        data: Library = json.loads(path.read_text(encoding="utf-8"))
-        return data
+        try:
+            data = json.loads(path.read_text(encoding="utf-8"))
+        except (OSError, ValueError) as exc:
+            raise ConfigError(f"{path}: cannot read the experience library ({exc})") from None
+        return library_value(data, str(path))  # a hand-edited file: its items checked
 
 
 def prune_checkpoints(saver: Any, thread_id: str, latest_checkpoint_id: str) -> int:
