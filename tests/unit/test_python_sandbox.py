@@ -218,11 +218,20 @@ def test_the_namespace_dies_with_the_timeout_even_without_the_process_filter(
 
 @needs_bwrap
 def test_the_host_filesystem_is_absent_or_read_only() -> None:
+    """What is guaranteed, wherever the project and its Python live: no file of the project, the run or
+    the home is visible, and nothing outside the scratch is writable. (With a venv inside the project,
+    e.g. a clone under /tmp, the project's folder exists inside as the empty mount point of the venv.)"""
+    project = [REPO / "README.md", REPO / "pyproject.toml", Path(__file__), REPO / "tfgrpo" / "__init__.py"]
+    project.append(REPO / ".env")  # a secret a user keeps in the project, if there is one
+    seen = [str(f) for f in project if f.exists()]
+    assert seen, "the project's files are where this test expects them"
+    home = os.path.expanduser("~") + "/.bashrc"
     code = textwrap.dedent(
         f"""
         import os, sys
-        print(os.path.exists({str(REPO)!r}), os.path.exists({os.path.expanduser("~")!r} + '/.bashrc'))
-        for target in (sys.prefix + '/pwned', '/usr/pwned', '/etc/pwned', '/pwned', '/dev/shm/pwned'):
+        print([f for f in {seen!r} + [{home!r}] if os.path.exists(f)])
+        for target in (sys.prefix + '/pwned', {str(REPO / "pwned")!r}, '/usr/pwned', '/etc/pwned', '/pwned',
+                       '/dev/shm/pwned'):
             try:
                 open(target, 'w')
                 print('wrote', target)
@@ -232,9 +241,11 @@ def test_the_host_filesystem_is_absent_or_read_only() -> None:
     )
     r = run_python(code)
     lines = r.stdout.splitlines()
-    assert lines[0] == "False False", r.render()  # the project, the run directory, the home: not there
-    assert lines[1:] == ["30"] * 5  # EROFS: system, Python and everything but the scratch are read-only
-    assert not os.path.exists(os.path.join(sys.prefix, "pwned"))
+    assert lines[0] == "[]", r.render()  # the project, the run directory, the home: not there
+    # EROFS: system, Python and everything but the scratch are read-only. The project's path is absent,
+    # read-only, or (a project under /tmp, where the scratch is mounted) inside the scratch: never the host's
+    assert lines[1] == "30" and lines[3:] == ["30"] * 4, r.render()
+    assert not os.path.exists(os.path.join(sys.prefix, "pwned")) and not (REPO / "pwned").exists()
 
 
 @needs_bwrap
@@ -261,8 +272,13 @@ def test_the_scratch_directory_is_private_and_bounded(
     assert list(tmp_path.iterdir()) == []  # nothing of the run is left on the host
     # bwrap < 0.7 has no --size: the scratch directory is then a private host directory, deleted afterwards
     monkeypatch.setattr(python_exec, "_bwrap_version", lambda bwrap: (0, 6))
-    r = run_python("import os\nopen('note', 'w').write('hi')\nprint(os.getcwd(), os.listdir('.'))")
-    assert r.stdout == "/scratch ['note']\n", r.render()
+    r = run_python(
+        "import os\nopen('note', 'w').write('hi')\n"
+        "print(os.path.samefile('.', os.environ['HOME']), os.path.exists('note'), os.getcwd())"
+    )
+    home, wrote, cwd = r.stdout.split()
+    assert (home, wrote) == ("True", "True"), r.render()  # the cwd is the scratch, and writable
+    assert not os.path.exists(os.path.join(cwd, "note"))  # the note is nowhere on the host
     assert list(tmp_path.iterdir()) == []
 
 
