@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import difflib
 import json
+import os
 import signal
 import sqlite3
 import sys
@@ -385,7 +386,10 @@ def check_python_sandbox(args: argparse.Namespace) -> None:
 
 def _add_learn_args(p: argparse.ArgumentParser, *, demo: bool) -> None:
     p.add_argument(
-        "--run-dir", default="runs/demo" if demo else "runs/learn", help="where checkpoints, E and reports go"
+        "--run-dir",
+        default=None,
+        help="where checkpoints, E and reports go (default: runs/RUN_ID with --run-id, else "
+        f"runs/{'demo' if demo else 'learn'})",
     )
     if not demo:
         p.add_argument(
@@ -411,7 +415,12 @@ def _add_eval_args(p: argparse.ArgumentParser, *, attribute: bool = False) -> No
     if not attribute:
         p.add_argument("--baseline", action="store_true", help="also run the same model without E, paired")
     p.add_argument("--k", type=int, default=4, help="runs per question and arm (the paper: 32)")
-    p.add_argument("--eval-dir", default="runs/eval", help="where checkpoints, results and reports go")
+    p.add_argument(
+        "--eval-dir",
+        default=None,
+        help="where checkpoints, results and reports go (default: runs/eval-RUN_ID with --run-id, else "
+        "runs/eval)",
+    )
     p.add_argument(
         "--retry-failed", action="store_true", help="run the failed runs of a finished evaluation again"
     )
@@ -840,6 +849,7 @@ def _library_from_db(args: argparse.Namespace, db: str) -> int:
 def cmd_runs(args: argparse.Namespace) -> int:
     """``tfgrpo runs list`` / ``tfgrpo runs rm RUN_ID`` on ``--db`` (or ``$TFGRPO_DATABASE_URL``)."""
     from tfgrpo.runs.backends import list_runs, open_backend, redacted, remove_run
+    from tfgrpo.runs.rundir import delete_run_outputs, run_outputs
 
     db = database_url(args.db)
     if not db:
@@ -852,17 +862,7 @@ def cmd_runs(args: argparse.Namespace) -> int:
     with open_backend(db, local_dir=Path("."), run_id=getattr(args, "run_id", "runs")) as backend:
         runs = list_runs(backend)
         if args.runs_command == "list":
-            if args.json:
-                print(json.dumps(runs, indent=2))
-            elif not runs:
-                print(f"no runs in {redacted(db)}")
-            else:
-                head = f"{'run':<24} {'kind':<14} {'steps':>5} {'|E|':>4} {'tokens':>9} {'usd':>9}"
-                print(f"{head}  updated (UTC)")
-                for r in runs:
-                    size = "-" if r["library_size"] is None else r["library_size"]
-                    print(f"{r['run_id']:<24} {r['kind']:<14} {r['steps']:>5} {size:>4} {r['tokens']:>9} "
-                          f"{r['cost_usd']:>9.4f}  {r['updated']}")  # fmt: skip
+            print_runs(runs, json_out=args.json, where=redacted(db))
             return 0
         found = {r["run_id"]: r for r in runs}
         if args.run_id not in found:
@@ -880,10 +880,36 @@ def cmd_runs(args: argparse.Namespace) -> int:
             if answer.strip().lower() not in ("y", "yes"):
                 print("nothing deleted")
                 return 1
-        with backend.lock():  # PostgreSQL: refused while a process runs it
-            threads, items = remove_run(backend, args.run_id)
-    print(f"deleted run {args.run_id!r}: {threads} checkpoint thread(s), {items} store item(s)")
+        with backend.lock():  # refused while a process runs it
+            outputs = run_outputs(backend.store, args.run_id, db)
+            removed = remove_run(backend, args.run_id)
+    deleted_files = delete_run_outputs(outputs)
+    print(
+        f"deleted run {args.run_id!r}: {removed.threads} checkpoint thread(s), {removed.items} store "
+        f"item(s) ({removed.cached_responses} cached response(s): the same command pays again)"
+        + (f"; {deleted_files} output file(s) in {outputs.directory}" if outputs and deleted_files else "")
+    )
     return 0
+
+
+def print_runs(runs: list[dict[str, Any]], *, json_out: bool, where: str) -> None:
+    """``tfgrpo runs list``: one row per run or evaluation (a closed pipe ends it quietly: see main)."""
+    if json_out:
+        print(json.dumps(runs, indent=2))
+        return
+    if not runs:
+        print(f"no runs in {where}")
+        return
+    print(
+        f"{'run':<24} {'kind':<8} {'status':<8} {'steps':>5} {'|E|':>4} {'calls':>6} {'tokens':>9} "
+        f"{'cached':>9} {'usd':>9}  updated (UTC)"
+    )
+    for r in runs:
+        size = "-" if r["library_size"] is None else r["library_size"]
+        print(
+            f"{r['run_id']:<24} {r['kind']:<8} {r['status']:<8} {r['steps']:>5} {size:>4} {r['calls']:>6} "
+            f"{r['tokens']:>9} {r['cached_tokens']:>9} {r['cost_usd']:>9.4f}  {r['updated']}"
+        )
 
 
 def is_postgres_url(url: str) -> bool:
@@ -914,7 +940,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = build_parser()
     args = parser.parse_args(argv)
     if not getattr(args, "config", None):
-        return args
+        return default_dirs(args)
     values = load_config_file(args.config)
     sub_action = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
     sub = sub_action.choices[args.command]
@@ -928,7 +954,19 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
             raise TfgrpoError(f"{args.config}: unknown setting {key!r} for 'tfgrpo {args.command}'{hint}")
         defaults[dest] = value
     sub.set_defaults(**defaults)
-    return parser.parse_args(argv)
+    return default_dirs(parser.parse_args(argv))
+
+
+def default_dirs(args: argparse.Namespace) -> argparse.Namespace:
+    """No ``--run-dir`` / ``--eval-dir``: each run id gets a directory of its own (``runs/RUN_ID``,
+    ``runs/eval-RUN_ID``), so that a second run id from the same folder is not refused over the first's
+    outputs; without ``--run-id``, ``runs/learn`` (``runs/demo``) and ``runs/eval``."""
+    run_id = getattr(args, "run_id", None)
+    if hasattr(args, "run_dir") and args.run_dir is None:
+        args.run_dir = f"runs/{run_id}" if run_id else f"runs/{'demo' if args.command == 'demo' else 'learn'}"
+    if hasattr(args, "eval_dir") and args.eval_dir is None:
+        args.eval_dir = f"runs/eval-{run_id}" if run_id else "runs/eval"
+    return args
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -961,6 +999,11 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "runs":
             return cmd_runs(args)
         return cmd_library(args)
+    except BrokenPipeError:
+        # the reader stopped early (``tfgrpo runs list | head -1``): no traceback now, nor at exit when
+        # Python flushes stdout; 141 like a tool the shell's SIGPIPE ended
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 141
     except BudgetStopped as exc:  # resumable: finished work is saved
         print(f"tfgrpo: stopped: {exc.cause}", file=sys.stderr)
         print(f"spent so far: {exc.spent_tokens} tokens, ${exc.spent_usd:.4f}", file=sys.stderr)

@@ -26,7 +26,9 @@ stripped. ``id`` is optional (string or integer, turned into a stripped string);
 a blank one) get ``<file stem>-<1-based row number>``. Extra fields are ignored. LangSmith-shaped rows
 (``{"inputs": {...}, "outputs": {...}}``, as LangSmith exports them) are read without a mapping when
 ``inputs`` has ``question`` or ``input`` or one field only, and ``outputs`` has ``answer``, ``output`` or
-one field only.
+one field only. Chat-shaped rows (``inputs.messages: [{"role", "content"}, ...]``, a chat app's dataset)
+take the last user message as the question, and the reference output (``outputs.answer`` / ``output``,
+or the last assistant message of ``outputs.message(s)``) as the answer.
 
 Errors
 ------
@@ -40,10 +42,12 @@ spans several lines). Examples::
     data/x.jsonl: empty file (no rows)
     data/x.jsonl: line 3: invalid JSON (Expecting value at column 1)
     data/x.jsonl: line 3: row is not a JSON object (got list)
-    data/x.jsonl: line 3: field 'answer' is missing
+    data/x.jsonl: line 3: field 'answr' is missing (the row has fields: answer, question; did you mean
+        'answer'?): name the answer with --answer-field NAME
     data/x.jsonl: line 3: field 'question' is empty
     data/x.jsonl: line 5: duplicate id 'q1' (first used at line 2)
-    data/x.csv: row 1 (header): missing required column(s) 'answer' (found: 'id', 'question')
+    data/x.csv: row 1 (header): missing required column(s) 'answer' (found: 'id', 'question'): name them
+        with --question-field / --answer-field
     data/x.txt: unsupported extension '.txt' (expected .jsonl, .json, .csv, .parquet or .arrow)
     rg:nope: unknown reasoning_gym dataset 'nope' (did you mean: ...; available: ab, acre, ... (106 in all))
     rg:basic_arithmetic:foo=1: unknown option 'foo' for reasoning_gym dataset 'basic_arithmetic' (valid: ...)
@@ -72,7 +76,9 @@ import math
 import os
 import random
 import re
+import socket
 import threading
+import urllib.parse
 from collections import OrderedDict
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -102,7 +108,10 @@ HF_HINT = "needs the datasets library: pip install 'tfgrpo[datasets]'"
 REQUIRED_FIELDS = ("question", "answer")
 FIELD_ROLES = ("question", "answer", "id")
 # LangSmith-shaped rows: where the question and the answer are when no mapping says
-SHAPED = {"question": ("inputs", ("question", "input")), "answer": ("outputs", ("answer", "output"))}
+SHAPED = {
+    "question": ("inputs", ("question", "input", "messages")),  # messages: a chat app's conversation
+    "answer": ("outputs", ("answer", "output", "message", "messages")),
+}
 
 _Row = tuple[str, str, str]  # (id, question, answer): immutable, safe to keep in the cache
 _CACHE_MAX = 32
@@ -362,8 +371,11 @@ def _csv_records(
                 if missing:
                     found = ", ".join(f"'{h}'" for h in header)
                     need = ", ".join(f"'{m}'" for m in missing)
+                    near = [n for m in missing for n in difflib.get_close_matches(m, header, n=1, cutoff=0.7)]
+                    hint = f"; did you mean {', '.join(repr(n) for n in near)}?" if near else ""
                     raise DataError(
-                        f"{spec}: row {rowno} (header): missing required column(s) {need} (found: {found})"
+                        f"{spec}: row {rowno} (header): missing required column(s) {need} (found: {found}"
+                        f"{hint}): name them with --question-field / --answer-field"
                     )
                 continue
             row = {name: (cells[i] if i < len(cells) else None) for i, name in enumerate(header)}
@@ -410,10 +422,44 @@ def _shaped_path(obj: dict[str, Any], role: str) -> str:
     )
 
 
-def _text_field(where: str, obj: dict[str, Any], field: str, *, numbers: bool) -> str:
-    value = _pick(obj, field)
+def _missing(where: str, obj: dict[str, Any], field: str, role: str) -> DataError:
+    """``field '...' is missing`` with the fields the row has there, a near miss, and the option to
+    name the right one (``--question-field`` / ``--answer-field``)."""
+    head, _, last = field.rpartition(".")
+    level = _pick(obj, head) if head else obj
+    message = f"{where}: field '{field}' is missing"
+    if isinstance(level, dict) and level:
+        names = sorted(str(k) for k in level)
+        near = difflib.get_close_matches(last, names, n=1, cutoff=0.7)
+        shown = ", ".join(names[:20]) + (", ..." if len(names) > 20 else "")
+        message += f" (the row has {'fields of ' + head if head else 'fields'}: {shown}"
+        message += f"; did you mean '{(head + '.' if head else '') + near[0]}'?)" if near else ")"
+    option = "id" if role == "id" else role
+    return DataError(f"{message}: name the {role} with --{option}-field NAME")
+
+
+def _chat_text(value: Any, role: str) -> Any:
+    """A chat-shaped field as text: the last user message of a conversation (``[{"role", "content"}]``,
+    LangChain's ``{"type": "human", ...}`` too) for the question, the last assistant message (or the
+    message itself) for the reference answer; anything else unchanged."""
+    if isinstance(value, dict) and "content" in value:
+        value = [value]
+    if not isinstance(value, list) or not value or not all(isinstance(m, dict) for m in value):
+        return value
+    wanted = ("user", "human") if role == "question" else ("assistant", "ai")
+    said = [m for m in value if str(m.get("role", m.get("type", ""))) in wanted]
+    if not said:
+        return value
+    content = said[-1].get("content")
+    if isinstance(content, list):  # content blocks: their text parts
+        content = "\n".join(str(b.get("text", "")) for b in content if isinstance(b, dict)).strip()
+    return content
+
+
+def _text_field(where: str, obj: dict[str, Any], field: str, *, numbers: bool, role: str = "") -> str:
+    value = _chat_text(_pick(obj, field), role)
     if value is None:
-        raise DataError(f"{where}: field '{field}' is missing")
+        raise _missing(where, obj, field, role or "question")
     if isinstance(value, str):
         text = value.strip()
     elif numbers and isinstance(value, int | float) and not isinstance(value, bool):
@@ -458,9 +504,11 @@ def _validate(
             paths = {role: fields.get(role) or _shaped_path(obj, role) for role in FIELD_ROLES}
         except DataError as exc:
             raise DataError(f"{where}: {exc}") from None
-        question = _text_field(where, obj, paths["question"], numbers=False)
+        question = _text_field(where, obj, paths["question"], numbers=False, role="question")
         given = _pick(obj, paths["answer"]) not in (None, "")
-        answer = _text_field(where, obj, paths["answer"], numbers=True) if answers or given else ""
+        answer = (
+            _text_field(where, obj, paths["answer"], numbers=True, role="answer") if answers or given else ""
+        )
         raw_id = _pick(obj, paths["id"])
         if raw_id is None or (isinstance(raw_id, str) and not raw_id.strip()):
             qid = f"{stem}-{number}"
@@ -537,8 +585,33 @@ def _hf_records(spec: str) -> tuple[list[tuple[str, int, object]], str]:
             )
         data = _hf_open(spec, lambda ds: ds.load_dataset(builder, data_files=name))
     else:
+        _check_hub_reachable(spec)
         data = _hf_open(spec, lambda ds: ds.load_dataset(name, config, split=split))
     return _hf_rows(spec, data, split), (path.stem if path.is_file() else path.name) or name
+
+
+HUB_PROBE_SECONDS = 3.0
+
+
+def _check_hub_reachable(spec: str) -> None:
+    """A hub name in online mode: one TCP connect to the hub first, so that a machine without network
+    fails in one line within seconds instead of after the datasets library's retries (half a minute).
+    In offline mode (``HF_DATASETS_OFFLINE`` / ``HF_HUB_OFFLINE``) the library reads its cache: no probe."""
+    offline = ("HF_DATASETS_OFFLINE", "HF_HUB_OFFLINE")
+    if any(os.environ.get(v, "").strip().lower() in ("1", "true", "yes", "on") for v in offline):
+        return
+    endpoint = os.environ.get("HF_ENDPOINT", "").strip() or "https://huggingface.co"
+    url = urllib.parse.urlsplit(endpoint)
+    port = url.port or (443 if url.scheme == "https" else 80)
+    try:
+        socket.create_connection((url.hostname or "", port), timeout=HUB_PROBE_SECONDS).close()
+    except OSError as exc:
+        why = _one_line(exc.strerror or exc)
+        raise DataError(
+            f"{spec}: the Hugging Face hub ({endpoint}) cannot be reached ({why}): "
+            "connect to the network, set HF_DATASETS_OFFLINE=1 to read the local cache, or give a local "
+            "file or save_to_disk directory"
+        ) from None
 
 
 def _langsmith_records(spec: str) -> tuple[list[tuple[str, int, object]], str]:

@@ -44,3 +44,8 @@ class StopRequested(TfgrpoError):
     without this, Ctrl-C would wait for every remaining branch. Finished branches are kept; the same
     command resumes.
     """
+
+
+class TfgrpoWarning(UserWarning):
+    """Something a user should know that does not stop the work: E not published yet (answered without
+    it), E learned with another model than the one using it."""

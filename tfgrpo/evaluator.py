@@ -24,6 +24,7 @@ from tfgrpo.errors import ConfigError, RunFailed
 from tfgrpo.evals.report import (
     FAILED_EXCLUDED,
     FAILED_ZERO,
+    every_run_failed,
     verdict,
     write_attribution_report,
     write_eval_report,
@@ -37,8 +38,16 @@ from tfgrpo.nodes.attempt import attempt_key, attempt_namespace
 from tfgrpo.nodes.policy import build_models, inference_experiences
 from tfgrpo.runs.backends import Backend, open_backend
 from tfgrpo.runs.gc_tuning import quiet_gc
+from tfgrpo.runs.pglock import redacted
 from tfgrpo.runs.reporter import Reporter
-from tfgrpo.runs.rundir import atomic_write, run_stoppably, show_progress
+from tfgrpo.runs.rundir import (
+    atomic_write,
+    check_same_database,
+    claim_run,
+    database_label,
+    run_stoppably,
+    show_progress,
+)
 from tfgrpo.runs.runlock import lock_run_dir
 from tfgrpo.runs.tracking import EVAL_FILES, Tracker, open_tracker, run_status, settings_params
 from tfgrpo.state.graph_state import EvalState
@@ -177,6 +186,10 @@ def run_eval(
         ) as backend,
         backend.lock(),
     ):
+        if backend.shared:  # two directories never silently share a run id
+            claim_run(backend.store, backend.run_id, eval_dir, derived=not run_id, where=redacted(db))
+        # eval.json names the database and run id, so that a resume naming another one says so
+        settings |= {"database": database_label(db), "run_id": backend.run_id if db else ""}
         tracker.start(settings["mode"], settings_params(ctx, seed=seed, k=k, arms=arms))
         try:
             result = _evaluate(
@@ -231,6 +244,7 @@ def _evaluate(
     config, graph_input = _plan_round(graph, backend, eval_dir, ctx, fresh_input, retry_failed, say)
     if config is not None:
         if graph_input is not None and "eval_id" not in graph_input:  # a new evaluation
+            check_same_database(eval_dir, backend.url, backend.run_id, "--eval-dir")
             if any((eval_dir / name).exists() for name in ("results.json", "report.json")):
                 raise ConfigError(
                     f"{eval_dir} holds the results of an earlier evaluation but no checkpoint to resume "
@@ -261,12 +275,9 @@ def _evaluate(
         report = write_eval_report(eval_dir, settings, queries, results)
         _print_comparison(report, eval_dir, k, say)
     tracker.evaluation(report)
-    if results and all(r["reward"] is None for r in results):
-        calls = sum(r["calls"] for r in results)
-        raise RunFailed(
-            f"every run of this evaluation failed ({len(results)} of {len(results)}, {calls} LLM calls; "
-            f"first error: {results[0]['error'] or 'unknown'}); what there is was saved in {eval_dir}"
-        )
+    failure = every_run_failed(results)
+    if failure:
+        raise RunFailed(f"{failure}; what there is was saved in {eval_dir}")
     return EvalResult(report=report, eval_dir=eval_dir)
 
 

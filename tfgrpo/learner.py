@@ -34,7 +34,9 @@ from tfgrpo.runs.reporter import Reporter
 from tfgrpo.runs.rundir import (
     RunDir,
     check_resume,
+    check_same_database,
     check_store_holds_run,
+    claim_run,
     mark_run,
     open_store_to_read,
     run_stoppably,
@@ -210,6 +212,8 @@ def run_learning(
         open_backend(db, local_dir=run.path, run_id=run_id or run.path.resolve().name) as backend,
         backend.lock(),  # and, in a shared database, one writer per run id
     ):
+        if backend.shared:  # two directories never silently share a run id
+            claim_run(backend.store, backend.run_id, run.path, derived=not run_id, where=redacted(db))
         try:
             result = _learn(
                 ctx, run, backend, queries, seed, progress, keep_checkpoints, ledger, callbacks, tracker, say
@@ -261,8 +265,11 @@ def _learn(
         say.line(f"run in {run_dir} is already complete ({len(result.steps)} steps)")
         return _worked(result)
     graph_input: dict[str, Any] | None = None if values else {"seed": seed}
-    if not values:
-        run.refuse_new_run_over_outputs()
+    if not values:  # a new run: not over another run's outputs, nor a run kept in another database
+        check_same_database(run_dir, backend.url, backend.run_id)
+        run.refuse_new_run_over_outputs(
+            f"run {backend.run_id!r} has none in {redacted(backend.url)}" if backend.shared else ""
+        )
     tracker.start("learn", settings_params(ctx, seed=seed))  # a bad tracking URI stops here, before any call
     if graph_input is not None:
         # the run id keys its store items (given in a shared database); the store knows it from the start
@@ -271,7 +278,7 @@ def _learn(
     if values:
         say.line(f"resuming {run_dir} at step {values.get('step', 0)} of {n_steps}")
     else:
-        run.write_settings(ctx, seed)
+        run.write_settings(ctx, seed, db=backend.url, run_id=backend.run_id)
         say.line(f"learning: {len(queries)} queries, {n_steps} steps -> {run_dir}")
 
     ledger = ledger or Ledger(max_concurrency=ctx.max_concurrency)

@@ -137,7 +137,7 @@ def learn(
     model: Model = None,
     learner: Model = None,
     reward: str | None = None,
-    run_dir: str | os.PathLike[str] = "runs/learn",
+    run_dir: str | os.PathLike[str] | None = None,
     validation: Dataset | None = None,
     seed: int = 0,
     progress: bool = True,
@@ -165,7 +165,8 @@ def learn(
         learner: the model that summarizes rollouts and extracts experiences, spec or object.
         reward: ``math``, ``exact_match``, ``f1``, ``rg``, ``judge``, ``majority`` or ``module:function``
             (default: ``rg``, the task's own scorer, for an ``rg:`` dataset, else ``math``).
-        run_dir: where checkpoints, E and reports go; the same directory resumes.
+        run_dir: where checkpoints, E and reports go; the same directory resumes (default:
+            ``runs/RUN_ID`` with ``run_id``, else ``runs/learn``).
         callbacks: LangChain callback handlers (e.g. a LangSmith tracer) for the learn run; every
             LLM call of the run, rollouts of your agent included, nests under it.
         track: ``"mlflow"`` or ``"mlflow:URI"``: log the run to MLflow (docs/tracking.md).
@@ -179,7 +180,7 @@ def learn(
     """
     from tfgrpo.learner import run_learning
 
-    folder = Path(run_dir)
+    folder = Path(run_dir) if run_dir is not None else Path("runs", run_id or "learn")
     url, name = _db_and_run_id(db, run_id)
     spec = _agent_spec(agent)
     if agent is not None and learner is None and model is None and not options.get("learner_model"):
@@ -221,7 +222,7 @@ def evaluate(
     reward: str | None = None,
     k: int = 4,
     baseline: bool = False,
-    eval_dir: str | os.PathLike[str] = "runs/eval",
+    eval_dir: str | os.PathLike[str] | None = None,
     seed: int = 0,
     progress: bool = True,
     budget_usd: float | None = None,
@@ -244,7 +245,7 @@ def evaluate(
     :func:`learn`."""
     from tfgrpo.evaluator import run_eval
 
-    folder = Path(eval_dir)
+    folder = Path(eval_dir) if eval_dir is not None else Path("runs", f"eval-{run_id}" if run_id else "eval")
     url, name = _db_and_run_id(db, run_id)
     if isinstance(library, str) and url and not Path(library).exists():  # a learn run's id in the database
         from tfgrpo.runs.library_ref import fetch_published_library

@@ -186,3 +186,17 @@ def test_validation_gated_learning_reports_each_check(tmp_path: Path, fake_serve
     bad = tfgrpo(*learn_args(fake_server, tmp_path / "r2", "rg:basic_arithmetic:size=4:seed=1",
                              "--validation", missing))  # fmt: skip
     assert bad.returncode == 2 and bad.stderr.strip().endswith("missing.jsonl: file not found")
+
+
+def test_infer_takes_the_retry_and_timeout_options_of_learn() -> None:
+    """A failing server: ``--max-retries N`` is N + 1 requests, then one line (the default's 4 retries with
+    backoff made a dead URL take 23 s)."""
+    for retries in (0, 2):
+        with FakeOpenAIServer() as server:
+            server.fail_next(50, status=503)
+            out = tfgrpo("infer", "--question", "What is 2 + 2?", "--model", "openai:fake", "--base-url",
+                         server.base_url, "--max-retries", str(retries), "--retry-backoff", "0.01",
+                         "--request-timeout", "5")  # fmt: skip
+            assert out.returncode == 1, out.stdout + out.stderr
+            assert len(out.stderr.strip().splitlines()) == 1 and "503" in out.stderr, out.stderr
+            assert len(server.requests) == retries + 1

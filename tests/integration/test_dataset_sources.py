@@ -45,7 +45,10 @@ def test_learn_from_a_saved_hf_dataset_with_a_column_mapping(
     wrong = [a if a != "solution" else "answer_text" for a in args]
     bad = subprocess.run(wrong, env=env, capture_output=True, text=True, timeout=300)
     assert bad.returncode == 2
-    assert bad.stderr.strip() == f"tfgrpo: error: hf:{saved}:train: item 0: field 'answer_text' is missing"
+    assert bad.stderr.strip() == (
+        f"tfgrpo: error: hf:{saved}:train: item 0: field 'answer_text' is missing (the row has fields: "
+        "problem, solution, uid): name the answer with --answer-field NAME"
+    )
     assert os.fspath(run_dir) not in bad.stderr
 
 
@@ -56,4 +59,7 @@ def test_python_api_rows_errors_name_the_rows(tmp_path: Path) -> None:
     rows = [{"question": "What is 1 + 1?", "answer": "2"}, {"question": "What is 2 + 2?"}]
     with pytest.raises(DataError) as info:
         tfgrpo.learn(dataset=rows, model="openai:fake", run_dir=tmp_path / "run", progress=False)
-    assert str(info.value) == "dataset: row 1: field 'answer' is missing"  # not runs/.../dataset.jsonl
+    # not runs/.../dataset.jsonl
+    assert str(info.value).startswith(
+        "dataset: row 1: field 'answer' is missing (the row has fields: question)"
+    )

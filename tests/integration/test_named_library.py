@@ -17,7 +17,7 @@ from langgraph.store.memory import InMemoryStore
 import tfgrpo
 from tfgrpo import ExperienceMiddleware
 from tfgrpo.api import experienced_agent, load_library
-from tfgrpo.errors import ConfigError
+from tfgrpo.errors import ConfigError, TfgrpoWarning
 from tfgrpo.runs.backends import open_backend
 from tfgrpo.state.published import library_namespace, publish_library, published_library
 from tfgrpo.testing.fake_openai import FakeOpenAIServer
@@ -116,8 +116,9 @@ def test_published_shape_in_a_file_and_in_the_agents_store(
     # a run id and no database: the agent's store, where a LangGraph server's learn runs publish E
     store = InMemoryStore()
     agent = user_agent(fake_server, ExperienceMiddleware(run="studio-run"), store=store)
-    with pytest.raises(ConfigError, match="run 'studio-run': no step has finished"):
+    with pytest.warns(TfgrpoWarning, match="run 'studio-run': no step has finished"):
         agent.invoke({"messages": [HumanMessage("Hi")]})  # type: ignore[attr-defined]
+    assert "[G1]" not in system_prompt_sent(fake_server)  # answered, without E
     publish_library(store, "studio-run", 0, library)  # type: ignore[arg-type]
     store.put(library_namespace("studio-run"), "unrelated", {"x": 1})
     agent.invoke({"messages": [HumanMessage("Hi")]})  # type: ignore[attr-defined]
@@ -135,3 +136,40 @@ def test_bad_names_are_one_line_errors(tmp_path: Path, monkeypatch: pytest.Monke
         ExperienceMiddleware(tmp_path, run="x")
     with pytest.raises(ConfigError, match="run id 'a/b'"):
         tfgrpo.learn(ROWS, model="openai:x", run_dir=tmp_path / "r", run_id="a/b")
+
+
+def lessons(*texts: str) -> dict[str, object]:
+    items = [{"id": f"G{i}", "text": t, "created_step": 0, "updated_step": 0} for i, t in enumerate(texts, 1)]
+    return {"version": 1, "items": items}
+
+
+@pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
+def team_db(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    if request.param == "postgres":
+        return str(request.getfixturevalue("postgres_url"))
+    return str(tmp_path / "team.sqlite")
+
+
+def test_an_app_named_by_run_follows_the_run_as_it_learns(
+    fake_server: FakeOpenAIServer, tmp_path: Path, team_db: str
+) -> None:
+    """``ExperienceMiddleware(run=RUN, db=URL)``, built before RUN's first step: it answers without E
+    (warning once), then sends E as each step publishes it, a rollback included, as ``run=`` without a
+    database and ``library=PATH`` always did (it read E once, at construction)."""
+    with open_backend(team_db, local_dir=tmp_path, run_id="live") as backend:
+        publish_library(backend.store, "other-run", 0, lessons("Not this run's."))  # type: ignore[arg-type]
+        agent = user_agent(fake_server, ExperienceMiddleware(run="live", db=team_db))
+        with pytest.warns(TfgrpoWarning, match="run 'live'.*no step has finished.*without E") as warned:
+            for _ in range(2):
+                agent.invoke({"messages": [HumanMessage("Hi")]})  # type: ignore[attr-defined]
+        assert len(warned) == 1  # once, not per call
+        assert system_prompt_sent(fake_server) == "You are the user's assistant."
+        for step, library in enumerate(
+            [lessons("Carry the one."), lessons("Carry the one.", "Check units.", "Reread.", "Estimate."),
+             lessons("Carry the one.")]  # the last: a validation rollback
+        ):  # fmt: skip
+            publish_library(backend.store, "live", step, library)  # type: ignore[arg-type]
+            agent.invoke({"messages": [HumanMessage("Hi")]})  # type: ignore[attr-defined]
+            sent = system_prompt_sent(fake_server)
+            assert sent.count("\n[G") == len(library["items"])  # type: ignore[arg-type]
+            assert all(f"[{i['id']}] {i['text']}" in sent for i in library["items"])  # type: ignore[attr-defined,index]

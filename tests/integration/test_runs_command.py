@@ -87,3 +87,54 @@ def test_runs_needs_a_database(tmp_path: Path) -> None:
     missing = tfgrpo("runs", "list", "--db", str(tmp_path / "nope.sqlite"))
     assert missing.returncode == 2 and "no such database file" in missing.stderr
     assert not (tmp_path / "nope.sqlite").exists()  # listing creates nothing
+
+
+def check_rm_then_the_same_command_pays_again(server: FakeOpenAIServer, tmp_path: Path, db: str) -> None:
+    """``runs rm`` deletes every namespace the run wrote (the result memo too): the same command afterwards
+    is a new run that pays the server again, instead of replaying the "deleted" run's answers."""
+    learn(server, tmp_path, db, "again", 2)
+    first = len(server.completed)
+    assert first > 0
+    gone = tfgrpo("runs", "rm", "again", "--db", db, "--yes")
+    assert gone.returncode == 0, gone.stderr
+    assert "cached response" in gone.stdout  # it says what it deleted, the memo included
+    assert "again" not in runs_of(db)
+    learn(server, tmp_path, db, "again", 2)
+    assert len(server.completed) - first == first  # paid in full again: nothing replayed
+
+
+def test_rm_deletes_the_memo_in_a_shared_sqlite_file(fake_server: FakeOpenAIServer, tmp_path: Path) -> None:
+    check_rm_then_the_same_command_pays_again(fake_server, tmp_path, str(tmp_path / "shared.sqlite"))
+
+
+@pytest.mark.postgres
+def test_rm_deletes_the_memo_in_postgresql(
+    fake_server: FakeOpenAIServer, tmp_path: Path, postgres_url: str
+) -> None:
+    check_rm_then_the_same_command_pays_again(fake_server, tmp_path, postgres_url)
+
+
+def test_runs_list_shows_an_evaluation_once_with_its_tokens_and_pipes_cleanly(
+    fake_server: FakeOpenAIServer, tmp_path: Path
+) -> None:
+    db = str(tmp_path / "shared.sqlite")
+    learn(fake_server, tmp_path, db, "lr", 2)
+    evaluated = tfgrpo(
+        "eval", "--library", "lr", "--dataset", "rg:basic_arithmetic:size=2:seed=9", "--model", "openai:fake",
+        "--base-url", fake_server.base_url, "--db", db, "--run-id", "lr-test", "--eval-dir",
+        str(tmp_path / "lr-test"), "--k", "1", "--no-progress", "--prices", PRICES,
+    )  # fmt: skip
+    assert evaluated.returncode == 0, evaluated.stdout + evaluated.stderr
+    runs = runs_of(db)
+    assert sorted(runs) == ["lr", "lr-test"]  # no second row under the evaluation's internal id
+    row = runs["lr-test"]
+    assert row["kind"] == "eval" and row["status"] == "done" and row["updated"]
+    assert row["calls"] == 2 and row["tokens"] > 0 and row["cached_tokens"] == 0
+    assert runs["lr"]["status"] == "done" and runs["lr"]["calls"] > 0
+    for reader in ("head -1", "true"):  # ``true`` reads nothing: the first write hits a closed pipe
+        piped = subprocess.run(
+            f"{PYTHON} -m tfgrpo.cli runs list --db {db} | {reader}", shell=True, env=cli_env(),
+            capture_output=True, text=True, timeout=120,
+        )  # fmt: skip
+        assert piped.stderr == "", piped.stderr
+        assert piped.stdout.startswith("run ") if reader == "head -1" else piped.stdout == ""

@@ -65,7 +65,10 @@ def test_hf_saved_dataset_with_a_column_mapping(hf: Any, tmp_path: Path) -> None
 
 def test_hf_errors_name_the_source(hf: Any, tmp_path: Path) -> None:
     path = saved_dict(hf, tmp_path / "saved")
-    assert error_of(f"hf:{path}") == f"hf:{path}: item 0: field 'question' is missing"
+    assert error_of(f"hf:{path}") == (  # a saved dataset without a mapping: which option to use
+        f"hf:{path}: item 0: field 'question' is missing (the row has fields: problem, solution, uid): "
+        "name the question with --question-field NAME"
+    )
     msg = error_of(f"hf:{path}:nope:validation?question=problem&answer=solution")
     assert msg.startswith(f"hf:{path}:nope:validation: no split 'validation' (splits: train, test")
     missing = error_of("hf:no-such-user/no-such-set")
@@ -86,7 +89,7 @@ def test_parquet_and_arrow_files(hf: Any, tmp_path: Path) -> None:
     (arrow,) = (tmp_path / "one").glob("*.arrow")
     got = load_dataset(with_fields(str(arrow), "problem", "solution", "uid"))
     assert [q["id"] for q in got] == ["p1", "p2", "p3", "p4"]
-    assert error_of(str(parquet)) == f"{parquet}: item 0: field 'question' is missing"
+    assert error_of(str(parquet)).startswith(f"{parquet}: item 0: field 'question' is missing (the row has")
 
 
 def test_langsmith_shaped_rows(tmp_path: Path) -> None:
@@ -115,7 +118,10 @@ def test_langsmith_shaped_rows(tmp_path: Path) -> None:
     (row,) = load_dataset(with_fields(str(listed), "inputs.q"))
     assert (row["question"], row["answer"]) == ("What is 5 + 5?", "10")
     missing = error_of(with_fields(str(path), "inputs.prompt"))
-    assert missing == f"{path}: line 1: field 'inputs.prompt' is missing"  # the user's file, the user's path
+    assert missing == (  # the user's file, the user's path, what is there instead
+        f"{path}: line 1: field 'inputs.prompt' is missing (the row has fields of inputs: question): name "
+        "the question with --question-field NAME"
+    )
 
 
 def test_csv_header_check_follows_the_mapping(tmp_path: Path) -> None:
@@ -123,7 +129,10 @@ def test_csv_header_check_follows_the_mapping(tmp_path: Path) -> None:
     path.write_text("problem,solution\nWhat is 1 + 1?,2\n")
     assert load_dataset(with_fields(str(path), "problem", "solution"))[0]["answer"] == "2"
     msg = error_of(with_fields(str(path), "prob", "solution"))
-    assert msg == f"{path}: row 1 (header): missing required column(s) 'prob' (found: 'problem', 'solution')"
+    assert msg == (
+        f"{path}: row 1 (header): missing required column(s) 'prob' (found: 'problem', 'solution'; did you "
+        "mean 'problem'?): name them with --question-field / --answer-field"
+    )
 
 
 def test_rg_takes_no_mapping() -> None:
@@ -132,7 +141,9 @@ def test_rg_takes_no_mapping() -> None:
 
 
 def test_in_memory_rows_errors_name_the_row() -> None:
-    with pytest.raises(DataError, match=r"^dataset: row 1: field 'answer' is missing$"):
+    with pytest.raises(
+        DataError, match=r"^dataset: row 1: field 'answer' is missing \(the row has fields: question\)"
+    ):
         check_rows([{"question": "a", "answer": "1"}, {"question": "b"}], "dataset")
     check_rows([{"question": "b"}], "dataset", answers=False)
 
@@ -167,10 +178,69 @@ def test_langsmith_examples_become_rows(monkeypatch: pytest.MonkeyPatch) -> None
 
     monkeypatch.setenv("LANGSMITH_API_KEY", "lsv2-test")
     monkeypatch.setattr(langsmith, "Client", Client)
-    assert error_of("langsmith:sums") == "langsmith:sums: example 1: field 'outputs.answer' is missing"
+    assert error_of("langsmith:sums") == (
+        "langsmith:sums: example 1: field 'outputs.answer' is missing: name the answer with "
+        "--answer-field NAME"
+    )
     got = load_dataset("langsmith:sums", answers=False)
     assert asked == ["sums", "sums"]
     assert [(q["id"], q["answer"]) for q in got] == [
         (str(uuid.UUID(int=1)), "2"),
         (str(uuid.UUID(int=2)), ""),
     ]
+
+
+def test_a_misspelt_field_lists_the_columns_with_the_near_miss(tmp_path: Path) -> None:
+    path = tmp_path / "p.jsonl"
+    path.write_text("".join(json.dumps(r) + "\n" for r in ROWS))
+    assert error_of(with_fields(str(path), "problm", "solution")) == (
+        f"{path}: line 1: field 'problm' is missing (the row has fields: problem, solution, uid; did you "
+        "mean 'problem'?): name the question with --question-field NAME"
+    )
+
+
+def test_chat_shaped_rows_take_the_last_user_message_and_the_reference_output(tmp_path: Path) -> None:
+    """A chat app's LangSmith dataset: ``inputs.messages`` is the conversation."""
+    convo = [
+        {"role": "system", "content": "You are terse."},
+        {"role": "user", "content": "What is 1 + 1?"},
+        {"role": "assistant", "content": "2"},
+        {"role": "user", "content": "And 2 + 2?"},
+    ]
+    rows = [
+        {"id": "c1", "inputs": {"messages": convo}, "outputs": {"output": "4"}},
+        {"id": "c2",
+         "inputs": {"messages": [{"type": "human", "content": [{"type": "text", "text": "3 + 3?"}]}]},
+         "outputs": {"message": {"role": "assistant", "content": "6"}}},
+        {"id": "c3", "inputs": {"messages": convo[:2]},
+         "outputs": {"messages": [{"role": "assistant", "content": "2"}]}},
+    ]  # fmt: skip
+    path = tmp_path / "chat.jsonl"
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    got = load_dataset(str(path))
+    assert [(q["id"], q["question"], q["answer"]) for q in got] == [
+        ("c1", "And 2 + 2?", "4"),
+        ("c2", "3 + 3?", "6"),
+        ("c3", "What is 1 + 1?", "2"),
+    ]
+
+
+def test_an_offline_hub_name_fails_fast_in_one_line(hf: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Online mode with no way to reach the hub (here: nothing listens at HF_ENDPOINT): one line within
+    seconds, not the datasets library's half-minute of retries."""
+    import socket
+    import time
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]  # closed again: connecting is refused
+    monkeypatch.delenv("HF_DATASETS_OFFLINE")
+    monkeypatch.delenv("HF_HUB_OFFLINE")
+    monkeypatch.setenv("HF_ENDPOINT", f"http://127.0.0.1:{port}")
+    started = time.monotonic()
+    msg = error_of("hf:someone/some-set")
+    assert time.monotonic() - started < 5
+    assert msg.startswith(
+        f"hf:someone/some-set: the Hugging Face hub (http://127.0.0.1:{port}) cannot be reached"
+    )
+    assert "HF_DATASETS_OFFLINE=1" in msg

@@ -143,6 +143,23 @@ def test_a_studio_learn_run_whose_every_call_failed_is_an_error_not_an_empty_lib
     assert f"cannot connect to {url}" in message
 
 
+def test_a_studio_eval_whose_every_call_failed_is_an_error_not_a_zero_score() -> None:
+    url = dead_url()
+    graph = compile_eval_graph(checkpointer=InMemorySaver(), store=InMemoryStore(), studio=True)
+    context = Context(model="openai:fake", base_url=url, max_retries=0)
+    with pytest.raises(TfgrpoError) as failed:
+        graph.invoke(
+            {"dataset": "rg:basic_arithmetic:size=2:seed=4", "k": 2, "baseline": True},
+            {"configurable": {"thread_id": "dead-eval"}},
+            context=context,
+        )
+    message = str(failed.value)
+    assert "\n" not in message
+    # the CLI's line (tfgrpo eval exits 1 with it), not Mean@k 0.000 with runs_failed 4
+    assert message.startswith("every run of this evaluation failed (4 of 4"), message
+    assert f"cannot connect to {url}" in message
+
+
 def test_a_provider_error_in_the_inference_graph_is_a_one_line_tfgrpo_error() -> None:
     url = dead_url()
     with pytest.raises(TfgrpoError, match=f"^cannot connect to {url}.*is the server running") as failed:

@@ -135,6 +135,18 @@ def build_eval_report(
     }
 
 
+def every_run_failed(results: Sequence[Mapping[str, Any]]) -> str | None:
+    """The one line of an evaluation none of whose runs got an answer (every call failed), else None:
+    ``tfgrpo eval`` exits 1 with it and Studio's eval graph raises it, never a Mean@k of 0."""
+    if not results or any(r["reward"] is not None for r in results):
+        return None
+    calls = sum(r["calls"] for r in results)
+    return (
+        f"every run of this evaluation failed ({len(results)} of {len(results)}, {calls} LLM calls; "
+        f"first error: {results[0]['error'] or 'unknown'})"
+    )
+
+
 def failed_runs_note(settings: Mapping[str, Any]) -> str:
     """The sentence of report.md saying how failed runs were counted."""
     if failed_runs_policy(settings) == FAILED_EXCLUDED:

@@ -20,7 +20,7 @@ from langgraph.types import Checkpointer
 
 from tfgrpo.context import Context, EvalContext
 from tfgrpo.nodes.attempt import attempt, fan_out_attempts, prepare
-from tfgrpo.nodes.score import score
+from tfgrpo.nodes.score import score, score_or_fail
 from tfgrpo.state.graph_state import EvalInput, EvalOutput, EvalState
 
 
@@ -37,7 +37,7 @@ def build_eval_graph(*, studio: bool = False) -> StateGraph[EvalState, Any, Any,
     )
     builder.add_node("prepare", prepare)
     builder.add_node("attempt", cast(Any, attempt))  # a map worker: takes its Send payload
-    builder.add_node("score", score)
+    builder.add_node("score", score_or_fail if studio else score)
     builder.add_edge(START, "prepare")
     builder.add_conditional_edges("prepare", fan_out_attempts, ["attempt"])
     builder.add_edge("attempt", "score")  # join: scores once every run is done

@@ -9,9 +9,10 @@
 Before every model call the middleware appends E, rendered exactly as in training (``[G3] text`` lines
 under a short header, after a blank line), to the agent's own system prompt. Model, tools, prompt and the
 other middleware stay the user's. E comes from a ``library.json`` / run directory (re-read when the file
-changes), a ``Library`` dict, the run id of a learn run (``run="dapo-s0", db=URL``: read from that
-database once; without a database, from the agent's store on every call, as a LangGraph server publishes
-it), or a LangGraph store namespace (read from the agent's store on every call, so an update there takes
+changes), a ``Library`` dict, the run id of a learn run (``run="dapo-s0", db=URL``: from that database;
+without a database, from the agent's store, as a LangGraph server publishes it; either way re-read when
+the run publishes a new step, and before its first step the agent answers without E, warned once), or a
+LangGraph store namespace (read from the agent's store on every call, so an update there takes
 effect at once). Files and store items may hold E itself or E as published (``{"step", "library"}``).
 
 Learning on the user's agent uses the same middleware: a learning rollout passes E in the state key
@@ -28,6 +29,7 @@ import hashlib
 import json
 import os
 import time
+import warnings
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -45,10 +47,11 @@ from langchain_core.utils.function_calling import convert_to_openai_tool
 from langgraph.config import get_config
 from langgraph.store.base import BaseStore
 
-from tfgrpo.errors import ConfigError
+from tfgrpo.errors import ConfigError, TfgrpoWarning
 from tfgrpo.models.ledger import CallFailed, Ledger, make_record, reserve_tokens, with_cap
 from tfgrpo.runs.backends import check_run_id, database_url
-from tfgrpo.runs.library_ref import library_file, library_from_db
+from tfgrpo.runs.library_ref import PublishedLibrary, library_file
+from tfgrpo.runs.pglock import redacted
 from tfgrpo.state.library import Library, render_library
 from tfgrpo.state.published import LATEST, library_namespace, library_value
 from tfgrpo.state.types import CallRecord
@@ -139,8 +142,9 @@ class ExperienceMiddleware(AgentMiddleware[ExperienceState, Any]):
         run: instead of ``library``, the run id of a learn run (``tfgrpo learn --run-id``,
             ``tfgrpo.learn(run_id=...)``, or a Studio learn run's ``run_id``): its latest E as published.
         db: with ``run``, the database the run lives in (a SQLite file or ``postgresql://`` URL; default
-            ``$TFGRPO_DATABASE_URL``), read once, here. Neither given: E is read from the agent's store
-            (a LangGraph server's) at every model call.
+            ``$TFGRPO_DATABASE_URL``). Neither given: the agent's store (a LangGraph server's). Either
+            way E follows the run: re-read when it publishes a step; before its first step the agent
+            answers without E (one warning).
         namespace: instead of ``library``, a LangGraph store namespace (``"a/b"`` or a tuple) holding
             the library under ``key``; read from the agent's store at every model call.
     """
@@ -167,6 +171,9 @@ class ExperienceMiddleware(AgentMiddleware[ExperienceState, Any]):
         self._namespace: tuple[str, ...] | None = None
         self._key = key
         self._missing = ""  # the one-line error when the store holds nothing there
+        self._run = run or ""
+        self._published: PublishedLibrary | None = None  # run= in a database: E as the run publishes it
+        self._warned: set[str] = set()
         if isinstance(library, dict):
             self._static = _render_checked(library, "ExperienceMiddleware(library=...)")
         elif library is not None:
@@ -175,8 +182,8 @@ class ExperienceMiddleware(AgentMiddleware[ExperienceState, Any]):
         if run is not None:
             check_run_id(run)
             url = database_url(db)
-            if url:  # read once, now: a bad run id or database fails here, not at the first question
-                self._static = _render_checked(library_from_db(url, run), f"run {run!r}")
+            if url:  # opened now: a missing database fails here, not at the first question
+                self._published = PublishedLibrary(url, run)
             else:  # the agent's store, as a LangGraph server's learn runs publish E
                 namespace, self._key = library_namespace(run), LATEST
                 self._missing = f"run {run!r}: no step has finished (nothing published in the agent's store)"
@@ -208,8 +215,31 @@ class ExperienceMiddleware(AgentMiddleware[ExperienceState, Any]):
             raise ConfigError("ExperienceMiddleware(namespace=...) needs an agent with a store")
         return store
 
+    def warn_once(self, message: str) -> None:
+        """A :class:`TfgrpoWarning` the first time ``message`` comes up for this middleware."""
+        if message not in self._warned:
+            self._warned.add(message)
+            warnings.warn(message, TfgrpoWarning, stacklevel=3)
+
+    def _not_yet(self, where: str) -> str:
+        """A run named before its first step: the agent answers without E (warned once)."""
+        self.warn_once(
+            f"run {self._run!r}: no step has finished (nothing published in {where}): answering without E "
+            "until its first step"
+        )
+        return ""
+
+    def _from_run(self) -> str:
+        assert self._published is not None
+        library = self._published.current()
+        if library is None:
+            return self._not_yet(redacted(self._published.db))
+        return _render_checked(library, f"run {self._run!r}")  # (cheap: a join of E's lines)
+
     def _render_item(self, item: Any) -> str:
         assert self._namespace is not None
+        if item is None and self._run:
+            return self._not_yet("the agent's store")
         if item is None:
             raise ConfigError(
                 self._missing or f"no experience library in store namespace {'/'.join(self._namespace)!r}"
@@ -231,6 +261,8 @@ class ExperienceMiddleware(AgentMiddleware[ExperienceState, Any]):
             return given
         if self._path is not None:
             return self._from_file()
+        if self._published is not None:
+            return self._from_run()
         if self._namespace is not None:
             return self._render_item(self._store_of(request).get(self._namespace, self._key))
         return self._static
@@ -242,6 +274,8 @@ class ExperienceMiddleware(AgentMiddleware[ExperienceState, Any]):
             return given
         if self._path is not None:
             return await asyncio.to_thread(self._from_file)
+        if self._published is not None:
+            return await asyncio.to_thread(self._from_run)
         if self._namespace is not None:
             return self._render_item(await self._store_of(request).aget(self._namespace, self._key))
         return self._static

@@ -12,7 +12,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from tfgrpo.evals.report import build_eval_report
+from tfgrpo.errors import RunFailed
+from tfgrpo.evals.report import build_eval_report, every_run_failed
 from tfgrpo.state.graph_state import EvalState
 
 
@@ -29,3 +30,13 @@ def score(state: EvalState) -> dict[str, Any]:
         "comparison": report["comparison"],
         "per_question": report["questions"],
     }
+
+
+def score_or_fail(state: EvalState) -> dict[str, Any]:
+    """Studio's eval graph: :func:`score`, but an evaluation whose every call failed ends as an error with
+    the CLI's line (``tfgrpo eval`` exits 1 with it), not as a success with Mean@k 0.000. The CLI's graph
+    keeps :func:`score`: it writes the reports first, then prints the line."""
+    failure = every_run_failed(state.get("results", []))
+    if failure:
+        raise RunFailed(failure)
+    return score(state)

@@ -100,13 +100,22 @@ class Backend:
         return prune_checkpoints(self.saver, thread_id, latest_checkpoint_id)
 
     def lock(self) -> AbstractContextManager[Any]:
-        """Held while the run runs: a second process on the same run is refused. PostgreSQL: a session
-        advisory lock (released by the server if the process dies). SQLite: the run directory's file lock
-        is the caller's (``tfgrpo.runs.runlock``)."""
+        """Held while the run runs: a second process on the same run id is refused."""
+        return self.lock_for(self.run_id)
+
+    def lock_for(self, run_id: str) -> AbstractContextManager[Any]:
+        """The lock of run ``run_id`` in this database. PostgreSQL: a session advisory lock (released by
+        the server if the process dies); a shared SQLite file: a file lock per run id beside it
+        (``tfgrpo.runs.sqlitelock``); a run directory's own files: the directory's lock, the caller's
+        (``tfgrpo.runs.runlock``)."""
         if self.kind == "postgres":
             from tfgrpo.runs.pglock import PostgresRunLock
 
-            return PostgresRunLock(self.url, self.run_id)
+            return PostgresRunLock(self.url, run_id)
+        if self.shared:
+            from tfgrpo.runs.sqlitelock import SqliteRunLock
+
+            return SqliteRunLock(_sqlite_path(self.url), run_id)
         return nullcontext()
 
     def close(self) -> None:
@@ -150,6 +159,21 @@ def open_backend(
         stack.close()
 
 
+def open_postgres_store(url: str, stack: ExitStack) -> BaseStore:
+    """A ``PostgresStore`` alone (to read published E), closed with ``stack``."""
+    try:
+        import psycopg
+        from langgraph.store.postgres import PostgresStore
+    except ImportError:
+        raise ConfigError(POSTGRES_HINT) from None
+    try:
+        store = stack.enter_context(PostgresStore.from_conn_string(url))
+        store.setup()
+    except psycopg.Error as exc:
+        raise ConfigError(f"{redacted(url)}: cannot use the database ({_first_line(exc)})") from None
+    return store
+
+
 def _open_postgres(url: str, run_id: str, stack: ExitStack) -> Backend:
     try:
         import psycopg
@@ -186,6 +210,13 @@ def count_checkpoints(backend: Backend, thread_id: str) -> int:
 # --- the runs of a shared database: ``tfgrpo runs list`` / ``tfgrpo runs rm RUN_ID``
 
 MEMO_PAGE = 500
+# What a run writes in the store, by namespace: ("tfgrpo", RUN_ID, ...) its identity, published E, step
+# history and node memo; ("tfgrpo-llm-results", RUN_ID) its result cache (every response it paid for:
+# left behind, the same run id would replay them for free). An evaluation also writes under the internal
+# id its checkpoint state holds (``eval_id``): ("tfgrpo", EVAL_ID, "libraries") and ("tfgrpo-eval", EVAL_ID).
+RESULTS_ROOT = "tfgrpo-llm-results"
+RUN_ROOTS = ("tfgrpo", RESULTS_ROOT)
+EVAL_ROOTS = ("tfgrpo", "tfgrpo-eval")
 
 
 def _rows(backend: Backend, query: str, params: tuple[Any, ...] = ()) -> list[tuple[Any, ...]]:
@@ -209,37 +240,114 @@ def run_threads(backend: Backend) -> dict[str, list[str]]:
     return threads
 
 
-def spent_in_store(store: BaseStore, run_id: str) -> tuple[int, float, Any]:
-    """Tokens, dollars and the last write of every finished call of a run, from its result memo (exact
-    after a crash: the ledger is rebuilt from it on resume)."""
-    tokens, usd, offset, last = 0, 0.0, 0, None
+def thread_values(backend: Backend, thread: str) -> dict[str, Any]:
+    """The channel values of a thread's latest checkpoint ({} when it has none)."""
+    found = backend.saver.get_tuple({"configurable": {"thread_id": thread}})
+    return dict(found.checkpoint.get("channel_values") or {}) if found is not None else {}
+
+
+def namespace_items(store: BaseStore, namespace: tuple[str, ...]) -> Iterator[Any]:
+    """Every item under ``namespace`` (and below it), page by page."""
+    offset = 0
     while True:
-        items = store.search(("tfgrpo", run_id), limit=MEMO_PAGE, offset=offset)
-        for item in items:
-            if item.namespace[:2] != ("tfgrpo", run_id):
-                continue
-            last = item.updated_at if last is None else max(last, item.updated_at)
-            calls = item.value.get("calls", [])
-            for call in calls if isinstance(calls, list) else []:  # (step reports count calls: an int)
-                if call.get("cached"):  # answered from the run's result cache: not paid
-                    continue
-                tokens += call["input_tokens"] + call["output_tokens"]
-                usd += call.get("cost_usd") or 0.0
-        if len(items) < MEMO_PAGE:
-            return tokens, usd, last
+        page = store.search(namespace, limit=MEMO_PAGE, offset=offset)
+        yield from (item for item in page if item.namespace[: len(namespace)] == namespace)
+        if len(page) < MEMO_PAGE:
+            return
         offset += MEMO_PAGE
 
 
+@dataclass
+class RunSpending:
+    """A run's calls: the ones the server was paid for (its result cache) and the ones answered from
+    that cache instead (a resumed or replayed run: booked in its memo as ``cached``)."""
+
+    calls: int = 0
+    tokens: int = 0
+    cost_usd: float = 0.0
+    cached_calls: int = 0
+    cached_tokens: int = 0
+    last: Any = None
+
+    def seen(self, updated_at: Any) -> None:
+        self.last = updated_at if self.last is None else max(self.last, updated_at)
+
+
+def spent_in_store(store: BaseStore, run_id: str, eval_ids: tuple[str, ...] = ()) -> RunSpending:
+    """What run ``run_id`` spent (exact after a crash: paid calls come from its result cache, from which
+    the ledger is rebuilt on resume; dollars from the call records of its memo)."""
+    spent = RunSpending()
+    for item in namespace_items(store, (RESULTS_ROOT, run_id)):
+        spent.seen(item.updated_at)
+        paid = item.value.get("paid")
+        if isinstance(paid, dict):
+            spent.calls += 1
+            spent.tokens += int(paid.get("input_tokens", 0)) + int(paid.get("output_tokens", 0))
+    for namespace in [("tfgrpo", run_id), *(("tfgrpo-eval", e) for e in eval_ids)]:
+        for item in namespace_items(store, namespace):
+            spent.seen(item.updated_at)
+            calls = item.value.get("calls", [])
+            for call in calls if isinstance(calls, list) else []:  # (step reports count calls: an int)
+                if not isinstance(call, dict):
+                    continue
+                if call.get("cached"):
+                    spent.cached_calls += 1
+                    spent.cached_tokens += int(call.get("input_tokens", 0)) + int(
+                        call.get("output_tokens", 0)
+                    )
+                else:
+                    spent.cost_usd += call.get("cost_usd") or 0.0
+    return spent
+
+
+def eval_ids_of(backend: Backend, threads: list[str]) -> tuple[str, ...]:
+    """The internal ids the evaluations among ``threads`` keep their runs under."""
+    ids = {
+        thread_values(backend, t).get("eval_id") for t in threads if t.partition("/")[2].startswith("eval")
+    }
+    return tuple(sorted(i for i in ids if isinstance(i, str) and i))
+
+
+def run_status(backend: Backend, run_id: str, threads: list[str]) -> str:
+    """``running`` (another process holds the run's lock), ``done`` or ``stopped`` (resumable)."""
+    try:
+        with backend.lock_for(run_id):
+            pass
+    except ConfigError:
+        return "running"
+    if not threads:
+        return "-"
+    values = [thread_values(backend, t) for t in threads]
+    return "done" if all(_finished(v) for v in values) else "stopped"
+
+
+def _finished(values: dict[str, Any]) -> bool:
+    if "done" in values:  # a learn run: ``advance`` sets it after the last step
+        return bool(values["done"])
+    if "questions" in values and "arms" in values:  # an evaluation: every planned run has a result
+        planned = len(values["questions"]) * values.get("k", 1) * len(values["arms"])
+        return len({(r["arm"], r["query_id"], r["i"]) for r in values.get("results", [])}) >= planned
+    return False
+
+
 def list_runs(backend: Backend) -> list[dict[str, Any]]:
-    """One row per run of a shared database: its kind(s), steps, |E|, cost, tokens and last update."""
+    """One row per run or evaluation of a shared database: kind, steps, |E|, calls and tokens paid and
+    answered from its cache, cost, last update and status."""
     from tfgrpo.runs.rundir import step_history
 
     threads = run_threads(backend)
-    in_store = {ns[1] for ns in backend.store.list_namespaces(prefix=("tfgrpo",), max_depth=2) if len(ns) > 1}
+    owned = {run_id: eval_ids_of(backend, ts) for run_id, ts in threads.items()}
+    internal = {e for ids in owned.values() for e in ids}
+    in_store = {
+        ns[1]
+        for root in RUN_ROOTS
+        for ns in backend.store.list_namespaces(prefix=(root,), max_depth=2)
+        if len(ns) > 1
+    }
     rows = []
-    for run_id in sorted(set(threads) | in_store):
+    for run_id in sorted((set(threads) | in_store) - internal):
         history = step_history(backend.store, run_id)
-        tokens, usd, last = spent_in_store(backend.store, run_id)
+        spent = spent_in_store(backend.store, run_id, owned.get(run_id, ()))
         kinds = sorted({t.partition("/")[2].split("-")[0] for t in threads.get(run_id, [])})
         rows.append(
             {
@@ -247,26 +355,47 @@ def list_runs(backend: Backend) -> list[dict[str, Any]]:
                 "kind": ",".join(kinds) or "-",
                 "steps": len(history),
                 "library_size": history[-1]["library_size"] if history else None,
-                "tokens": tokens,
-                "cost_usd": round(usd, 6),
-                "updated": last.strftime("%Y-%m-%d %H:%M") if last is not None else "",
+                "calls": spent.calls,
+                "tokens": spent.tokens,
+                "cached_calls": spent.cached_calls,
+                "cached_tokens": spent.cached_tokens,
+                "cost_usd": round(spent.cost_usd, 6),
+                "updated": spent.last.strftime("%Y-%m-%d %H:%M") if spent.last is not None else "",
+                "status": run_status(backend, run_id, threads.get(run_id, [])),
             }
         )
     return rows
 
 
-def remove_run(backend: Backend, run_id: str) -> tuple[int, int]:
-    """Delete run ``run_id``'s checkpoint threads and store items; (threads, items) deleted."""
+@dataclass
+class RemovedRun:
+    """What ``tfgrpo runs rm`` deleted."""
+
+    threads: int = 0
+    items: int = 0  # store items, the cached responses among them
+    cached_responses: int = 0
+
+
+def remove_run(backend: Backend, run_id: str) -> RemovedRun:
+    """Delete everything run ``run_id`` wrote in the database: its checkpoint threads, and its store
+    items in every namespace (state, published E, history, memo, result cache, its evaluations')."""
     from langgraph.store.base import PutOp
 
     threads = run_threads(backend).get(run_id, [])
+    namespaces = [(root, run_id) for root in RUN_ROOTS]
+    namespaces += [(root, e) for e in eval_ids_of(backend, threads) for root in EVAL_ROOTS]
     for thread in threads:
         backend.saver.delete_thread(thread)
-    items = 0
-    while True:
-        page = backend.store.search(("tfgrpo", run_id), limit=MEMO_PAGE)
-        mine = [item for item in page if item.namespace[:2] == ("tfgrpo", run_id)]
-        if not mine:
-            return len(threads), items
-        backend.store.batch([PutOp(item.namespace, item.key, None) for item in mine])
-        items += len(mine)
+    removed = RemovedRun(threads=len(threads))
+    for namespace in namespaces:
+        while mine := list(namespace_items_first_page(backend.store, namespace)):
+            backend.store.batch([PutOp(item.namespace, item.key, None) for item in mine])
+            removed.items += len(mine)
+            if namespace[0] == RESULTS_ROOT:
+                removed.cached_responses += len(mine)
+    return removed
+
+
+def namespace_items_first_page(store: BaseStore, namespace: tuple[str, ...]) -> list[Any]:
+    page = store.search(namespace, limit=MEMO_PAGE)
+    return [item for item in page if item.namespace[: len(namespace)] == namespace]

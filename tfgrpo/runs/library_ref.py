@@ -11,12 +11,17 @@ from __future__ import annotations
 
 import json
 import os
+import threading
+from contextlib import ExitStack
 from pathlib import Path
+from typing import Any
+
+from langgraph.store.base import BaseStore
 
 from tfgrpo.errors import ConfigError
 from tfgrpo.runs.backends import _sqlite_path, database_url, is_postgres, open_backend, redacted
 from tfgrpo.state.library import Library
-from tfgrpo.state.published import library_value, published_library
+from tfgrpo.state.published import LATEST, library_namespace, library_value, published_library
 
 
 def library_file(path: str | os.PathLike[str]) -> Path:
@@ -65,3 +70,43 @@ def fetch_published_library(db: str, run_id: str, into: Path) -> Path:
     path = into / "library.json"
     path.write_text(json.dumps(library, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
     return path
+
+
+class PublishedLibrary:
+    """E of learn run ``run_id`` in database ``db`` as it learns: every :meth:`current` reads the run's
+    ``latest`` item (one keyed read on a connection kept open: cheap) and parses E again only when the
+    run has published since, so an app follows the run step by step, a validation rollback included, on
+    SQLite and PostgreSQL alike. ``None`` until the run's first step."""
+
+    def __init__(self, db: str, run_id: str) -> None:
+        if not is_postgres(db) and not _sqlite_path(db).exists():
+            raise ConfigError(f"{redacted(db)}: no such database (looking for run {run_id!r})")
+        self.db, self.run_id = db, run_id
+        self._stack = ExitStack()
+        self._store = self._open()
+        self._lock = threading.Lock()
+        self._seen: tuple[Any, Library] | None = None
+
+    def _open(self) -> BaseStore:
+        if is_postgres(self.db):
+            from tfgrpo.runs.backends import open_postgres_store
+
+            return open_postgres_store(self.db, self._stack)
+        from tfgrpo.runs.rundir import open_store
+
+        store = open_store(_sqlite_path(self.db), option="--db")
+        self._stack.callback(store.conn.close)
+        return store
+
+    def current(self) -> Library | None:
+        with self._lock:
+            item = self._store.get(library_namespace(self.run_id), LATEST)
+            if item is None:
+                return None
+            stamp = (item.updated_at, item.value.get("step") if isinstance(item.value, dict) else None)
+            if self._seen is None or self._seen[0] != stamp:
+                self._seen = (stamp, library_value(item.value, f"run {self.run_id!r}"))
+            return self._seen[1]
+
+    def close(self) -> None:
+        self._stack.close()

@@ -19,8 +19,8 @@ import sys
 import threading
 from collections import Counter
 from collections.abc import Callable, Iterator, Mapping
-from contextlib import contextmanager
-from dataclasses import asdict
+from contextlib import contextmanager, suppress
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from types import FrameType
 from typing import Any, cast
@@ -410,19 +410,24 @@ class RunDir:
             (self.path / "libraries").glob("step-*.json")
         )
 
-    def refuse_new_run_over_outputs(self) -> None:
-        """A run directory with outputs but no checkpoint (deleted, emptied) must not be overwritten."""
+    def refuse_new_run_over_outputs(self, checkpoints: str = "") -> None:
+        """A run directory with outputs but no checkpoint (deleted, emptied) must not be overwritten;
+        ``checkpoints`` says where the checkpoint was looked for (default: this directory's file)."""
         if self.has_outputs():
+            where = checkpoints or f"{self.checkpoints.name} is missing or empty"
             raise ConfigError(
                 f"{self.path} holds the outputs of an earlier run but no checkpoint to resume it "
-                f"({self.checkpoints.name} is missing or empty): start fresh with another --run-dir "
-                f"(or delete {self.path})"
+                f"({where}): start fresh with another --run-dir (or delete {self.path})"
             )
 
-    def write_settings(self, ctx: Context, seed: int) -> None:
+    def write_settings(self, ctx: Context, seed: int, *, db: str = "", run_id: str = "") -> None:
+        """``run.json``: the settings, and the database (no password) and run id of a run in a shared
+        database ("" for a run directory's own files), so that a resume naming another database or none
+        says exactly that (:func:`check_same_database`)."""
+        recorded = {"seed": seed, "database": database_label(db), "run_id": run_id if db else ""}
         atomic_write(
             self.path / "run.json",
-            json.dumps({"seed": seed, "context": recorded_context(ctx)}, indent=2) + "\n",
+            json.dumps({**recorded, "context": recorded_context(ctx)}, indent=2) + "\n",
         )
 
     def write_library(self, library: Library, step: int | None = None) -> None:
@@ -614,10 +619,136 @@ def check_resume(values: dict[str, Any], ctx: Context, queries: list[Query]) -> 
         )
 
 
+def identity_namespace(run_id: str) -> tuple[str, ...]:
+    return ("tfgrpo", run_id or "default", "run")
+
+
 def mark_run(store: BaseStore, run_id: str) -> None:
     """Put the run's identity in its store before its first step, so that a resume can tell the run's
-    store from an emptied one or another run's (:func:`check_store_holds_run`)."""
-    store.put(("tfgrpo", run_id or "default", "run"), "identity", {"run_id": run_id}, index=False)
+    store from an emptied one or another run's (:func:`check_store_holds_run`); an identity already
+    there (:func:`claim_run`) is kept."""
+    if not run_identity(store, run_id):
+        store.put(identity_namespace(run_id), "identity", {"run_id": run_id}, index=False)
+
+
+def run_identity(store: BaseStore, run_id: str) -> dict[str, Any]:
+    item = store.get(identity_namespace(run_id), "identity")
+    return dict(item.value) if item is not None else {}
+
+
+def claim_run(store: BaseStore, run_id: str, run_dir: Path, *, derived: bool, where: str) -> None:
+    """In a shared database, two directories never silently share a run: a run id derived from the
+    directory's name (no ``--run-id``) that the database holds for another directory is refused, naming
+    both (an explicit ``--run-id`` may resume its run from anywhere: another machine, another
+    directory). The first directory is recorded in the run's identity (``tfgrpo runs rm`` deletes its
+    outputs too)."""
+    identity = run_identity(store, run_id)
+    owner = identity.get("run_dir")
+    here = str(Path(run_dir).resolve())
+    if derived and isinstance(owner, str) and owner != here:
+        raise ConfigError(
+            f"run id {run_id!r} in {where} is the run of {owner}; {here} would share it (a run id "
+            "defaults to the directory's name): pass --run-id NAME for a run of its own, or "
+            f"--run-id {run_id} to resume that run from here"
+        )
+    if not isinstance(owner, str):
+        identity |= {"run_id": run_id, "run_dir": here, "derived": derived}
+        store.put(identity_namespace(run_id), "identity", identity, index=False)
+
+
+OUTPUT_FILES = (
+    "run.json",
+    "library.json",
+    "library.md",
+    "report.json",
+    "report.md",
+    "learning_curve.png",
+    "eval.json",
+    "results.json",
+    "thread.txt",
+)
+
+
+@dataclass
+class RunOutputs:
+    """The files a run of a shared database wrote in its directory (for ``tfgrpo runs rm``)."""
+
+    directory: Path
+    files: list[Path]
+
+
+def run_outputs(store: BaseStore, run_id: str, db: str) -> RunOutputs | None:
+    """The output files of run ``run_id`` in the directory its identity names, when that directory's
+    ``run.json`` (or ``eval.json``) says it is this run in this database; None otherwise."""
+    owner = run_identity(store, run_id).get("run_dir")
+    if not isinstance(owner, str):
+        return None
+    directory = Path(owner)
+    if recorded_run(directory) != {"database": database_label(db), "run_id": run_id}:
+        return None
+    files = [directory / name for name in OUTPUT_FILES if (directory / name).is_file()]
+    files += sorted((directory / "libraries").glob("step-*.json"))
+    files += sorted(directory.glob("*.png"))
+    return RunOutputs(directory, sorted(set(files)))
+
+
+def delete_run_outputs(outputs: RunOutputs | None) -> int:
+    """Delete the files :func:`run_outputs` found (and the directories they leave empty); how many."""
+    if outputs is None:
+        return 0
+    for file in outputs.files:
+        file.unlink(missing_ok=True)
+    for directory in (outputs.directory / "libraries", outputs.directory):
+        with suppress(OSError):
+            (directory / ".lock").unlink(missing_ok=True)
+            directory.rmdir()  # only when empty: a user's own files stay
+    return len(outputs.files)
+
+
+def database_label(url: str) -> str:
+    """How run.json names a run's database: "" (the run directory's own files), a SQLite file's absolute
+    path, or a PostgreSQL URL without its password."""
+    from tfgrpo.runs.pglock import redacted
+
+    if not url:
+        return ""
+    if url.startswith(("postgresql://", "postgres://")):
+        return redacted(url)
+    return str(Path(url.removeprefix("sqlite:///")).resolve())
+
+
+def recorded_run(directory: Path) -> dict[str, Any] | None:
+    """The database and run id a directory's ``run.json`` / ``eval.json`` records (None: no such file,
+    or written before they were recorded)."""
+    for name in ("run.json", "eval.json"):
+        try:
+            data = json.loads((directory / name).read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            continue
+        if isinstance(data, dict) and "database" in data and "run_id" in data:
+            return {"database": data["database"], "run_id": data["run_id"]}
+    return None
+
+
+def check_same_database(directory: Path, db: str, run_id: str, option: str = "--run-dir") -> None:
+    """A directory whose run lives in another database (or under another run id) than this command
+    names, and this command finds no checkpoint: say exactly that, instead of blaming a missing file."""
+    recorded = recorded_run(directory)
+    if recorded is None:
+        return
+    now = {"database": database_label(db), "run_id": run_id}
+    if recorded["database"] != now["database"]:
+        was = f"--db {recorded['database']}" if recorded["database"] else "no --db (its own SQLite files)"
+        given = f"--db {now['database']}" if now["database"] else "no --db and no $TFGRPO_DATABASE_URL"
+        raise ConfigError(
+            f"{option} {directory} is run {recorded['run_id']!r} in {was}, but this command names {given}: "
+            f"pass the same --db to resume it, or use another {option} for a new run"
+        )
+    if now["database"] and recorded["run_id"] != run_id:
+        raise ConfigError(
+            f"{option} {directory} is run {recorded['run_id']!r} in --db {now['database']}, not run "
+            f"{run_id!r}: pass --run-id {recorded['run_id']} to resume it, or use another {option}"
+        )
 
 
 def check_store_holds_run(store: BaseStore, run_id: str, where: str, fresh: str) -> None:
