@@ -47,7 +47,7 @@ def test_learn_from_a_saved_hf_dataset_with_a_column_mapping(
     assert bad.returncode == 2
     assert bad.stderr.strip() == (
         f"tfgrpo: error: hf:{saved}:train: item 0: field 'answer_text' is missing (the row has fields: "
-        "problem, solution, uid): name the answer with --answer-field NAME"
+        "problem, solution): name the answer with --answer-field NAME"
     )
     assert os.fspath(run_dir) not in bad.stderr
 
