@@ -19,7 +19,7 @@ from tqdm.auto import tqdm
 
 from tfgrpo.checks import check_context
 from tfgrpo.context import Context
-from tfgrpo.data import batches_per_epoch, load_dataset, training_queries
+from tfgrpo.data import batches_per_epoch, dataset_fingerprint, load_dataset, training_queries
 from tfgrpo.errors import ConfigError, RunFailed
 from tfgrpo.evals.rewards import reward_function, warm_up
 from tfgrpo.graphs.learn import compile_learn_graph
@@ -49,6 +49,7 @@ from tfgrpo.runs.runlock import lock_run_dir
 from tfgrpo.runs.tracking import LEARN_FILES, Tracker, open_tracker, run_status, settings_params
 from tfgrpo.state.graph_state import LearnState
 from tfgrpo.state.library import Library, empty_library
+from tfgrpo.state.published import make_provenance
 from tfgrpo.state.report import nothing_worked
 from tfgrpo.state.types import StepReport
 
@@ -252,6 +253,13 @@ def _learn(
     snapshot = graph.get_state(config)
     values = dict(snapshot.values or {})
     check_resume(values, ctx, queries)
+    run.provenance = make_provenance(
+        policy_model="" if ctx.agent else resolve_spec(ctx.model),  # a user's agent: its own model
+        learner_model=resolve_spec(ctx.learner_model or ctx.model),
+        dataset_fingerprint=dataset_fingerprint(queries),
+        run_id=backend.run_id if backend.shared else run_dir.resolve().name,
+        step=values.get("step", 0) - 1 if values else None,
+    )
     if values.get("run_id"):
         where = str(run.store) if not backend.shared else f"the run's store in {redacted(backend.url)}"
         check_store_holds_run(

@@ -173,3 +173,26 @@ def test_an_app_named_by_run_follows_the_run_as_it_learns(
             sent = system_prompt_sent(fake_server)
             assert sent.count("\n[G") == len(library["items"])  # type: ignore[arg-type]
             assert all(f"[{i['id']}] {i['text']}" in sent for i in library["items"])  # type: ignore[attr-defined,index]
+
+
+def test_e_carries_its_provenance_and_another_model_is_warned_once(
+    fake_server: FakeOpenAIServer, tmp_path: Path
+) -> None:
+    """Lessons do not transfer across models for sure: E says which policy and learner made it, from
+    which dataset, run and step; a user's agent on another model is told once."""
+    db = str(tmp_path / "team.sqlite")
+    tfgrpo.learn(ROWS, model="openai:fake", base_url=fake_server.base_url, run_dir=tmp_path / "run", db=db,
+                 run_id="prov", verbose=False, progress=False, **SMALL)  # fmt: skip
+    on_disk = json.loads((tmp_path / "run" / "library.json").read_text())["provenance"]
+    assert on_disk["policy_model"] == on_disk["learner_model"] == "openai:fake"
+    last = json.loads((tmp_path / "run" / "report.json").read_text())["steps"][-1]["step"]
+    assert on_disk["run_id"] == "prov" and on_disk["step"] == last and on_disk["dataset_fingerprint"]
+    assert on_disk["tfgrpo_version"]
+    with open_backend(db, local_dir=tmp_path, run_id="prov") as backend:
+        item = backend.store.get(library_namespace("prov"), "latest")
+        assert item is not None and item.value["provenance"] == on_disk
+    for middleware in (ExperienceMiddleware(run="prov", db=db), ExperienceMiddleware(tmp_path / "run")):
+        agent = user_agent(fake_server, middleware)  # its model is "user-model"
+        with pytest.warns(TfgrpoWarning, match="learned with openai:fake.*this agent's model is user-model"):
+            for _ in range(2):
+                agent.invoke({"messages": [HumanMessage("Hi")]})  # type: ignore[attr-defined]

@@ -174,6 +174,7 @@ class ExperienceMiddleware(AgentMiddleware[ExperienceState, Any]):
         self._run = run or ""
         self._published: PublishedLibrary | None = None  # run= in a database: E as the run publishes it
         self._warned: set[str] = set()
+        self._provenance: dict[str, Any] = {}  # who made E (library.json / published E), when recorded
         if isinstance(library, dict):
             self._static = _render_checked(library, "ExperienceMiddleware(library=...)")
         elif library is not None:
@@ -207,6 +208,8 @@ class ExperienceMiddleware(AgentMiddleware[ExperienceState, Any]):
             except (OSError, ValueError) as exc:
                 raise ConfigError(f"{self._path}: cannot read the experience library ({exc})") from None
             self._cache = (stamp, _render_checked(data, str(self._path)))
+            found = data.get("provenance") if isinstance(data, dict) else None
+            self._provenance = found if isinstance(found, dict) else {}
         return self._cache[1]
 
     def _store_of(self, request: ModelRequest[Any]) -> BaseStore:
@@ -234,6 +237,7 @@ class ExperienceMiddleware(AgentMiddleware[ExperienceState, Any]):
         library = self._published.current()
         if library is None:
             return self._not_yet(redacted(self._published.db))
+        self._provenance = self._published.provenance
         return _render_checked(library, f"run {self._run!r}")  # (cheap: a join of E's lines)
 
     def _render_item(self, item: Any) -> str:
@@ -280,9 +284,23 @@ class ExperienceMiddleware(AgentMiddleware[ExperienceState, Any]):
             return self._render_item(await self._store_of(request).aget(self._namespace, self._key))
         return self._static
 
+    def _check_model(self, request: ModelRequest[Any]) -> None:
+        """Warn once when E was learned with another policy model than the one this agent uses."""
+        learned = str(self._provenance.get("policy_model") or "")
+        if not learned:  # not recorded (older E, or learned on a user's agent with its own model)
+            return
+        used = model_spec(request.model)
+        if used.split(":", 1)[-1] != learned.split(":", 1)[-1]:
+            self.warn_once(
+                f"this E was learned with {learned} (run {self._provenance.get('run_id')!r}); this agent's "
+                f"model is {used}: lessons do not always transfer across models"
+            )
+
     def _prepare(
         self, request: ModelRequest[Any], experiences: str
     ) -> tuple[ModelRequest[Any], RolloutHooks | None]:
+        if experiences and _hooks() is None:  # a user's app (a learning rollout uses its own model)
+            self._check_model(request)
         system = append_experiences(request.system_message, experiences)
         if system is not request.system_message:
             request = request.override(system_message=system)

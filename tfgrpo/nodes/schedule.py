@@ -21,12 +21,13 @@ from langgraph.types import Overwrite
 from tfgrpo.context import Context
 from tfgrpo.data import batches_per_epoch, dataset_fingerprint, epoch_order, training_queries
 from tfgrpo.errors import ConfigError, DataError, RunFailed
+from tfgrpo.models.spec import resolve_spec
 from tfgrpo.nodes._llm import context_of, step_namespace, store_of
 from tfgrpo.nodes._prompts import validate_prompts
 from tfgrpo.runs.rundir import check_resume, history_namespace, step_history
 from tfgrpo.state.graph_state import LearnState
 from tfgrpo.state.library import empty_library
-from tfgrpo.state.published import LATEST, library_namespace, publish_library
+from tfgrpo.state.published import LATEST, library_namespace, make_provenance, publish_library
 from tfgrpo.state.report import nothing_worked
 from tfgrpo.state.types import StepReport
 
@@ -112,6 +113,13 @@ def advance(state: LearnState, runtime: Runtime[Context]) -> dict[str, Any]:
         state.get("run_id", ""),
         state.get("step", 0),
         state.get("library") or empty_library(),
+        make_provenance(
+            policy_model="" if ctx.agent else resolve_spec(ctx.model),  # a user's agent: its own model
+            learner_model=resolve_spec(ctx.learner_model or ctx.model),
+            dataset_fingerprint=str(state.get("dataset_fingerprint") or ""),
+            run_id=state.get("run_id", ""),
+            step=state.get("step", 0),
+        ),
     )
     n_batches = batches_per_epoch(len(training_queries(ctx)), ctx.batch_size)
     epoch, batch_index = state.get("epoch", 0), state.get("batch_index", 0) + 1

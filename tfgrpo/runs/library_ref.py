@@ -86,6 +86,7 @@ class PublishedLibrary:
         self._store = self._open()
         self._lock = threading.Lock()
         self._seen: tuple[Any, Library] | None = None
+        self.provenance: dict[str, Any] = {}  # who made the E read last (empty: not recorded)
 
     def _open(self) -> BaseStore:
         if is_postgres(self.db):
@@ -106,6 +107,8 @@ class PublishedLibrary:
             stamp = (item.updated_at, item.value.get("step") if isinstance(item.value, dict) else None)
             if self._seen is None or self._seen[0] != stamp:
                 self._seen = (stamp, library_value(item.value, f"run {self.run_id!r}"))
+                found = item.value.get("provenance") if isinstance(item.value, dict) else None
+                self.provenance = found if isinstance(found, dict) else {}
             return self._seen[1]
 
     def close(self) -> None:

@@ -384,6 +384,8 @@ def recorded_context(ctx: Context) -> dict[str, Any]:
 class RunDir:
     def __init__(self, path: str | Path) -> None:
         self.path = Path(path)
+        # who made E (tfgrpo.state.published.make_provenance), written beside it in library.json
+        self.provenance: dict[str, Any] | None = None
 
     @property
     def checkpoints(self) -> Path:
@@ -432,7 +434,12 @@ class RunDir:
 
     def write_library(self, library: Library, step: int | None = None) -> None:
         """E now (``library.json``, ``library.md``) and, after step ``step``, its snapshot (idempotent)."""
-        atomic_write(self.path / "library.json", json.dumps(library, indent=2, ensure_ascii=False) + "\n")
+        data: dict[str, Any] = dict(library)
+        if self.provenance is not None:
+            if step is not None:
+                self.provenance["step"] = step
+            data["provenance"] = dict(self.provenance)
+        atomic_write(self.path / "library.json", json.dumps(data, indent=2, ensure_ascii=False) + "\n")
         atomic_write(self.path / "library.md", library_markdown(library))
         if step is not None:
             snap = self.path / "libraries" / f"step-{step:04d}.json"

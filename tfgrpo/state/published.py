@@ -31,9 +31,37 @@ def step_key(step: int) -> str:
     return f"step-{step:04d}"
 
 
-def publish_library(store: BaseStore, run_id: str, step: int, library: Library) -> None:
+def tfgrpo_version() -> str:
+    try:
+        from importlib.metadata import version
+
+        return version("tfgrpo")
+    except Exception:  # not installed (a source checkout on PYTHONPATH)
+        return "unknown"
+
+
+def make_provenance(
+    *, policy_model: str, learner_model: str, dataset_fingerprint: str, run_id: str, step: int | None
+) -> dict[str, Any]:
+    """Who made E (lessons do not always transfer across models): kept with E in ``library.json`` and
+    in the published E, read by ``ExperienceMiddleware`` and ``tfgrpo infer`` to warn on another model."""
+    return {
+        "policy_model": policy_model,
+        "learner_model": learner_model,
+        "dataset_fingerprint": dataset_fingerprint,
+        "run_id": run_id,
+        "step": step,
+        "tfgrpo_version": tfgrpo_version(),
+    }
+
+
+def publish_library(
+    store: BaseStore, run_id: str, step: int, library: Library, provenance: dict[str, Any] | None = None
+) -> None:
     ns = library_namespace(run_id)
-    value = {"step": step, "library": library}
+    value: dict[str, Any] = {"step": step, "library": library}
+    if provenance:
+        value["provenance"] = provenance
     store.put(ns, step_key(step), value, index=False)
     store.put(ns, LATEST, value, index=False)
 
