@@ -112,7 +112,10 @@ def test_the_consolidations_output_passes_the_same_gate(tmp_path: Path) -> None:
     run.create()
     run.write_outputs({"library": out["library"]}, [report])
     md = (tmp_path / "report.md").read_text()
-    assert "- lessons_rejected: {'not prose': 1}" in md
+    totals_section = md.split("## Totals", 1)[1].split("\n## ", 1)[0]
+    assert "{" not in totals_section  # tables, never a Python dict (by_role was one)
+    assert "### lessons_rejected\n\n| key | count |\n|---|---|\n| not prose | 1 |" in totals_section
+    assert "### by_role\n\n| role | calls |" in totals_section
     assert "not prose: 0 words among 5 tokens" in md
 
 

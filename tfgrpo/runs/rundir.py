@@ -381,6 +381,38 @@ def recorded_context(ctx: Context) -> dict[str, Any]:
     return context
 
 
+def _cell(value: Any) -> str:
+    if isinstance(value, float):
+        return f"{value:.6g}"
+    return str(value).replace("|", "\\|").replace("\n", " ")
+
+
+def markdown_table(header: list[str], rows: list[list[Any]]) -> list[str]:
+    lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
+    return lines + ["| " + " | ".join(_cell(v) for v in row) + " |" for row in rows]
+
+
+def totals_markdown(totals: dict[str, Any]) -> list[str]:
+    """report.md's totals as tables, never a Python dict: the scalars in one table, then one table per
+    breakdown (``by_role``: a row per role; counts by reason: a row per reason)."""
+    scalars = [[k, v] for k, v in totals.items() if not isinstance(v, dict)]
+    lines = markdown_table(["total", "value"], scalars)
+    for name, value in totals.items():
+        if not isinstance(value, dict) or not value:
+            continue
+        lines += ["", f"### {name}", ""]
+        nested = [v for v in value.values() if isinstance(v, dict)]
+        if nested:
+            columns = list(dict.fromkeys(c for v in nested for c in v))
+            rows = [
+                [k, *(v.get(c, "") if isinstance(v, dict) else v for c in columns)] for k, v in value.items()
+            ]
+            lines += markdown_table([name.removeprefix("by_") or "key", *columns], rows)
+        else:
+            lines += markdown_table(["key", "count"], [[k, v] for k, v in value.items()])
+    return lines
+
+
 class RunDir:
     def __init__(self, path: str | Path) -> None:
         self.path = Path(path)
@@ -458,7 +490,7 @@ class RunDir:
         lines = ["# Training-Free GRPO run report", "", "```", table_header()]
         lines += [table_line(r) for r in history]
         lines += ["```", "", "## Totals", ""]
-        lines += [f"- {k}: {v}" for k, v in report["totals"].items()]
+        lines += totals_markdown(report["totals"])
         checked = [r for r in history if "validation" in r]
         if checked:
             lines += ["", "## Validation-gated updates", ""]
