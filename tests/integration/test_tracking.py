@@ -85,6 +85,11 @@ def test_learn_is_tracked_and_a_resumed_run_continues_the_same_mlflow_run(
     assert json.loads(got) == json.loads((run_dir / "libraries" / "step-0003.json").read_text())
     assert (tmp_path / "mlartifacts").is_dir()  # beside the database, not in the working directory
 
+    # the run page's description is E after the last step (where a user looks first)
+    final = json.loads((run_dir / "library.json").read_text())
+    assert run.data.tags["mlflow.note.content"].startswith("# E after step 3")
+    assert all(item["text"] in run.data.tags["mlflow.note.content"] for item in final["items"])
+
     logged = json.dumps(run.data.params) + json.dumps(run.data.tags)
     assert "sk-test-not-a-real-key-4242" not in logged
 

@@ -12,6 +12,7 @@ One MLflow run per run directory (or eval directory), in the experiment ``$MLFLO
   paired difference ``paired.diff``, ``paired.ci_low``, ``paired.ci_high``, ``paired.p_value``;
 * artifacts: E after every step (``libraries/step-NNNN.json``), and when the run stops its reports and
   plots (``library.json``, ``report.md``, ``learning_curve.png`` / ``comparison.png`` ...).
+* the run's description (the top of its page in ``mlflow ui``): E after the last step logged, as markdown.
 
 The MLflow run id is kept in ``DIR/mlflow.json`` with the last step logged: running the same command again
 continues the same MLflow run and logs only the steps it has not logged (a step finished just before a kill
@@ -38,7 +39,7 @@ from tfgrpo.context import Context
 from tfgrpo.errors import ConfigError
 from tfgrpo.models.ledger import BudgetStopped
 from tfgrpo.runs.pglock import redacted
-from tfgrpo.state.library import Library
+from tfgrpo.state.library import Library, library_markdown
 from tfgrpo.state.types import StepReport
 
 HINT = "--track mlflow needs MLflow, an extra: pip install 'tfgrpo[tracking]'"
@@ -278,6 +279,9 @@ class MlflowTracker(Tracker):
         if library is not None:
             text = json.dumps(library, indent=2, ensure_ascii=False) + "\n"
             self.client.log_text(self.run_id, text, f"libraries/step-{step:04d}.json")
+            # the run's description, the top of its MLflow page: E now, where a user looks first
+            note = library_markdown(library, f"E after step {step}")
+            self.client.set_tag(self.run_id, "mlflow.note.content", note)
         self.last_step = step
         self._save()
 
