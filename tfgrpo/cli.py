@@ -766,6 +766,13 @@ def cmd_infer(args: argparse.Namespace) -> int:
         args.library = str(fetch_published_library(db, args.library, into))
     ctx = agent_context(args)
     check_context(ctx)
+    if args.library:
+        from tfgrpo.models.spec import resolve_spec
+        from tfgrpo.runs.library_ref import other_model_note
+
+        note = other_model_note(args.library, resolve_spec(ctx.model))
+        if note:
+            print(f"tfgrpo: note: {note}", file=sys.stderr)
     graph = build_inference_graph()
     with use_ledger(ledger_from_args(args, ctx)):  # --max-retries, --budget-usd, ... as for learn
         out = graph.invoke(

@@ -200,3 +200,24 @@ def test_infer_takes_the_retry_and_timeout_options_of_learn() -> None:
             assert out.returncode == 1, out.stdout + out.stderr
             assert len(out.stderr.strip().splitlines()) == 1 and "503" in out.stderr, out.stderr
             assert len(server.requests) == retries + 1
+
+
+def test_infer_notes_once_that_e_was_learned_with_another_model(
+    fake_server: FakeOpenAIServer, tmp_path: Path
+) -> None:
+    library = {"version": 1, "next_id": 2, "items": [{"id": "G1", "text": "Carry the one.", "sources": [],
+               "created_step": 0, "updated_step": 0}],
+               "provenance": {"policy_model": "openai:gpt-4o-mini", "run_id": "dapo-s0"}}  # fmt: skip
+    path = tmp_path / "library.json"
+    path.write_text(json.dumps(library))
+    out = tfgrpo("infer", "--question", "What is 2 + 2?", "--model", "openai:fake", "--base-url",
+                 fake_server.base_url, "--library", str(path))  # fmt: skip
+    assert out.returncode in (0, 1), out.stderr
+    notes = [line for line in out.stderr.splitlines() if "learned with" in line]
+    assert notes == [
+        "tfgrpo: note: this E was learned with openai:gpt-4o-mini (run 'dapo-s0'); answering with "
+        "openai:fake: lessons do not always transfer across models"
+    ]
+    same = tfgrpo("infer", "--question", "What is 2 + 2?", "--model", "openai:gpt-4o-mini", "--base-url",
+                  fake_server.base_url, "--library", str(path))  # fmt: skip
+    assert "learned with" not in same.stderr

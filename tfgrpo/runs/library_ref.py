@@ -64,12 +64,40 @@ def load_named_library(name: str | os.PathLike[str], *, db: str | None = None) -
 
 
 def fetch_published_library(db: str, run_id: str, into: Path) -> Path:
-    """Write the latest E that run ``run_id`` published in ``db`` to ``into/library.json``."""
-    library = library_from_db(db, run_id)
+    """Write the latest E that run ``run_id`` published in ``db`` to ``into/library.json`` (with its
+    provenance, when the run recorded it)."""
+    published = PublishedLibrary(db, run_id)
+    try:
+        library = published.current()
+        if library is None:
+            raise ConfigError(f"run {run_id!r}: no step has finished (nothing published in the store)")
+        data: dict[str, Any] = dict(library)
+        if published.provenance:
+            data["provenance"] = published.provenance
+    finally:
+        published.close()
     into.mkdir(parents=True, exist_ok=True)
     path = into / "library.json"
-    path.write_text(json.dumps(library, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+    path.write_text(json.dumps(data, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
     return path
+
+
+def other_model_note(library: str, model: str) -> str | None:
+    """A one-line note when the E in ``library`` (a library.json / run directory) was learned with
+    another policy model than ``model`` (lessons do not always transfer across models), else None."""
+    try:
+        data = json.loads(library_file(library).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    found = data.get("provenance") if isinstance(data, dict) else None
+    provenance: dict[str, Any] = found if isinstance(found, dict) else {}
+    learned = str(provenance.get("policy_model") or "")
+    if not learned or learned.split(":", 1)[-1] == model.split(":", 1)[-1]:
+        return None
+    return (
+        f"this E was learned with {learned} (run {provenance.get('run_id')!r}); answering with {model}: "
+        "lessons do not always transfer across models"
+    )
 
 
 class PublishedLibrary:
