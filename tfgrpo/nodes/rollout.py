@@ -108,23 +108,24 @@ def share_library(state: StepState, runtime: Runtime[Any]) -> dict[str, Any]:
     return {}
 
 
+def rollout_send(state: StepState, query: Query, g: int) -> Send:
+    """The branch of attempt ``g`` at ``query`` (the step's first G, or an extra one of dynamic sampling);
+    E's rendering is in the store since the step's start (share_library): the branch gets only its key."""
+    return Send(
+        "rollout",
+        RolloutTask(
+            run_id=state.get("run_id", ""),
+            step=state.get("step", 0),
+            seed=state.get("seed", 0),  # type: ignore[typeddict-item]
+            query=query,
+            g=g,
+            library_key=library_key(library_text(state.get("library"))),
+        ),
+    )
+
+
 def fan_out_rollouts(state: StepState) -> list[Send] | Literal["update_library"]:
     """The map of step 1: one branch per (query, g). An empty batch goes straight to the update."""
     ctx = context_of(get_runtime())
-    key = library_key(library_text(state.get("library")))  # published by share_library
-    sends = [
-        Send(
-            "rollout",
-            RolloutTask(
-                run_id=state.get("run_id", ""),
-                step=state.get("step", 0),
-                seed=state.get("seed", 0),  # type: ignore[typeddict-item]
-                query=query,
-                g=g,
-                library_key=key,
-            ),
-        )
-        for query in state.get("batch", [])
-        for g in range(ctx.group_size)
-    ]
+    sends = [rollout_send(state, query, g) for query in state.get("batch", []) for g in range(ctx.group_size)]
     return sends or "update_library"

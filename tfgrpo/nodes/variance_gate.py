@@ -27,7 +27,7 @@ from langgraph.types import Send
 from tfgrpo.nodes._llm import context_of, library_text, store_of
 from tfgrpo.nodes._llm import library_key as text_key
 from tfgrpo.nodes.attempts import group_attempts, read_whole
-from tfgrpo.nodes.rollout import RolloutTask
+from tfgrpo.nodes.rollout import rollout_send
 from tfgrpo.state.graph_state import StepState
 from tfgrpo.state.types import Group
 
@@ -77,25 +77,15 @@ def variance_gate(state: StepState, runtime: Runtime[Any]) -> dict[str, Any]:
 def route_after_gate(state: StepState) -> list[Send] | Literal["extract", "update_library"]:
     ctx = context_of(get_runtime())
     queries = {q["id"]: q for q in state.get("batch", [])}
-    # E's rendering is in the store since the step's start (rollout.share_library): only its key here
-    library_key = text_key(library_text(state.get("library")))
     more = [
-        Send(
-            "rollout",
-            RolloutTask(
-                run_id=state.get("run_id", ""),
-                step=state.get("step", 0),
-                seed=state.get("seed", 0),  # type: ignore[typeddict-item]
-                query=queries[group["query_id"]],
-                g=len(group["keys"]) + i,
-                library_key=library_key,
-            ),
-        )
+        rollout_send(state, queries[group["query_id"]], len(group["keys"]) + i)
         for group in state.get("groups", [])
         for i in range(more_attempts(group, ctx.group_size, ctx.max_group_size))
     ]
     if more:
         return more
+    # E's rendering is in the store since the step's start (rollout.share_library): only its key here
+    library_key = text_key(library_text(state.get("library")))
     sends = [
         Send(
             "summarize",
