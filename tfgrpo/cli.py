@@ -14,7 +14,7 @@ import time
 from dataclasses import asdict, fields
 from pathlib import Path
 from types import FrameType
-from typing import TYPE_CHECKING, Any, Literal, get_args, get_origin
+from typing import TYPE_CHECKING, Any, Literal, cast, get_args, get_origin
 
 from tfgrpo.checks import check_command_options
 from tfgrpo.context import (
@@ -842,15 +842,19 @@ def fetch_published_library(db: str, run_id: str, into: Path) -> Path:
 def _library_from_db(args: argparse.Namespace, db: str) -> int:
     """``tfgrpo library show|diff RUN_ID --db URL``: E as the run published it after each step."""
     from tfgrpo.runs.backends import open_backend
-    from tfgrpo.state.published import published_library, published_steps
+    from tfgrpo.state.published import LATEST, library_namespace, published_library, published_steps
 
     run_id = args.run_dir
     with open_backend(db, local_dir=Path(run_id), run_id=run_id) as backend:  # db given: no local files
-        return _show_or_diff(
-            args,
-            lambda: published_steps(backend.store, run_id),
-            lambda step: published_library(backend.store, run_id, step),
-        )
+
+        def library_at(step: int | None) -> Library:
+            library = published_library(backend.store, run_id, step)
+            latest = backend.store.get(library_namespace(run_id), LATEST) if step is None else None
+            found = latest.value.get("provenance") if latest and isinstance(latest.value, dict) else None
+            # the latest E as the run's library.json has it: with who made it
+            return cast("Library", {**library, "provenance": found}) if isinstance(found, dict) else library
+
+        return _show_or_diff(args, lambda: published_steps(backend.store, run_id), library_at)
 
 
 def cmd_runs(args: argparse.Namespace) -> int:
