@@ -60,7 +60,10 @@ def test_learn_then_eval_on_the_embedded_model(tmp_path: Path) -> None:
     assert evaluated.returncode == 0, evaluated.stdout + evaluated.stderr
     result = json.loads((eval_dir / "report.json").read_text())
     for arm in ("library", "baseline"):
-        assert result["arms"][arm]["n_runs"] == 2 and result["arms"][arm]["input_tokens"] > 0
+        # an arm whose requests equal the other's (SmolLM2 may learn an empty E) is answered by single
+        # flight: booked as cached, not paid twice
+        arm_ = result["arms"][arm]
+        assert arm_["n_runs"] == 2 and (arm_["input_tokens"] > 0 or arm_.get("cached_calls", 0) > 0), arm_
     assert (eval_dir / "comparison.png").exists() and "Mean@1" in (eval_dir / "report.md").read_text()
 
 

@@ -336,7 +336,9 @@ def test_a_users_own_agent_in_studio_gets_e_from_a_studio_learn_run(fake_server:
         before = client.runs.wait(
             None, "agent", input={"messages": [{"role": "user", "content": "Hi"}]}, raise_error=False
         )
-        assert isinstance(before, dict) and "run 'team-math': no step has finished" in str(before), before
+        # before the run's first step the app answers without E (issue 29: warned once, never an error)
+        assert isinstance(before, dict) and before.get("messages"), before
+        assert "no step has finished" not in str(before)
         learned = client.runs.wait(
             client.threads.create()["thread_id"],
             "learn",
